@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: sets up everything a fresh machine needs, then runs ruff, mypy and pytest.
+#   venv in .venv, the package with its dev extras, and a redis-server binary (Debian's package
+#   when none is on PATH). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/setup.sh
+source scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,189 @@
+"""The two drivers, and the only place where sync and async code differ.
+
+A cache operation is written once, as a generator ("plan") in ``_engine.py`` that yields the
+operations it needs done (run a loader, wait for a flight) and receives their results. The sync
+driver carries those out with threads and blocking waits, the async driver with tasks and
+``await``; each operation below holds its pair of implementations side by side, in the manner of
+httpcore's ``_synchronization.py``.
+
+Rules of this module:
+
+1. A waiter never owns the load: loads run inline only for a sync leader (a thread cannot be
+   cancelled), and in their own task for async code, so cancelling or timing out any caller,
+   including the one that started it, never cancels the load for the others.
+2. Nothing here decides anything about freshness or keys; that lives in ``core`` and ``_engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from .errors import ConfigTypeError
+
+log = logging.getLogger("cachewise")
+
+T = TypeVar("T")
+
+#: What a ``Wait`` returns when its timeout passed before the flight finished.
+TIMED_OUT: Any = object()
+
+Plan = Generator["Op", Any, T]
+
+
+class Flight:
+    """One running load of one key, shared by every thread and task that wants its result.
+
+    The result travels through a ``concurrent.futures.Future``: thread-safe, waitable from threads
+    with a timeout, and awaitable from any event loop through ``asyncio.wrap_future``.
+    """
+
+    __slots__ = ("future", "invalidated")
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        #: Set when the key was invalidated or written while this load ran: its result is still
+        #: handed to the callers that joined it, but never stored (no stale set).
+        self.invalidated = False
+
+
+class Op:
+    """An operation a plan asks its driver to carry out."""
+
+    def run_sync(self) -> Any:
+        raise NotImplementedError
+
+    async def run_async(self) -> Any:
+        raise NotImplementedError
+
+
+class Call(Op):
+    """Call ``fn`` (a loader, a store writer), hand its outcome to ``done``/``failed``.
+
+    ``background`` runs it off the caller's path (a daemon thread, or a task the engine keeps
+    alive) and returns at once; otherwise the sync driver runs it inline and the async driver in
+    its own task, which the caller waits for through ``asyncio.shield``.
+    """
+
+    __slots__ = ("background", "clock", "done", "failed", "fn", "spawn")
+
+    def __init__(
+        self,
+        fn: Callable[[], Any],
+        done: Callable[[Any, float], None],
+        failed: Callable[[BaseException], None],
+        *,
+        clock: Callable[[], float],
+        spawn: Callable[[asyncio.Task[None]], None],
+        background: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.done = done
+        self.failed = failed
+        self.clock = clock
+        self.spawn = spawn
+        self.background = background
+
+    def _call_sync(self) -> None:
+        started = self.clock()
+        try:
+            value = self.fn()
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()
+                raise ConfigTypeError(
+                    f"{self.fn!r} returned an awaitable to a sync call: use the async API "
+                    "(await aget_or_load / an async def function)"
+                )
+        except BaseException as exc:  # delivered to every caller that joined, never cached
+            self.failed(exc)
+            return
+        self.done(value, self.clock() - started)
+
+    async def _call_async(self) -> None:
+        started = self.clock()
+        try:
+            value = self.fn()
+            if inspect.isawaitable(value):
+                value = await value
+        except BaseException as exc:
+            self.failed(exc)
+            return
+        self.done(value, self.clock() - started)
+
+    def run_sync(self) -> None:
+        if self.background:
+            threading.Thread(target=self._call_sync, name="cachewise-refresh", daemon=True).start()
+        else:
+            self._call_sync()
+
+    async def run_async(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._call_async())
+        self.spawn(task)
+        if not self.background:
+            await asyncio.shield(task)
+
+
+class Wait(Op):
+    """Wait for a flight's result (re-raising its exception); ``TIMED_OUT`` after ``timeout``."""
+
+    __slots__ = ("flight", "timeout")
+
+    def __init__(self, flight: Flight, timeout: float | None) -> None:
+        self.flight = flight
+        self.timeout = timeout
+
+    def run_sync(self) -> Any:
+        try:
+            return self.flight.future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            if self.flight.future.done():  # the loader itself raised TimeoutError
+                raise
+            return TIMED_OUT
+
+    async def run_async(self) -> Any:
+        # shield: a cancelled or timed-out waiter must not cancel the shared future.
+        waiter = asyncio.shield(asyncio.wrap_future(self.flight.future))
+        if self.timeout is None:
+            return await waiter
+        try:
+            return await asyncio.wait_for(waiter, self.timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            if self.flight.future.done():
+                raise
+            return TIMED_OUT
+
+
+def run_sync(plan: Plan[T]) -> T:
+    """Carry out ``plan`` in the calling thread."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            result, error = op.run_sync(), None
+        except BaseException as exc:
+            result, error = None, exc
+
+
+async def run_async(plan: Plan[T]) -> T:
+    """Carry out ``plan`` on the running event loop."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            result, error = await op.run_async(), None
+        except BaseException as exc:
+            result, error = None, exc

@@ -1,0 +1,116 @@
+"""L1: the in-process tier, a bounded LRU on ``cachetools`` with a plain-dict fast path in front.
+
+A hit through ``cachetools.LRUCache.__getitem__`` runs several Python-level calls to update the
+recency order, which alone costs more than the whole hit budget (a few dict lookups). So the hit
+path reads plain dicts (one per decorated function, one for explicit keys) and only bumps the
+entry's ``hits`` counter; ``cachetools`` keeps the bookkeeping of what is held and in which order,
+and on eviction gives an entry that was hit since it was last considered a second chance (the
+CLOCK approximation of LRU that OS page caches use) instead of moving it on every hit.
+
+Not thread-safe by itself: the engine calls every method here under its lock. The hit path
+only reads the dicts, which is safe under the GIL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+import cachetools
+
+from .core import Entry
+
+Table = dict[Hashable, Entry]
+
+
+class _SecondChanceLRU(cachetools.LRUCache[str, tuple[Table, Entry]]):
+    """``cachetools.LRUCache`` keyed by full key, whose eviction skips entries hit recently."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[Table, Entry], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, tuple[Table, Entry]]:
+        for _ in range(len(self)):
+            key, (table, entry) = super().popitem()
+            if entry.hits != entry.seen:
+                # Hit since last considered: move it to the most-recent end (there is room now).
+                entry.seen = entry.hits
+                super().__setitem__(key, (table, entry))
+                continue
+            self._on_evict(table, entry)
+            return key, (table, entry)
+        key, (table, entry) = super().popitem()
+        self._on_evict(table, entry)
+        return key, (table, entry)
+
+
+class L1:
+    """The in-process store: tables for the hit path, LRU bookkeeping, a tag index."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.evictions = 0
+        self.retired_hits = 0  # hits of entries no longer held (replaced, dropped, evicted)
+        self._lru = _SecondChanceLRU(max(maxsize, 1), self._evicted)
+        self._tags: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def _evicted(self, table: Table, entry: Entry) -> None:
+        self.evictions += 1
+        self._forget(table, entry)
+
+    def _forget(self, table: Table, entry: Entry) -> None:
+        if table.get(entry.l1_key) is entry:
+            del table[entry.l1_key]
+        self.retired_hits += entry.hits
+        for tag in entry.tags:
+            members = self._tags.get(tag)
+            if members is not None:
+                members.discard(entry.full_key)
+                if not members:
+                    del self._tags[tag]
+
+    def put(self, table: Table, entry: Entry) -> None:
+        """Hold ``entry`` (replacing what ``table`` held under its key)."""
+        if self.maxsize == 0:
+            return
+        old = self._lru.pop(entry.full_key, None)
+        if old is not None:
+            self._forget(*old)
+        self._lru[entry.full_key] = (table, entry)
+        table[entry.l1_key] = entry
+        for tag in entry.tags:
+            self._tags.setdefault(tag, set()).add(entry.full_key)
+
+    def drop(self, full_key: str) -> Entry | None:
+        """Stop holding the entry under ``full_key``; return it if there was one."""
+        held = self._lru.pop(full_key, None)
+        if held is None:
+            return None
+        self._forget(*held)
+        return held[1]
+
+    def tagged(self, tags: Iterable[str]) -> set[str]:
+        """Full keys of the held entries carrying any of ``tags``."""
+        found: set[str] = set()
+        for tag in tags:
+            found |= self._tags.get(tag, set())
+        return found
+
+    def clear(self) -> None:
+        """Drop everything (a fork, or a coherence channel that cannot say what it missed)."""
+        for table, entry in list(self._lru.values()):
+            self._forget(table, entry)
+        self._lru.clear()
+        self._tags.clear()
+
+    def live_hits(self) -> int:
+        """Hits of all entries held now plus those retired."""
+        return self.retired_hits + sum(entry.hits for _, entry in self._lru.values())
+
+    def entries(self) -> list[Any]:
+        """The held entries (for tests and introspection)."""
+        return [entry for _, entry in self._lru.values()]

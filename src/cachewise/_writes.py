@@ -1,0 +1,133 @@
+"""The writer decorators: ``invalidates``, ``write_through`` and ``write_behind``.
+
+Each decorated writer is one plan (run by either driver through ``decorators._shell``):
+compute what to touch, run the store write through the driver's ``Call``, then change the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from ._drivers import Flight, Plan, Wait
+from ._engine import Engine
+from ._writebehind import WaitForRoom, WriteBehindOptions, WriteBehindQueue
+from .decorators import Spec, _shell, spec_of
+from .errors import ConfigError, ConfigTypeError
+
+Mapper = Callable[..., Any]
+
+
+class WriterArgumentError(ConfigError):
+    """An ``args=`` or ``value=`` function raised; the message says what was already done."""
+
+
+def _mapped(spec: Spec[Any], mapper: Mapper | None, name: str, args: Any, kwargs: Any) -> Any:
+    if mapper is None:
+        return args
+    try:
+        return mapper(*args, **kwargs)
+    except Exception as exc:
+        raise WriterArgumentError(
+            f"{name}= for {spec.where} raised {exc!r} before the store write: "
+            "nothing was written and the cache is unchanged"
+        ) from exc
+
+
+def call_writer(engine: Engine, fn: Callable[..., Any], args: Any, kwargs: Any) -> Plan[Any]:
+    """Run the store write ``fn(*args, **kwargs)`` through the driver and return its result."""
+    flight = Flight()
+    yield engine._call(
+        functools.partial(fn, *args, **kwargs),
+        lambda value, _took: flight.future.set_result(value),
+        flight.future.set_exception,
+    )
+    return (yield Wait(flight, None))
+
+
+def invalidates(engine: Engine, target: Any, args: Mapper | None) -> Callable[[Any], Any]:
+    """Decorator: after the writer returns without error, drop ``target(*args(...))``."""
+    spec = spec_of(target, "invalidates()")
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        def plan(*a: Any, **kw: Any) -> Plan[Any]:
+            keys = spec.args_of(_mapped(spec, args, "args", a, kw))
+            result = yield from call_writer(engine, fn, a, kw)
+            yield from spec.engine.invalidate([spec.target(keys, {}).full_key])
+            return result
+
+        return functools.update_wrapper(_shell(fn, plan), fn)
+
+    return decorate
+
+
+def write_through(
+    engine: Engine, target: Any, args: Mapper | None, value: Mapper | None
+) -> Callable[[Any], Any]:
+    """Decorator: the store write first; then the cache holds the new value. On error: dropped."""
+    spec = spec_of(target, "write_through()")
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        def plan(*a: Any, **kw: Any) -> Plan[Any]:
+            keys = spec.args_of(_mapped(spec, args, "args", a, kw))
+            new = _mapped(spec, value, "value", a, kw) if value is not None else None
+            entry = spec.target(keys, {})
+            try:
+                result = yield from call_writer(engine, fn, a, kw)
+            except BaseException:
+                # Never leave the entry half-updated: drop it, and let the error through as is.
+                yield from spec.engine.invalidate([entry.full_key])
+                raise
+            yield from spec.engine.set(entry, result if value is None else new, spec.policy)
+            return result
+
+        return functools.update_wrapper(_shell(fn, plan), fn)
+
+    return decorate
+
+
+def check_write_behind_value(value: Mapper | None) -> Mapper:
+    if value is None:
+        raise ConfigTypeError(
+            "write_behind() needs value=: the writer runs later, so there is no return value "
+            "to cache when the call returns"
+        )
+    if not callable(value):
+        raise ConfigTypeError(f"value= must be callable, got {type(value).__name__}")
+    return value
+
+
+def write_behind(
+    engine: Engine,
+    target: Any,
+    args: Mapper | None,
+    value: Mapper | None,
+    options: WriteBehindOptions,
+    queues: list[WriteBehindQueue],
+) -> Callable[[Any], Any]:
+    """Decorator: queue the store write, set the cache, return; a flusher writes later."""
+    spec = spec_of(target, "write_behind()")
+    value_of = check_write_behind_value(value)
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        queue = WriteBehindQueue(
+            fn, f"{fn.__module__}.{fn.__qualname__}", options, spec.engine.unpin
+        )
+        queues.append(queue)
+
+        def plan(*a: Any, **kw: Any) -> Plan[None]:
+            keys = spec.args_of(_mapped(spec, args, "args", a, kw))
+            new = _mapped(spec, value_of, "value", a, kw)
+            entry = spec.target(keys, {})
+            # Pinned while queued, so reads see the new value until the store has it.
+            pin = functools.partial(spec.engine.pin, entry, new, spec.policy)
+            while not queue.put(entry.full_key, a, kw, pin):
+                if options.when_full == "raise":
+                    raise queue.full_error()
+                yield WaitForRoom(queue, entry.full_key)
+            yield from spec.engine.set(entry, new, spec.policy)
+
+        return functools.update_wrapper(_shell(fn, plan), fn)
+
+    return decorate

@@ -1,0 +1,322 @@
+"""``Cache``: the public face. Every method is one line that hands a plan to a driver."""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from . import _validate
+from ._clock import Clock, monotonic
+from ._drivers import Plan, run_async, run_sync
+from ._engine import Engine, InvalidationEvent, Policy, Target
+from ._writebehind import DeadLetter, FlushReport, WriteBehindOptions, WriteBehindQueue
+from ._writes import invalidates, write_behind, write_through
+from .decorators import CachedDecorator, make_cached
+from .errors import ConfigTypeError, ConfigValueError
+
+T = TypeVar("T")
+Mapper = Callable[..., Any]
+
+_OPEN: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """Interpreter exit drains the in-memory write-behind queues of sync writers."""
+    for cache in list(_OPEN):
+        cache.close(timeout=10.0)
+
+
+class Cache:
+    """A two-tier cache: in-process LRU (L1) in front of Redis (L2, from the Redis tier).
+
+    With ``redis=None`` it is in-process only. Every value has a TTL; reads are single-flight
+    per key across threads and asyncio tasks; ``stale_ttl`` serves stale values while one
+    background refresh runs.
+    """
+
+    def __init__(
+        self,
+        redis: Any = None,
+        *,
+        namespace: str = "cachewise",
+        l1_maxsize: int = 10_000,
+        clock: Clock | None = None,
+        ttl_jitter: float = 0.1,
+        early_refresh_beta: float = 1.0,
+        wait_timeout: float | None = None,
+        write_behind_maxsize: int = 10_000,
+        write_behind_when_full: Literal["block", "raise"] = "block",
+        write_behind_batch_size: int = 100,
+        write_behind_interval: float = 0.05,
+        write_behind_retries: int = 5,
+        write_behind_backoff: float = 0.1,
+    ) -> None:
+        if redis is not None:
+            raise ConfigValueError(
+                "redis=: the Redis tier is not available in this version of cachewise; "
+                "use Cache(redis=None) for the in-process tier"
+            )
+        if not isinstance(namespace, str) or ":" in namespace:
+            raise ConfigValueError(f"namespace must be a str without ':', got {namespace!r}")
+        if clock is not None:
+            _validate.callable_(clock, "clock")
+        if wait_timeout is not None:
+            wait_timeout = _validate.ttl_seconds(wait_timeout, "Cache", name="wait_timeout")
+        self.namespace = namespace
+        self._engine = Engine(
+            namespace=namespace,
+            l1_maxsize=_validate.non_negative_int(l1_maxsize, "l1_maxsize"),
+            clock=clock or monotonic,
+            ttl_jitter=_validate.fraction(ttl_jitter, "ttl_jitter", upper=0.5),
+            early_refresh_beta=_validate.fraction(
+                early_refresh_beta, "early_refresh_beta", upper=100.0
+            ),
+            wait_timeout=wait_timeout,
+        )
+        self._write_options = WriteBehindOptions(
+            maxsize=write_behind_maxsize,
+            when_full=write_behind_when_full,
+            batch_size=write_behind_batch_size,
+            interval=write_behind_interval,
+            retries=write_behind_retries,
+            backoff=write_behind_backoff,
+        )
+        self._queues: list[WriteBehindQueue] = []
+        self._closed = False
+        _OPEN.add(self)
+
+    def __repr__(self) -> str:
+        return f"Cache(redis=None, namespace={self.namespace!r})"
+
+    # -- argument checks, then plans ------------------------------------------------------------
+
+    def _target(self, key: Any) -> Target:
+        return self._engine.explicit_target(_validate.cache_key(key))
+
+    def _policy(self, ttl: Any, stale_ttl: Any, key: str) -> Policy:
+        where = f"key {key!r}"
+        return Policy(_validate.ttl_seconds(ttl, where), _validate.stale_seconds(stale_ttl, where))
+
+    def _get_or_load(
+        self, key: str, loader: Callable[[], Any], ttl: Any, stale_ttl: Any
+    ) -> Plan[Any]:
+        target = self._target(key)
+        _validate.callable_(loader, f"loader for key {key!r}")
+        return self._engine.read(target, loader, self._policy(ttl, stale_ttl, key))
+
+    def _targets(self, keys: Iterable[str]) -> dict[str, Target]:
+        if isinstance(keys, str):
+            raise ConfigTypeError("keys must be an iterable of str, not a single str")
+        return {key: self._target(key) for key in keys}
+
+    def _get_or_load_many(
+        self, keys: Iterable[str], load_many: Callable[[list[str]], Any], ttl: Any, stale_ttl: Any
+    ) -> Plan[dict[str, Any]]:
+        targets = self._targets(keys)
+        _validate.callable_(load_many, "load_many")
+        return self._engine.read_many(targets, load_many, self._policy(ttl, stale_ttl, "*"))
+
+    def _set(self, key: str, value: Any, ttl: Any) -> Plan[None]:
+        return self._engine.set(self._target(key), value, self._policy(ttl, None, key))
+
+    def _invalidate(self, keys: Iterable[str], tags: Iterable[str] = ()) -> Plan[int]:
+        full = [self._target(key).full_key for key in keys]
+        return self._engine.invalidate(full, [_validate.cache_key(t, "tag") for t in tags])
+
+    # -- cache-aside ----------------------------------------------------------------------------
+
+    def get_or_load(
+        self, key: str, loader: Callable[[], T], *, ttl: Any, stale_ttl: Any = None
+    ) -> T:
+        """Return the value of ``key``, loading it with ``loader()`` (once per key) on a miss."""
+        return run_sync(self._get_or_load(key, loader, ttl, stale_ttl))  # type: ignore[no-any-return]
+
+    async def aget_or_load(
+        self, key: str, loader: Callable[[], Any], *, ttl: Any, stale_ttl: Any = None
+    ) -> Any:
+        """``get_or_load`` for asyncio: ``loader()`` may return an awaitable."""
+        return await run_async(self._get_or_load(key, loader, ttl, stale_ttl))
+
+    def get_or_load_many(
+        self,
+        keys: Iterable[str],
+        load_many: Callable[[list[str]], Mapping[str, Any]],
+        *,
+        ttl: Any,
+        stale_ttl: Any = None,
+    ) -> dict[str, Any]:
+        """``{key: value}`` for every key; ``load_many(missing)`` gets only the missing keys."""
+        return run_sync(self._get_or_load_many(keys, load_many, ttl, stale_ttl))
+
+    async def aget_or_load_many(
+        self,
+        keys: Iterable[str],
+        load_many: Callable[[list[str]], Any],
+        *,
+        ttl: Any,
+        stale_ttl: Any = None,
+    ) -> dict[str, Any]:
+        """``get_or_load_many`` for asyncio: ``load_many`` may return an awaitable."""
+        return await run_async(self._get_or_load_many(keys, load_many, ttl, stale_ttl))
+
+    # -- plain reads and writes -----------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The fresh value of ``key``, or ``default``."""
+        return run_sync(self._engine.get(self._target(key), default))
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        return await run_async(self._engine.get(self._target(key), default))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``{key: value}`` of the keys that hold a fresh value."""
+        return run_sync(self._engine.get_many(self._targets(keys)))
+
+    async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        return await run_async(self._engine.get_many(self._targets(keys)))
+
+    def set(self, key: str, value: Any, *, ttl: Any) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (mandatory)."""
+        run_sync(self._set(key, value, ttl))
+
+    async def aset(self, key: str, value: Any, *, ttl: Any) -> None:
+        await run_async(self._set(key, value, ttl))
+
+    def delete(self, key: str) -> bool:
+        """Drop ``key``; True if a value was held."""
+        return run_sync(self._invalidate([key])) > 0
+
+    async def adelete(self, key: str) -> bool:
+        return await run_async(self._invalidate([key])) > 0
+
+    # -- invalidation ---------------------------------------------------------------------------
+
+    def invalidate(self, *keys: str) -> int:
+        """Drop explicit keys everywhere; returns how many entries this process held."""
+        return run_sync(self._invalidate(keys))
+
+    async def ainvalidate(self, *keys: str) -> int:
+        return await run_async(self._invalidate(keys))
+
+    def invalidate_tags(self, *tags: str) -> int:
+        """Drop every entry stored with any of ``tags``."""
+        return run_sync(self._invalidate((), tags))
+
+    async def ainvalidate_tags(self, *tags: str) -> int:
+        return await run_async(self._invalidate((), tags))
+
+    def on_invalidate(
+        self, listener: Callable[[InvalidationEvent], None]
+    ) -> Callable[[InvalidationEvent], None]:
+        """Call ``listener(event)`` on every invalidation; usable as a decorator."""
+        _validate.callable_(listener, "on_invalidate listener")
+        self._engine.listeners.append(listener)
+        return listener
+
+    # -- decorators -----------------------------------------------------------------------------
+
+    def cached(
+        self,
+        ttl: Any = None,
+        *,
+        stale_ttl: Any = None,
+        tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
+        key: Callable[..., str] | None = None,
+    ) -> CachedDecorator:
+        """Cache-aside decorator for ``def`` and ``async def``; ``ttl`` is mandatory."""
+        return make_cached(self._engine, ttl=ttl, stale_ttl=stale_ttl, tags=tags, key=key)
+
+    def invalidates(self, target: Any, *, args: Mapper | None = None) -> Callable[[T], T]:
+        """After the decorated writer returns without error, drop ``target(*args(...))``."""
+        return invalidates(self._engine, target, args)
+
+    def write_through(
+        self, target: Any, *, args: Mapper | None = None, value: Mapper | None = None
+    ) -> Callable[[T], T]:
+        """Store write first, then the cache holds the new value; on error the entry is dropped."""
+        return write_through(self._engine, target, args, value)
+
+    def write_behind(
+        self, target: Any, *, args: Mapper | None = None, value: Mapper | None = None
+    ) -> Callable[[T], T]:
+        """Set the cache and queue the store write; a background flusher performs it."""
+        return write_behind(self._engine, target, args, value, self._write_options, self._queues)
+
+    # -- write-behind control -------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> FlushReport:
+        """Wait until every write queued before this call is in the store (or dead-lettered)."""
+        return _merge([queue.flush(timeout) for queue in list(self._queues)])
+
+    async def aflush(self) -> FlushReport:
+        return _merge([await queue.aflush() for queue in list(self._queues)])
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Writes that failed every retry, oldest first."""
+        return [dead for queue in self._queues for dead in queue.dead]
+
+    def close(self, timeout: float | None = None) -> FlushReport:
+        """Drain the write-behind queues of sync writers and stop their flushers."""
+        report = _merge(
+            [queue.flush(timeout) for queue in list(self._queues) if not queue.is_async]
+        )
+        self._stop()
+        return report
+
+    async def aclose(self) -> FlushReport:
+        report = await self.aflush()
+        self._stop()
+        return report
+
+    def _stop(self) -> None:
+        for queue in self._queues:
+            queue.stop()
+        self._closed = True
+        _OPEN.discard(self)
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Cache:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- observability --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of counters and latency percentiles; reading it changes nothing."""
+        out = self._engine.stats()
+        out["write_behind_pending"] = sum(len(q.pending) + len(q.busy) for q in self._queues)
+        out["write_behind_dead_letters"] = sum(len(q.dead) for q in self._queues)
+        return out
+
+
+def _merge(reports: list[FlushReport]) -> FlushReport:
+    total = FlushReport()
+    for report in reports:
+        total.written += report.written
+        total.store_calls += report.store_calls
+        total.retried += report.retried
+        total.dead_lettered += report.dead_lettered
+        total.pending += report.pending
+        total.errors.extend(report.errors)
+    return total

@@ -1,0 +1,146 @@
+"""The decision core: given an entry, the time and what is in flight, decide what a read does.
+
+Rules of this module:
+
+1. No I/O and no waiting: nothing here imports ``asyncio``, ``threading`` or ``redis``, calls a
+   loader or reads a clock. Time and randomness come in as arguments, so every decision can be
+   tested with plain values (see ``tests/test_core.py``).
+2. Every read, sync or async, in-process or two-tier, goes through ``decide``; the drivers only
+   carry its answer out.
+
+An entry's life::
+
+    fill --fresh (ttl minus jitter)--> stale (stale_ttl: served, one refresh runs) --> gone
+              ^ XFetch may start one refresh shortly before "stale", more likely the longer
+                the last load took (Vattani, Chierichetti and Lowenstein, VLDB 2015).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Hashable
+from typing import Any
+
+__all__ = ["XFETCH_HORIZON", "Decision", "Entry", "decide", "make_entry"]
+
+#: XFetch refreshes early with probability ``exp(-(fresh_until - now) / (load_time * beta))``.
+#: Further than ``HORIZON`` of those units before expiry that is below ``exp(-20)`` (2e-9), so
+#: the entry records where that zone starts and the hit path compares one float instead of
+#: drawing a random number and taking a logarithm on every hit.
+XFETCH_HORIZON = 20.0
+
+
+class Entry:
+    """A cached value with the times that decide its state, and what refresh needs to know.
+
+    Mutable only in ``hits``/``seen`` (hit counting and the L1 second-chance bit); the rest is
+    set once when the entry is made.
+    """
+
+    __slots__ = (
+        "early_at",
+        "fresh_until",
+        "full_key",
+        "hits",
+        "l1_key",
+        "load_time",
+        "seen",
+        "stale_until",
+        "tags",
+        "value",
+    )
+
+    def __init__(
+        self,
+        value: Any,
+        fresh_until: float,
+        stale_until: float,
+        early_at: float,
+        load_time: float,
+        full_key: str,
+        l1_key: Hashable,
+        tags: tuple[str, ...] = (),
+    ) -> None:
+        self.value = value
+        self.fresh_until = fresh_until
+        self.stale_until = stale_until
+        self.early_at = early_at
+        self.load_time = load_time
+        self.full_key = full_key
+        self.l1_key = l1_key
+        self.tags = tags
+        self.hits = 0
+        self.seen = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry({self.full_key!r}, fresh_until={self.fresh_until:.3f}, "
+            f"stale_until={self.stale_until:.3f}, load_time={self.load_time:.4f})"
+        )
+
+
+class Decision(enum.Enum):
+    """What a read does with what it found."""
+
+    SERVE = "serve"  # fresh: return the value
+    REFRESH = "refresh"  # return the value and start one background refresh (stale or early)
+    SERVE_STALE = "serve_stale"  # stale and a refresh is already running: return the value
+    WAIT = "wait"  # nothing usable and a load is running: wait for it
+    LOAD = "load"  # nothing usable and no load is running: load
+
+
+def make_entry(
+    value: Any,
+    *,
+    now: float,
+    ttl: float,
+    stale_ttl: float,
+    load_time: float,
+    jitter: float,
+    jitter_draw: float,
+    beta: float,
+    full_key: str,
+    l1_key: Hashable,
+    tags: tuple[str, ...] = (),
+) -> Entry:
+    """Build the entry a load of ``load_time`` seconds fills at ``now``.
+
+    Jitter only ever shortens the TTL (by up to ``jitter`` of it), so keys filled together do not
+    expire together and no entry outlives the TTL the user asked for.
+    """
+    fresh_until = now + ttl * (1.0 - jitter * jitter_draw)
+    early_at = fresh_until - load_time * beta * XFETCH_HORIZON if beta > 0 else fresh_until
+    return Entry(
+        value,
+        fresh_until=fresh_until,
+        stale_until=fresh_until + stale_ttl,
+        early_at=early_at,
+        load_time=load_time,
+        full_key=full_key,
+        l1_key=l1_key,
+        tags=tags,
+    )
+
+
+def decide(entry: Entry | None, now: float, *, loading: bool, beta: float, draw: float) -> Decision:
+    """Decide what a read does.
+
+    ``loading`` says whether a load or refresh of this key is already running; ``draw`` is a
+    uniform random number in ``(0, 1]`` for XFetch.
+    """
+    if entry is None or now >= entry.stale_until:
+        return Decision.WAIT if loading else Decision.LOAD
+    if now >= entry.fresh_until:
+        return Decision.SERVE_STALE if loading else Decision.REFRESH
+    if loading or now < entry.early_at or beta <= 0:
+        return Decision.SERVE
+    # XFetch: refresh when now - delta * beta * ln(draw) >= expiry.
+    if now - entry.load_time * beta * math.log(draw) >= entry.fresh_until:
+        return Decision.REFRESH
+    return Decision.SERVE
+
+
+def is_fresh(entry: Entry | None, now: float) -> bool:
+    """Whether ``entry`` may be returned by a plain ``get`` (no loader, so no stale serving)."""
+    return entry is not None and now < entry.fresh_until

@@ -1,0 +1,228 @@
+"""``@cache.cached`` and the writer decorators, for ``def`` and ``async def`` alike.
+
+Every decorated function is a thin shell around a plan from ``_engine``: the sync shell runs it
+with ``run_sync``, the async one with ``await run_async`` (``_shell`` makes both from one plan
+factory). Only the cached read has a hand-inlined fast path in front: an L1 hit on plain
+``int``/``str`` arguments costs a tuple-typed dict lookup and one clock read.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+
+from . import _validate
+from ._drivers import Plan, run_async, run_sync
+from ._engine import Engine, Policy, Target
+from .errors import ConfigTypeError
+from .keys import ArgKeyer
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+_MISS: Any = object()
+
+
+class CachedFunction(Protocol[P, R_co]):
+    """A sync function wrapped by ``cached``: call it as before, plus ``key``/``invalidate``."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> int: ...
+
+
+class AsyncCachedFunction(Protocol[P, R_co]):
+    """An ``async def`` wrapped by ``cached``; ``invalidate`` is a coroutine, ``key`` is not."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> int: ...
+
+
+class CachedDecorator(Protocol):
+    """What ``cache.cached(ttl=...)`` returns."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> AsyncCachedFunction[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> CachedFunction[P, R]: ...
+
+
+class Spec(Generic[P]):
+    """What the writer decorators need to know about a cached function."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        fn: Callable[..., Any],
+        policy: Policy,
+        key: Callable[..., str] | None,
+        tags: Callable[..., Iterable[str]] | Iterable[str] | None,
+    ) -> None:
+        self.engine = engine
+        self.fn = fn
+        self.policy = policy
+        self.where = f"{fn.__module__}.{fn.__qualname__}"
+        self.keyer = ArgKeyer(fn, self.where)
+        self.custom_key = key
+        self.tags = tags
+        # Explicit keys (key=...) share the table of get/set so cache.invalidate(k) reaches them.
+        self.table: dict[Hashable, Any] = engine.explicit if key is not None else {}
+        self.base = f"{engine.prefix}{fn.__module__}:{fn.__qualname__}:"
+        self.fast = key is None and self.keyer.simple and not self.keyer.is_method
+
+    def _tags_for(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], Iterable[str]] | None:
+        tags = self.tags
+        if tags is None:
+            return None
+        if callable(tags):
+            return lambda: tags(*args, **kwargs)
+        return lambda: tags
+
+    def target(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
+        """The entry one call of the function reads and fills."""
+        if self.custom_key is not None:
+            key = _validate.cache_key(
+                self.custom_key(*args, **kwargs), f"the key= function of {self.where}"
+            )
+            return Target(
+                self.table, key, self.engine.prefix + key, self.where, self._tags_for(args, kwargs)
+            )
+        l1_key = self.keyer.l1_key(args, kwargs)
+        return Target(
+            self.table,
+            l1_key,
+            self.base + self.keyer.args_text(l1_key),
+            self.where,
+            self._tags_for(args, kwargs),
+        )
+
+    def args_of(self, result: Any) -> tuple[Any, ...]:
+        """An ``args=`` result as the cached function's positional arguments."""
+        return result if isinstance(result, tuple) else (result,)
+
+
+def _shell(fn: Callable[..., Any], plan: Callable[..., Plan[Any]]) -> Callable[..., Any]:
+    """A sync or async function (matching ``fn``) that runs ``plan(*args, **kwargs)``."""
+    if inspect.iscoroutinefunction(fn):
+
+        async def run_plan_async(*args: Any, **kwargs: Any) -> Any:
+            return await run_async(plan(*args, **kwargs))
+
+        return run_plan_async
+
+    def run_plan(*args: Any, **kwargs: Any) -> Any:
+        return run_sync(plan(*args, **kwargs))
+
+    return run_plan
+
+
+def _check_function(fn: Any, what: str) -> None:
+    if isinstance(fn, (classmethod, staticmethod)):
+        return
+    if not callable(fn):
+        raise ConfigTypeError(f"{what} decorates functions, not {type(fn).__name__} ({fn!r})")
+
+
+def make_cached(
+    engine: Engine,
+    *,
+    ttl: Any,
+    stale_ttl: Any = None,
+    tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
+    key: Callable[..., str] | None = None,
+) -> CachedDecorator:
+    """Return the ``cached`` decorator; TTLs and options are checked here, at decoration time."""
+    if callable(ttl) and not isinstance(ttl, (int, float)):
+        raise ConfigTypeError(
+            f"cached() was applied to {getattr(ttl, '__qualname__', ttl)!r} without arguments: "
+            "write @cache.cached(ttl=<seconds>), every cached value must expire"
+        )
+    if key is not None:
+        _validate.callable_(key, "key=")
+    if tags is not None and not callable(tags):
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise ConfigTypeError("tags= must be a function of the arguments or a list of str")
+        tags = tuple(tags)
+
+    def decorate(fn: Any) -> Any:
+        _check_function(fn, "cached()")
+        if isinstance(fn, (classmethod, staticmethod)):
+            return type(fn)(decorate(fn.__func__))
+        where = f"{fn.__module__}.{fn.__qualname__}"
+        policy = Policy(
+            _validate.ttl_seconds(ttl, where), _validate.stale_seconds(stale_ttl, where)
+        )
+        spec: Spec[Any] = Spec(engine, fn, policy, key, tags)
+        wrapper = _cached_wrapper(spec, fn)
+        functools.update_wrapper(wrapper, fn)
+        wrapper.key = lambda *a, **kw: spec.target(a, kw).full_key  # type: ignore[attr-defined]
+        wrapper.invalidate = _shell(  # type: ignore[attr-defined]
+            fn, lambda *a, **kw: engine.invalidate([spec.target(a, kw).full_key])
+        )
+        wrapper._cachewise = spec  # type: ignore[attr-defined]
+        return wrapper
+
+    return cast(CachedDecorator, decorate)
+
+
+def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., Any]:
+    engine, policy, table, nargs, fast = spec.engine, spec.policy, spec.table, 0, spec.fast
+    nargs = spec.keyer.nargs
+    now = engine.clock
+    read = engine.read
+
+    def lookup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # The hit path: no key string, no lock, no plan. Only exact int/str positional calls
+        # qualify; anything else takes the canonical route in Spec.target.
+        if fast and not kwargs and len(args) == nargs:
+            for arg in args:
+                tp = type(arg)
+                if tp is not int and tp is not str:
+                    return _MISS
+            entry = table.get(args)
+            if entry is not None and now() < entry.early_at:
+                entry.hits += 1
+                return entry.value
+        return _MISS
+
+    def plan(*args: Any, **kwargs: Any) -> Plan[Any]:
+        return read(spec.target(args, kwargs), functools.partial(fn, *args, **kwargs), policy)
+
+    if inspect.iscoroutinefunction(fn):
+
+        async def cached_async(*args: Any, **kwargs: Any) -> Any:
+            value = lookup(args, kwargs)
+            if value is _MISS:
+                value = await run_async(plan(*args, **kwargs))
+            return value
+
+        return cached_async
+
+    def cached_sync(*args: Any, **kwargs: Any) -> Any:
+        value = lookup(args, kwargs)
+        if value is _MISS:
+            value = run_sync(plan(*args, **kwargs))
+        return value
+
+    return cached_sync
+
+
+def spec_of(target: Any, what: str) -> Spec[Any]:
+    """The ``Spec`` of a function decorated with ``cached``, or a clear error."""
+    spec = getattr(target, "_cachewise", None)
+    if not isinstance(spec, Spec):
+        raise ConfigTypeError(
+            f"{what} needs a function decorated with @cache.cached(...), got {target!r}"
+        )
+    return spec
+
+
+AwaitableOrValue = Awaitable[Any] | Any

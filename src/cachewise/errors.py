@@ -1,0 +1,45 @@
+"""The error types of cachewise: every error it raises is a ``CacheError``.
+
+Configuration mistakes also subclass the builtin a Python user would catch (``TypeError`` or
+``ValueError``), so ``except ValueError`` around a bad TTL keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "ConfigError",
+    "ConfigTypeError",
+    "ConfigValueError",
+    "KeyBuildError",
+    "LoaderResultError",
+    "WriteBehindFull",
+]
+
+
+class CacheError(Exception):
+    """Base class of every error cachewise raises itself."""
+
+
+class ConfigError(CacheError):
+    """A cache, decorator or call was configured wrongly; nothing was cached."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A configuration value has the wrong type (a TTL given as a string, a non-callable loader)."""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A configuration value has the right type but an invalid value (a zero or infinite TTL)."""
+
+
+class KeyBuildError(ConfigTypeError):
+    """An argument has no stable representation to build a cache key from."""
+
+
+class LoaderResultError(CacheError):
+    """A bulk loader did not return a value for every key it was asked for."""
+
+
+class WriteBehindFull(CacheError):
+    """The in-memory write-behind queue is full and the cache was told to raise, not block."""
