@@ -54,7 +54,7 @@ def invalidates(engine: Engine, target: Any, args: Mapper | None) -> Callable[[A
         def plan(*a: Any, **kw: Any) -> Plan[Any]:
             keys = spec.args_of(_mapped(spec, args, "args", a, kw))
             result = yield from call_writer(engine, fn, a, kw)
-            yield from spec.engine.invalidate([spec.target(keys, {}).full_key])
+            yield from spec.engine.invalidate([spec.target_of_call(keys, {}).full_key])
             return result
 
         return functools.update_wrapper(_shell(fn, plan), fn)
@@ -72,7 +72,7 @@ def write_through(
         def plan(*a: Any, **kw: Any) -> Plan[Any]:
             keys = spec.args_of(_mapped(spec, args, "args", a, kw))
             new = _mapped(spec, value, "value", a, kw) if value is not None else None
-            entry = spec.target(keys, {})
+            entry = spec.target_of_call(keys, {})
             try:
                 result = yield from call_writer(engine, fn, a, kw)
             except BaseException:
@@ -119,7 +119,7 @@ def write_behind(
         def plan(*a: Any, **kw: Any) -> Plan[None]:
             keys = spec.args_of(_mapped(spec, args, "args", a, kw))
             new = _mapped(spec, value_of, "value", a, kw)
-            entry = spec.target(keys, {})
+            entry = spec.target_of_call(keys, {})
             # Pinned while queued, so reads see the new value until the store has it.
             pin = functools.partial(spec.engine.pin, entry, new, spec.policy)
             while not queue.put(entry.full_key, a, kw, pin):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from . import _validate
+from ._codegen import make_wrapper
 from ._drivers import Plan, run_async, run_sync
 from ._engine import Engine, Policy, Target
 from .errors import ConfigTypeError
@@ -22,8 +23,6 @@ from .keys import ArgKeyer
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
-
-_MISS: Any = object()
 
 
 class CachedFunction(Protocol[P, R_co]):
@@ -53,8 +52,11 @@ class CachedDecorator(Protocol):
     def __call__(self, fn: Callable[P, R]) -> CachedFunction[P, R]: ...
 
 
+Caller = Callable[[Callable[..., Any]], Any]
+
+
 class Spec(Generic[P]):
-    """What the writer decorators need to know about a cached function."""
+    """What the wrapper and the writer decorators need to know about a cached function."""
 
     def __init__(
         self,
@@ -74,35 +76,31 @@ class Spec(Generic[P]):
         # Explicit keys (key=...) share the table of get/set so cache.invalidate(k) reaches them.
         self.table: dict[Hashable, Any] = engine.explicit if key is not None else {}
         self.base = f"{engine.prefix}{fn.__module__}:{fn.__qualname__}:"
-        self.fast = key is None and self.keyer.simple and not self.keyer.is_method
 
-    def _tags_for(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Callable[[], Iterable[str]] | None:
+    def _tags_for(self, call: Caller) -> Callable[[], Iterable[str]] | None:
         tags = self.tags
         if tags is None:
             return None
         if callable(tags):
-            return lambda: tags(*args, **kwargs)
+            return functools.partial(call, tags)
         return lambda: tags
 
-    def target(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
-        """The entry one call of the function reads and fills."""
+    def target(self, values: tuple[Any, ...], call: Caller) -> Target:
+        """The entry of one call, from its bound ``values``; ``call(f)`` calls ``f`` with the
+        call's own arguments (for ``key=`` and ``tags=`` functions)."""
         if self.custom_key is not None:
-            key = _validate.cache_key(
-                self.custom_key(*args, **kwargs), f"the key= function of {self.where}"
-            )
+            key = _validate.cache_key(call(self.custom_key), f"the key= function of {self.where}")
             return Target(
-                self.table, key, self.engine.prefix + key, self.where, self._tags_for(args, kwargs)
+                self.table, key, self.engine.prefix + key, self.where, self._tags_for(call)
             )
-        l1_key = self.keyer.l1_key(args, kwargs)
-        return Target(
-            self.table,
-            l1_key,
-            self.base + self.keyer.args_text(l1_key),
-            self.where,
-            self._tags_for(args, kwargs),
-        )
+        l1_key = self.keyer.l1_key(values)
+        full_key = self.base + self.keyer.args_text(l1_key)
+        return Target(self.table, l1_key, full_key, self.where, self._tags_for(call))
+
+    def target_of_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
+        """The entry that ``fn(*args, **kwargs)`` reads and fills."""
+        values = self.keyer.bind(args, kwargs)
+        return self.target(values, lambda f: f(*args, **kwargs))
 
     def args_of(self, result: Any) -> tuple[Any, ...]:
         """An ``args=`` result as the cached function's positional arguments."""
@@ -163,9 +161,9 @@ def make_cached(
         spec: Spec[Any] = Spec(engine, fn, policy, key, tags)
         wrapper = _cached_wrapper(spec, fn)
         functools.update_wrapper(wrapper, fn)
-        wrapper.key = lambda *a, **kw: spec.target(a, kw).full_key  # type: ignore[attr-defined]
+        wrapper.key = lambda *a, **kw: spec.target_of_call(a, kw).full_key  # type: ignore[attr-defined]
         wrapper.invalidate = _shell(  # type: ignore[attr-defined]
-            fn, lambda *a, **kw: engine.invalidate([spec.target(a, kw).full_key])
+            fn, lambda *a, **kw: engine.invalidate([spec.target_of_call(a, kw).full_key])
         )
         wrapper._cachewise = spec  # type: ignore[attr-defined]
         return wrapper
@@ -174,45 +172,35 @@ def make_cached(
 
 
 def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., Any]:
-    engine, policy, table, nargs, fast = spec.engine, spec.policy, spec.table, 0, spec.fast
-    nargs = spec.keyer.nargs
-    now = engine.clock
-    read = engine.read
+    engine, policy, read = spec.engine, spec.policy, spec.engine.read
+    is_async = inspect.iscoroutinefunction(fn)
 
-    def lookup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # The hit path: no key string, no lock, no plan. Only exact int/str positional calls
-        # qualify; anything else takes the canonical route in Spec.target.
-        if fast and not kwargs and len(args) == nargs:
-            for arg in args:
-                tp = type(arg)
-                if tp is not int and tp is not str:
-                    return _MISS
-            entry = table.get(args)
-            if entry is not None and now() < entry.early_at:
-                entry.hits += 1
-                return entry.value
-        return _MISS
+    def plan(values: tuple[Any, ...], call: Caller) -> Plan[Any]:
+        return read(spec.target(values, call), functools.partial(call, fn), policy)
 
-    def plan(*args: Any, **kwargs: Any) -> Plan[Any]:
-        return read(spec.target(args, kwargs), functools.partial(fn, *args, **kwargs), policy)
+    def slow_sync(values: tuple[Any, ...], call: Caller) -> Any:
+        return run_sync(plan(values, call))
 
-    if inspect.iscoroutinefunction(fn):
+    async def slow_async(values: tuple[Any, ...], call: Caller) -> Any:
+        return await run_async(plan(values, call))
 
-        async def cached_async(*args: Any, **kwargs: Any) -> Any:
-            value = lookup(args, kwargs)
-            if value is _MISS:
-                value = await run_async(plan(*args, **kwargs))
-            return value
-
-        return cached_async
-
-    def cached_sync(*args: Any, **kwargs: Any) -> Any:
-        value = lookup(args, kwargs)
-        if value is _MISS:
-            value = run_sync(plan(*args, **kwargs))
-        return value
-
-    return cached_sync
+    wrapper = make_wrapper(
+        fn,
+        is_async=is_async,
+        is_method=spec.keyer.is_method,
+        fast=spec.custom_key is None,
+        table=spec.table,
+        now=engine.clock,
+        slow=slow_async if is_async else slow_sync,
+    )
+    if wrapper is None:  # a parameter name the generated code cannot use: no fast path
+        wrapper = _shell(
+            fn,
+            lambda *a, **kw: read(
+                spec.target_of_call(a, kw), functools.partial(fn, *a, **kw), policy
+            ),
+        )
+    return wrapper
 
 
 def spec_of(target: Any, what: str) -> Spec[Any]:
@@ -223,6 +211,3 @@ def spec_of(target: Any, what: str) -> Spec[Any]:
             f"{what} needs a function decorated with @cache.cached(...), got {target!r}"
         )
     return spec
-
-
-AwaitableOrValue = Awaitable[Any] | Any

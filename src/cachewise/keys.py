@@ -27,14 +27,13 @@ import uuid
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from ._codegen import make_binder
 from .errors import KeyBuildError
 
 __all__ = ["ArgKeyer", "canonical", "encode"]
 
 #: Argument encodings longer than this are replaced by their SHA-256, so Redis keys stay short.
 MAX_ARGS_CHARS = 512
-
-_MISSING: Any = object()
 
 
 class _Unstable(Exception):
@@ -114,10 +113,7 @@ def _is_method(params: list[inspect.Parameter]) -> bool:
         bool(params)
         and params[0].name in ("self", "cls")
         and params[0].kind
-        in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        )
+        in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     )
 
 
@@ -130,14 +126,26 @@ class _Self:
         self.key = key
 
 
-class ArgKeyer:
-    """Turns a call of one function into its in-process key and its canonical argument string.
+class _Canonical(tuple):  # type: ignore[type-arg]
+    """A 1-tuple holding the canonical text: the in-process key of a one-argument call whose
+    argument is not a plain int/str (those are keyed by the bare value, which never equals a
+    tuple)."""
 
-    ``l1_key(args, kwargs)`` is what the in-process tier is indexed by: the normalized argument
-    tuple itself when every argument is an exact ``int`` or ``str`` (hashing those is as cheap as
-    it gets and they cannot be confused with each other), otherwise the canonical string. The two
-    kinds never compare equal (a tuple is never a str), and each maps to exactly one
-    ``args_text``, so the in-process key and the shared key name the same entry.
+    __slots__ = ()
+
+
+class ArgKeyer:
+    """Turns the bound arguments of one function into its in-process key and canonical text.
+
+    ``values`` are all parameters in signature order, as the generated wrapper (``_codegen``)
+    or ``bind`` sees them after Python itself bound the call: ``f(1)``, ``f(a=1)`` and
+    ``f(1, b=0)`` give the same values.
+
+    The in-process key (``l1_key``) is, when every keyed argument is an exact ``int`` or ``str``
+    (cheap to hash, impossible to confuse with each other): the bare argument for a function of
+    one argument, the tuple of them otherwise. Any other call is keyed by its canonical text,
+    wrapped so it can never equal one of those: a 1-tuple for one-argument functions, the plain
+    ``str`` otherwise. Each in-process key maps to exactly one canonical text.
     """
 
     def __init__(self, fn: Callable[..., Any], where: str) -> None:
@@ -145,53 +153,25 @@ class ArgKeyer:
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
         self.is_method = _is_method(params)
-        kinds = {p.kind for p in params}
-        #: Only positional-or-keyword parameters: binding can be done by hand, quickly.
-        self.simple = kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD}
-        self.names = [p.name for p in params]
-        self.index = {name: i for i, name in enumerate(self.names)}
-        self.defaults = [p.default for p in params]
-        self.nargs = len(params)
+        keyed = params[1:] if self.is_method else params
+        self.names = [p.name for p in keyed]
+        self.single = len(keyed) == 1 and keyed[0].kind not in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        )
+        self._binder = make_binder(fn)
 
-    # -- binding -----------------------------------------------------------------------------
-
-    def normalize(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        """Return the call's arguments in parameter order with defaults applied, ``self`` dropped.
-
-        Raises ``TypeError`` exactly as calling the function would for a call that does not bind.
-        """
-        if self.simple and len(args) <= self.nargs:
-            values = list(args) + [_MISSING] * (self.nargs - len(args))
-            ok = True
-            for name, value in kwargs.items():
-                i = self.index.get(name)
-                if i is None or values[i] is not _MISSING:
-                    ok = False
-                    break
-                values[i] = value
-            if ok:
-                for i, value in enumerate(values):
-                    if value is _MISSING:
-                        default = self.defaults[i]
-                        if default is inspect.Parameter.empty:
-                            ok = False
-                            break
-                        values[i] = default
-            if ok:
-                return self._drop_self(tuple(values))
-        bound = self.signature.bind(*args, **kwargs)  # raises the usual TypeError
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """All parameter values of a call, in signature order (raises ``TypeError`` as the
+        function would for a call that does not bind)."""
+        if self._binder is not None:
+            return self._binder(*args, **kwargs)
+        bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        out: list[Any] = []
-        for param in self.signature.parameters.values():
-            value = bound.arguments[param.name]
-            if param.kind is inspect.Parameter.KEYWORD_ONLY:
-                value = (param.name, value)
-            elif param.kind is inspect.Parameter.VAR_KEYWORD:
-                value = dict(value)
-            out.append(value)
-        return self._drop_self(tuple(out))
+        return tuple(bound.arguments.values())
 
-    def _drop_self(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    def keyed(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``values`` without ``self``/``cls`` (or with its ``__cache_key__()``)."""
         if not self.is_method:
             return values
         custom = getattr(values[0], "__cache_key__", None)
@@ -199,37 +179,36 @@ class ArgKeyer:
             return (_Self(custom()), *values[1:])
         return values[1:]
 
-    # -- keys --------------------------------------------------------------------------------
-
-    def l1_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-        """Return the in-process key of a call (see the class docstring)."""
-        values = self.normalize(args, kwargs)
-        for value in values:
+    def l1_key(self, values: tuple[Any, ...]) -> Hashable:
+        """The in-process key of a call's bound ``values`` (see the class docstring)."""
+        keyed = self.keyed(values)
+        for value in keyed:
             tp = type(value)
             if tp is not int and tp is not str:
-                return self.text(values)
-        return values
-
-    def text(self, values: tuple[Any, ...]) -> str:
-        """Return the canonical argument string of normalized ``values``."""
-        parts: list[Any] = []
-        # Parameter names line up with values, except for a method whose ``self`` was dropped.
-        names = (
-            self.names[1:]
-            if self.is_method and not (values and isinstance(values[0], _Self))
-            else self.names
-        )
-        for i, value in enumerate(values):
-            name = names[i] if i < len(names) else f"#{i}"
-            if isinstance(value, _Self):
-                parts.append({"~self": self._canonical(value.key, "self.__cache_key__()")})
-            else:
-                parts.append(self._canonical(value, name))
-        return _shorten(encode(parts))
+                text = self.text(keyed)
+                return _Canonical((text,)) if self.single else text
+        return keyed[0] if self.single else keyed
 
     def args_text(self, l1_key: Hashable) -> str:
-        """Return the canonical argument string for an in-process key made by ``l1_key``."""
-        return l1_key if isinstance(l1_key, str) else self.text(l1_key)  # type: ignore[arg-type]
+        """The canonical argument text behind an in-process key made by ``l1_key``."""
+        if isinstance(l1_key, _Canonical):
+            return l1_key[0]  # type: ignore[no-any-return]
+        if isinstance(l1_key, str) and not self.single:
+            return l1_key
+        return self.text((l1_key,) if self.single else l1_key)  # type: ignore[arg-type]
+
+    def text(self, keyed: tuple[Any, ...]) -> str:
+        """The canonical argument text of keyed values."""
+        parts: list[Any] = []
+        offset = 0
+        for i, value in enumerate(keyed):
+            if isinstance(value, _Self):
+                parts.append({"~self": self._canonical(value.key, "self.__cache_key__()")})
+                offset = 1
+                continue
+            j = i - offset
+            parts.append(self._canonical(value, self.names[j] if j < len(self.names) else "?"))
+        return _shorten(encode(parts))
 
     def _canonical(self, value: Any, name: str) -> Any:
         try:

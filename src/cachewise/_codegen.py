@@ -1,0 +1,145 @@
+"""Generates the wrapper of a cached function with that function's own signature.
+
+Why generate code: a ``def wrapper(*args, **kwargs)`` pays for packing its arguments and for
+binding them by hand on every call, which alone is several times the cost of the dictionary
+lookup a hit should cost. A wrapper declared with the function's own parameters lets Python bind
+the call (so ``f(1)``, ``f(a=1)`` and ``f(1, b=0)`` arrive as the same locals) and turns the hit
+path into a few type checks, one dict lookup and one clock read. ``dataclasses`` and ``attrs``
+generate their methods the same way.
+
+The sync and async wrappers come from one template (``async``/``await`` filled in or left out),
+so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+_TEMPLATE = """\
+{async_}def {name}({params}):
+    if {fast}:
+        _cw_entry = _cw_table.get({key})
+        if _cw_entry is not None and _cw_now() < _cw_entry.early_at:
+            _cw_entry.hits += 1
+            return _cw_entry.value
+    return {await_}_cw_slow(({values}), lambda _cw_f: _cw_f({call}))
+"""
+
+_BIND_TEMPLATE = """\
+def _cw_bind({params}):
+    return ({values})
+"""
+
+
+def _render(signature: inspect.Signature) -> tuple[str, str, str, dict[str, Any]] | None:
+    """``(params, values, call, defaults)`` source fragments, or None if names would clash."""
+    params: list[str] = []
+    values: list[str] = []
+    call: list[str] = []
+    defaults: dict[str, Any] = {}
+    star_done = False
+    positional_only = False
+    kinds = inspect.Parameter
+    for i, p in enumerate(signature.parameters.values()):
+        if p.name.startswith("_cw_"):
+            return None
+        text = p.name
+        if p.default is not kinds.empty:
+            defaults[f"_cw_default{i}"] = p.default
+            text += f"=_cw_default{i}"
+        if p.kind is kinds.POSITIONAL_ONLY:
+            positional_only = True
+        elif positional_only:
+            params.append("/")
+            positional_only = False
+        if p.kind is kinds.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+            call.append(f"*{p.name}")
+            star_done = True
+        elif p.kind is kinds.VAR_KEYWORD:
+            params.append(f"**{p.name}")
+            call.append(f"**{p.name}")
+        elif p.kind is kinds.KEYWORD_ONLY:
+            if not star_done:
+                params.append("*")
+                star_done = True
+            params.append(text)
+            call.append(f"{p.name}={p.name}")
+        else:
+            params.append(text)
+            call.append(p.name)
+        values.append(p.name)
+    if positional_only:
+        params.append("/")
+    return ", ".join(params), "".join(v + ", " for v in values), ", ".join(call), defaults
+
+
+def _fast_condition(
+    signature: inspect.Signature, is_method: bool, enabled: bool
+) -> tuple[str, str]:
+    """The hit-path guard and in-process key expressions (see ``keys.ArgKeyer``)."""
+    params = list(signature.parameters.values())
+    keyed = params[1:] if is_method else params
+    if not enabled or any(
+        p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in keyed
+    ):
+        return "False", "None"
+    checks = [f"type({p.name}) in _cw_plain" for p in keyed]
+    if is_method:
+        checks.append(f"not hasattr({params[0].name}, '__cache_key__')")
+    key = keyed[0].name if len(keyed) == 1 else "(" + "".join(p.name + ", " for p in keyed) + ")"
+    return " and ".join(checks) or "True", key
+
+
+def make_wrapper(
+    fn: Callable[..., Any],
+    *,
+    is_async: bool,
+    is_method: bool,
+    fast: bool,
+    table: dict[Any, Any],
+    now: Callable[[], float],
+    slow: Callable[[tuple[Any, ...], Callable[[Callable[..., Any]], Any]], Any],
+) -> Callable[..., Any] | None:
+    """The wrapper of ``fn``, or None when its signature cannot be mirrored."""
+    signature = inspect.signature(fn)
+    rendered = _render(signature)
+    if rendered is None:
+        return None
+    params, values, call, defaults = rendered
+    guard, key = _fast_condition(signature, is_method, fast)
+    source = _TEMPLATE.format(
+        async_="async " if is_async else "",
+        await_="await " if is_async else "",
+        name="cached_wrapper",
+        params=params,
+        fast=guard,
+        key=key,
+        values=values,
+        call=call,
+    )
+    namespace: dict[str, Any] = {
+        "_cw_table": table,
+        "_cw_now": now,
+        "_cw_slow": slow,
+        "_cw_plain": (int, str),
+        **defaults,
+    }
+    exec(compile(source, f"<cachewise wrapper of {fn.__qualname__}>", "exec"), namespace)
+    return namespace["cached_wrapper"]  # type: ignore[no-any-return]
+
+
+def make_binder(fn: Callable[..., Any]) -> Callable[..., tuple[Any, ...]] | None:
+    """A function with ``fn``'s signature returning all its parameter values in order."""
+    rendered = _render(inspect.signature(fn))
+    if rendered is None:
+        return None
+    params, values, _, defaults = rendered
+    namespace: dict[str, Any] = dict(defaults)
+    source = _BIND_TEMPLATE.format(params=params, values=values)
+    exec(compile(source, f"<cachewise binder of {fn.__qualname__}>", "exec"), namespace)
+    binder = namespace["_cw_bind"]
+    binder.__qualname__ = binder.__name__ = fn.__qualname__  # errors name the user's function
+    return binder  # type: ignore[no-any-return]
