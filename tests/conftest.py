@@ -1,0 +1,73 @@
+"""Shared fixtures: a fake clock, a deterministic cache, and a ``drive`` helper that runs the same
+test body through the sync and the async API."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cachewise import Cache
+from cachewise.testing import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def cache(clock: FakeClock) -> Iterator[Cache]:
+    """No jitter and no early refresh: expiry happens exactly when the test says."""
+    c = Cache(namespace="t", clock=clock, ttl_jitter=0, early_refresh_beta=0)
+    yield c
+    c.close(timeout=5)
+
+
+class Driver:
+    """Calls ``Cache`` methods the sync way or the async way (``aget`` for ``get``...)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.is_async = mode == "async"
+
+    def __call__(self, cache: Cache, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.is_async:
+            return getattr(cache, method)(*args, **kwargs)
+        return asyncio.run(self._acall(getattr(cache, "a" + method), args, kwargs))
+
+    @staticmethod
+    async def _acall(fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a decorated function (sync) or await it (async)."""
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            return asyncio.run(_await(result))
+        return result
+
+    def function(self, body: Callable[..., Any]) -> Callable[..., Any]:
+        """``body`` as a ``def`` or as an ``async def`` with the same signature and name."""
+        if not self.is_async:
+            return body
+
+        async def as_async(*args: Any, **kwargs: Any) -> Any:
+            return body(*args, **kwargs)
+
+        as_async.__signature__ = inspect.signature(body)  # type: ignore[attr-defined]
+        as_async.__qualname__ = body.__qualname__
+        as_async.__name__ = body.__name__
+        return as_async
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+@pytest.fixture(params=["sync", "async"])
+def drive(request: pytest.FixtureRequest) -> Driver:
+    return Driver(request.param)

@@ -1,0 +1,265 @@
+"""Single-flight across threads and asyncio tasks; cancellation; shared exceptions.
+
+Synchronised with events and barriers: a loader blocks until the test releases it, and the
+test releases it only once every caller is known to be waiting (the engine's own counters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cachewise import Cache
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Block until ``predicate()`` holds; fails the test instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+async def await_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0)
+
+
+def test_100_threads_on_a_cold_key_load_once(cache: Cache) -> None:
+    release = threading.Event()
+    loads: list[int] = []
+
+    @cache.cached(ttl=60)
+    def get(key: str) -> str:
+        loads.append(1)
+        assert release.wait(10)
+        return key.upper()
+
+    barrier = threading.Barrier(100)
+    results: list[str] = []
+
+    def caller() -> None:
+        barrier.wait()
+        results.append(get("k"))
+
+    threads = [threading.Thread(target=caller) for _ in range(100)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: cache.stats()["coalesced_waits"] == 99)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert loads == [1] and results == ["K"] * 100
+
+
+async def test_500_tasks_on_a_cold_key_load_once(cache: Cache) -> None:
+    release = asyncio.Event()
+    loads: list[int] = []
+
+    @cache.cached(ttl=60)
+    async def get(key: str) -> str:
+        loads.append(1)
+        await release.wait()
+        return key.upper()
+
+    tasks = [asyncio.ensure_future(get("k")) for _ in range(500)]
+    await await_until(lambda: cache.stats()["coalesced_waits"] == 499)
+    release.set()
+    assert await asyncio.gather(*tasks) == ["K"] * 500
+    assert loads == [1]
+
+
+async def test_cancelling_the_first_caller_does_not_cancel_the_load(cache: Cache) -> None:
+    release = asyncio.Event()
+    loads: list[int] = []
+
+    async def load() -> str:
+        loads.append(1)
+        await release.wait()
+        return "v"
+
+    leader = asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60))
+    await await_until(lambda: bool(loads))
+    follower = asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60))
+    await await_until(lambda: cache.stats()["coalesced_waits"] == 1)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    release.set()
+    assert await follower == "v"
+    assert loads == [1] and cache.get("k") == "v"
+
+
+async def test_waiter_that_times_out_does_not_cancel_the_load(cache: Cache) -> None:
+    release = asyncio.Event()
+    loads: list[int] = []
+
+    async def load() -> str:
+        loads.append(1)
+        await release.wait()
+        return "v"
+
+    leader = asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60))
+    await await_until(lambda: bool(loads))
+    with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+        await asyncio.wait_for(cache.aget_or_load("k", load, ttl=60), 0.01)
+    release.set()
+    assert await leader == "v"
+    assert loads == [1] and await cache.aget("k") == "v"
+
+
+async def test_load_survives_when_every_caller_is_gone(cache: Cache) -> None:
+    release = asyncio.Event()
+    done = asyncio.Event()
+
+    async def load() -> str:
+        await release.wait()
+        done.set()
+        return "v"
+
+    task = asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60))
+    await asyncio.sleep(0)
+    task.cancel()
+    release.set()
+    await asyncio.wait_for(done.wait(), 5)
+    await await_until(lambda: cache.get("k") == "v")
+
+
+def test_exception_is_shared_by_every_thread_that_joined(cache: Cache) -> None:
+    release = threading.Event()
+    attempts: list[int] = []
+
+    def load() -> str:
+        attempts.append(1)
+        assert release.wait(10)
+        raise ConnectionError("db down")
+
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            cache.get_or_load("k", load, ttl=60)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: cache.stats()["coalesced_waits"] + len(attempts) == 20)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(attempts) == 1 and len(errors) == 20
+    assert all(isinstance(e, ConnectionError) for e in errors)
+    # Not cached: the next call loads again (and nothing is left locked).
+    assert cache.get_or_load("k", lambda: "ok", ttl=60) == "ok"
+
+
+async def test_exception_is_shared_by_every_task_that_joined(cache: Cache) -> None:
+    release = asyncio.Event()
+    attempts: list[int] = []
+
+    async def load() -> str:
+        attempts.append(1)
+        await release.wait()
+        raise ConnectionError("db down")
+
+    tasks = [asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60)) for _ in range(50)]
+    await await_until(lambda: cache.stats()["coalesced_waits"] == 49)
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(attempts) == 1 and all(isinstance(r, ConnectionError) for r in results)
+    assert await cache.aget_or_load("k", lambda: "ok", ttl=60) == "ok"
+
+
+async def test_threads_and_tasks_share_one_load(cache: Cache) -> None:
+    """A sync caller in a thread and async callers on the loop join the same flight."""
+    release = threading.Event()
+    loads: list[int] = []
+
+    def load() -> str:
+        loads.append(1)
+        assert release.wait(10)
+        return "v"
+
+    thread_result: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: thread_result.append(cache.get_or_load("k", load, ttl=60))
+    )
+    thread.start()
+    await await_until(lambda: bool(loads))
+    tasks = [asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60)) for _ in range(10)]
+    await await_until(lambda: cache.stats()["coalesced_waits"] == 10)
+    release.set()
+    assert await asyncio.gather(*tasks) == ["v"] * 10
+    thread.join(10)
+    assert thread_result == ["v"] and loads == [1]
+
+
+def test_waiter_past_wait_timeout_loads_itself(clock: Any) -> None:
+    cache = Cache(clock=clock, wait_timeout=0.05)
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        assert release.wait(10)
+        return "slow"
+
+    thread = threading.Thread(target=lambda: cache.get_or_load("k", slow, ttl=60))
+    thread.start()
+    assert started.wait(10)
+    assert cache.get_or_load("k", lambda: "own", ttl=60) == "own"
+    assert cache.stats()["wait_timeouts"] == 1
+    release.set()
+    thread.join(10)
+
+
+def test_invalidation_during_a_load_wins(cache: Cache) -> None:
+    """The in-process stale-set race: a load that started before an invalidation must not
+    store its (old) value afterwards."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def old_value() -> str:
+        started.set()
+        assert release.wait(10)
+        return "old"
+
+    result: list[str] = []
+    thread = threading.Thread(
+        target=lambda: result.append(cache.get_or_load("k", old_value, ttl=60))
+    )
+    thread.start()
+    assert started.wait(10)
+    cache.invalidate("k")
+    release.set()
+    thread.join(10)
+    assert result == ["old"]  # its own caller still gets what it asked for
+    assert cache.get("k") is None  # but it was not stored
+    assert cache.get_or_load("k", lambda: "new", ttl=60) == "new"
+
+
+def test_set_during_a_load_wins(cache: Cache) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def old_value() -> str:
+        started.set()
+        assert release.wait(10)
+        return "old"
+
+    thread = threading.Thread(target=lambda: cache.get_or_load("k", old_value, ttl=60))
+    thread.start()
+    assert started.wait(10)
+    cache.set("k", "written", ttl=60)
+    release.set()
+    thread.join(10)
+    assert cache.get("k") == "written"

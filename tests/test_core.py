@@ -1,0 +1,92 @@
+"""The decision core, with plain values: no clock, no threads, no loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cachewise.core import XFETCH_HORIZON, Decision, decide, is_fresh, make_entry
+
+
+def entry(
+    now: float = 0.0, ttl: float = 10.0, stale: float = 0.0, load_time: float = 0.0, beta=1.0
+):
+    return make_entry(
+        "v", now=now, ttl=ttl, stale_ttl=stale, load_time=load_time, jitter=0.0,
+        jitter_draw=0.5, beta=beta, full_key="k", l1_key="k",
+    )  # fmt: skip
+
+
+def test_missing_loads_or_waits() -> None:
+    assert decide(None, 0.0, loading=False, beta=1, draw=0.5) is Decision.LOAD
+    assert decide(None, 0.0, loading=True, beta=1, draw=0.5) is Decision.WAIT
+
+
+def test_fresh_is_served() -> None:
+    e = entry()
+    assert decide(e, 5.0, loading=False, beta=0, draw=0.5) is Decision.SERVE
+    assert is_fresh(e, 9.99) and not is_fresh(e, 10.0)
+
+
+def test_expired_without_stale_window_is_gone() -> None:
+    e = entry(ttl=10)
+    assert decide(e, 10.0, loading=False, beta=0, draw=0.5) is Decision.LOAD
+    assert decide(e, 10.0, loading=True, beta=0, draw=0.5) is Decision.WAIT
+
+
+def test_stale_window_serves_and_refreshes_once() -> None:
+    e = entry(ttl=10, stale=5)
+    assert decide(e, 12.0, loading=False, beta=0, draw=0.5) is Decision.REFRESH
+    assert decide(e, 12.0, loading=True, beta=0, draw=0.5) is Decision.SERVE_STALE
+    assert decide(e, 15.0, loading=False, beta=0, draw=0.5) is Decision.LOAD
+
+
+def test_jitter_only_shortens() -> None:
+    for draw in (0.0, 0.5, 1.0):
+        e = make_entry("v", now=0, ttl=100, stale_ttl=0, load_time=0, jitter=0.1,
+                       jitter_draw=draw, beta=0, full_key="k", l1_key="k")  # fmt: skip
+        assert 90.0 <= e.fresh_until <= 100.0
+    spread = {
+        make_entry("v", now=0, ttl=100, stale_ttl=0, load_time=0, jitter=0.1, jitter_draw=d,
+                   beta=0, full_key="k", l1_key="k").fresh_until
+        for d in (0.1, 0.9)
+    }  # fmt: skip
+    assert len(spread) == 2
+
+
+@given(
+    now=st.floats(0, 10, allow_nan=False),
+    draw=st.floats(1e-12, 1.0),
+    load_time=st.floats(0, 5),
+    beta=st.floats(0.1, 3),
+)
+def test_xfetch_matches_the_formula(now: float, draw: float, load_time: float, beta: float) -> None:
+    e = entry(ttl=10, load_time=load_time, beta=beta)
+    got = decide(e, now, loading=False, beta=beta, draw=draw)
+    expected = now - load_time * beta * math.log(draw) >= e.fresh_until
+    if now < e.early_at:
+        # Outside the zone the refresh chance is below exp(-HORIZON): treated as zero.
+        assert got is Decision.SERVE
+        assert not expected or -math.log(draw) >= XFETCH_HORIZON
+    else:
+        assert got is (Decision.REFRESH if expected else Decision.SERVE)
+
+
+def test_xfetch_never_refreshes_while_a_load_runs() -> None:
+    e = entry(ttl=10, load_time=5, beta=1)
+    assert decide(e, 9.9, loading=True, beta=1, draw=1e-9) is Decision.SERVE
+
+
+def test_xfetch_more_likely_the_longer_the_load() -> None:
+    draws = [i / 1000 for i in range(1, 1001)]
+
+    def share(load_time: float) -> float:
+        e = entry(ttl=10, load_time=load_time, beta=1)
+        return sum(decide(e, 9.0, loading=False, beta=1, draw=d) is Decision.REFRESH for d in draws)
+
+    assert share(0.1) < share(1.0) < share(5.0)
+    # exp(-1/1) of the draws refresh with a 1 s load one second before expiry.
+    assert share(1.0) == pytest.approx(1000 * math.exp(-1), abs=2)
