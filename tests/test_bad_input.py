@@ -109,7 +109,7 @@ def test_key_function_must_return_str(cache: Cache) -> None:
     def f(x: Any) -> Any:
         return x
 
-    with pytest.raises(TypeError, match="key= function of .*f"):
+    with pytest.raises(TypeError, match=r"key= function of .*f"):
         f(1)
     assert cache.stats()["loads"] == 0
 
@@ -130,9 +130,9 @@ def test_writer_decorators_need_a_cached_target(cache: Cache) -> None:
     def plain(x: int) -> int:
         return x
 
-    with pytest.raises(TypeError, match="cache.cached"):
+    with pytest.raises(TypeError, match=r"cache\.cached"):
         cache.invalidates(plain)
-    with pytest.raises(TypeError, match="cache.cached"):
+    with pytest.raises(TypeError, match=r"cache\.cached"):
         cache.write_through(plain)
 
     @cache.cached(ttl=1)

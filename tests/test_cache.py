@@ -261,7 +261,7 @@ def test_timedelta_ttl(cache: Cache, clock: FakeClock) -> None:
 
 
 def test_stats_count_and_reading_changes_nothing(cache: Cache) -> None:
-    calls, load = counting_loader(1)
+    _calls, load = counting_loader(1)
     for _ in range(3):
         cache.get_or_load("k", load, ttl=10)
     first = cache.stats()
