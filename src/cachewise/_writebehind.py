@@ -52,7 +52,7 @@ class DeadLetter:
 
 @dataclass
 class FlushReport:
-    """What a ``flush()`` saw happen while it waited."""
+    """What happened since the previous ``flush()``: writes, store calls, retries, dead letters."""
 
     written: int = 0
     store_calls: int = 0
@@ -102,6 +102,7 @@ class WriteBehindQueue:
         self.seq = 0
         self.dead: list[DeadLetter] = []
         self.totals = FlushReport()
+        self._reported = FlushReport()  # totals at the end of the previous flush
         self.stopped = False
         self.flush_requested = 0
         self._thread: threading.Thread | None = None
@@ -262,42 +263,45 @@ class WriteBehindQueue:
         items = list(self.pending.values()) + list(self.busy.values())
         return all(item.first_seq > seq for item in items)
 
-    def _start_flush(self) -> tuple[int, FlushReport, int]:
+    def _start_flush(self) -> int:
         with self.cond:
             self.flush_requested += 1
             self.cond.notify_all()
-            return self.seq, FlushReport(**{**self.totals.__dict__, "errors": []}), len(self.dead)
+            return self.seq
 
-    def _end_flush(self, before: FlushReport, dead_before: int) -> FlushReport:
+    def _end_flush(self) -> FlushReport:
+        """What happened since the previous flush ended (or since the queue was made)."""
         with self.cond:
             self.flush_requested -= 1
-            now = self.totals
-            return FlushReport(
+            now, before = self.totals, self._reported
+            report = FlushReport(
                 written=now.written - before.written,
                 store_calls=now.store_calls - before.store_calls,
                 retried=now.retried - before.retried,
                 dead_lettered=now.dead_lettered - before.dead_lettered,
                 pending=len(self.pending) + len(self.busy),
-                errors=[dead.error for dead in self.dead[dead_before:]],
+                errors=[dead.error for dead in self.dead[before.dead_lettered :]],
             )
+            self._reported = FlushReport(**{**now.__dict__, "errors": []})
+            return report
 
     def flush(self, timeout: float | None = None) -> FlushReport:
         """Block until every write queued before this call is in the store or dead-lettered."""
         if self.is_async and (self.pending or self.busy):
             raise RuntimeError(f"write-behind of {self.where} is async: use await cache.aflush()")
-        upto, before, dead_before = self._start_flush()
+        upto = self._start_flush()
         try:
             with self.cond:
                 self.cond.wait_for(lambda: self._drained_upto(upto), timeout)
         finally:
-            report = self._end_flush(before, dead_before)
+            report = self._end_flush()
         return report
 
     async def aflush(self) -> FlushReport:
         """Await until every write queued before this call is in the store or dead-lettered."""
         if not self.is_async:
             return await asyncio.to_thread(self.flush)
-        upto, before, dead_before = self._start_flush()
+        upto = self._start_flush()
         try:
             while True:
                 with self.cond:
@@ -308,7 +312,7 @@ class WriteBehindQueue:
                 self._progress.clear()
                 await self._progress.wait()
         finally:
-            report = self._end_flush(before, dead_before)
+            report = self._end_flush()
         return report
 
     def wait_for_room_sync(self, key: str) -> None:

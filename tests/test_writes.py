@@ -1,0 +1,361 @@
+"""Writer decorators in-process: invalidates, write-through, and the in-memory write-behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from cachewise import Cache, WriteBehindFull, WriterArgumentError
+from cachewise.testing import FakeClock
+
+from .test_concurrency import wait_until
+
+
+class Store:
+    """A fake database: records every write, can be told to fail."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Any] = {}
+        self.writes: list[tuple[int, Any]] = []
+        self.fail_times = 0
+        self.fail_keys: set[int] = set()
+        self.lock = threading.Lock()
+
+    def save(self, user_id: int, data: Any) -> None:
+        with self.lock:
+            if user_id in self.fail_keys:
+                raise ConnectionError(f"cannot write {user_id}")
+            if self.fail_times:
+                self.fail_times -= 1
+                raise ConnectionError("transient")
+            self.writes.append((user_id, data))
+            self.rows[user_id] = data
+
+
+def make(cache: Cache, store: Store) -> Any:
+    @cache.cached(ttl=60)
+    def get_user(user_id: int) -> Any:
+        return store.rows.get(user_id)
+
+    return get_user
+
+
+def test_invalidates_drops_after_success(cache: Cache) -> None:
+    store = Store()
+    get_user = make(cache, store)
+
+    @cache.invalidates(get_user, args=lambda user_id, data: (user_id,))
+    def rename(user_id: int, data: str) -> str:
+        store.rows[user_id] = data
+        return "ok"
+
+    store.rows[1] = "old"
+    assert get_user(1) == "old"
+    assert rename(1, "new") == "ok"
+    assert get_user(1) == "new"
+
+
+def test_write_through_sets_cache_after_store(cache: Cache) -> None:
+    store = Store()
+    get_user = make(cache, store)
+    seen_during_write: list[Any] = []
+
+    @cache.write_through(get_user, args=lambda user_id, data: user_id, value=lambda u, d: d)
+    def save(user_id: int, data: Any) -> None:
+        seen_during_write.append(get_user(user_id))  # the cache is updated only after this
+        store.save(user_id, data)
+
+    store.rows[1] = "old"
+    get_user(1)
+    save(1, {"name": "new"})
+    assert seen_during_write == ["old"]
+    assert get_user(1) == {"name": "new"}
+    assert cache.stats()["loads"] == 1  # the write filled the entry: no reload
+
+
+def test_write_through_failure_drops_entry_and_reraises(cache: Cache) -> None:
+    store = Store()
+    get_user = make(cache, store)
+    store.rows[1] = "old"
+    get_user(1)
+
+    @cache.write_through(get_user, args=lambda user_id, data: user_id, value=lambda u, d: d)
+    def save(user_id: int, data: Any) -> None:
+        store.save(user_id, data)
+
+    store.fail_keys.add(1)
+    with pytest.raises(ConnectionError, match="cannot write 1"):
+        save(1, "new")
+    assert cache.stats()["l1_size"] == 0  # no half-updated entry
+
+
+def test_write_through_caches_return_value_without_value_mapper(cache: Cache) -> None:
+    store = Store()
+    get_user = make(cache, store)
+
+    @cache.write_through(get_user, args=lambda user_id, data: user_id)
+    def save(user_id: int, data: str) -> str:
+        store.save(user_id, data)
+        return data.upper()
+
+    save(2, "x")
+    assert get_user(2) == "X"
+
+
+def test_write_through_wins_over_a_slow_load(cache: Cache) -> None:
+    store = Store()
+    started, release = threading.Event(), threading.Event()
+
+    @cache.cached(ttl=60)
+    def get_user(user_id: int) -> Any:
+        value = store.rows.get(user_id)
+        started.set()
+        assert release.wait(10)
+        return value
+
+    @cache.write_through(get_user, args=lambda user_id, data: user_id, value=lambda u, d: d)
+    def save(user_id: int, data: Any) -> None:
+        store.save(user_id, data)
+
+    store.rows[1] = "old"
+    reader = threading.Thread(target=get_user, args=(1,))
+    reader.start()
+    assert started.wait(10)
+    save(1, "new")
+    release.set()
+    reader.join(10)
+    assert get_user(1) == "new"
+
+
+def test_args_mapper_error_says_nothing_was_written(cache: Cache) -> None:
+    store = Store()
+    get_user = make(cache, store)
+
+    @cache.write_through(get_user, args=lambda user_id, data: data["missing"])
+    def save(user_id: int, data: dict[str, Any]) -> None:
+        store.save(user_id, data)
+
+    with pytest.raises(WriterArgumentError, match="nothing was written"):
+        save(1, {})
+    assert store.writes == []
+
+
+async def test_async_write_through(cache: Cache) -> None:
+    rows: dict[int, str] = {}
+
+    @cache.cached(ttl=60)
+    async def get_user(user_id: int) -> str | None:
+        return rows.get(user_id)
+
+    @cache.write_through(get_user, args=lambda user_id, data: user_id, value=lambda u, d: d)
+    async def save(user_id: int, data: str) -> None:
+        rows[user_id] = data
+
+    await save(1, "a")
+    rows.clear()
+    assert await get_user(1) == "a"
+
+
+def wb_cache(clock: FakeClock, **options: Any) -> Cache:
+    defaults: dict[str, Any] = dict(
+        clock=clock, ttl_jitter=0, early_refresh_beta=0, write_behind_interval=0.01,
+        write_behind_backoff=0.001,
+    )  # fmt: skip
+    return Cache(**{**defaults, **options})
+
+
+def test_write_behind_returns_before_the_store_write(clock: FakeClock) -> None:
+    cache = wb_cache(clock)
+    store = Store()
+    get_user = make(cache, store)
+    gate = threading.Event()
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: str) -> None:
+        assert gate.wait(10)
+        store.save(user_id, data)
+
+    save(1, "new")  # returns although the writer is blocked
+    assert get_user(1) == "new" and store.writes == []
+    gate.set()
+    report = cache.flush()
+    assert store.rows == {1: "new"} and report.written == 1 and report.pending == 0
+    cache.close()
+
+
+def test_write_behind_coalesces_and_keeps_order(clock: FakeClock) -> None:
+    cache = wb_cache(clock, write_behind_interval=0.01)
+    store = Store()
+    get_user = make(cache, store)
+    gate = threading.Event()
+    first = threading.Event()
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: int) -> None:
+        first.set()
+        assert gate.wait(10)
+        store.save(user_id, data)
+
+    save(0, -1)  # occupies the flusher
+    assert first.wait(10)
+    for i in range(50):
+        save(1, i)
+    for i in range(3):
+        save(2, i)
+    gate.set()
+    cache.flush()
+    assert store.writes == [(0, -1), (1, 49), (2, 2)]  # 50 writes to key 1 -> one store call
+    assert get_user(1) == 49
+    cache.close()
+
+
+def test_write_behind_retries_then_succeeds(clock: FakeClock) -> None:
+    cache = wb_cache(clock, write_behind_retries=5)
+    store = Store()
+    get_user = make(cache, store)
+    store.fail_times = 3
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: str) -> None:
+        store.save(user_id, data)
+
+    save(1, "x")
+    report = cache.flush()
+    assert store.rows == {1: "x"} and report.retried == 3 and report.dead_lettered == 0
+    cache.close()
+
+
+def test_poison_write_is_dead_lettered_others_continue(clock: FakeClock) -> None:
+    cache = wb_cache(clock, write_behind_retries=2)
+    store = Store()
+    get_user = make(cache, store)
+    store.fail_keys.add(13)
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: str) -> None:
+        store.save(user_id, data)
+
+    for user in (12, 13, 14):
+        save(user, f"d{user}")
+    report = cache.flush()
+    assert store.rows == {12: "d12", 14: "d14"}
+    assert report.dead_lettered == 1 and "cannot write 13" in report.errors[0]
+    [dead] = cache.dead_letters()
+    assert dead.args == (13, "d13") and dead.attempts == 3
+    cache.close()
+
+
+def test_pending_write_is_served_after_the_entry_expires(clock: FakeClock) -> None:
+    cache = wb_cache(clock)
+    store = Store()
+    store.rows[1] = "old"
+    get_user = make(cache, store)
+    gate = threading.Event()
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: str) -> None:
+        assert gate.wait(10)
+        store.save(user_id, data)
+
+    save(1, "new")
+    clock.advance(120)  # the cache entry expired; the store still has "old"
+    assert get_user(1) == "new"
+    gate.set()
+    cache.flush()
+    clock.advance(120)
+    assert get_user(1) == "new"  # from the store now
+    assert cache._engine.pinned == {}
+    cache.close()
+
+
+def test_bounded_queue_raises_when_told_to(clock: FakeClock) -> None:
+    cache = wb_cache(clock, write_behind_maxsize=2, write_behind_when_full="raise")
+    store = Store()
+    get_user = make(cache, store)
+    gate, started = threading.Event(), threading.Event()
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: str) -> None:
+        started.set()
+        assert gate.wait(10)
+        store.save(user_id, data)
+
+    save(1, "a")
+    assert started.wait(10)
+    save(2, "b")
+    save(2, "b2")  # coalesced into the queued write: no room needed
+    with pytest.raises(WriteBehindFull, match="not queued"):
+        save(3, "c")
+    assert cache.get_or_load("probe", lambda: 0, ttl=1) == 0
+    assert get_user.key(3) not in [e.full_key for e in cache._engine.l1.entries()]
+    gate.set()
+    cache.flush()
+    assert store.rows == {1: "a", 2: "b2"}
+    cache.close()
+
+
+def test_bounded_queue_blocks_by_default(clock: FakeClock) -> None:
+    cache = wb_cache(clock, write_behind_maxsize=1)
+    store = Store()
+    get_user = make(cache, store)
+    gate, started = threading.Event(), threading.Event()
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: str) -> None:
+        started.set()
+        assert gate.wait(10)
+        store.save(user_id, data)
+
+    save(1, "a")
+    assert started.wait(10)
+    done = threading.Event()
+    blocked = threading.Thread(target=lambda: (save(2, "b"), done.set()))
+    blocked.start()
+    assert not done.wait(0.05)  # still blocked while the queue is full
+    gate.set()
+    assert done.wait(10)
+    cache.flush()
+    assert store.rows == {1: "a", 2: "b"}
+    cache.close()
+
+
+async def test_async_write_behind_flushes_on_the_loop(clock: FakeClock) -> None:
+    cache = wb_cache(clock)
+    rows: dict[int, str] = {}
+    loop = asyncio.get_running_loop()
+    seen_loops: list[Any] = []
+
+    @cache.cached(ttl=60)
+    async def get_user(user_id: int) -> str | None:
+        return rows.get(user_id)
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    async def save(user_id: int, data: str) -> None:
+        seen_loops.append(asyncio.get_running_loop())
+        rows[user_id] = data
+
+    for i in range(5):
+        await save(i, f"d{i}")
+    assert await get_user(3) == "d3"
+    report = await cache.aflush()
+    assert rows == {i: f"d{i}" for i in range(5)} and report.written == 5
+    assert seen_loops == [loop] * 5
+    await cache.aclose()
+
+
+def test_close_drains_the_queue(clock: FakeClock) -> None:
+    cache = wb_cache(clock)
+    store = Store()
+    get_user = make(cache, store)
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: str) -> None:
+        store.save(user_id, data)
+
+    with cache:
+        for i in range(20):
+            save(i, str(i))
+    assert len(store.rows) == 20
