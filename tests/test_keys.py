@@ -194,3 +194,10 @@ def _strict(value: Any) -> Any:
 @given(keyable, keyable)
 def test_canonical_text_is_injective(a: Any, b: Any) -> None:
     assert (text(a) == text(b)) == (_strict(a) == _strict(b))
+
+
+@given(st.lists(st.integers() | st.text(), max_size=5))
+def test_plain_fast_text_equals_the_general_encoding(values: list[Any]) -> None:
+    from cachewise.keys import _plain_text, _shorten
+
+    assert _plain_text(tuple(values)) == _shorten(encode([canonical(v) for v in values]))

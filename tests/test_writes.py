@@ -11,8 +11,6 @@ import pytest
 from cachewise import Cache, WriteBehindFull, WriterArgumentError
 from cachewise.testing import FakeClock
 
-from .test_concurrency import wait_until
-
 
 class Store:
     """A fake database: records every write, can be told to fail."""

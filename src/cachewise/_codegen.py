@@ -24,7 +24,7 @@ _TEMPLATE = """\
         if _cw_entry is not None and _cw_now() < _cw_entry.early_at:
             _cw_entry.hits += 1
             return _cw_entry.value
-    return {await_}_cw_slow(({values}), lambda _cw_f: _cw_f({call}))
+    return {await_}_cw_run(_cw_plan(({values}), lambda _cw_f: _cw_f({call})))
 """
 
 _BIND_TEMPLATE = """\
@@ -101,7 +101,8 @@ def make_wrapper(
     fast: bool,
     table: dict[Any, Any],
     now: Callable[[], float],
-    slow: Callable[[tuple[Any, ...], Callable[[Callable[..., Any]], Any]], Any],
+    plan: Callable[[tuple[Any, ...], Callable[[Callable[..., Any]], Any]], Any],
+    run: Callable[[Any], Any],
 ) -> Callable[..., Any] | None:
     """The wrapper of ``fn``, or None when its signature cannot be mirrored."""
     signature = inspect.signature(fn)
@@ -123,7 +124,8 @@ def make_wrapper(
     namespace: dict[str, Any] = {
         "_cw_table": table,
         "_cw_now": now,
-        "_cw_slow": slow,
+        "_cw_plan": plan,
+        "_cw_run": run,
         "_cw_plain": (int, str),
         **defaults,
     }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import logging
 import threading
@@ -43,13 +44,51 @@ class Flight:
     with a timeout, and awaitable from any event loop through ``asyncio.wrap_future``.
     """
 
-    __slots__ = ("future", "invalidated")
+    __slots__ = ("_lock", "_on_loop", "future", "invalidated")
 
     def __init__(self) -> None:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         #: Set when the key was invalidated or written while this load ran: its result is still
         #: handed to the callers that joined it, but never stored (no stale set).
         self.invalidated = False
+        self._lock = threading.Lock()
+        self._on_loop: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] = {}
+
+    def on_loop(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """The result as one future of ``loop``, shared by every task of that loop.
+
+        ``asyncio.wrap_future`` per waiter would cost one ``call_soon_threadsafe`` (a self-pipe
+        write) per waiter when the result lands; a herd of 1,000 tasks then waits for 1,000 of
+        them. One future per loop costs one, or none when the result is set on that loop.
+        """
+        with self._lock:
+            mirror = self._on_loop.get(loop)
+            if mirror is not None:
+                return mirror
+            mirror = self._on_loop[loop] = loop.create_future()
+        self.future.add_done_callback(functools.partial(_mirror, loop, mirror))
+        return mirror
+
+
+def _copy(source: concurrent.futures.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())
+
+
+def _mirror(
+    loop: asyncio.AbstractEventLoop,
+    target: asyncio.Future[Any],
+    source: concurrent.futures.Future[Any],
+) -> None:
+    if asyncio._get_running_loop() is loop:  # public twin raises when no loop runs here
+        _copy(source, target)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(_copy, source, target)
 
 
 class Op:
@@ -148,7 +187,7 @@ class Wait(Op):
 
     async def run_async(self) -> Any:
         # shield: a cancelled or timed-out waiter must not cancel the shared future.
-        waiter = asyncio.shield(asyncio.wrap_future(self.flight.future))
+        waiter = asyncio.shield(self.flight.on_loop(asyncio.get_running_loop()))
         if self.timeout is None:
             return await waiter
         try:

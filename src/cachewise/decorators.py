@@ -178,12 +178,6 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
     def plan(values: tuple[Any, ...], call: Caller) -> Plan[Any]:
         return read(spec.target(values, call), functools.partial(call, fn), policy)
 
-    def slow_sync(values: tuple[Any, ...], call: Caller) -> Any:
-        return run_sync(plan(values, call))
-
-    async def slow_async(values: tuple[Any, ...], call: Caller) -> Any:
-        return await run_async(plan(values, call))
-
     wrapper = make_wrapper(
         fn,
         is_async=is_async,
@@ -191,7 +185,8 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
         fast=spec.custom_key is None,
         table=spec.table,
         now=engine.clock,
-        slow=slow_async if is_async else slow_sync,
+        plan=plan,
+        run=run_async if is_async else run_sync,
     )
     if wrapper is None:  # a parameter name the generated code cannot use: no fast path
         wrapper = _shell(

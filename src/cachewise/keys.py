@@ -97,9 +97,32 @@ def canonical(value: Any) -> Any:
     raise _Unstable(value)
 
 
+# One encoder for the process: ``json.dumps`` with options builds a new one on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+# The string quoting that encoder applies with ensure_ascii=False (the C one when available).
+_quote: Callable[[str], str] = getattr(json.encoder, "c_encode_basestring", None) or (
+    json.encoder.py_encode_basestring
+)
+
+
 def encode(structure: Any) -> str:
     """Serialize a ``canonical`` structure to its one textual form."""
-    return json.dumps(structure, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return _encode(structure)
+
+
+def _plain_text(values: tuple[Any, ...]) -> str | None:
+    """``encode(list(values))`` without the encoder's overhead, when every value is an exact
+    ``int`` or ``str`` (the common case, and the one a cache miss pays for): the same text."""
+    parts = []
+    for value in values:
+        tp = type(value)
+        if tp is int:
+            parts.append(int.__repr__(value))
+        elif tp is str:
+            parts.append(_quote(value))
+        else:
+            return None
+    return _shorten("[" + ",".join(parts) + "]")
 
 
 def _shorten(text: str) -> str:
@@ -199,6 +222,9 @@ class ArgKeyer:
 
     def text(self, keyed: tuple[Any, ...]) -> str:
         """The canonical argument text of keyed values."""
+        plain = _plain_text(keyed)
+        if plain is not None:
+            return plain
         parts: list[Any] = []
         offset = 0
         for i, value in enumerate(keyed):
