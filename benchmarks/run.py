@@ -1,0 +1,358 @@
+"""cachewise benchmarks: ratios measured side by side in one run, never a bare time.
+
+    bash scripts/bench.sh            # or: .venv/bin/python benchmarks/run.py [--quick]
+
+Method: every scenario runs its variants in rounds; within a round the variants run back to back
+in a random order, and each ratio is computed inside its round, so a noisy neighbour slows the
+cachewise run and its floor alike. Reported: the median ratio over rounds with min..max. Every
+loop is bounded in count. Results go to ``benchmarks/results/<timestamp>.json`` and to
+``docs/benchmarks.md`` (the targets of the issues are checked there; a miss is shown as a miss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cachetools
+
+import cachewise
+from cachewise import Cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cachewise": cachewise.__version__,
+        "cachetools": cachetools.__version__ if hasattr(cachetools, "__version__") else "?",
+        "commit": _git("rev-parse", "--short", "HEAD"),
+    }
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# -- hit cost -------------------------------------------------------------------------------
+
+
+def _sync_hit_variants() -> dict[str, Callable[[int], int]]:
+    table = {1: 1}
+
+    def dict_floor(x: int) -> int:
+        return table[x]
+
+    cache = Cache(namespace="bench")
+
+    @cache.cached(ttl=3600)
+    def cw(x: int) -> int:
+        return x
+
+    @cachetools.cached(cachetools.TTLCache(maxsize=10_000, ttl=3600))
+    def ct(x: int) -> int:
+        return x
+
+    cw(1), ct(1)
+    return {"dict floor": dict_floor, "cachewise @cached": cw, "cachetools TTLCache": ct}
+
+
+def _time_sync(fn: Callable[[int], int], number: int) -> float:
+    """Seconds per call, the timing loop's own cost subtracted."""
+    call = timeit.Timer("fn(1)", globals={"fn": fn}).timeit(number)
+    empty = timeit.Timer("pass").timeit(number)
+    return max(call - empty, 1e-12) / number
+
+
+async def _async_hit_variants() -> dict[str, Callable[[int], Any]]:
+    table = {1: 1}
+
+    async def async_dict_floor(x: int) -> int:
+        return table[x]
+
+    cache = Cache(namespace="bench-async")
+
+    @cache.cached(ttl=3600)
+    async def cw(x: int) -> int:
+        return x
+
+    await cw(1)
+    return {"async dict floor": async_dict_floor, "cachewise @cached (async)": cw}
+
+
+async def _time_async(fn: Callable[[int], Any], number: int) -> float:
+    started = time.perf_counter()
+    for _ in range(number):
+        await fn(1)
+    call = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(number):
+        pass
+    empty = time.perf_counter() - started
+    return max(call - empty, 1e-12) / number
+
+
+def bench_hits(rounds: int, number: int) -> dict[str, Any]:
+    sync = _sync_hit_variants()
+    per_round: list[dict[str, float]] = []
+    for _ in range(rounds):
+        order = list(sync)
+        random.shuffle(order)
+        per_round.append({name: _time_sync(sync[name], number) for name in order})
+
+    async def async_rounds() -> list[dict[str, float]]:
+        variants = await _async_hit_variants()
+        out = []
+        for _ in range(rounds):
+            order = list(variants)
+            random.shuffle(order)
+            out.append({name: await _time_async(variants[name], number) for name in order})
+        return out
+
+    async_per_round = asyncio.run(async_rounds())
+    ratios = {
+        "sync hit / dict floor": summarize(
+            [r["cachewise @cached"] / r["dict floor"] for r in per_round]
+        ),
+        "sync hit / cachetools TTLCache hit": summarize(
+            [r["cachewise @cached"] / r["cachetools TTLCache"] for r in per_round]
+        ),
+        "async hit / async dict floor": summarize(
+            [r["cachewise @cached (async)"] / r["async dict floor"] for r in async_per_round]
+        ),
+    }
+    return {
+        "rounds": rounds,
+        "calls_per_round": number,
+        "ratios": ratios,
+        "ns_per_call_median": {
+            name: statistics.median(r[name] for r in rounds_) * 1e9
+            for rounds_ in (per_round, async_per_round)
+            for name in rounds_[0]
+        },
+    }
+
+
+# -- cold-key stampede ----------------------------------------------------------------------
+
+
+def _threads_cold_key(callers: int, load_s: float, key: int) -> dict[str, float]:
+    cache = Cache(namespace="bench-stampede")
+    loads: list[float] = []
+
+    @cache.cached(ttl=3600)
+    def load(k: int) -> int:
+        started = time.perf_counter()
+        time.sleep(load_s)
+        loads.append(time.perf_counter() - started)
+        return k
+
+    barrier = threading.Barrier(callers)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        barrier.wait()
+        started = time.perf_counter()
+        load(key)
+        with lock:
+            latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return _stampede_result(latencies, loads)
+
+
+def _tasks_cold_key(callers: int, load_s: float, key: int) -> dict[str, float]:
+    async def run() -> dict[str, float]:
+        cache = Cache(namespace="bench-stampede")
+        loads: list[float] = []
+
+        @cache.cached(ttl=3600)
+        async def load(k: int) -> int:
+            started = time.perf_counter()
+            await asyncio.sleep(load_s)
+            loads.append(time.perf_counter() - started)
+            return k
+
+        async def caller() -> float:
+            started = time.perf_counter()
+            await load(key)
+            return time.perf_counter() - started
+
+        latencies = await asyncio.gather(*(caller() for _ in range(callers)))
+        return _stampede_result(list(latencies), loads)
+
+    return asyncio.run(run())
+
+
+def _stampede_result(latencies: list[float], loads: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    load_time = statistics.median(loads)
+    return {
+        "loads": len(loads),
+        "p50_ms": ordered[len(ordered) // 2] * 1e3,
+        "p99_ms": p99 * 1e3,
+        "load_ms": load_time * 1e3,
+        "p99_over_load_ms": (p99 - load_time) * 1e3,
+    }
+
+
+def bench_stampede(rounds: int, load_s: float) -> dict[str, Any]:
+    scenarios = {
+        "100 threads": lambda key: _threads_cold_key(100, load_s, key),
+        "500 tasks": lambda key: _tasks_cold_key(500, load_s, key),
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+    for i in range(rounds):
+        order = list(scenarios)
+        random.shuffle(order)
+        for name in order:
+            results[name].append(scenarios[name](i))
+    return {
+        name: {
+            "rounds": len(runs),
+            "loads_max": max(r["loads"] for r in runs),
+            "p99_ms": summarize([r["p99_ms"] for r in runs]),
+            "p50_ms": summarize([r["p50_ms"] for r in runs]),
+            "load_ms": summarize([r["load_ms"] for r in runs]),
+            "p99_over_load_ms": summarize([r["p99_over_load_ms"] for r in runs]),
+        }
+        for name, runs in results.items()
+    }
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _fmt(s: dict[str, float], digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}..{s['max']:.{digits}f})"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def report(data: dict[str, Any]) -> str:
+    hits, stampede = data["hits"], data["stampede"]
+    r = hits["ratios"]
+    targets = [
+        ("sync `@cached` hit / dict lookup in a function", r["sync hit / dict floor"], 6.0),
+        ("sync `@cached` hit / `cachetools.cached(TTLCache)` hit",
+         r["sync hit / cachetools TTLCache hit"], 0.5),
+        ("async `@cached` hit / `async def` dict lookup", r["async hit / async dict floor"], 3.0),
+    ]  # fmt: skip
+    lines = [
+        "## In-process tier (issue: foundation)",
+        "",
+        f"Run {data['when']} on {data['machine']['cpu']} ({data['machine']['cores']} cores), "
+        f"Python {data['machine']['python']}, commit {data['machine']['commit']}. "
+        f"Command: `{data['command']}`.",
+        "",
+        f"### Hit cost ({hits['rounds']} interleaved rounds of {hits['calls_per_round']:,} calls; "
+        "the timing loop's own cost subtracted)",
+        "",
+        "| ratio | median (min..max) | target | |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, s, limit in targets:
+        lines.append(f"| {label} | {_fmt(s)} | ≤ {limit} | "
+                     f"{_verdict(s['median'] <= limit)} |")  # fmt: skip
+    lines += ["", "Median ns per call in this run (for orientation only; compare the ratios): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in hits["ns_per_call_median"].items()) + ".",
+              ""]  # fmt: skip
+    lines += [
+        f"### Cold key, 50 ms loader ({next(iter(stampede.values()))['rounds']} rounds each)",
+        "",
+        "| scenario | loads (max over rounds) | caller p99 − load time, ms | caller p99, ms "
+        "| target | |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in stampede.items():
+        ok = s["loads_max"] == 1 and s["p99_over_load_ms"]["median"] <= 10.0
+        lines.append(
+            f"| {name} | {s['loads_max']} | {_fmt(s['p99_over_load_ms'], 1)} | "
+            f"{_fmt(s['p99_ms'], 1)} | 1 load, ≤ +10 ms | {_verdict(ok)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(section: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    header = (
+        "# Benchmarks\n\n"
+        "Every figure is a ratio measured side by side in one run on a shared 2-core machine; "
+        "bare times are not comparable between runs. Reproduce with `bash scripts/bench.sh` "
+        "(raw results in `benchmarks/results/`).\n\n"
+    )
+    path.write_text(header + section)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    rounds, number, stampede_rounds = (3, 20_000, 2) if args.quick else (15, 200_000, 7)
+    print(f"hit cost: {rounds} rounds x {number} calls ...", flush=True)
+    hits = bench_hits(rounds, number)
+    print(f"cold-key stampede: {stampede_rounds} rounds ...", flush=True)
+    stampede = bench_stampede(stampede_rounds, 0.05)
+    data = {
+        "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "bash scripts/bench.sh" + (" --quick" if args.quick else ""),
+        "machine": machine(),
+        "hits": hits,
+        "stampede": stampede,
+    }
+    section = report(data)
+    print(section)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    (ROOT / "benchmarks" / "results" / f"{stamp}.json").write_text(json.dumps(data, indent=2))
+    if not args.no_docs:
+        write_docs(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
