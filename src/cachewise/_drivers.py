@@ -23,6 +23,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import ConfigTypeError
@@ -100,7 +101,20 @@ class Op:
     async def run_async(self) -> Any:
         raise NotImplementedError
 
+    def outcome_sync(self) -> tuple[Any, BaseException | None]:
+        try:
+            return self.run_sync(), None
+        except BaseException as exc:  # handed to the plan, which decides what to raise
+            return None, exc
 
+    async def outcome_async(self) -> tuple[Any, BaseException | None]:
+        try:
+            return await self.run_async(), None
+        except BaseException as exc:
+            return None, exc
+
+
+@dataclass(slots=True)
 class Call(Op):
     """Call ``fn`` (a loader, a store writer), hand its outcome to ``done``/``failed``.
 
@@ -109,24 +123,12 @@ class Call(Op):
     its own task, which the caller waits for through ``asyncio.shield``.
     """
 
-    __slots__ = ("background", "clock", "done", "failed", "fn", "spawn")
-
-    def __init__(
-        self,
-        fn: Callable[[], Any],
-        done: Callable[[Any, float], None],
-        failed: Callable[[BaseException], None],
-        *,
-        clock: Callable[[], float],
-        spawn: Callable[[asyncio.Task[None]], None],
-        background: bool = False,
-    ) -> None:
-        self.fn = fn
-        self.done = done
-        self.failed = failed
-        self.clock = clock
-        self.spawn = spawn
-        self.background = background
+    fn: Callable[[], Any]
+    done: Callable[[Any, float], None]
+    failed: Callable[[BaseException], None]
+    clock: Callable[[], float]
+    spawn: Callable[[asyncio.Task[None]], None]
+    background: bool = False
 
     def _call_sync(self) -> None:
         started = self.clock()
@@ -198,31 +200,37 @@ class Wait(Op):
             return TIMED_OUT
 
 
+class _Steps:
+    """Advances a plan: hands it each operation's outcome, keeps its return value."""
+
+    __slots__ = ("plan", "value")
+
+    def __init__(self, plan: Plan[Any]) -> None:
+        self.plan = plan
+        self.value: Any = None
+
+    def next(self, result: Any = None, error: BaseException | None = None) -> Op | None:
+        """The plan's next operation, or None once it returned (its value is then ``value``)."""
+        try:
+            return self.plan.send(result) if error is None else self.plan.throw(error)
+        except StopIteration as stop:
+            self.value = stop.value
+            return None
+
+
 def run_sync(plan: Plan[T]) -> T:
     """Carry out ``plan`` in the calling thread."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = plan.send(result) if error is None else plan.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        try:
-            result, error = op.run_sync(), None
-        except BaseException as exc:
-            result, error = None, exc
+    steps = _Steps(plan)
+    op = steps.next()
+    while op is not None:
+        op = steps.next(*op.outcome_sync())
+    return steps.value  # type: ignore[no-any-return]
 
 
 async def run_async(plan: Plan[T]) -> T:
     """Carry out ``plan`` on the running event loop."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = plan.send(result) if error is None else plan.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        try:
-            result, error = await op.run_async(), None
-        except BaseException as exc:
-            result, error = None, exc
+    steps = _Steps(plan)
+    op = steps.next()
+    while op is not None:
+        op = steps.next(*await op.outcome_async())
+    return steps.value  # type: ignore[no-any-return]

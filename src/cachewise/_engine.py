@@ -55,24 +55,15 @@ class Policy:
     stale_ttl: float = 0.0
 
 
+@dataclass(slots=True)
 class Target:
     """Where one entry lives: its L1 table and key, its full (namespaced) key, its tags."""
 
-    __slots__ = ("full_key", "l1_key", "table", "tags", "where")
-
-    def __init__(
-        self,
-        table: Table,
-        l1_key: Hashable,
-        full_key: str,
-        where: str,
-        tags: Callable[[], Iterable[str]] | None = None,
-    ) -> None:
-        self.table = table
-        self.l1_key = l1_key
-        self.full_key = full_key
-        self.where = where
-        self.tags = tags
+    table: Table
+    l1_key: Hashable
+    full_key: str
+    where: str
+    tags: Callable[[], Iterable[str]] | None = None
 
 
 class _Latency:
