@@ -71,3 +71,37 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 @pytest.fixture(params=["sync", "async"])
 def drive(request: pytest.FixtureRequest) -> Driver:
     return Driver(request.param)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    from .redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A namespace of this test's own, so tests sharing one server never see each other."""
+    import re
+    import secrets
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40] + "-" + secrets.token_hex(3)
+
+
+@pytest.fixture
+def make_cache(redis_server: Any, namespace: str) -> Iterator[Callable[..., Cache]]:
+    """Caches on the test server; several of them stand for several processes."""
+    made: list[Cache] = []
+
+    def make(**options: Any) -> Cache:
+        options.setdefault("namespace", namespace)
+        cache = Cache(redis_server.url, **options)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close(timeout=5)

@@ -115,59 +115,90 @@ class Op:
 
 
 @dataclass(slots=True)
-class Call(Op):
-    """Call ``fn`` (a loader, a store writer), hand its outcome to ``done``/``failed``.
+class Spawn(Op):
+    """Run ``plan`` detached from the caller: its outcome travels through a flight, not back.
 
-    ``background`` runs it off the caller's path (a daemon thread, or a task the engine keeps
-    alive) and returns at once; otherwise the sync driver runs it inline and the async driver in
-    its own task, which the caller waits for through ``asyncio.shield``.
+    ``background`` returns at once (a daemon thread, or a task the engine keeps alive);
+    otherwise the sync driver runs it inline and the async driver in its own task, which the
+    caller waits for through ``asyncio.shield``: cancelling the caller never cancels the load.
+    The plan must not raise (it reports through its flight).
+    """
+
+    plan: Plan[Any]
+    keep: Callable[[asyncio.Task[Any]], None]
+    background: bool = False
+
+    def run_sync(self) -> None:
+        if self.background:
+            threading.Thread(target=run_sync, args=(self.plan,), daemon=True).start()
+        else:
+            run_sync(self.plan)
+
+    async def run_async(self) -> None:
+        task = asyncio.get_running_loop().create_task(run_async(self.plan))
+        self.keep(task)
+        if not self.background:
+            await asyncio.shield(task)
+
+
+@dataclass(slots=True)
+class Invoke(Op):
+    """Call a loader or store writer: ``fn()``, awaited in async code when it returns an awaitable.
+
+    With ``renew``, the plan it makes runs every ``every`` seconds while ``fn`` runs (a thread,
+    or a task): that is how a long load keeps its lease.
     """
 
     fn: Callable[[], Any]
-    done: Callable[[Any, float], None]
-    failed: Callable[[BaseException], None]
-    clock: Callable[[], float]
-    spawn: Callable[[asyncio.Task[None]], None]
-    background: bool = False
+    renew: Callable[[], Plan[Any]] | None = None
+    every: float = 0.0
 
-    def _call_sync(self) -> None:
-        started = self.clock()
+    def run_sync(self) -> Any:
+        stop = threading.Event()
+        if self.renew is not None:
+            threading.Thread(target=self._renew_sync, args=(stop,), daemon=True).start()
         try:
             value = self.fn()
-            if inspect.isawaitable(value):
-                if inspect.iscoroutine(value):
-                    value.close()
-                raise ConfigTypeError(
-                    f"{self.fn!r} returned an awaitable to a sync call: use the async API "
-                    "(await aget_or_load / an async def function)"
-                )
-        except BaseException as exc:  # delivered to every caller that joined, never cached
-            self.failed(exc)
-            return
-        self.done(value, self.clock() - started)
+        finally:
+            stop.set()
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()
+            raise ConfigTypeError(
+                f"{self.fn!r} returned an awaitable to a sync call: use the async API "
+                "(await aget_or_load / an async def function)"
+            )
+        return value
 
-    async def _call_async(self) -> None:
-        started = self.clock()
+    def _renew_sync(self, stop: threading.Event) -> None:
+        assert self.renew is not None
+        while not stop.wait(self.every):
+            try:
+                run_sync(self.renew())
+            except Exception as exc:  # the fill will be refused if the lease is lost
+                log.warning("cachewise: lease renewal failed: %r", exc)
+
+    async def run_async(self) -> Any:
+        renewer = None
+        if self.renew is not None:
+            renewer = asyncio.get_running_loop().create_task(self._renew_async())
         try:
             value = self.fn()
             if inspect.isawaitable(value):
                 value = await value
-        except BaseException as exc:
-            self.failed(exc)
-            return
-        self.done(value, self.clock() - started)
+            return value
+        finally:
+            if renewer is not None:
+                renewer.cancel()
 
-    def run_sync(self) -> None:
-        if self.background:
-            threading.Thread(target=self._call_sync, name="cachewise-refresh", daemon=True).start()
-        else:
-            self._call_sync()
-
-    async def run_async(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._call_async())
-        self.spawn(task)
-        if not self.background:
-            await asyncio.shield(task)
+    async def _renew_async(self) -> None:
+        assert self.renew is not None
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await run_async(self.renew())
+            except Exception as exc:
+                log.warning("cachewise: lease renewal failed: %r", exc)
 
 
 class Wait(Op):

@@ -1,7 +1,8 @@
 """The engine: every cache operation written once, as a plan that both drivers carry out.
 
 A plan is a generator: it reads the in-process state, asks ``core.decide`` what to do, and
-yields the operations (``Call``, ``Wait``) it needs from a driver. ``Cache`` and the decorators
+yields the operations (``Spawn``, ``Invoke``, ``Wait``, Redis calls) it needs from a
+driver. ``Cache`` and the decorators
 run plans with ``run_sync`` or ``await run_async``; nothing here blocks or awaits.
 
 Rules of this module:
@@ -9,26 +10,43 @@ Rules of this module:
 1. Every mutation of L1 and of the flight table happens under ``self.lock``. The hit path reads
    the L1 tables without it (a dict read is atomic under the GIL).
 2. A fill is stored only if its flight was not invalidated while it ran, checked under the same
-   lock as the invalidation: an invalidation that happened during a load always wins.
+   lock as the invalidation: an invalidation that happened during a load always wins. With
+   Redis, the shared fill is also refused unless the loader's lease still holds (``_lua.STORE``).
+3. A plan started with ``Spawn`` (a load, a refresh) never raises: its outcome goes to its flight.
+4. Redis trouble is counted and logged, never raised to a caller: the value comes from L1, from
+   a load, or from the origin; single-flight in the process still holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import os
 import random
+import secrets
 import threading
+import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from . import core
-from ._drivers import TIMED_OUT, Call, Flight, Plan, Wait
+from . import codec, core
+from ._drivers import TIMED_OUT, Flight, Invoke, Plan, Spawn, Wait
 from ._l1 import L1, Table
+from ._redis import (
+    REDIS_ERRORS,
+    AwaitEvent,
+    Listener,
+    RedisBackend,
+    RedisCall,
+    RunPipeline,
+    RunScript,
+    ServerTime,
+)
 from .core import Decision, Entry
 from .errors import ConfigTypeError, LoaderResultError
 
@@ -110,6 +128,9 @@ class Engine:
         ttl_jitter: float,
         early_refresh_beta: float,
         wait_timeout: float | None,
+        backend: RedisBackend | None = None,
+        lease_ttl: float = 2.0,
+        lease_wait_timeout: float = 10.0,
     ) -> None:
         self.namespace = namespace
         self.prefix = f"{namespace}:" if namespace else ""
@@ -117,6 +138,9 @@ class Engine:
         self.jitter = ttl_jitter
         self.beta = early_refresh_beta
         self.wait_timeout = wait_timeout
+        self.backend = backend
+        self.lease_ttl = lease_ttl
+        self.lease_wait_timeout = lease_wait_timeout
         self.l1 = L1(l1_maxsize)
         self.explicit: Table = {}  # the L1 table of keys used with get/set/get_or_load
         self.lock = threading.Lock()
@@ -125,10 +149,11 @@ class Engine:
         self.load_latency = _Latency()
         self.miss_latency = _Latency()
         self.listeners: list[Callable[[InvalidationEvent], None]] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
         #: Values written behind and not yet in the store: served on a miss, so a read never
         #: falls back to the store's old value while the write is queued.
         self.pinned: dict[str, tuple[Target, Any, Policy]] = {}
+        self._last_redis_log = 0.0
         _ENGINES.add(self)
 
     # -- small helpers --------------------------------------------------------------------------
@@ -136,17 +161,19 @@ class Engine:
     def explicit_target(self, key: str) -> Target:
         return Target(self.explicit, key, self.prefix + key, repr(key))
 
-    def keep(self, task: asyncio.Task[None]) -> None:
+    def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a strong reference to a task the engine started until it ends."""
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def reset_after_fork(self) -> None:
-        """In a forked child: empty L1, forget the parent's flights, locks and tasks."""
+        """In a forked child: empty L1, forget the parent's flights, locks, tasks, connections."""
         self.lock = threading.Lock()
         self.flights = {}
         self.tasks = set()
         self.l1.clear()
+        if self.backend is not None:
+            self.backend.reset_after_fork()
 
     def _claim(self, key: str) -> tuple[Flight, bool]:
         with self.lock:
@@ -156,26 +183,50 @@ class Engine:
             flight = self.flights[key] = Flight()
             return flight, True
 
-    def _call(
-        self,
-        fn: Callable[[], Any],
-        done: Callable[[Any, float], None],
-        failed: Callable[[BaseException], None],
-        background: bool = False,
-    ) -> Call:
-        return Call(fn, done, failed, clock=self.clock, spawn=self.keep, background=background)
+    def _settle(self, flight: Flight, target: Target, entry: Entry | None, value: Any) -> None:
+        """Store ``entry`` in L1 unless the flight was invalidated, end the flight, wake waiters."""
+        with self.lock:
+            if entry is not None and not flight.invalidated:
+                self.l1.put(target.table, entry)
+            if self.flights.get(target.full_key) is flight:
+                del self.flights[target.full_key]
+        if not flight.future.done():
+            flight.future.set_result(value)
 
-    # -- filling --------------------------------------------------------------------------------
+    def _fail(
+        self, flight: Flight, target: Target, exc: BaseException, counter: str = "load_errors"
+    ) -> None:
+        with self.lock:
+            if self.flights.get(target.full_key) is flight:
+                del self.flights[target.full_key]
+        self.counts[counter] += 1
+        if not flight.future.done():
+            flight.future.set_exception(exc)
 
-    def _entry(self, target: Target, policy: Policy, value: Any, load_time: float) -> Entry:
-        tags: tuple[str, ...] = ()
-        if target.tags is not None:
-            tags = tuple(target.tags())
-            for tag in tags:
-                if not isinstance(tag, str):
-                    raise ConfigTypeError(
-                        f"tags= of {target.where} must return strings, got {type(tag).__name__}"
-                    )
+    def _redis_failed(self, exc: BaseException) -> None:
+        """Count a Redis error and log it (at most once a second): it never reaches callers."""
+        self.counts["redis_errors"] += 1
+        now = time.monotonic()
+        if now - self._last_redis_log > 1.0:
+            self._last_redis_log = now
+            log.warning("cachewise: Redis call failed, serving without it: %r", exc)
+
+    # -- entries --------------------------------------------------------------------------------
+
+    def _tags(self, target: Target) -> tuple[str, ...]:
+        if target.tags is None:
+            return ()
+        tags = tuple(target.tags())
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise ConfigTypeError(
+                    f"tags= of {target.where} must return strings, got {type(tag).__name__}"
+                )
+        return tags
+
+    def _entry(
+        self, target: Target, policy: Policy, value: Any, load_time: float, tags: tuple[str, ...]
+    ) -> Entry:
         return core.make_entry(
             value,
             now=self.clock(),
@@ -190,38 +241,257 @@ class Engine:
             tags=tags,
         )
 
-    def _fill(
-        self, flight: Flight, target: Target, policy: Policy, value: Any, took: float
-    ) -> None:
-        """A load finished: store its value unless invalidated meanwhile, wake its waiters."""
+    def _envelope(self, entry: Entry) -> codec.Envelope:
+        """The shared form of a local entry: its deadlines moved onto the Redis server's clock."""
+        assert self.backend is not None
+        shift = self.backend.server_now_ms() - self.clock() * 1000
+        return codec.Envelope(
+            entry.value,
+            fresh_until_ms=int(entry.fresh_until * 1000 + shift),
+            stale_until_ms=int(entry.stale_until * 1000 + shift),
+            load_time_ms=int(entry.load_time * 1000),
+            tags=entry.tags,
+        )
+
+    def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
+        """The local entry of a shared one: it never outlives the Redis key it came from."""
+        assert self.backend is not None
+        shift = self.clock() * 1000 - self.backend.server_now_ms() - self.backend.uncertainty_ms
+        fresh_until = (env.fresh_until_ms + shift) / 1000
+        load_time = env.load_time_ms / 1000
+        return Entry(
+            env.value,
+            fresh_until=fresh_until,
+            stale_until=(env.stale_until_ms + shift) / 1000,
+            early_at=fresh_until - load_time * self.beta * core.XFETCH_HORIZON
+            if self.beta > 0
+            else fresh_until,
+            load_time=load_time,
+            full_key=target.full_key,
+            l1_key=target.l1_key,
+            tags=env.tags,
+        )
+
+    def _decode(self, raw: Any) -> codec.Envelope | None:
+        env = codec.unpack(raw)
+        if raw is not None and env is None:
+            self.counts["decode_errors"] += 1  # a miss; the next fill overwrites it
+        return env
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _invoke(
+        self,
+        loader: Callable[[], Any],
+        renew: Callable[[], Plan[Any]] | None = None,
+        every: float = 0.0,
+    ) -> Plan[tuple[Any, float]]:
+        started = self.clock()
+        value = yield Invoke(loader, renew, every)
+        return value, self.clock() - started
+
+    def _resolve(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        refresh: bool = False,
+    ) -> Plan[None]:
+        """The work of one flight: L2, the lease, the load, the fill. Never raises."""
         try:
-            entry = self._entry(target, policy, value, took)
-        except BaseException as exc:
-            self._fail(flight, target, exc)
-            return
-        with self.lock:
-            if not flight.invalidated:
-                self.l1.put(target.table, entry)
-            if self.flights.get(target.full_key) is flight:
-                del self.flights[target.full_key]
+            if self.backend is None:
+                yield from self._load_here(flight, target, loader, policy)
+            else:
+                yield from self._resolve_shared(flight, target, loader, policy, refresh)
+        except BaseException as exc:  # delivered to every caller that joined, never cached
+            if refresh:
+                log.warning("cachewise: background refresh of %s failed: %r", target.full_key, exc)
+            self._fail(flight, target, exc, "refresh_errors" if refresh else "load_errors")
+
+    def _load_here(
+        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
+    ) -> Plan[None]:
+        """Load and keep the value in this process only (no Redis, or Redis unusable)."""
+        value, took = yield from self._invoke(loader)
+        entry = self._entry(target, policy, value, took, self._tags(target))
         self.counts["loads"] += 1
         self.load_latency.add(took)
-        flight.future.set_result(value)
+        self._settle(flight, target, entry, value)
 
-    def _fail(
-        self, flight: Flight, target: Target, exc: BaseException, counter: str = "load_errors"
-    ) -> None:
+    def _resolve_shared(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        refresh: bool,
+    ) -> Plan[None]:
+        backend = self.backend
+        assert backend is not None
+        key = target.full_key
+        try:
+            yield from self._ensure_backend()
+            raw = yield RedisCall(backend, "get", key)
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            yield from self._load_here(flight, target, loader, policy)
+            return
+        env = self._decode(raw)
+        if env is not None:
+            now_ms = backend.server_now_ms()
+            if now_ms < env.fresh_until_ms:
+                self.counts["l2_hits"] += 1
+                self._settle(flight, target, self._adopt(target, env), env.value)
+                return
+            if not refresh and now_ms < env.stale_until_ms:
+                # Shared and stale: serve it now, refresh under the lease in the background.
+                self.counts["stale_served"] += 1
+                self._settle(flight, target, self._adopt(target, env), env.value)
+                yield from self._refresh(target, loader, policy)
+                return
+        token = secrets.token_hex(8)
+        lease = backend.lease_key(key)
+        lease_ms = int(self.lease_ttl * 1000)
+        mode = "load" if raw is None and not refresh else "refresh"
+        deadline = time.monotonic() + self.lease_wait_timeout
+        listener = backend.listener
+        assert listener is not None
+        while True:
+            # Listen before asking, so a fill that lands in between is not missed.
+            waiter = listener.wait_for(key)
+            try:
+                status, payload = yield RunScript(
+                    backend, "acquire", [key, lease], [token, lease_ms, mode]
+                )
+            except REDIS_ERRORS as exc:
+                listener.forget(key, waiter)
+                self._redis_failed(exc)
+                yield from self._load_here(flight, target, loader, policy)
+                return
+            status = int(status)
+            if status == 1:  # a value is there (it landed meanwhile)
+                listener.forget(key, waiter)
+                env = self._decode(payload)
+                if env is not None and backend.server_now_ms() < env.fresh_until_ms:
+                    self.counts["l2_hits"] += 1
+                    self._settle(flight, target, self._adopt(target, env), env.value)
+                    return
+                mode = "refresh"
+                continue
+            if status == 2:  # the lease is ours: load
+                listener.forget(key, waiter)
+                break
+            # Someone else loads: wait to be woken by its fill, or for its lease to run out.
+            self.counts["lease_waits"] += 1
+            remaining = deadline - time.monotonic()
+            timeout = min(int(payload) / 1000 + 0.05, remaining)
+            if not listener.ready.is_set():
+                timeout = min(timeout, 0.05)  # not subscribed yet: look again soon
+            got = yield AwaitEvent(waiter, timeout)
+            listener.forget(key, waiter)
+            env = self._decode(got) if got is not TIMED_OUT else None
+            if env is not None:
+                self.counts["l2_hits"] += 1
+                self._settle(flight, target, self._adopt(target, env), env.value)
+                return
+            if time.monotonic() >= deadline:
+                self.counts["lease_wait_timeouts"] += 1
+                yield from self._load_here(flight, target, loader, policy)
+                return
+            mode = "load"  # the holder may have died: try again
+        yield from self._load_under_lease(flight, target, loader, policy, token)
+
+    def _load_under_lease(
+        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy, token: str
+    ) -> Plan[None]:
+        backend = self.backend
+        assert backend is not None
+        key, lease = target.full_key, backend.lease_key(target.full_key)
+        lease_ms = int(self.lease_ttl * 1000)
+        try:
+            value, took = yield from self._invoke(
+                loader,
+                renew=lambda: self._script("renew", [lease], [token, lease_ms]),
+                every=self.lease_ttl / 3,
+            )
+            tags = self._tags(target)
+            entry = self._entry(target, policy, value, took, tags)
+            packed = codec.pack(self._envelope(entry), target.where)
+        except BaseException:
+            # Give the lease back so the others need not wait for it to expire.
+            try:
+                yield from self._script("release", [lease], [token])
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc)
+            raise
+        self.counts["loads"] += 1
+        self.load_latency.add(took)
+        expire_at = self._envelope(entry).stale_until_ms
+        try:
+            stored = yield from self._script(
+                "store",
+                [key, lease, *(backend.tag_key(t) for t in tags)],
+                [token, packed, expire_at, backend.channel, backend.message("f", key, packed)],
+            )
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            stored = 1  # fail open: keep it in this process
+        if not stored:
+            # The lease was taken away (an invalidation or a write happened during the load):
+            # the callers get what they asked for, but it is stored nowhere (no stale set).
+            self.counts["fills_refused"] += 1
+            self._settle(flight, target, None, value)
+            return
+        self._settle(flight, target, entry, value)
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Plan[Any]:
+        assert self.backend is not None
+        return (yield RunScript(self.backend, name, keys, args))
+
+    def _ensure_backend(self) -> Plan[None]:
+        """On first use: measure the server clock and start listening to the event channel."""
+        backend = self.backend
+        assert backend is not None
+        if backend.clock_due():
+            yield ServerTime(backend)
+        if backend.listener is None:
+            with self.lock:
+                if backend.listener is None:
+                    backend.listener = Listener(backend, self._on_event, self._on_reset)
+
+    # -- events from other processes ------------------------------------------------------------
+
+    def _on_event(self, event: list[Any]) -> None:
+        assert self.backend is not None
+        kind, origin = event[0], event[1]
+        if origin == self.backend.origin:
+            return
+        if kind == "f" and len(event) >= 4:
+            # Another process filled or wrote a key: a copy held here is replaced in place.
+            env = codec.unpack(event[3])
+            with self.lock:
+                held = self.l1.held(event[2])
+                if held is not None:
+                    table, old = held
+                    target = Target(table, old.l1_key, old.full_key, old.full_key)
+                    if env is not None:
+                        self.l1.put(table, self._adopt(target, env))
+                    else:
+                        self.l1.drop(event[2])
+        elif kind == "i" and len(event) >= 4:
+            keys, tags = list(event[2]), tuple(event[3])
+            self.counts["invalidations_received"] += 1
+            self._drop_local(keys, tags)
+            self.notify(InvalidationEvent(tuple(keys), tags, "remote"))
+
+    def _on_reset(self) -> None:
+        """The event channel dropped or came back: L1 cannot know what it missed."""
         with self.lock:
-            if self.flights.get(target.full_key) is flight:
-                del self.flights[target.full_key]
-        self.counts[counter] += 1
-        flight.future.set_exception(exc)
-
-    def _refresh_failed(self, flight: Flight, target: Target, exc: BaseException) -> None:
-        # The stale value keeps being served until stale_ttl ends; the next read past this
-        # point starts another refresh.
-        log.warning("cachewise: background refresh of %s failed: %r", target.full_key, exc)
-        self._fail(flight, target, exc, "refresh_errors")
+            self.l1.clear()
+            for flight in self.flights.values():
+                flight.invalidated = True
+        self.counts["l1_flushes"] += 1
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -245,7 +515,11 @@ class Engine:
                 self.counts["stale_served"] += 1
                 return entry.value
             if entry is not None and decision is Decision.REFRESH:
-                yield from self._start_refresh(target, loader, policy, entry, now)
+                if now >= entry.fresh_until:
+                    self.counts["stale_served"] += 1
+                else:
+                    entry.hits += 1
+                yield from self._refresh(target, loader, policy, early=now < entry.fresh_until)
                 return entry.value
             pinned = self.pinned.get(target.full_key)
             if pinned is not None:
@@ -257,60 +531,36 @@ class Engine:
                 entry = target.table.get(target.l1_key)
                 if core.is_fresh(entry, self.clock()):
                     assert entry is not None
-                    self._release(flight, target, entry.value)
+                    self._settle(flight, target, None, entry.value)
                     entry.hits += 1
                     return entry.value
                 self.counts["misses"] += 1
-                yield self._call(
-                    loader,
-                    functools.partial(self._fill, flight, target, policy),
-                    functools.partial(self._fail, flight, target),
-                )
+                yield Spawn(self._resolve(flight, target, loader, policy), self.keep)
                 value = yield Wait(flight, None)
             else:
                 self.counts["misses"] += 1
                 self.counts["coalesced_waits"] += 1
                 value = yield Wait(flight, self.wait_timeout)
                 if value is TIMED_OUT:
+                    # The shared load outlived wait_timeout: load without it.
                     self.counts["wait_timeouts"] += 1
-                    value = yield from self._load_alone(target, loader, policy)
+                    alone = Flight()
+                    yield Spawn(self._resolve(alone, target, loader, policy), self.keep)
+                    value = yield Wait(alone, None)
             self.miss_latency.add(self.clock() - started)
             return value
 
-    def _release(self, flight: Flight, target: Target, value: Any) -> None:
-        with self.lock:
-            if self.flights.get(target.full_key) is flight:
-                del self.flights[target.full_key]
-        flight.future.set_result(value)
-
-    def _start_refresh(
-        self, target: Target, loader: Callable[[], Any], policy: Policy, entry: Entry, now: float
+    def _refresh(
+        self, target: Target, loader: Callable[[], Any], policy: Policy, early: bool = False
     ) -> Plan[None]:
-        stale = now >= entry.fresh_until
-        if stale:
-            self.counts["stale_served"] += 1
-        else:
-            entry.hits += 1
+        """Start one background refresh of ``target`` unless one is running."""
         flight, leader = self._claim(target.full_key)
         if not leader:
             return
-        self.counts["refreshes" if stale else "early_refreshes"] += 1
-        yield self._call(
-            loader,
-            functools.partial(self._fill, flight, target, policy),
-            functools.partial(self._refresh_failed, flight, target),
-            background=True,
+        self.counts["early_refreshes" if early else "refreshes"] += 1
+        yield Spawn(
+            self._resolve(flight, target, loader, policy, refresh=True), self.keep, background=True
         )
-
-    def _load_alone(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Plan[Any]:
-        """Load outside the flight table: the shared load outlived ``wait_timeout``."""
-        flight = Flight()
-        yield self._call(
-            loader,
-            functools.partial(self._fill, flight, target, policy),
-            functools.partial(self._fail, flight, target),
-        )
-        return (yield Wait(flight, None))
 
     def read_many(
         self,
@@ -318,61 +568,135 @@ class Engine:
         load_many: Callable[[list[str]], Any],
         policy: Policy,
     ) -> Plan[dict[str, Any]]:
-        """Bulk cache-aside: one ``load_many`` call for the keys this caller leads."""
-        found: dict[str, Any] = {}
+        """Bulk cache-aside: L1, one MGET, then one ``load_many`` call for the keys this caller
+        leads; per-key single-flight throughout."""
+        found = yield from self.get_many(targets)
         waiting: dict[str, Flight] = {}
         leading: dict[str, Flight] = {}
-        now = self.clock()
         for key, target in targets.items():
-            entry = target.table.get(target.l1_key)
-            if core.is_fresh(entry, now):
-                assert entry is not None
-                entry.hits += 1
-                found[key] = entry.value
+            if key in found:
                 continue
             self.counts["misses"] += 1
             flight, leader = self._claim(target.full_key)
             (leading if leader else waiting)[key] = flight
         if leading:
-            keys = list(leading)
-            yield self._call(
-                lambda: load_many(keys),
-                lambda result, took: self._fill_many(targets, leading, policy, result, took),
-                lambda exc: self._fail_many(targets, leading, exc),
-            )
+            yield Spawn(self._resolve_many(targets, leading, load_many, policy), self.keep)
         for key, flight in {**leading, **waiting}.items():
             if key in waiting:
                 self.counts["coalesced_waits"] += 1
             found[key] = yield Wait(flight, None)
         return {key: found[key] for key in targets}
 
+    def _resolve_many(
+        self,
+        targets: Mapping[str, Target],
+        flights: dict[str, Flight],
+        load_many: Callable[[list[str]], Any],
+        policy: Policy,
+    ) -> Plan[None]:
+        """The work of the flights one bulk caller leads. Never raises."""
+        backend = self.backend
+        try:
+            mine = dict(flights)
+            tokens: dict[str, str] = {}
+            if backend is not None:
+                mine, tokens = yield from self._acquire_many(targets, flights, load_many, policy)
+            if not mine:
+                return
+            keys = list(mine)
+            result, took = yield from self._invoke(lambda: load_many(keys))
+            if not isinstance(result, Mapping):
+                raise ConfigTypeError(
+                    f"load_many must return a mapping, not {type(result).__name__}"
+                )
+            lost = [key for key in keys if key not in result]
+            if lost:
+                self._fail_flights(
+                    targets,
+                    {key: mine.pop(key) for key in lost},
+                    LoaderResultError(f"load_many returned no value for {lost!r}"),
+                )
+            yield from self._fill_many(targets, mine, tokens, policy, result, took)
+        except BaseException as exc:
+            self._fail_flights(targets, flights, exc)
+
+    def _acquire_many(
+        self,
+        targets: Mapping[str, Target],
+        flights: dict[str, Flight],
+        load_many: Callable[[list[str]], Any],
+        policy: Policy,
+    ) -> Plan[tuple[dict[str, Flight], dict[str, str]]]:
+        """Take the leases of ``flights``' keys in one round trip; keys whose lease someone else
+        holds are resolved one by one (they wait for that fill)."""
+        backend = self.backend
+        assert backend is not None
+        tokens = {key: secrets.token_hex(8) for key in flights}
+        lease_ms = int(self.lease_ttl * 1000)
+        calls = [
+            ("acquire", [t.full_key, backend.lease_key(t.full_key)], [tokens[k], lease_ms, "load"])
+            for k, t in ((k, targets[k]) for k in flights)
+        ]
+        try:
+            yield from self._ensure_backend()
+            replies = yield RunPipeline(backend, calls)
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return dict(flights), {}
+        mine: dict[str, Flight] = {}
+        for (key, flight), (status, payload) in zip(flights.items(), replies, strict=True):
+            target = targets[key]
+            env = self._decode(payload) if int(status) == 1 else None
+            if env is not None and backend.server_now_ms() < env.fresh_until_ms:
+                self.counts["l2_hits"] += 1
+                self._settle(flight, target, self._adopt(target, env), env.value)
+            elif int(status) == 2:
+                mine[key] = flight
+            else:
+                one = functools.partial(_one_of, load_many, key)
+                yield Spawn(self._resolve(flight, target, one, policy), self.keep, background=True)
+        return mine, tokens
+
     def _fill_many(
         self,
         targets: Mapping[str, Target],
         flights: dict[str, Flight],
+        tokens: dict[str, str],
         policy: Policy,
-        result: Any,
+        result: Mapping[str, Any],
         took: float,
-    ) -> None:
-        if not isinstance(result, Mapping):
-            self._fail_many(
-                targets,
-                flights,
-                ConfigTypeError(f"load_many must return a mapping, not {type(result).__name__}"),
-            )
-            return
-        lost = [key for key in flights if key not in result]
+    ) -> Plan[None]:
+        backend = self.backend
+        entries = {}
+        for key in flights:
+            target = targets[key]
+            entries[key] = self._entry(target, policy, result[key], took, self._tags(target))
+        self.counts["loads"] += len(entries)
+        self.load_latency.add(took)
+        stored = {key: 1 for key in flights}
+        if backend is not None and tokens:
+            calls = []
+            for key, entry in entries.items():
+                env = self._envelope(entry)
+                packed = codec.pack(env, targets[key].where)
+                full = targets[key].full_key
+                calls.append((
+                    "store",
+                    [full, backend.lease_key(full), *(backend.tag_key(t) for t in entry.tags)],
+                    [tokens[key], packed, env.stale_until_ms, backend.channel,
+                     backend.message("f", full, packed)],
+                ))  # fmt: skip
+            try:
+                replies = yield RunPipeline(backend, calls)
+                stored = {key: int(reply) for key, reply in zip(entries, replies, strict=True)}
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc)
         for key, flight in flights.items():
-            if key in result:
-                self._fill(flight, targets[key], policy, result[key], took)
-        if lost:
-            self._fail_many(
-                targets,
-                {key: flights[key] for key in lost},
-                LoaderResultError(f"load_many returned no value for {lost!r}"),
-            )
+            if not stored[key]:
+                self.counts["fills_refused"] += 1
+            self._settle(flight, targets[key], entries[key] if stored[key] else None, result[key])
 
-    def _fail_many(
+    def _fail_flights(
         self, targets: Mapping[str, Target], flights: dict[str, Flight], exc: BaseException
     ) -> None:
         for key, flight in flights.items():
@@ -380,36 +704,74 @@ class Engine:
 
     def get(self, target: Target, default: Any) -> Plan[Any]:
         """Plain read: a fresh value or ``default``; never loads, never serves stale."""
-        entry = target.table.get(target.l1_key)
-        if core.is_fresh(entry, self.clock()):
-            assert entry is not None
-            entry.hits += 1
-            return entry.value
-        self.counts["misses"] += 1
-        return default
-        yield  # a plan: the Redis tier adds I/O here
+        found = yield from self.get_many({"": target})
+        return found.get("", default)
 
     def get_many(self, targets: Mapping[str, Target]) -> Plan[dict[str, Any]]:
+        """Fresh values of ``targets``: L1 first, then one MGET for the rest."""
         found: dict[str, Any] = {}
+        rest: dict[str, Target] = {}
+        now = self.clock()
         for key, target in targets.items():
-            value = yield from self.get(target, _MISSING)
-            if value is not _MISSING:
-                found[key] = value
+            entry = target.table.get(target.l1_key)
+            if core.is_fresh(entry, now):
+                assert entry is not None
+                entry.hits += 1
+                found[key] = entry.value
+            else:
+                rest[key] = target
+        backend = self.backend
+        if not rest or backend is None:
+            return found
+        try:
+            yield from self._ensure_backend()
+            raws = yield RedisCall(backend, "mget", [t.full_key for t in rest.values()])
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return found
+        now_ms = backend.server_now_ms()
+        with self.lock:
+            for (key, target), raw in zip(rest.items(), raws, strict=True):
+                env = self._decode(raw)
+                if env is not None and now_ms < env.fresh_until_ms:
+                    self.counts["l2_hits"] += 1
+                    found[key] = env.value
+                    if target.full_key not in self.flights:
+                        self.l1.put(target.table, self._adopt(target, env))
         return found
 
     # -- writes and invalidation ----------------------------------------------------------------
 
     def set(self, target: Target, value: Any, policy: Policy) -> Plan[None]:
         """Store ``value``; a load of this key that is running now will not overwrite it."""
-        entry = self._entry(target, policy, value, 0.0)
+        tags = self._tags(target)
+        entry = self._entry(target, policy, value, 0.0, tags)
+        backend = self.backend
+        packed = b""
+        if backend is not None:
+            try:
+                yield from self._ensure_backend()
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc)
+            if backend.offset_ms is not None:
+                packed = codec.pack(self._envelope(entry), target.where)  # before storing anything
         with self.lock:
             flight = self.flights.pop(target.full_key, None)
             if flight is not None:
                 flight.invalidated = True
             self.l1.put(target.table, entry)
         self.counts["sets"] += 1
-        return
-        yield
+        if backend is not None and packed:
+            key = target.full_key
+            try:
+                yield from self._script(
+                    "store",
+                    [key, backend.lease_key(key), *(backend.tag_key(t) for t in tags)],
+                    ["", packed, self._envelope(entry).stale_until_ms, backend.channel,
+                     backend.message("f", key, packed)],
+                )  # fmt: skip
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc)
 
     def pin(self, target: Target, value: Any, policy: Policy) -> None:
         self.pinned[target.full_key] = (target, value, policy)
@@ -417,24 +779,40 @@ class Engine:
     def unpin(self, full_key: str) -> None:
         self.pinned.pop(full_key, None)
 
-    def invalidate(self, full_keys: Iterable[str], tags: Iterable[str] = ()) -> Plan[int]:
-        """Drop entries by full key and by tag, stop running loads from storing, tell listeners."""
-        keys = list(dict.fromkeys(full_keys))
-        tags = tuple(tags)
+    def _drop_local(self, keys: list[str], tags: tuple[str, ...]) -> list[str]:
         with self.lock:
             if tags:
                 keys.extend(k for k in self.l1.tagged(tags) if k not in keys)
-            dropped = 0
+            dropped = []
             for key in keys:
                 flight = self.flights.pop(key, None)
                 if flight is not None:
                     flight.invalidated = True
                 if self.l1.drop(key) is not None:
-                    dropped += 1
-        self.counts["invalidations"] += len(keys)
-        self.notify(InvalidationEvent(tuple(keys), tags, "local"))
+                    dropped.append(key)
         return dropped
-        yield
+
+    def invalidate(self, full_keys: Iterable[str], tags: Iterable[str] = ()) -> Plan[int]:
+        """Drop entries by full key and by tag everywhere, stop running loads from storing."""
+        keys = list(dict.fromkeys(full_keys))
+        tags = tuple(tags)
+        dropped = self._drop_local(keys, tags)
+        self.counts["invalidations"] += len(keys)
+        backend = self.backend
+        if backend is not None:
+            try:
+                yield from self._ensure_backend()
+                extra = yield from self._script(
+                    "invalidate",
+                    list(keys),
+                    [backend.namespace, backend.channel, backend.message("i", keys, list(tags)),
+                     *tags],
+                )  # fmt: skip
+                keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc)
+        self.notify(InvalidationEvent(tuple(dict.fromkeys(keys)), tags, "local"))
+        return len(dropped)
 
     def notify(self, event: InvalidationEvent) -> None:
         for listener in list(self.listeners):
@@ -442,6 +820,10 @@ class Engine:
                 listener(event)
             except Exception:  # a listener's bug must not break invalidation
                 log.exception("cachewise: on_invalidate listener %r failed", listener)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
 
     # -- stats ----------------------------------------------------------------------------------
 
@@ -452,18 +834,11 @@ class Engine:
             evictions = self.l1.evictions
         counts = dict(self.counts)
         names = [
-            "misses",
-            "loads",
-            "load_errors",
-            "refreshes",
-            "early_refreshes",
-            "refresh_errors",
-            "stale_served",
-            "coalesced_waits",
-            "wait_timeouts",
-            "sets",
-            "invalidations",
-        ]
+            "misses", "loads", "load_errors", "refreshes", "early_refreshes", "refresh_errors",
+            "stale_served", "coalesced_waits", "wait_timeouts", "sets", "invalidations",
+            "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused", "redis_errors",
+            "decode_errors", "invalidations_received", "l1_flushes",
+        ]  # fmt: skip
         out: dict[str, Any] = {name: counts.get(name, 0) for name in names}
         out.update(
             l1_hits=hits,
@@ -474,3 +849,15 @@ class Engine:
             miss_latency=self.miss_latency.summary(),
         )
         return out
+
+
+def _one_of(load_many: Callable[[list[str]], Any], key: str) -> Any:
+    """Load one key through a bulk loader (a key whose lease another process held)."""
+    result = load_many([key])
+    if inspect.isawaitable(result):
+        return _one_of_async(result, key)
+    return result[key]
+
+
+async def _one_of_async(result: Any, key: str) -> Any:
+    return (await result)[key]

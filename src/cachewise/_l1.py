@@ -93,6 +93,10 @@ class L1:
         self._forget(*held)
         return held[1]
 
+    def held(self, full_key: str) -> tuple[Table, Entry] | None:
+        """The table and entry held under ``full_key``, without touching the LRU order."""
+        return self._lru.get(full_key) if full_key in self._lru else None
+
     def tagged(self, tags: Iterable[str]) -> set[str]:
         """Full keys of the held entries carrying any of ``tags``."""
         found: set[str] = set()

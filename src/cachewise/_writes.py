@@ -1,7 +1,8 @@
 """The writer decorators: ``invalidates``, ``write_through`` and ``write_behind``.
 
 Each decorated writer is one plan (run by either driver through ``decorators._shell``):
-compute what to touch, run the store write through the driver's ``Call``, then change the cache.
+compute what to touch, run the store write through the driver's ``Invoke``, then change the
+cache.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._drivers import Flight, Plan, Wait
+from ._drivers import Invoke, Plan
 from ._engine import Engine
 from ._writebehind import WaitForRoom, WriteBehindOptions, WriteBehindQueue
 from .decorators import Spec, _shell, spec_of
@@ -37,13 +38,7 @@ def _mapped(spec: Spec[Any], mapper: Mapper | None, name: str, args: Any, kwargs
 
 def call_writer(engine: Engine, fn: Callable[..., Any], args: Any, kwargs: Any) -> Plan[Any]:
     """Run the store write ``fn(*args, **kwargs)`` through the driver and return its result."""
-    flight = Flight()
-    yield engine._call(
-        functools.partial(fn, *args, **kwargs),
-        lambda value, _took: flight.future.set_result(value),
-        flight.future.set_exception,
-    )
-    return (yield Wait(flight, None))
+    return (yield Invoke(functools.partial(fn, *args, **kwargs)))
 
 
 def invalidates(engine: Engine, target: Any, args: Mapper | None) -> Callable[[Any], Any]:

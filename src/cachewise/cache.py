@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -12,6 +13,7 @@ from . import _validate
 from ._clock import Clock, monotonic
 from ._drivers import Plan, run_async, run_sync
 from ._engine import Engine, InvalidationEvent, Policy, Target
+from ._redis import RedisBackend
 from ._writebehind import DeadLetter, FlushReport, WriteBehindOptions, WriteBehindQueue
 from ._writes import invalidates, write_behind, write_through
 from .decorators import CachedDecorator, make_cached
@@ -21,6 +23,7 @@ T = TypeVar("T")
 Mapper = Callable[..., Any]
 
 _OPEN: weakref.WeakSet[Cache] = weakref.WeakSet()
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @atexit.register
@@ -31,9 +34,10 @@ def _drain_at_exit() -> None:
 
 
 class Cache:
-    """A two-tier cache: in-process LRU (L1) in front of Redis (L2, from the Redis tier).
+    """A two-tier cache: in-process LRU (L1) in front of Redis (L2).
 
-    With ``redis=None`` it is in-process only. Every value has a TTL; reads are single-flight
+    ``redis=`` is None (in-process only), a URL, a ``redis.Redis``, a ``redis.asyncio.Redis``,
+    or a ``(redis.Redis, redis.asyncio.Redis)`` pair. Every value has a TTL; reads are single-flight
     per key across threads and asyncio tasks; ``stale_ttl`` serves stale values while one
     background refresh runs.
     """
@@ -54,14 +58,28 @@ class Cache:
         write_behind_interval: float = 0.05,
         write_behind_retries: int = 5,
         write_behind_backoff: float = 0.1,
+        lease_ttl: float = 2.0,
+        lease_wait_timeout: float = 10.0,
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
     ) -> None:
-        if redis is not None:
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
             raise ConfigValueError(
-                "redis=: the Redis tier is not available in this version of cachewise; "
-                "use Cache(redis=None) for the in-process tier"
+                "namespace must be 1-64 characters from A-Z a-z 0-9 _ . - (so that no "
+                f"namespace's keys can collide with another's), got {namespace!r}"
             )
-        if not isinstance(namespace, str) or ":" in namespace:
-            raise ConfigValueError(f"namespace must be a str without ':', got {namespace!r}")
+        for name, value in (
+            ("lease_ttl", lease_ttl),
+            ("lease_wait_timeout", lease_wait_timeout),
+            ("socket_timeout", socket_timeout),
+            ("connect_timeout", connect_timeout),
+        ):
+            _validate.ttl_seconds(value, "Cache", name=name)
+        backend = None
+        if redis is not None:
+            backend = RedisBackend(
+                redis, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout
+            )
         if clock is not None:
             _validate.callable_(clock, "clock")
         if wait_timeout is not None:
@@ -76,6 +94,9 @@ class Cache:
                 early_refresh_beta, "early_refresh_beta", upper=100.0
             ),
             wait_timeout=wait_timeout,
+            backend=backend,
+            lease_ttl=float(lease_ttl),
+            lease_wait_timeout=float(lease_wait_timeout),
         )
         self._write_options = WriteBehindOptions(
             maxsize=write_behind_maxsize,
@@ -90,7 +111,8 @@ class Cache:
         _OPEN.add(self)
 
     def __repr__(self) -> str:
-        return f"Cache(redis=None, namespace={self.namespace!r})"
+        tier = "redis" if self._engine.backend is not None else "in-process"
+        return f"Cache({tier}, namespace={self.namespace!r})"
 
     # -- argument checks, then plans ------------------------------------------------------------
 
@@ -275,6 +297,7 @@ class Cache:
     def _stop(self) -> None:
         for queue in self._queues:
             queue.stop()
+        self._engine.close()
         self._closed = True
         _OPEN.discard(self)
 

@@ -1,0 +1,410 @@
+"""The Redis tier's I/O: clients, scripts, the server clock, and the event listener.
+
+The only module that imports ``redis``. Plans in ``_engine`` yield the operations defined here
+(``RedisCall``, ``RunScript``, ``RunPipeline``, ``AwaitEvent``) and the drivers carry them out on
+the sync client or on the asyncio client of the running loop.
+
+``redis=`` accepts a URL, a ``redis.Redis``, a ``redis.asyncio.Redis``, or a pair of both. Given
+a single client, the other kind is built from its connection settings (host, port, db,
+credentials, TLS), so sync and async code share one configuration. Async clients are kept per
+event loop, because a redis.asyncio connection belongs to the loop that opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript, Script
+
+from . import _lua
+from ._drivers import TIMED_OUT, Op
+from .errors import ConfigTypeError, ConfigValueError
+
+log = logging.getLogger("cachewise")
+
+#: What a Redis call may raise when Redis is slow, gone or confused: never the caller's problem.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.RedisError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+_SCRIPTS = {
+    "acquire": _lua.ACQUIRE,
+    "renew": _lua.RENEW,
+    "release": _lua.RELEASE,
+    "store": _lua.STORE,
+    "invalidate": _lua.INVALIDATE,
+}
+
+#: Connection settings carried from a given client to the twin cachewise builds for it.
+_CARRIED = (
+    "host", "port", "db", "username", "password", "socket_timeout", "socket_connect_timeout",
+    "socket_keepalive", "client_name", "path",
+)  # fmt: skip
+
+
+def _settings(client: Any) -> dict[str, Any]:
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _CARRIED}
+    if "SSL" in pool.connection_class.__name__:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+class RedisBackend:
+    """Clients, scripts, key names and the server clock of one ``Cache``'s Redis tier."""
+
+    def __init__(
+        self,
+        spec: Any,
+        namespace: str,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.namespace = namespace
+        self.channel = f"{namespace}#events"
+        self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
+        self._url: str | None = None
+        self._settings: dict[str, Any] = {}
+        self._sync: redis.Redis | None = None
+        self._given_async: redis.asyncio.Redis | None = None
+        timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+        if isinstance(spec, str):
+            try:
+                redis.connection.parse_url(spec)  # type: ignore[no-untyped-call]
+            except ValueError as exc:
+                raise ConfigValueError(f"redis= is not a usable Redis URL: {exc}") from None
+            self._url = spec
+            self._settings = timeouts
+        elif isinstance(spec, tuple) and len(spec) == 2:
+            self._sync, self._given_async = spec
+        elif isinstance(spec, redis.asyncio.Redis):
+            self._given_async = spec
+            self._settings = _settings(spec)
+        elif isinstance(spec, redis.Redis):
+            self._sync = spec
+            self._settings = _settings(spec)
+        else:
+            raise ConfigTypeError(
+                "redis= must be a URL, a redis.Redis, a redis.asyncio.Redis or a "
+                f"(redis.Redis, redis.asyncio.Redis) pair, not {type(spec).__name__}"
+            )
+        if self._sync is not None and not isinstance(self._sync, redis.Redis):
+            raise ConfigTypeError("the first client of redis=(sync, async) must be a redis.Redis")
+        if self._given_async is not None and not isinstance(self._given_async, redis.asyncio.Redis):
+            raise ConfigTypeError("the second client of redis=(sync, async) must be async")
+        self._lock = threading.Lock()
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sync_scripts: dict[str, Script] = {}
+        self._async_scripts: weakref.WeakKeyDictionary[Any, dict[str, AsyncScript]] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Server clock: server_ms ~= time.monotonic() * 1000 + offset_ms, within uncertainty_ms.
+        self.offset_ms: float | None = None
+        self.uncertainty_ms = 0.0
+        self.clock_checked = 0.0
+        self.listener: Listener | None = None
+
+    # -- names ------------------------------------------------------------------------------
+
+    def lease_key(self, full_key: str) -> str:
+        return f"{self.namespace}#lease:{full_key[len(self.namespace) + 1 :]}"
+
+    def tag_key(self, tag: str) -> str:
+        return f"{self.namespace}#tag:{tag}"
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def sync_client(self) -> redis.Redis:
+        if self._sync is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = (
+                        redis.Redis.from_url(self._url, **self._settings)
+                        if self._url is not None
+                        else redis.Redis(**self._settings)
+                    )
+        return self._sync
+
+    def async_client(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            if self._given_async is not None and not self._async:
+                client = self._given_async  # the user's client serves the first loop it meets
+            elif self._url is not None:
+                client = redis.asyncio.Redis.from_url(self._url, **self._settings)
+            else:
+                source = self._given_async if self._given_async is not None else self._sync
+                client = redis.asyncio.Redis(**_settings(source))
+            self._async[loop] = client
+        return client
+
+    def sync_script(self, name: str) -> Script:
+        script = self._sync_scripts.get(name)
+        if script is None:
+            script = self._sync_scripts[name] = self.sync_client().register_script(_SCRIPTS[name])
+        return script
+
+    def async_script(self, name: str) -> AsyncScript:
+        client = self.async_client()
+        scripts = self._async_scripts.setdefault(client, {})
+        script = scripts.get(name)
+        if script is None:
+            script = scripts[name] = client.register_script(_SCRIPTS[name])
+        return script
+
+    # -- the server clock -------------------------------------------------------------------
+
+    def clock_due(self) -> bool:
+        """Whether the offset to the server clock should be (re)measured (every 60 s)."""
+        return self.offset_ms is None or time.monotonic() - self.clock_checked > 60.0
+
+    def record_time(self, before: float, reply: tuple[int, int], after: float) -> None:
+        server_ms = reply[0] * 1000 + reply[1] / 1000
+        self.offset_ms = server_ms - (before + after) * 500  # midpoint of the round trip, in ms
+        self.uncertainty_ms = (after - before) * 500
+        self.clock_checked = after
+
+    def server_now_ms(self) -> float:
+        """The Redis server's clock now, estimated from the local monotonic clock."""
+        assert self.offset_ms is not None
+        return time.monotonic() * 1000 + self.offset_ms
+
+    # -- events -----------------------------------------------------------------------------
+
+    def message(self, kind: str, *fields: Any) -> bytes:
+        return msgpack.packb([kind, self.origin, *fields], use_bin_type=True)  # type: ignore[no-any-return]
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: no listener thread, no connections or scripts of the parent's."""
+        self._lock = threading.Lock()
+        self.listener = None
+        self.origin = secrets.token_hex(8)
+        self._async = weakref.WeakKeyDictionary()
+        self._async_scripts = weakref.WeakKeyDictionary()
+        if self._url is not None:
+            self._sync = None  # redis-py would also reset the pool on the new pid
+            self._sync_scripts = {}
+
+    def close(self) -> None:
+        """Stop the listener and close the sync client cachewise opened (never the user's)."""
+        if self.listener is not None:
+            self.listener.stop()
+        if self._url is not None and self._sync is not None:
+            self._sync.close()
+
+
+class RedisCall(Op):
+    """One Redis command, on the sync client or on the running loop's async client."""
+
+    __slots__ = ("args", "backend", "method")
+
+    def __init__(self, backend: RedisBackend, method: str, *args: Any) -> None:
+        self.backend = backend
+        self.method = method
+        self.args = args
+
+    def run_sync(self) -> Any:
+        return getattr(self.backend.sync_client(), self.method)(*self.args)
+
+    async def run_async(self) -> Any:
+        return await getattr(self.backend.async_client(), self.method)(*self.args)
+
+
+class ServerTime(Op):
+    """Measure the offset between the local monotonic clock and the Redis server's clock."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+
+    def run_sync(self) -> None:
+        before = time.monotonic()
+        reply = self.backend.sync_client().time()
+        self.backend.record_time(before, reply, time.monotonic())
+
+    async def run_async(self) -> None:
+        before = time.monotonic()
+        reply = await self.backend.async_client().time()
+        self.backend.record_time(before, reply, time.monotonic())
+
+
+class RunScript(Op):
+    """One of ``_lua``'s scripts (EVALSHA, loaded on first use by redis-py)."""
+
+    __slots__ = ("args", "backend", "keys", "name")
+
+    def __init__(self, backend: RedisBackend, name: str, keys: list[str], args: list[Any]) -> None:
+        self.backend = backend
+        self.name = name
+        self.keys = keys
+        self.args = args
+
+    def run_sync(self) -> Any:
+        return self.backend.sync_script(self.name)(keys=self.keys, args=self.args)
+
+    async def run_async(self) -> Any:
+        return await self.backend.async_script(self.name)(keys=self.keys, args=self.args)
+
+
+class RunPipeline(Op):
+    """Several scripts in one round trip (a non-transactional pipeline)."""
+
+    __slots__ = ("backend", "calls")
+
+    def __init__(
+        self, backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]
+    ) -> None:
+        self.backend = backend
+        self.calls = calls
+
+    def run_sync(self) -> list[Any]:
+        pipe = self.backend.sync_client().pipeline(transaction=False)
+        for name, keys, args in self.calls:
+            self.backend.sync_script(name)(keys=keys, args=args, client=pipe)
+        return pipe.execute()
+
+    async def run_async(self) -> list[Any]:
+        pipe = self.backend.async_client().pipeline(transaction=False)
+        for name, keys, args in self.calls:
+            await self.backend.async_script(name)(keys=keys, args=args, client=pipe)
+        return await pipe.execute()
+
+
+class AwaitEvent(Op):
+    """Wait for a fill of a key announced by another process, or ``TIMED_OUT``."""
+
+    __slots__ = ("future", "timeout")
+
+    def __init__(self, future: concurrent.futures.Future[Any], timeout: float) -> None:
+        self.future = future
+        self.timeout = timeout
+
+    def run_sync(self) -> Any:
+        try:
+            return self.future.result(max(self.timeout, 0.0))
+        except concurrent.futures.TimeoutError:
+            return TIMED_OUT
+
+    async def run_async(self) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.future), max(self.timeout, 0.0))
+        except (asyncio.TimeoutError, TimeoutError):
+            return TIMED_OUT
+
+
+class Listener:
+    """One subscription to the namespace's event channel per ``Cache``, in a daemon thread.
+
+    It wakes the callers waiting for another process' fill (no polling of Redis), applies other
+    processes' invalidations to this process' L1, and, when the subscription drops, reports a
+    reset: the L1 cannot know what it missed and is emptied by the engine.
+    """
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        on_event: Callable[[list[Any]], None],
+        on_reset: Callable[[], None],
+    ) -> None:
+        self.backend = backend
+        self.on_event = on_event
+        self.on_reset = on_reset
+        self.ready = threading.Event()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[concurrent.futures.Future[Any]]] = {}
+        self._pubsub: Any = None
+        self._thread = threading.Thread(target=self._run, name="cachewise-events", daemon=True)
+        self._thread.start()
+
+    def wait_for(self, key: str) -> concurrent.futures.Future[Any]:
+        """A future resolved with the envelope bytes of the next fill of ``key``."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._waiters.setdefault(key, []).append(future)
+        return future
+
+    def forget(self, key: str, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            waiting = self._waiters.get(key)
+            if waiting is not None and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._waiters[key]
+
+    def wake(self, key: str, payload: Any) -> None:
+        with self._lock:
+            waiting = self._waiters.pop(key, [])
+        for future in waiting:
+            if not future.done():
+                future.set_result(payload)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                pubsub.close()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        connected_before = False
+        while not self._stopped.is_set():
+            try:
+                self._pubsub = self.backend.sync_client().pubsub()  # type: ignore[no-untyped-call]
+                self._pubsub.subscribe(self.backend.channel)
+                while not self._stopped.is_set():
+                    message = self._pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        if connected_before:
+                            self.on_reset()  # what was filled while away may be stale
+                        connected_before = True
+                        backoff = 0.05
+                        self.ready.set()
+                    elif message["type"] == "message":
+                        self._dispatch(message["data"])
+            except Exception as exc:
+                if self._stopped.is_set():
+                    return
+                if self.ready.is_set():
+                    self.ready.clear()
+                    self.on_reset()  # from now on, invalidations cannot reach this process
+                if isinstance(exc, REDIS_ERRORS):
+                    log.warning("cachewise: event channel %s lost: %r", self.backend.channel, exc)
+                else:  # a bug must not end coherence silently
+                    log.exception("cachewise: event listener failed; restarting")
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            event = msgpack.unpackb(data, raw=False)
+        except Exception:
+            log.warning("cachewise: undecodable event on %s", self.backend.channel)
+            return
+        if not isinstance(event, list) or len(event) < 3:
+            return
+        if event[0] == "f":
+            self.wake(event[2], event[3] if len(event) > 3 else None)
+        self.on_event(event)

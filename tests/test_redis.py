@@ -1,0 +1,403 @@
+"""The Redis tier against a real redis-server: two tiers, leases, no stale sets, coherence."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+
+from cachewise import Cache, CacheError, ConfigTypeError, ConfigValueError, InvalidationEvent
+
+from .test_concurrency import wait_until
+
+MakeCache = Callable[..., Cache]
+
+
+def listening(cache: Cache) -> Cache:
+    """Wait until ``cache`` hears its namespace's events (its first Redis call starts that)."""
+    cache.get("~warm-up")
+    listener = cache._engine.backend.listener  # type: ignore[union-attr]
+    assert listener is not None and listener.ready.wait(5)
+    return cache
+
+
+def test_a_value_loaded_in_one_process_is_an_l2_hit_in_another(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    calls: list[str] = []
+
+    def load() -> dict[str, Any]:
+        calls.append("a")
+        return {"name": "ada", "tags": [1, 2]}
+
+    assert a.get_or_load("user:1", load, ttl=30) == {"name": "ada", "tags": [1, 2]}
+    assert b.get_or_load("user:1", load, ttl=30) == {"name": "ada", "tags": [1, 2]}
+    assert calls == ["a"]
+    assert b.stats()["l2_hits"] == 1 and b.stats()["loads"] == 0
+    assert b.get("user:1") == {"name": "ada", "tags": [1, 2]}  # now from b's own L1
+    assert b.stats()["l2_hits"] == 1
+
+
+def test_l1_copy_never_outlives_the_l2_entry(make_cache: MakeCache) -> None:
+    a, b = make_cache(ttl_jitter=0), make_cache(ttl_jitter=0)
+    a.set("k", "v", ttl=1.0)
+    time.sleep(0.4)
+    assert b.get("k") == "v"
+    entry = b._engine.explicit["k"]
+    remaining = entry.fresh_until - b._engine.clock()
+    assert remaining < 0.65  # what was left of the shared TTL, not a new full second
+
+
+def test_every_key_written_has_a_ttl(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    cache = make_cache()
+
+    @cache.cached(ttl=30, stale_ttl=60, tags=lambda x: [f"t{x % 2}"])
+    def f(x: int) -> int:
+        return x
+
+    for i in range(5):
+        f(i)
+    cache.set("plain", 1, ttl=5)
+    cache.get_or_load_many(["m1", "m2"], lambda keys: {k: k for k in keys}, ttl=5)
+    client = redis_server.client()
+    keys = [k for k in client.scan_iter(f"{namespace}*")]
+    assert len(keys) >= 10  # values and tag indexes
+    assert all(client.pttl(k) > 0 for k in keys)
+
+
+def test_invalidation_during_a_load_wins_across_processes(make_cache: MakeCache) -> None:
+    """The stale-set race: a slow load that began before an invalidation must not be stored."""
+    a, b = make_cache(), make_cache()
+    started, release = threading.Event(), threading.Event()
+
+    def old() -> str:
+        started.set()
+        assert release.wait(10)
+        return "old"
+
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(a.get_or_load("k", old, ttl=30)))
+    thread.start()
+    assert started.wait(10)
+    b.invalidate("k")  # the database changed while a was loading
+    release.set()
+    thread.join(10)
+    assert result == ["old"]
+    assert a.stats()["fills_refused"] == 1
+    assert b.get_or_load("k", lambda: "new", ttl=30) == "new"
+    assert a.get_or_load("k", lambda: "wrong", ttl=30) == "new"
+
+
+def test_a_write_during_a_load_wins(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    started, release = threading.Event(), threading.Event()
+
+    def old() -> str:
+        started.set()
+        assert release.wait(10)
+        return "old"
+
+    thread = threading.Thread(target=lambda: a.get_or_load("k", old, ttl=30))
+    thread.start()
+    assert started.wait(10)
+    b.set("k", "written", ttl=30)
+    release.set()
+    thread.join(10)
+    c = make_cache()
+    assert c.get("k") == "written"
+
+
+def test_waiters_in_another_process_are_woken_by_the_fill(make_cache: MakeCache) -> None:
+    a, b = make_cache(), listening(make_cache())
+    started, release = threading.Event(), threading.Event()
+    loads: list[str] = []
+
+    def slow() -> str:
+        loads.append("a")
+        started.set()
+        assert release.wait(10)
+        return "v"
+
+    thread = threading.Thread(target=lambda: a.get_or_load("k", slow, ttl=30))
+    thread.start()
+    assert started.wait(10)
+    got: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(b.get_or_load("k", lambda: loads.append("b"), ttl=30))
+    )
+    waiter.start()
+    wait_until(lambda: b.stats()["lease_waits"] >= 1)
+    woken_at = time.monotonic()
+    release.set()
+    waiter.join(10)
+    thread.join(10)
+    assert got == ["v"] and loads == ["a"]
+    assert time.monotonic() - woken_at < 1.0  # woken by the event, not by the lease expiring
+
+
+def test_a_dead_lease_holder_is_taken_over(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    cache = listening(make_cache(lease_ttl=0.3))
+    # A holder that took the lease and died: nobody will renew or fill it.
+    redis_server.client().set(f"{namespace}#lease:k", "dead-holder", px=300)
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "mine", ttl=30) == "mine"
+    waited = time.monotonic() - started
+    assert 0.2 < waited < 3.0
+    assert cache.stats()["loads"] == 1
+
+
+def test_long_loads_renew_their_lease(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    cache = make_cache(lease_ttl=0.3)
+    seen: list[int] = []
+
+    def slow() -> str:
+        for _ in range(4):
+            time.sleep(0.2)
+            seen.append(redis_server.client().pttl(f"{namespace}#lease:k"))
+        return "v"
+
+    assert cache.get_or_load("k", slow, ttl=30) == "v"
+    assert all(ttl > 0 for ttl in seen)  # never expired during a 0.8 s load with a 0.3 s lease
+    assert redis_server.client().exists(f"{namespace}#lease:k") == 0  # given back after the fill
+
+
+def test_a_failed_load_gives_the_lease_back(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    cache = make_cache(lease_ttl=30)
+
+    def broken() -> str:
+        raise LookupError("db")
+
+    with pytest.raises(LookupError):
+        cache.get_or_load("k", broken, ttl=30)
+    assert redis_server.client().exists(f"{namespace}#lease:k") == 0
+
+
+def test_invalidation_reaches_other_l1s(make_cache: MakeCache) -> None:
+    a, b = make_cache(), listening(make_cache())
+    events: list[InvalidationEvent] = []
+    heard = threading.Event()
+
+    @b.on_invalidate
+    def on_event(event: InvalidationEvent) -> None:
+        events.append(event)
+        heard.set()
+
+    a.set("k", 1, ttl=30)
+    assert b.get("k") == 1
+    a.invalidate("k")
+    assert heard.wait(2)
+    assert b.get("k") is None
+    assert events[0].origin == "remote" and events[0].keys == (f"{b.namespace}:k",)
+
+
+def test_a_write_replaces_other_l1_copies(make_cache: MakeCache) -> None:
+    a, b = make_cache(), listening(make_cache())
+    a.set("k", 1, ttl=30)
+    assert b.get("k") == 1
+    a.set("k", 2, ttl=30)
+    wait_until(lambda: b.get("k") == 2, timeout=2)
+
+
+def test_tags_across_processes(make_cache: MakeCache) -> None:
+    a, b = make_cache(), listening(make_cache())
+
+    def member(team: int, user: int) -> str:
+        return f"{team}/{user}"
+
+    fa = a.cached(ttl=30, tags=lambda team, user: [f"team:{team}"])(member)
+    fb = b.cached(ttl=30, tags=lambda team, user: [f"team:{team}"])(member)
+    for user in range(3):
+        fa(9, user)
+        assert fb(9, user) == f"9/{user}"
+    fa(8, 0)
+    a.invalidate_tags("team:9")
+    wait_until(lambda: b.stats()["l1_size"] <= 2, timeout=2)  # ~warm-up and team 8's entry
+    c = make_cache()
+    assert c.get_many([fa.key(9, 0)[len(a.namespace) + 1 :]]) == {}
+    assert c.stats()["l2_hits"] == 0
+
+
+def test_get_many_is_l1_then_one_mget(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    for i in range(10):
+        a.set(f"k{i}", i, ttl=30)
+    b.set("k0", "local", ttl=30)
+    found = b.get_many([f"k{i}" for i in range(12)])
+    assert found == {"k0": "local", **{f"k{i}": i for i in range(1, 10)}}
+    assert b.stats()["l2_hits"] == 9
+
+
+def test_get_or_load_many_loads_only_what_no_tier_has(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    a.set("k1", 1, ttl=30)
+    asked: list[list[str]] = []
+
+    def load_many(keys: list[str]) -> dict[str, Any]:
+        asked.append(sorted(keys))
+        return {k: k.upper() for k in keys}
+
+    assert b.get_or_load_many(["k1", "k2", "k3"], load_many, ttl=30) == {
+        "k1": 1, "k2": "K2", "k3": "K3"}  # fmt: skip
+    assert asked == [["k2", "k3"]]
+    c = make_cache()
+    assert c.get_many(["k2", "k3"]) == {"k2": "K2", "k3": "K3"}
+
+
+def test_undecodable_bytes_are_a_counted_miss_and_get_overwritten(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    client = redis_server.client()
+    cache = make_cache()
+    for raw in (b"\xc1garbage", msgpack.packb([99, "v", 0, 0, 0, []]), msgpack.packb("short")):
+        client.set(f"{namespace}:k", raw, px=30_000)
+        assert cache.get_or_load("k", lambda: "fresh", ttl=30) == "fresh"
+        cache.invalidate("k")
+    assert cache.stats()["decode_errors"] == 3
+    cache.get_or_load("k", lambda: "fresh", ttl=30)
+    assert make_cache().get("k") == "fresh"
+
+
+def test_unserializable_values_are_a_clear_error_and_nothing_is_stored(
+    make_cache: MakeCache,
+) -> None:
+    cache = make_cache()
+
+    class Opaque:
+        pass
+
+    with pytest.raises(CacheError, match="Opaque") as err:
+        cache.set("k", {"a": Opaque()}, ttl=30)
+    assert isinstance(err.value, TypeError)
+    assert cache.get("k") is None and make_cache().get("k") is None
+
+
+def test_unreachable_redis_fails_open(namespace: str) -> None:
+    from .redis_server import free_port
+
+    cache = Cache(f"redis://127.0.0.1:{free_port()}/0", namespace=namespace, connect_timeout=0.2)
+    calls: list[int] = []
+
+    def load() -> int:
+        calls.append(1)
+        return 7
+
+    assert cache.get_or_load("k", load, ttl=30) == 7
+    assert cache.get_or_load("k", load, ttl=30) == 7  # from L1
+    cache.set("j", 1, ttl=30)
+    cache.invalidate("j")
+    assert calls == [1] and cache.stats()["redis_errors"] >= 1
+    cache.close()
+
+
+@pytest.mark.parametrize(
+    "spec, exc",
+    [("nosuchscheme://x", ConfigValueError), (42, ConfigTypeError), (("a", "b"), ConfigTypeError)],
+)
+def test_bad_redis_arguments(spec: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="redis="):
+        Cache(spec)
+
+
+@pytest.mark.parametrize("namespace", ["a:b", "a#b", "", "x" * 65, "a b", "é"])
+def test_namespaces_that_could_collide_are_refused(namespace: str) -> None:
+    with pytest.raises(ConfigValueError, match="namespace"):
+        Cache(namespace=namespace)
+
+
+def test_clients_given_by_the_user(redis_server: Any, namespace: str) -> None:
+    import redis
+    import redis.asyncio
+
+    sync = redis.Redis(port=redis_server.port)
+    for spec in (sync, redis.asyncio.Redis(port=redis_server.port),
+                 (sync, redis.asyncio.Redis(port=redis_server.port))):  # fmt: skip
+        cache = Cache(spec, namespace=namespace)
+        cache.set("k", "v", ttl=5)
+
+        async def read(c: Cache = cache) -> Any:
+            return await c.aget("k")
+
+        assert asyncio.run(read()) == "v"
+        cache.close()
+
+
+def test_pubsub_loss_empties_l1(make_cache: MakeCache, redis_server: Any) -> None:
+    cache = listening(make_cache())
+    cache.set("k", 1, ttl=30)
+    assert cache.stats()["l1_size"] >= 1
+    redis_server.client().client_kill_filter(_type="pubsub")
+    wait_until(lambda: cache.stats()["l1_flushes"] >= 1, timeout=5)
+    assert cache._engine.l1.held(f"{cache.namespace}:k") is None
+    listener = cache._engine.backend.listener  # type: ignore[union-attr]
+    assert listener is not None and listener.ready.wait(5)  # and it comes back
+
+
+# -- asyncio --------------------------------------------------------------------------------
+
+
+async def test_async_two_tiers_and_single_flight(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    release = asyncio.Event()
+    loads: list[int] = []
+
+    async def slow() -> str:
+        loads.append(1)
+        await release.wait()
+        return "v"
+
+    first = asyncio.ensure_future(a.aget_or_load("k", slow, ttl=30))
+    others = [asyncio.ensure_future(b.aget_or_load("k", slow, ttl=30)) for _ in range(20)]
+    while not loads or b.stats()["lease_waits"] < 1:
+        await asyncio.sleep(0.005)
+    release.set()
+    assert await first == "v"
+    assert await asyncio.gather(*others) == ["v"] * 20
+    assert loads == [1]
+
+
+async def test_async_stale_set_race(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def old() -> str:
+        started.set()
+        await release.wait()
+        return "old"
+
+    task = asyncio.ensure_future(a.aget_or_load("k", old, ttl=30))
+    await started.wait()
+    await b.ainvalidate("k")
+    release.set()
+    assert await task == "old"
+    assert await make_cache().aget("k") is None
+
+
+async def test_async_stale_value_is_served_while_one_process_refreshes(
+    make_cache: MakeCache,
+) -> None:
+    a, b = make_cache(ttl_jitter=0), make_cache(ttl_jitter=0)
+    versions = iter(range(100))
+
+    async def load() -> int:
+        return next(versions)
+
+    assert await a.aget_or_load("k", load, ttl=0.2, stale_ttl=30) == 0
+    await asyncio.sleep(0.3)  # stale in L2 now
+    assert await b.aget_or_load("k", load, ttl=0.2, stale_ttl=30) == 0  # served at once
+    for _ in range(200):
+        if await make_cache().aget("k") == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert await make_cache().aget("k") == 1
