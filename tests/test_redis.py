@@ -401,3 +401,60 @@ async def test_async_stale_value_is_served_while_one_process_refreshes(
             break
         await asyncio.sleep(0.01)
     assert await make_cache().aget("k") == 1
+
+
+def test_waiting_for_a_lease_is_bounded(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    cache = listening(make_cache(lease_wait_timeout=0.3))
+    # A live holder that keeps its lease (a long lease standing in for renewals).
+    redis_server.client().set(f"{namespace}#lease:k", "busy-holder", px=60_000)
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "mine", ttl=30) == "mine"
+    assert 0.25 < time.monotonic() - started < 3.0
+    assert cache.stats()["lease_wait_timeouts"] == 1
+    # It loaded without the lease, so it did not write over the holder's coming fill.
+    assert make_cache().get("k") is None
+
+
+def test_one_refresh_across_processes_while_stale_is_served(make_cache: MakeCache) -> None:
+    caches = [listening(make_cache(ttl_jitter=0, early_refresh_beta=0)) for _ in range(3)]
+    gate = threading.Event()
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        if len(loads) > 1:
+            assert gate.wait(10)
+        return len(loads)
+
+    assert caches[0].get_or_load("k", load, ttl=0.3, stale_ttl=30) == 1
+    for cache in caches[1:]:
+        assert cache.get_or_load("k", load, ttl=0.3, stale_ttl=30) == 1
+    time.sleep(0.35)  # stale everywhere
+    for _ in range(5):
+        for cache in caches:
+            assert cache.get_or_load("k", load, ttl=0.3, stale_ttl=30) == 1  # at once
+    wait_until(lambda: len(loads) == 2)
+    gate.set()
+    wait_until(lambda: all(c.get("k") == 2 for c in caches), timeout=5)
+    assert len(loads) == 2  # one refresh for the three processes
+
+
+def test_early_refresh_reloads_through_the_lease(make_cache: MakeCache) -> None:
+    # A 20 ms load, beta 100, 2 s TTL: each read refreshes early with p = exp(-2 / 2) ~ 0.37.
+    cache = make_cache(ttl_jitter=0, early_refresh_beta=100.0)
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        time.sleep(0.02)
+        return len(loads)
+
+    assert cache.get_or_load("k", load, ttl=2) == 1
+    for _ in range(60):
+        assert cache.get_or_load("k", load, ttl=2) == 1  # the old value is served meanwhile
+        if cache.stats()["early_refreshes"]:
+            break
+    wait_until(lambda: len(loads) >= 2, timeout=5)
+    wait_until(lambda: make_cache().get("k") == 2, timeout=5)  # the refresh went to Redis

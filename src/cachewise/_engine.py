@@ -253,6 +253,11 @@ class Engine:
             tags=entry.tags,
         )
 
+    def _server_ms(self, local_time: float) -> float:
+        """A time of the engine's clock, on the Redis server's clock."""
+        assert self.backend is not None
+        return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
+
     def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
         """The local entry of a shared one: it never outlives the Redis key it came from."""
         assert self.backend is not None
@@ -296,18 +301,23 @@ class Engine:
         target: Target,
         loader: Callable[[], Any],
         policy: Policy,
-        refresh: bool = False,
+        refreshing: Entry | None = None,
     ) -> Plan[None]:
-        """The work of one flight: L2, the lease, the load, the fill. Never raises."""
+        """The work of one flight: L2, the lease, the load, the fill. Never raises.
+
+        ``refreshing`` is the entry a background refresh replaces (None for a load).
+        """
         try:
             if self.backend is None:
                 yield from self._load_here(flight, target, loader, policy)
             else:
-                yield from self._resolve_shared(flight, target, loader, policy, refresh)
+                yield from self._resolve_shared(flight, target, loader, policy, refreshing)
         except BaseException as exc:  # delivered to every caller that joined, never cached
-            if refresh:
+            if refreshing is not None:
                 log.warning("cachewise: background refresh of %s failed: %r", target.full_key, exc)
-            self._fail(flight, target, exc, "refresh_errors" if refresh else "load_errors")
+            self._fail(
+                flight, target, exc, "load_errors" if refreshing is None else "refresh_errors"
+            )
 
     def _load_here(
         self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
@@ -325,7 +335,7 @@ class Engine:
         target: Target,
         loader: Callable[[], Any],
         policy: Policy,
-        refresh: bool,
+        refreshing: Entry | None,
     ) -> Plan[None]:
         backend = self.backend
         assert backend is not None
@@ -338,17 +348,26 @@ class Engine:
             yield from self._load_here(flight, target, loader, policy)
             return
         env = self._decode(raw)
+        refresh = refreshing is not None
         if env is not None:
             now_ms = backend.server_now_ms()
-            if now_ms < env.fresh_until_ms:
+            # A refresh takes a shared value only if someone already refreshed it: an early
+            # refresh still finds the very entry it is replacing, fresh, in Redis.
+            newer = (
+                refreshing is None
+                or env.fresh_until_ms
+                > self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
+            )
+            if now_ms < env.fresh_until_ms and newer:
                 self.counts["l2_hits"] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
                 return
             if not refresh and now_ms < env.stale_until_ms:
                 # Shared and stale: serve it now, refresh under the lease in the background.
                 self.counts["stale_served"] += 1
-                self._settle(flight, target, self._adopt(target, env), env.value)
-                yield from self._refresh(target, loader, policy)
+                entry = self._adopt(target, env)
+                self._settle(flight, target, entry, env.value)
+                yield from self._refresh(target, loader, policy, entry)
                 return
         token = secrets.token_hex(8)
         lease = backend.lease_key(key)
@@ -519,7 +538,9 @@ class Engine:
                     self.counts["stale_served"] += 1
                 else:
                     entry.hits += 1
-                yield from self._refresh(target, loader, policy, early=now < entry.fresh_until)
+                yield from self._refresh(
+                    target, loader, policy, entry, early=now < entry.fresh_until
+                )
                 return entry.value
             pinned = self.pinned.get(target.full_key)
             if pinned is not None:
@@ -551,7 +572,12 @@ class Engine:
             return value
 
     def _refresh(
-        self, target: Target, loader: Callable[[], Any], policy: Policy, early: bool = False
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        entry: Entry,
+        early: bool = False,
     ) -> Plan[None]:
         """Start one background refresh of ``target`` unless one is running."""
         flight, leader = self._claim(target.full_key)
@@ -559,7 +585,7 @@ class Engine:
             return
         self.counts["early_refreshes" if early else "refreshes"] += 1
         yield Spawn(
-            self._resolve(flight, target, loader, policy, refresh=True), self.keep, background=True
+            self._resolve(flight, target, loader, policy, entry), self.keep, background=True
         )
 
     def read_many(
