@@ -53,6 +53,8 @@ from .errors import ConfigTypeError, LoaderResultError
 log = logging.getLogger("cachewise")
 
 _MISSING: Any = object()
+_UNREAD: Any = object()  # Redis not read yet
+_NO_REDIS: Any = object()  # Redis failed: go on without it
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,8 @@ class Engine:
                 self.l1.put(target.table, entry)
             if self.flights.get(target.full_key) is flight:
                 del self.flights[target.full_key]
-        if not flight.future.done():
-            flight.future.set_result(value)
+        if not flight.done():
+            flight.set_result(value)
 
     def _fail(
         self, flight: Flight, target: Target, exc: BaseException, counter: str = "load_errors"
@@ -200,8 +202,8 @@ class Engine:
             if self.flights.get(target.full_key) is flight:
                 del self.flights[target.full_key]
         self.counts[counter] += 1
-        if not flight.future.done():
-            flight.future.set_exception(exc)
+        if not flight.done():
+            flight.set_exception(exc)
 
     def _redis_failed(self, exc: BaseException) -> None:
         """Count a Redis error and log it (at most once a second): it never reaches callers."""
@@ -277,9 +279,9 @@ class Engine:
             tags=env.tags,
         )
 
-    def _decode(self, raw: Any) -> codec.Envelope | None:
+    def _decode(self, raw: Any, count: bool = True) -> codec.Envelope | None:
         env = codec.unpack(raw)
-        if raw is not None and env is None:
+        if count and raw is not None and env is None:
             self.counts["decode_errors"] += 1  # a miss; the next fill overwrites it
         return env
 
@@ -302,16 +304,18 @@ class Engine:
         loader: Callable[[], Any],
         policy: Policy,
         refreshing: Entry | None = None,
+        raw: Any = _UNREAD,
     ) -> Plan[None]:
         """The work of one flight: L2, the lease, the load, the fill. Never raises.
 
-        ``refreshing`` is the entry a background refresh replaces (None for a load).
+        ``refreshing`` is the entry a background refresh replaces (None for a load); ``raw``
+        what the leader already read from Redis, if it did.
         """
         try:
-            if self.backend is None:
+            if self.backend is None or raw is _NO_REDIS:
                 yield from self._load_here(flight, target, loader, policy)
             else:
-                yield from self._resolve_shared(flight, target, loader, policy, refreshing)
+                yield from self._resolve_shared(flight, target, loader, policy, refreshing, raw)
         except BaseException as exc:  # delivered to every caller that joined, never cached
             if refreshing is not None:
                 log.warning("cachewise: background refresh of %s failed: %r", target.full_key, exc)
@@ -329,6 +333,66 @@ class Engine:
         self.load_latency.add(took)
         self._settle(flight, target, entry, value)
 
+    def _read_l2(self, target: Target) -> Plan[Any]:
+        """GET the shared entry: its raw bytes, or ``_NO_REDIS`` when Redis failed (counted)."""
+        assert self.backend is not None
+        try:
+            yield from self._ensure_backend()
+            return (yield RedisCall(self.backend, "get", target.full_key))
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return _NO_REDIS
+
+    def _use_l2(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        env: codec.Envelope | None,
+        refreshing: Entry | None = None,
+    ) -> Plan[bool]:
+        """Settle the flight from the shared entry if it can serve; True when it did."""
+        backend = self.backend
+        if env is None or backend is None:
+            return False
+        now_ms = backend.server_now_ms()
+        # A refresh takes a shared value only if someone already refreshed it: an early
+        # refresh still finds the very entry it is replacing, fresh, in Redis.
+        newer = (
+            refreshing is None
+            or env.fresh_until_ms
+            > self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
+        )
+        if now_ms < env.fresh_until_ms and newer:
+            self.counts["l2_hits"] += 1
+            self._settle(flight, target, self._adopt(target, env), env.value)
+            return True
+        if refreshing is None and now_ms < env.stale_until_ms:
+            # Shared and stale: serve it now, refresh under the lease in the background.
+            self.counts["stale_served"] += 1
+            entry = self._adopt(target, env)
+            self._settle(flight, target, entry, env.value)
+            yield from self._refresh(target, loader, policy, entry)
+            return True
+        return False
+
+    def _lookup(
+        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
+    ) -> Plan[Any]:
+        """The leader's first look at Redis, in its own task: an L1 miss is most often an L2 hit,
+        and a detached task per hit would cost more than the hit. Returns the raw bytes read (the
+        flight is settled if they served) or ``_NO_REDIS``."""
+        try:
+            raw = yield from self._read_l2(target)
+        except BaseException:
+            # The leader was cancelled mid-read: the callers that joined still get a value.
+            yield Spawn(self._resolve(flight, target, loader, policy), self.keep, background=True)
+            raise
+        if raw is not _NO_REDIS:
+            yield from self._use_l2(flight, target, loader, policy, self._decode(raw))
+        return raw
+
     def _resolve_shared(
         self,
         flight: Flight,
@@ -336,39 +400,21 @@ class Engine:
         loader: Callable[[], Any],
         policy: Policy,
         refreshing: Entry | None,
+        raw: Any = _UNREAD,
     ) -> Plan[None]:
         backend = self.backend
         assert backend is not None
         key = target.full_key
-        try:
-            yield from self._ensure_backend()
-            raw = yield RedisCall(backend, "get", key)
-        except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+        prefetched = raw is not _UNREAD  # then decoded (and counted) by the leader already
+        if not prefetched:
+            raw = yield from self._read_l2(target)
+        if raw is _NO_REDIS:
             yield from self._load_here(flight, target, loader, policy)
             return
-        env = self._decode(raw)
+        env = self._decode(raw, count=not prefetched)
+        if (yield from self._use_l2(flight, target, loader, policy, env, refreshing)):
+            return
         refresh = refreshing is not None
-        if env is not None:
-            now_ms = backend.server_now_ms()
-            # A refresh takes a shared value only if someone already refreshed it: an early
-            # refresh still finds the very entry it is replacing, fresh, in Redis.
-            newer = (
-                refreshing is None
-                or env.fresh_until_ms
-                > self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
-            )
-            if now_ms < env.fresh_until_ms and newer:
-                self.counts["l2_hits"] += 1
-                self._settle(flight, target, self._adopt(target, env), env.value)
-                return
-            if not refresh and now_ms < env.stale_until_ms:
-                # Shared and stale: serve it now, refresh under the lease in the background.
-                self.counts["stale_served"] += 1
-                entry = self._adopt(target, env)
-                self._settle(flight, target, entry, env.value)
-                yield from self._refresh(target, loader, policy, entry)
-                return
         token = secrets.token_hex(8)
         lease = backend.lease_key(key)
         lease_ms = int(self.lease_ttl * 1000)
@@ -556,7 +602,11 @@ class Engine:
                     entry.hits += 1
                     return entry.value
                 self.counts["misses"] += 1
-                yield Spawn(self._resolve(flight, target, loader, policy), self.keep)
+                raw = _UNREAD
+                if self.backend is not None:
+                    raw = yield from self._lookup(flight, target, loader, policy)
+                if not flight.done():
+                    yield Spawn(self._resolve(flight, target, loader, policy, None, raw), self.keep)
                 value = yield Wait(flight, None)
             else:
                 self.counts["misses"] += 1

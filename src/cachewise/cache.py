@@ -107,6 +107,7 @@ class Cache:
             backoff=write_behind_backoff,
         )
         self._queues: list[WriteBehindQueue] = []
+        self._policies: dict[tuple[Any, ...], Policy] = {}
         self._closed = False
         _OPEN.add(self)
 
@@ -120,8 +121,20 @@ class Cache:
         return self._engine.explicit_target(_validate.cache_key(key))
 
     def _policy(self, ttl: Any, stale_ttl: Any, key: str) -> Policy:
+        # Checked TTL pairs are remembered: a call site passes the same ttl= every time, and
+        # checking it again would be most of the cost of an explicit-key hit.
+        try:
+            return self._policies[(type(ttl), ttl, type(stale_ttl), stale_ttl)]
+        except (KeyError, TypeError):
+            pass
         where = f"key {key!r}"
-        return Policy(_validate.ttl_seconds(ttl, where), _validate.stale_seconds(stale_ttl, where))
+        policy = Policy(
+            _validate.ttl_seconds(ttl, where), _validate.stale_seconds(stale_ttl, where)
+        )
+        if len(self._policies) > 256:
+            self._policies.clear()
+        self._policies[(type(ttl), ttl, type(stale_ttl), stale_ttl)] = policy
+        return policy
 
     def _get_or_load(
         self, key: str, loader: Callable[[], Any], ttl: Any, stale_ttl: Any
