@@ -356,19 +356,9 @@ class Engine:
         backend = self.backend
         if env is None or backend is None:
             return False
-        now_ms = backend.server_now_ms()
-        # A refresh takes a shared value only if someone already refreshed it: an early
-        # refresh still finds the very entry it is replacing, fresh, in Redis.
-        newer = (
-            refreshing is None
-            or env.fresh_until_ms
-            > self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
-        )
-        if now_ms < env.fresh_until_ms and newer:
-            self.counts["l2_hits"] += 1
-            self._settle(flight, target, self._adopt(target, env), env.value)
+        if self._take_fresh(flight, target, env, refreshing):
             return True
-        if refreshing is None and now_ms < env.stale_until_ms:
+        if refreshing is None and backend.server_now_ms() < env.stale_until_ms:
             # Shared and stale: serve it now, refresh under the lease in the background.
             self.counts["stale_served"] += 1
             entry = self._adopt(target, env)
@@ -377,20 +367,48 @@ class Engine:
             return True
         return False
 
+    def _take_fresh(
+        self, flight: Flight, target: Target, env: codec.Envelope, refreshing: Entry | None = None
+    ) -> bool:
+        """Settle the flight with a fresh shared entry; True when it was fresh."""
+        backend = self.backend
+        assert backend is not None
+        if backend.server_now_ms() >= env.fresh_until_ms:
+            return False
+        # A refresh takes a shared value only if someone already refreshed it: an early
+        # refresh still finds the very entry it is replacing, fresh, in Redis.
+        if refreshing is not None and env.fresh_until_ms <= (
+            self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
+        ):
+            return False
+        self.counts["l2_hits"] += 1
+        self._settle(
+            flight, target, self._adopt(target, env) if self.l1.maxsize else None, env.value
+        )
+        return True
+
     def _lookup(
         self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
     ) -> Plan[Any]:
         """The leader's first look at Redis, in its own task: an L1 miss is most often an L2 hit,
         and a detached task per hit would cost more than the hit. Returns the raw bytes read (the
         flight is settled if they served) or ``_NO_REDIS``."""
+        backend = self.backend
+        assert backend is not None
         try:
-            raw = yield from self._read_l2(target)
+            if backend.listener is None or backend.clock_due():
+                yield from self._ensure_backend()
+            raw = yield RedisCall(backend, "get", target.full_key)
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return _NO_REDIS
         except BaseException:
             # The leader was cancelled mid-read: the callers that joined still get a value.
             yield Spawn(self._resolve(flight, target, loader, policy), self.keep, background=True)
             raise
-        if raw is not _NO_REDIS:
-            yield from self._use_l2(flight, target, loader, policy, self._decode(raw))
+        env = self._decode(raw)
+        if env is not None and not self._take_fresh(flight, target, env):
+            yield from self._use_l2(flight, target, loader, policy, env)
         return raw
 
     def _resolve_shared(
@@ -605,9 +623,9 @@ class Engine:
                 raw = _UNREAD
                 if self.backend is not None:
                     raw = yield from self._lookup(flight, target, loader, policy)
-                if not flight.done():
+                if not flight.done():  # not served by Redis: load (in its own task if async)
                     yield Spawn(self._resolve(flight, target, loader, policy, None, raw), self.keep)
-                value = yield Wait(flight, None)
+                value = flight.result() if flight.done() else (yield Wait(flight, None))
             else:
                 self.counts["misses"] += 1
                 self.counts["coalesced_waits"] += 1

@@ -9,8 +9,7 @@ overwrites them. No pickle: a shared Redis must not be a path to code execution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -23,8 +22,9 @@ class SerializationError(CacheError, TypeError):
     """A value msgpack cannot encode; nothing was stored."""
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
+    """A decoded shared entry (a tuple: decoding one is on the hot path of an L2 hit)."""
+
     value: Any
     fresh_until_ms: int
     stale_until_ms: int
@@ -86,6 +86,10 @@ def unpack(raw: bytes | None) -> Envelope | None:
         version, value, fresh, stale, load_ms, tags = body
         if version != FORMAT:
             return None
-        return Envelope(value, int(fresh), int(stale), int(load_ms), tuple(str(t) for t in tags))
+        if not (type(fresh) is int and type(stale) is int and type(load_ms) is int):
+            return None
+        if tags and not all(type(tag) is str for tag in tags):
+            return None
+        return Envelope(value, fresh, stale, load_ms, tuple(tags) if tags else ())
     except Exception:  # any malformed payload is a miss: ValueError, TypeError, ExtraData...
         return None
