@@ -12,15 +12,13 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from . import Cache
+from .testing import RedisServer
 
 
 class Database:
@@ -67,34 +65,11 @@ def _redis() -> Iterator[tuple[str | None, str]]:
     if url:
         yield url, f"Redis at REDIS_URL ({url.split('@')[-1]})"
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         yield None, "in-process only (no REDIS_URL, no redis-server installed)"
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="cachewise-demo-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        for _ in range(200):
-            with contextlib.suppress(redis.exceptions.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.025)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0", f"a redis-server started for this demo on :{port}"
-    finally:
-        proc.terminate()  # by its pid, never by name
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with RedisServer() as server:  # stopped by its pid, never by name
+        yield server.url, f"a redis-server started for this demo on :{server.port}"
 
 
 def _fleet_worker(

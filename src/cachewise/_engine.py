@@ -317,7 +317,7 @@ class Engine:
             else:
                 yield from self._resolve_shared(flight, target, loader, policy, refreshing, raw)
         except BaseException as exc:  # delivered to every caller that joined, never cached
-            if refreshing is not None:
+            if refreshing is not None and not isinstance(exc, asyncio.CancelledError):
                 log.warning("cachewise: background refresh of %s failed: %r", target.full_key, exc)
             self._fail(
                 flight, target, exc, "load_errors" if refreshing is None else "refresh_errors"
@@ -396,7 +396,7 @@ class Engine:
         backend = self.backend
         assert backend is not None
         try:
-            if backend.listener is None or backend.clock_due():
+            if backend.listener is None or backend.setup_due():
                 yield from self._ensure_backend()
             raw = yield RedisCall(backend, "get", target.full_key)
         except REDIS_ERRORS as exc:
@@ -536,7 +536,7 @@ class Engine:
         """On first use: measure the server clock and start listening to the event channel."""
         backend = self.backend
         assert backend is not None
-        if backend.clock_due():
+        if backend.setup_due():
             yield ServerTime(backend)
         if backend.listener is None:
             with self.lock:

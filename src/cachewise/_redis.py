@@ -120,6 +120,8 @@ class RedisBackend:
         self.uncertainty_ms = 0.0
         self.clock_checked = 0.0
         self.listener: Listener | None = None
+        #: Clients whose connection has every script loaded already.
+        self.preloaded: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # -- names ------------------------------------------------------------------------------
 
@@ -176,6 +178,16 @@ class RedisBackend:
         """Whether the offset to the server clock should be (re)measured (every 60 s)."""
         return self.offset_ms is None or time.monotonic() - self.clock_checked > 60.0
 
+    def setup_due(self) -> bool:
+        """Whether the clock is due, or the client of the calling code (the running loop's, or
+        the sync one) has not had its scripts loaded yet."""
+        if self.clock_due():
+            return True
+        loop = asyncio._get_running_loop()  # the public twin raises when no loop runs
+        if loop is not None:
+            return self._async.get(loop) not in self.preloaded
+        return self._sync is None or self._sync not in self.preloaded
+
     def record_time(self, before: float, reply: tuple[int, int], after: float) -> None:
         server_ms = reply[0] * 1000 + reply[1] / 1000
         self.offset_ms = server_ms - (before + after) * 500  # midpoint of the round trip, in ms
@@ -229,7 +241,9 @@ class RedisCall(Op):
 
 
 class ServerTime(Op):
-    """Measure the offset between the local monotonic clock and the Redis server's clock."""
+    """Measure the offset between the local monotonic clock and the Redis server's clock, and
+    on a client's first use load every script in one round trip (otherwise the first lease of
+    a herd would pay EVALSHA, NOSCRIPT and SCRIPT LOAD while everyone waits)."""
 
     __slots__ = ("backend",)
 
@@ -237,14 +251,32 @@ class ServerTime(Op):
         self.backend = backend
 
     def run_sync(self) -> None:
+        client = self.backend.sync_client()
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        fresh = client not in self.backend.preloaded
+        if fresh:
+            for source in _SCRIPTS.values():
+                pipe.script_load(source)
         before = time.monotonic()
-        reply = self.backend.sync_client().time()
-        self.backend.record_time(before, reply, time.monotonic())
+        reply = pipe.execute()
+        self.backend.record_time(before, reply[0], time.monotonic())
+        if fresh:
+            self.backend.preloaded.add(client)
 
     async def run_async(self) -> None:
+        client = self.backend.async_client()
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        fresh = client not in self.backend.preloaded
+        if fresh:
+            for source in _SCRIPTS.values():
+                pipe.script_load(source)
         before = time.monotonic()
-        reply = await self.backend.async_client().time()
-        self.backend.record_time(before, reply, time.monotonic())
+        reply = await pipe.execute()
+        self.backend.record_time(before, reply[0], time.monotonic())
+        if fresh:
+            self.backend.preloaded.add(client)
 
 
 class RunScript(Op):

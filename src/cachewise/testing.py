@@ -1,8 +1,16 @@
-"""Helpers for testing code that uses cachewise: a clock you move by hand."""
+"""Helpers for testing code that uses cachewise: a clock you move by hand, and a throwaway
+``redis-server`` on a free loopback port (started here, stopped by its pid)."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
+import time
+from typing import Any
 
 
 class FakeClock:
@@ -19,3 +27,69 @@ class FakeClock:
         """Move time forward by ``seconds``."""
         with self._lock:
             self._now += seconds
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """``redis-server`` bound to 127.0.0.1 on a free port, without persistence.
+
+    Stopped with ``stop()`` (or as a context manager) by its own pid, never by name.
+    """
+
+    def __init__(self, *extra: str, binary: str | None = None) -> None:
+        import redis
+
+        path = binary or shutil.which("redis-server")
+        if path is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="cachewise-redis-")
+        self.proc = subprocess.Popen(
+            [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        self.stop()
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def client(self) -> Any:
+        """A ``redis.Redis`` connected to this server."""
+        import redis
+
+        return redis.Redis(port=self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

@@ -1,0 +1,441 @@
+"""Redis-tier scenarios, run from ``run.py`` against a redis-server it starts on loopback.
+
+Peers (dogpile.cache, cashews) are used through their documented APIs with the option that gives
+them stampede protection. Loaders count their calls in Redis, so loads are counted across
+processes. Worker functions live at module level so spawned processes can import them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+import redis
+import redis.asyncio
+
+from cachewise import Cache
+
+ctx = multiprocessing.get_context("spawn")
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _rate(fn: Callable[[], Any], number: int) -> float:
+    started = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - started) / number
+
+
+async def _arate(fn: Callable[[], Any], number: int) -> float:
+    started = time.perf_counter()
+    for _ in range(number):
+        await fn()
+    return (time.perf_counter() - started) / number
+
+
+# -- hit cost ---------------------------------------------------------------------------------
+
+VALUE = {"id": 42, "name": "ada", "roles": ["admin", "dev"], "score": 3.5}
+
+
+def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
+    raw = redis.Redis.from_url(url)
+    raw.set("bench-raw", msgpack.packb(VALUE))
+    l2 = Cache(url, namespace="bench-l2", l1_maxsize=0)
+    l1 = Cache(url, namespace="bench-l1")
+    l2.set("k", VALUE, ttl=3600)
+    l1.set("k", VALUE, ttl=3600)
+
+    def floor() -> Any:
+        return msgpack.unpackb(raw.get("bench-raw"))
+
+    @l1.cached(ttl=3600)
+    def l1_hit(x: int) -> Any:
+        return VALUE
+
+    l1_hit(1)
+    variants = {
+        "raw GET + unpackb": floor,
+        "cachewise L2 hit (L1 off)": lambda: l2.get_or_load("k", _never, ttl=3600),
+        "cachewise L1 hit (@cached)": lambda: l1_hit(1),
+    }
+    per_round = []
+    for _ in range(rounds):
+        order = list(variants)
+        random.shuffle(order)
+        per_round.append({name: _rate(variants[name], number) for name in order})
+
+    async def async_rounds() -> list[dict[str, float]]:
+        araw = redis.asyncio.Redis.from_url(url)
+        al2 = Cache(url, namespace="bench-l2", l1_maxsize=0)
+
+        async def afloor() -> Any:
+            return msgpack.unpackb(await araw.get("bench-raw"))
+
+        avariants = {
+            "raw async GET + unpackb": afloor,
+            "cachewise async L2 hit (L1 off)": lambda: al2.aget_or_load("k", _never, ttl=3600),
+        }
+        out = []
+        for _ in range(rounds):
+            order = list(avariants)
+            random.shuffle(order)
+            out.append({name: await _arate(avariants[name], number) for name in order})
+        await araw.aclose()
+        al2.close()
+        return out
+
+    async_per_round = asyncio.run(async_rounds())
+    l1.close()
+    l2.close()
+    return {
+        "rounds": rounds,
+        "calls": number,
+        "us_median": {
+            name: statistics.median(r[name] for r in rs) * 1e6
+            for rs in (per_round, async_per_round)
+            for name in rs[0]
+        },
+        "ratios": {
+            "sync L2 hit / raw GET+unpackb": _summary(
+                [r["cachewise L2 hit (L1 off)"] / r["raw GET + unpackb"] for r in per_round]
+            ),
+            "async L2 hit / raw async GET+unpackb": _summary(
+                [
+                    r["cachewise async L2 hit (L1 off)"] / r["raw async GET + unpackb"]
+                    for r in async_per_round
+                ]
+            ),  # fmt: skip
+            "L1 hit / raw GET+unpackb": _summary(
+                [r["cachewise L1 hit (@cached)"] / r["raw GET + unpackb"] for r in per_round]
+            ),
+        },
+    }
+
+
+def _never() -> Any:
+    raise AssertionError("a hit benchmark must not load")
+
+
+# -- bulk -------------------------------------------------------------------------------------
+
+
+def bulk(url: str, rounds: int, number: int) -> dict[str, Any]:
+    raw = redis.Redis.from_url(url)
+    cache = Cache(url, namespace="bench-bulk", l1_maxsize=0)
+    keys = [f"u{i}" for i in range(100)]
+    for key in keys:
+        raw.set(f"bench-raw-{key}", msgpack.packb(VALUE))
+        cache.set(key, VALUE, ttl=3600)
+    raw_keys = [f"bench-raw-{k}" for k in keys]
+
+    def raw_mget() -> Any:
+        return [msgpack.unpackb(v) for v in raw.mget(raw_keys)]
+
+    def raw_singles() -> Any:
+        return [msgpack.unpackb(raw.get(k)) for k in raw_keys]
+
+    variants = {
+        "raw MGET + unpack": raw_mget,
+        "raw 100 x GET": raw_singles,
+        "cachewise get_many": lambda: cache.get_many(keys),
+        "cachewise 100 x get": lambda: [cache.get(k) for k in keys],
+    }
+    per_round = []
+    for _ in range(rounds):
+        order = list(variants)
+        random.shuffle(order)
+        per_round.append({name: _rate(variants[name], number) for name in order})
+    cache.close()
+    return {
+        "rounds": rounds,
+        "ratios": {
+            "get_many / raw MGET+unpack": _summary(
+                [r["cachewise get_many"] / r["raw MGET + unpack"] for r in per_round]
+            ),
+            "raw speed-up, MGET over 100 GETs": _summary(
+                [r["raw 100 x GET"] / r["raw MGET + unpack"] for r in per_round]
+            ),
+            "cachewise speed-up, get_many over 100 gets": _summary(
+                [r["cachewise 100 x get"] / r["cachewise get_many"] for r in per_round]
+            ),
+        },
+    }
+
+
+# -- many processes ---------------------------------------------------------------------------
+
+
+def _loader_counter(url: str, ns: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def _make_sync(variant: str, url: str, ns: str, ttl: float, load_s: float) -> Callable[[], Any]:
+    counter = redis.Redis.from_url(url)
+
+    def load_body() -> str:
+        counter.incr(f"{ns}:loads")
+        counter.rpush(f"{ns}:starts", time.time())
+        time.sleep(load_s)
+        return "row"
+
+    if variant.startswith("cachewise"):
+        stale = 30 if "stale" in variant else None
+        cache = Cache(url, namespace=ns)
+
+        @cache.cached(ttl=ttl, stale_ttl=stale)
+        def fn(x: int) -> str:
+            return load_body()
+
+        cache.get("~connect")
+        assert cache._engine.backend.listener.ready.wait(10)  # type: ignore[union-attr]
+        return lambda: fn(1)
+    if variant.startswith("dogpile"):
+        from dogpile.cache import make_region
+
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        region = make_region(key_mangler=lambda k: f"{ns}:{k}").configure(
+            "dogpile.cache.redis",
+            expiration_time=ttl,
+            arguments={"host": host, "port": int(port), "distributed_lock": True,
+                       "thread_local_lock": False, "redis_expiration_time": 60,
+                       "lock_timeout": 5},
+        )  # fmt: skip
+
+        @region.cache_on_arguments()
+        def dfn(x: int) -> str:
+            return load_body()
+
+        return lambda: dfn(1)
+    raise ValueError(variant)
+
+
+def _make_async(variant: str, url: str, ns: str, ttl: float, load_s: float) -> Any:
+    counter = redis.asyncio.Redis.from_url(url)
+
+    async def load_body() -> str:
+        await counter.incr(f"{ns}:loads")
+        await counter.rpush(f"{ns}:starts", time.time())
+        await asyncio.sleep(load_s)
+        return "row"
+
+    if variant.startswith("cachewise"):
+        stale = 30 if "stale" in variant else None
+        cache = Cache(url, namespace=ns)
+
+        @cache.cached(ttl=ttl, stale_ttl=stale)
+        async def fn(x: int) -> str:
+            return await load_body()
+
+        async def warm() -> None:  # connected and subscribed before the clock starts
+            await cache.aget("~connect")
+            listener = cache._engine.backend.listener  # type: ignore[union-attr]
+            await asyncio.to_thread(listener.ready.wait, 10)
+
+        return warm, lambda: fn(1)
+    if variant.startswith("cashews"):
+        from cashews import Cache as Cashews
+
+        peer = Cashews()
+        peer.setup(url)
+        if "early" in variant:
+            decorate = peer.early(ttl=30, early_ttl=ttl, key=f"{ns}:early")
+        else:
+            decorate = peer(ttl=ttl, lock=True, key=f"{ns}:locked")
+
+        @decorate
+        async def cfn(x: int) -> str:
+            return await load_body()
+
+        async def cwarm() -> None:
+            await peer.get(f"{ns}:~connect")
+
+        return cwarm, lambda: cfn(1)
+    raise ValueError(variant)
+
+
+def _cold_worker(variant: str, url: str, ns: str, callers: int, start: Any, out: Any) -> None:
+    latencies: list[float] = []
+    if variant.endswith("tasks"):
+
+        async def main() -> list[float]:
+            warm, call = _make_async(variant, url, ns, 60, 0.05)
+            await warm()
+            await asyncio.to_thread(start.wait)
+
+            async def one() -> float:
+                began = time.perf_counter()
+                await call()
+                return time.perf_counter() - began
+
+            return list(await asyncio.gather(*(one() for _ in range(callers))))
+
+        latencies = asyncio.run(main())
+    else:
+        call = _make_sync(variant, url, ns, 60, 0.05)
+        lock = threading.Lock()
+        start.wait()
+
+        def one() -> None:
+            began = time.perf_counter()
+            call()
+            with lock:
+                latencies.append(time.perf_counter() - began)
+
+        threads = [threading.Thread(target=one) for _ in range(callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    out.put(latencies)
+
+
+COLD_VARIANTS = ["cachewise threads", "cachewise tasks", "cashews lock=True tasks",
+                 "dogpile distributed_lock threads"]  # fmt: skip
+
+
+def cold_key_fleet(url: str, rounds: int, processes: int = 4, callers: int = 25) -> dict[str, Any]:
+    client = redis.Redis.from_url(url)
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in COLD_VARIANTS}
+    for r in range(rounds):
+        order = list(COLD_VARIANTS)
+        random.shuffle(order)
+        for variant in order:
+            ns = f"cold{r}-{variant.split()[0]}-{random.randrange(10**9)}"
+            start, out = ctx.Barrier(processes), ctx.Queue()
+            procs = [ctx.Process(target=_cold_worker, args=(variant, url, ns, callers, start, out))
+                     for _ in range(processes)]  # fmt: skip
+            for p in procs:
+                p.start()
+            latencies = [lat for _ in procs for lat in out.get(timeout=120)]
+            for p in procs:
+                p.join(30)
+            loads = int(client.get(f"{ns}:loads") or 0)
+            results[variant].append(
+                {"loads": loads, "p99_ms": _p(latencies, 0.99) * 1e3,
+                 "p99_over_load_ms": _p(latencies, 0.99) * 1e3 - 50.0}
+            )  # fmt: skip
+    return {
+        variant: {
+            "rounds": len(runs),
+            "loads_max": max(run["loads"] for run in runs),
+            "p99_ms": _summary([run["p99_ms"] for run in runs]),
+            "p99_over_load_ms": _summary([run["p99_over_load_ms"] for run in runs]),
+        }
+        for variant, runs in results.items()
+    }
+
+
+def _expiry_worker(
+    variant: str, url: str, ns: str, rate: float, seconds: float, start: Any, out: Any
+) -> None:
+    """Offer ``rate`` calls/s for ``seconds`` (open loop: calls start on schedule)."""
+    count = int(rate * seconds)
+    if variant.endswith("tasks"):
+
+        async def main() -> list[float]:
+            warm, call = _make_async(variant, url, ns, 1.0, 0.1)
+            await warm()
+            await call()  # the key exists before the clock starts
+            await asyncio.to_thread(start.wait)
+            began = time.perf_counter()
+            latencies: list[float] = []
+
+            async def one() -> None:
+                t0 = time.perf_counter()
+                await call()
+                latencies.append(time.perf_counter() - t0)
+
+            tasks = []
+            for i in range(count):
+                delay = began + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(one()))
+            await asyncio.gather(*tasks)
+            return latencies
+
+        out.put(asyncio.run(main()))
+        return
+    call = _make_sync(variant, url, ns, 1.0, 0.1)
+    call()
+    start.wait()
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        call()
+        with lock:
+            latencies.append(time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        began = time.perf_counter()
+        for i in range(count):
+            delay = began + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one)
+    out.put(latencies)
+
+
+def _max_cluster(starts: list[float], window: float) -> int:
+    """The most loads that began within ``window`` seconds of each other: loads for one expiry
+    start together (a herd), loads for different expiries are a TTL apart."""
+    best = 0
+    for i, first in enumerate(starts):
+        best = max(best, sum(1 for t in starts[i:] if t - first <= window))
+    return best
+
+
+EXPIRY_VARIANTS = ["cachewise threads", "cachewise stale_ttl threads",
+                   "cachewise stale_ttl tasks", "dogpile distributed_lock threads",
+                   "cashews early tasks", "cashews lock=True tasks"]  # fmt: skip
+
+
+def expiry_under_load(
+    url: str, processes: int = 4, total_rate: float = 500.0, seconds: float = 3.0
+) -> dict[str, Any]:
+    client = redis.Redis.from_url(url)
+    results: dict[str, Any] = {}
+    order = list(EXPIRY_VARIANTS)
+    random.shuffle(order)
+    for variant in order:
+        ns = f"exp-{variant.split()[0]}-{random.randrange(10**9)}"
+        start, out = ctx.Barrier(processes + 1), ctx.Queue()
+        procs = [ctx.Process(target=_expiry_worker,
+                             args=(variant, url, ns, total_rate / processes, seconds, start, out))
+                 for _ in range(processes)]  # fmt: skip
+        for p in procs:
+            p.start()
+        start.wait()
+        before = int(client.get(f"{ns}:loads") or 0)
+        latencies = [lat for _ in procs for lat in out.get(timeout=120)]
+        for p in procs:
+            p.join(30)
+        loads = int(client.get(f"{ns}:loads") or 0) - before
+        starts = sorted(float(t) for t in client.lrange(f"{ns}:starts", 0, -1))
+        results[variant] = {
+            "calls": len(latencies),
+            "loads": loads,
+            "max_loads_per_expiry": _max_cluster(starts, 0.3),
+            "p50_ms": _p(latencies, 0.5) * 1e3,
+            "p99_ms": _p(latencies, 0.99) * 1e3,
+        }
+    return results
