@@ -331,13 +331,16 @@ def redis_report(data: dict[str, Any]) -> str:
         "| ratio | median (min..max) | target | |",
         "| --- | --- | --- | --- |",
     ]
-    for label, key, limit in (
-        ("sync L2 hit (L1 off) / raw `GET` + `msgpack.unpackb`", "sync L2 hit / raw GET+unpackb", 1.15),
+    targets = [
+        ("sync L2 hit (L1 off) / raw `GET` + `msgpack.unpackb`",
+         "sync L2 hit / raw GET+unpackb", 1.15),
         ("async L2 hit (L1 off) / raw async `GET` + `unpackb`",
          "async L2 hit / raw async GET+unpackb", 1.15),
         ("repeated hit, L1 on / raw `GET` + `unpackb`", "L1 hit / raw GET+unpackb", 0.01),
-        ("`get_many` of 100 keys (L1 off) / raw `MGET` + unpack", "get_many / raw MGET+unpack", 1.2),
-    ):  # fmt: skip
+        ("`get_many` of 100 keys (L1 off) / raw `MGET` + unpack",
+         "get_many / raw MGET+unpack", 1.2),
+    ]  # fmt: skip
+    for label, key, limit in targets:
         s = r.get(key) or b[key]
         lines.append(f"| {label} | {_fmt(s, 3)} | ≤ {limit} | {_verdict(s['median'] <= limit)} |")
     lines += [
