@@ -121,7 +121,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
                     r["cachewise async L2 hit (L1 off)"] / r["raw async GET + unpackb"]
                     for r in async_per_round
                 ]
-            ),  # fmt: skip
+            ),
             "L1 hit / raw GET+unpackb": _summary(
                 [r["cachewise L1 hit (@cached)"] / r["raw GET + unpackb"] for r in per_round]
             ),
