@@ -161,7 +161,7 @@ class Engine:
     # -- small helpers --------------------------------------------------------------------------
 
     def explicit_target(self, key: str) -> Target:
-        return Target(self.explicit, key, self.prefix + key, repr(key))
+        return Target(self.explicit, key, self.prefix + key, key)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a strong reference to a task the engine started until it ends."""
@@ -824,14 +824,19 @@ class Engine:
             self._redis_failed(exc)
             return found
         now_ms = backend.server_now_ms()
-        with self.lock:
-            for (key, target), raw in zip(rest.items(), raws, strict=True):
-                env = self._decode(raw)
-                if env is not None and now_ms < env.fresh_until_ms:
-                    self.counts["l2_hits"] += 1
-                    found[key] = env.value
+        fresh: list[tuple[Target, codec.Envelope]] = []
+        for (key, target), raw in zip(rest.items(), raws, strict=True):
+            env = self._decode(raw)
+            if env is not None and now_ms < env.fresh_until_ms:
+                found[key] = env.value
+                fresh.append((target, env))
+        self.counts["l2_hits"] += len(fresh)
+        if fresh and self.l1.maxsize:
+            entries = [(target, self._adopt(target, env)) for target, env in fresh]
+            with self.lock:
+                for target, entry in entries:
                     if target.full_key not in self.flights:
-                        self.l1.put(target.table, self._adopt(target, env))
+                        self.l1.put(target.table, entry)
         return found
 
     # -- writes and invalidation ----------------------------------------------------------------

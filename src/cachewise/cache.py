@@ -146,7 +146,12 @@ class Cache:
     def _targets(self, keys: Iterable[str]) -> dict[str, Target]:
         if isinstance(keys, str):
             raise ConfigTypeError("keys must be an iterable of str, not a single str")
-        return {key: self._target(key) for key in keys}
+        keys = list(keys)
+        for key in keys:
+            if type(key) is not str or not key:
+                _validate.cache_key(key)  # raises the error that names it
+        make = self._engine.explicit_target
+        return {key: make(key) for key in keys}
 
     def _get_or_load_many(
         self, keys: Iterable[str], load_many: Callable[[list[str]], Any], ttl: Any, stale_ttl: Any
