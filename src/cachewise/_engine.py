@@ -664,7 +664,7 @@ class Engine:
     ) -> Plan[dict[str, Any]]:
         """Bulk cache-aside: L1, one MGET, then one ``load_many`` call for the keys this caller
         leads; per-key single-flight throughout."""
-        found = yield from self.get_many(targets)
+        found = yield from self.get_many(list(targets))
         waiting: dict[str, Flight] = {}
         leading: dict[str, Flight] = {}
         for key, target in targets.items():
@@ -796,47 +796,58 @@ class Engine:
         for key, flight in flights.items():
             self._fail(flight, targets[key], exc)
 
-    def get(self, target: Target, default: Any) -> Plan[Any]:
-        """Plain read: a fresh value or ``default``; never loads, never serves stale."""
-        found = yield from self.get_many({"": target})
-        return found.get("", default)
+    def get(self, key: str, default: Any) -> Plan[Any]:
+        """Plain read of an explicit key: a fresh value or ``default``; never loads or serves
+        stale."""
+        found = yield from self.get_many([key])
+        return found.get(key, default)
 
-    def get_many(self, targets: Mapping[str, Target]) -> Plan[dict[str, Any]]:
-        """Fresh values of ``targets``: L1 first, then one MGET for the rest."""
+    def get_many(self, keys: list[str]) -> Plan[dict[str, Any]]:
+        """Fresh values of explicit keys: L1 first, then one MGET for the rest.
+
+        Works on the key strings themselves (no ``Target`` per key until one is kept in L1):
+        per-key work is what separates a bulk read from the raw ``MGET`` it wraps.
+        """
         found: dict[str, Any] = {}
-        rest: dict[str, Target] = {}
+        table, prefix = self.explicit, self.prefix
         now = self.clock()
-        for key, target in targets.items():
-            entry = target.table.get(target.l1_key)
-            if core.is_fresh(entry, now):
-                assert entry is not None
+        rest: list[str] = []
+        for key in keys:
+            entry = table.get(key)
+            if entry is not None and now < entry.fresh_until:
                 entry.hits += 1
                 found[key] = entry.value
             else:
-                rest[key] = target
+                rest.append(key)
         backend = self.backend
         if not rest or backend is None:
             return found
         try:
-            yield from self._ensure_backend()
-            raws = yield RedisCall(backend, "mget", [t.full_key for t in rest.values()])
+            if backend.listener is None or backend.setup_due():
+                yield from self._ensure_backend()
+            raws = yield RedisCall(backend, "mget", [prefix + key for key in rest])
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return found
         now_ms = backend.server_now_ms()
-        fresh: list[tuple[Target, codec.Envelope]] = []
-        for (key, target), raw in zip(rest.items(), raws, strict=True):
-            env = self._decode(raw)
-            if env is not None and now_ms < env.fresh_until_ms:
+        unpack = codec.unpack
+        fresh: list[tuple[str, codec.Envelope]] = []
+        for key, raw in zip(rest, raws, strict=True):
+            if raw is None:
+                continue
+            env = unpack(raw)
+            if env is None:
+                self.counts["decode_errors"] += 1
+            elif now_ms < env.fresh_until_ms:
                 found[key] = env.value
-                fresh.append((target, env))
+                fresh.append((key, env))
         self.counts["l2_hits"] += len(fresh)
         if fresh and self.l1.maxsize:
-            entries = [(target, self._adopt(target, env)) for target, env in fresh]
+            entries = [(self._adopt(self.explicit_target(k), env)) for k, env in fresh]
             with self.lock:
-                for target, entry in entries:
-                    if target.full_key not in self.flights:
-                        self.l1.put(target.table, entry)
+                for entry in entries:
+                    if entry.full_key not in self.flights:
+                        self.l1.put(table, entry)
         return found
 
     # -- writes and invalidation ----------------------------------------------------------------

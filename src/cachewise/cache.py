@@ -143,15 +143,18 @@ class Cache:
         _validate.callable_(loader, f"loader for key {key!r}")
         return self._engine.read(target, loader, self._policy(ttl, stale_ttl, key))
 
-    def _targets(self, keys: Iterable[str]) -> dict[str, Target]:
+    def _keys(self, keys: Iterable[str]) -> list[str]:
         if isinstance(keys, str):
             raise ConfigTypeError("keys must be an iterable of str, not a single str")
         keys = list(keys)
         for key in keys:
             if type(key) is not str or not key:
                 _validate.cache_key(key)  # raises the error that names it
+        return keys
+
+    def _targets(self, keys: Iterable[str]) -> dict[str, Target]:
         make = self._engine.explicit_target
-        return {key: make(key) for key in keys}
+        return {key: make(key) for key in self._keys(keys)}
 
     def _get_or_load_many(
         self, keys: Iterable[str], load_many: Callable[[list[str]], Any], ttl: Any, stale_ttl: Any
@@ -207,17 +210,17 @@ class Cache:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The fresh value of ``key``, or ``default``."""
-        return run_sync(self._engine.get(self._target(key), default))
+        return run_sync(self._engine.get(_validate.cache_key(key), default))
 
     async def aget(self, key: str, default: Any = None) -> Any:
-        return await run_async(self._engine.get(self._target(key), default))
+        return await run_async(self._engine.get(_validate.cache_key(key), default))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` of the keys that hold a fresh value."""
-        return run_sync(self._engine.get_many(self._targets(keys)))
+        return run_sync(self._engine.get_many(self._keys(keys)))
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        return await run_async(self._engine.get_many(self._targets(keys)))
+        return await run_async(self._engine.get_many(self._keys(keys)))
 
     def set(self, key: str, value: Any, *, ttl: Any) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (mandatory)."""

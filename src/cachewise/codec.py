@@ -74,6 +74,10 @@ def pack(envelope: Envelope, where: str) -> bytes:
         raise
 
 
+_unpackb = msgpack.unpackb
+_new = tuple.__new__  # NamedTuple's own __new__ is Python code; this skips it
+
+
 def unpack(raw: bytes | None) -> Envelope | None:
     """The envelope in ``raw``, or None for a miss (absent, undecodable, unknown version).
 
@@ -82,7 +86,7 @@ def unpack(raw: bytes | None) -> Envelope | None:
     if raw is None:
         return None
     try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        body = _unpackb(raw, raw=False, strict_map_key=False)
         version, value, fresh, stale, load_ms, tags = body
         if version != FORMAT:
             return None
@@ -90,6 +94,6 @@ def unpack(raw: bytes | None) -> Envelope | None:
             return None
         if tags and not all(type(tag) is str for tag in tags):
             return None
-        return Envelope(value, fresh, stale, load_ms, tuple(tags) if tags else ())
+        return _new(Envelope, (value, fresh, stale, load_ms, tuple(tags) if tags else ()))
     except Exception:  # any malformed payload is a miss: ValueError, TypeError, ExtraData...
         return None
