@@ -825,7 +825,10 @@ class Engine:
         try:
             if backend.listener is None or backend.setup_due():
                 yield from self._ensure_backend()
-            raws = yield RedisCall(backend, "mget", [prefix + key for key in rest])
+            if len(rest) == 1:  # GET: a one-key MGET costs redis-py noticeably more
+                raws = [(yield RedisCall(backend, "get", prefix + rest[0]))]
+            else:
+                raws = yield RedisCall(backend, "mget", [prefix + key for key in rest])
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return found
