@@ -335,10 +335,12 @@ class Engine:
 
     def _read_l2(self, target: Target) -> Plan[Any]:
         """GET the shared entry: its raw bytes, or ``_NO_REDIS`` when Redis failed (counted)."""
-        assert self.backend is not None
+        backend = self.backend
+        assert backend is not None
         try:
-            yield from self._ensure_backend()
-            return (yield RedisCall(self.backend, "get", target.full_key))
+            if backend.listener is None or backend.setup_due():
+                yield from self._ensure_backend()
+            return (yield RedisCall(backend, "get", target.full_key))
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return _NO_REDIS
@@ -393,19 +395,14 @@ class Engine:
         """The leader's first look at Redis, in its own task: an L1 miss is most often an L2 hit,
         and a detached task per hit would cost more than the hit. Returns the raw bytes read (the
         flight is settled if they served) or ``_NO_REDIS``."""
-        backend = self.backend
-        assert backend is not None
         try:
-            if backend.listener is None or backend.setup_due():
-                yield from self._ensure_backend()
-            raw = yield RedisCall(backend, "get", target.full_key)
-        except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
-            return _NO_REDIS
+            raw = yield from self._read_l2(target)
         except BaseException:
             # The leader was cancelled mid-read: the callers that joined still get a value.
             yield Spawn(self._resolve(flight, target, loader, policy), self.keep, background=True)
             raise
+        if raw is _NO_REDIS:
+            return raw
         env = self._decode(raw)
         if env is not None and not self._take_fresh(flight, target, env):
             yield from self._use_l2(flight, target, loader, policy, env)

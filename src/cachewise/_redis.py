@@ -250,33 +250,32 @@ class ServerTime(Op):
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
 
-    def run_sync(self) -> None:
-        client = self.backend.sync_client()
+    def _pipeline(self, client: Any) -> tuple[Any, bool]:
+        """TIME, plus SCRIPT LOAD of every script if this client has not had them."""
         pipe = client.pipeline(transaction=False)
         pipe.time()
         fresh = client not in self.backend.preloaded
         if fresh:
             for source in _SCRIPTS.values():
                 pipe.script_load(source)
-        before = time.monotonic()
-        reply = pipe.execute()
+        return pipe, fresh
+
+    def _done(self, client: Any, fresh: bool, before: float, reply: list[Any]) -> None:
         self.backend.record_time(before, reply[0], time.monotonic())
         if fresh:
             self.backend.preloaded.add(client)
 
+    def run_sync(self) -> None:
+        client = self.backend.sync_client()
+        pipe, fresh = self._pipeline(client)
+        before = time.monotonic()
+        self._done(client, fresh, before, pipe.execute())
+
     async def run_async(self) -> None:
         client = self.backend.async_client()
-        pipe = client.pipeline(transaction=False)
-        pipe.time()
-        fresh = client not in self.backend.preloaded
-        if fresh:
-            for source in _SCRIPTS.values():
-                pipe.script_load(source)
+        pipe, fresh = self._pipeline(client)
         before = time.monotonic()
-        reply = await pipe.execute()
-        self.backend.record_time(before, reply[0], time.monotonic())
-        if fresh:
-            self.backend.preloaded.add(client)
+        self._done(client, fresh, before, await pipe.execute())
 
 
 class RunScript(Op):
