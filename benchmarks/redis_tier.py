@@ -182,10 +182,6 @@ def bulk(url: str, rounds: int, number: int) -> dict[str, Any]:
 # -- many processes ---------------------------------------------------------------------------
 
 
-def _loader_counter(url: str, ns: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
 def _make_sync(variant: str, url: str, ns: str, ttl: float, load_s: float) -> Callable[[], Any]:
     counter = redis.Redis.from_url(url)
 
