@@ -400,7 +400,9 @@ def write_docs(section: str) -> None:
         "bare times are not comparable between runs. Reproduce with `bash scripts/bench.sh` "
         "(raw results in `benchmarks/results/`).\n\n"
     )
-    path.write_text(header + section)
+    analysis = ROOT / "benchmarks" / "analysis.md"
+    notes = "\n" + analysis.read_text() if analysis.exists() else ""
+    path.write_text(header + section + notes)
 
 
 def main() -> int:

@@ -68,9 +68,10 @@ def test_xfetch_matches_the_formula(now: float, draw: float, load_time: float, b
     got = decide(e, now, loading=False, beta=beta, draw=draw)
     expected = now - load_time * beta * math.log(draw) >= e.fresh_until
     if now < e.early_at:
-        # Outside the zone the refresh chance is below exp(-HORIZON): treated as zero.
+        # Before the zone: the first half of the fresh life, or a refresh chance below
+        # exp(-HORIZON), treated as zero.
         assert got is Decision.SERVE
-        assert not expected or -math.log(draw) >= XFETCH_HORIZON
+        assert not expected or -math.log(draw) >= XFETCH_HORIZON or now < e.fresh_until / 2
     else:
         assert got is (Decision.REFRESH if expected else Decision.SERVE)
 
@@ -90,3 +91,10 @@ def test_xfetch_more_likely_the_longer_the_load() -> None:
     assert share(0.1) < share(1.0) < share(5.0)
     # exp(-1/1) of the draws refresh with a 1 s load one second before expiry.
     assert share(1.0) == pytest.approx(1000 * math.exp(-1), abs=2)
+
+
+def test_no_early_refresh_in_the_first_half_of_the_fresh_life() -> None:
+    e = entry(now=0, ttl=10, load_time=5, beta=3)  # the formula alone would draw from the start
+    assert e.early_at == 5.0
+    assert decide(e, 4.9, loading=False, beta=3, draw=1e-12) is Decision.SERVE
+    assert decide(e, 5.0, loading=False, beta=3, draw=1e-12) is Decision.REFRESH

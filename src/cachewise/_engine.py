@@ -270,9 +270,7 @@ class Engine:
             env.value,
             fresh_until=fresh_until,
             stale_until=(env.stale_until_ms + shift) / 1000,
-            early_at=fresh_until - load_time * self.beta * core.XFETCH_HORIZON
-            if self.beta > 0
-            else fresh_until,
+            early_at=core.early_window(self.clock(), fresh_until, load_time, self.beta),
             load_time=load_time,
             full_key=target.full_key,
             l1_key=target.l1_key,
@@ -459,8 +457,12 @@ class Engine:
                     return
                 mode = "refresh"
                 continue
-            if status == 2:  # the lease is ours: load
+            if status == 2:  # the lease is ours: load, unless someone refreshed just before
                 listener.forget(key, waiter)
+                env = self._decode(payload, count=False) if payload else None
+                if env is not None and self._take_fresh(flight, target, env, refreshing):
+                    yield from self._give_back(lease, token)
+                    return
                 break
             # Someone else loads: wait to be woken by its fill, or for its lease to run out.
             self.counts["lease_waits"] += 1
@@ -499,11 +501,7 @@ class Engine:
             entry = self._entry(target, policy, value, took, tags)
             packed = codec.pack(self._envelope(entry), target.where)
         except BaseException:
-            # Give the lease back so the others need not wait for it to expire.
-            try:
-                yield from self._script("release", [lease], [token])
-            except REDIS_ERRORS as exc:
-                self._redis_failed(exc)
+            yield from self._give_back(lease, token)
             raise
         self.counts["loads"] += 1
         self.load_latency.add(took)
@@ -524,6 +522,13 @@ class Engine:
             self._settle(flight, target, None, value)
             return
         self._settle(flight, target, entry, value)
+
+    def _give_back(self, lease: str, token: str) -> Plan[None]:
+        """Release a lease we hold, so the others need not wait for it to expire."""
+        try:
+            yield from self._script("release", [lease], [token])
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Plan[Any]:
         assert self.backend is not None

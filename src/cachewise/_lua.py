@@ -13,13 +13,12 @@ from __future__ import annotations
 
 # KEYS: value, lease. ARGV: token, lease_ms, mode ("load": return the value if there is one;
 # "refresh": take the lease even though a (stale) value exists).
-# Returns {1, value} | {2, ""} (lease taken) | {3, lease_pttl} (someone else holds it).
+# Returns {1, value} | {2, value or ""} (lease taken; a refresh checks that value: another
+# process may have refreshed between its read and this call) | {3, lease_pttl} (held elsewhere).
 ACQUIRE = """
-if ARGV[3] == 'load' then
-  local v = redis.call('GET', KEYS[1])
-  if v then return {1, v} end
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+local v = redis.call('GET', KEYS[1])
+if v and ARGV[3] == 'load' then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, v or ''} end
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 

@@ -110,17 +110,29 @@ def make_entry(
     expire together and no entry outlives the TTL the user asked for.
     """
     fresh_until = now + ttl * (1.0 - jitter * jitter_draw)
-    early_at = fresh_until - load_time * beta * XFETCH_HORIZON if beta > 0 else fresh_until
     return Entry(
         value,
         fresh_until=fresh_until,
         stale_until=fresh_until + stale_ttl,
-        early_at=early_at,
+        early_at=early_window(now, fresh_until, load_time, beta),
         load_time=load_time,
         full_key=full_key,
         l1_key=l1_key,
         tags=tags,
     )
+
+
+def early_window(now: float, fresh_until: float, load_time: float, beta: float) -> float:
+    """When XFetch starts drawing for an entry that is fresh from ``now`` to ``fresh_until``.
+
+    Never before half of that life has passed: the draws are made per call, so across a fleet a
+    hot key gets thousands a second, and with a load time close to the TTL the formula would
+    otherwise fire again right after a refresh landed. Beyond ``HORIZON`` load times before
+    expiry the chance is below exp(-20) and no draw is made.
+    """
+    if beta <= 0:
+        return fresh_until
+    return max(fresh_until - load_time * beta * XFETCH_HORIZON, (now + fresh_until) / 2)
 
 
 def decide(entry: Entry | None, now: float, *, loading: bool, beta: float, draw: float) -> Decision:
