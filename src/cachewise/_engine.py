@@ -52,7 +52,6 @@ from .errors import ConfigTypeError, LoaderResultError
 
 log = logging.getLogger("cachewise")
 
-_MISSING: Any = object()
 _UNREAD: Any = object()  # Redis not read yet
 _NO_REDIS: Any = object()  # Redis failed: go on without it
 
