@@ -21,6 +21,7 @@ import msgpack
 import redis
 import redis.asyncio
 
+from _herd import task_herd, thread_herd
 from cachewise import Cache
 
 ctx = multiprocessing.get_context("spawn")
@@ -274,31 +275,13 @@ def _cold_worker(variant: str, url: str, ns: str, callers: int, start: Any, out:
             warm, call = _make_async(variant, url, ns, 60, 0.05)
             await warm()
             await asyncio.to_thread(start.wait)
-
-            async def one() -> float:
-                began = time.perf_counter()
-                await call()
-                return time.perf_counter() - began
-
-            return list(await asyncio.gather(*(one() for _ in range(callers))))
+            return await task_herd(callers, call)
 
         latencies = asyncio.run(main())
     else:
         call = _make_sync(variant, url, ns, 60, 0.05)
-        lock = threading.Lock()
         start.wait()
-
-        def one() -> None:
-            began = time.perf_counter()
-            call()
-            with lock:
-                latencies.append(time.perf_counter() - began)
-
-        threads = [threading.Thread(target=one) for _ in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        latencies = thread_herd(callers, call)
     out.put(latencies)
 
 

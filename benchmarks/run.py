@@ -21,7 +21,6 @@ import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import timeit
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 import cachetools
 
 import cachewise
+from _herd import task_herd, thread_herd
 from cachewise import Cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,22 +183,7 @@ def _threads_cold_key(callers: int, load_s: float, key: int) -> dict[str, float]
         loads.append(time.perf_counter() - started)
         return k
 
-    barrier = threading.Barrier(callers)
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def caller() -> None:
-        barrier.wait()
-        started = time.perf_counter()
-        load(key)
-        with lock:
-            latencies.append(time.perf_counter() - started)
-
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    latencies = thread_herd(callers, lambda: load(key))
     return _stampede_result(latencies, loads)
 
 
@@ -214,12 +199,7 @@ def _tasks_cold_key(callers: int, load_s: float, key: int) -> dict[str, float]:
             loads.append(time.perf_counter() - started)
             return k
 
-        async def caller() -> float:
-            started = time.perf_counter()
-            await load(key)
-            return time.perf_counter() - started
-
-        latencies = await asyncio.gather(*(caller() for _ in range(callers)))
+        latencies = await task_herd(callers, lambda: load(key))
         return _stampede_result(list(latencies), loads)
 
     return asyncio.run(run())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -105,3 +106,41 @@ def make_cache(redis_server: Any, namespace: str) -> Iterator[Callable[..., Cach
     yield make
     for cache in made:
         cache.close(timeout=5)
+
+
+class Gate:
+    """A loader that blocks until ``release`` is set; ``started`` is set when it runs."""
+
+    def __init__(self, value: Any = "v") -> None:
+        self.value = value
+        self.calls = 0
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(10)
+        return self.value
+
+
+class AsyncGate:
+    """``Gate`` for asyncio: an ``async`` loader blocked on an ``asyncio.Event``."""
+
+    def __init__(self, value: Any = "v") -> None:
+        self.value = value
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> Any:
+        self.calls += 1
+        await self.release.wait()
+        return self.value
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a started thread; its result lands in the returned list."""
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(fn()))
+    thread.start()
+    return thread, results

@@ -16,6 +16,8 @@ import pytest
 
 from cachewise import Cache
 
+from .conftest import AsyncGate, Gate, in_thread
+
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Block until ``predicate()`` holds; fails the test instead of hanging."""
@@ -77,42 +79,28 @@ async def test_500_tasks_on_a_cold_key_load_once(cache: Cache) -> None:
 
 
 async def test_cancelling_the_first_caller_does_not_cancel_the_load(cache: Cache) -> None:
-    release = asyncio.Event()
-    loads: list[int] = []
-
-    async def load() -> str:
-        loads.append(1)
-        await release.wait()
-        return "v"
-
+    load = AsyncGate()
     leader = asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60))
-    await await_until(lambda: bool(loads))
+    await await_until(lambda: load.calls == 1)
     follower = asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60))
     await await_until(lambda: cache.stats()["coalesced_waits"] == 1)
     leader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leader
-    release.set()
+    load.release.set()
     assert await follower == "v"
-    assert loads == [1] and cache.get("k") == "v"
+    assert load.calls == 1 and cache.get("k") == "v"
 
 
 async def test_waiter_that_times_out_does_not_cancel_the_load(cache: Cache) -> None:
-    release = asyncio.Event()
-    loads: list[int] = []
-
-    async def load() -> str:
-        loads.append(1)
-        await release.wait()
-        return "v"
-
+    load = AsyncGate()
     leader = asyncio.ensure_future(cache.aget_or_load("k", load, ttl=60))
-    await await_until(lambda: bool(loads))
+    await await_until(lambda: load.calls == 1)
     with pytest.raises((asyncio.TimeoutError, TimeoutError)):
         await asyncio.wait_for(cache.aget_or_load("k", load, ttl=60), 0.01)
-    release.set()
+    load.release.set()
     assert await leader == "v"
-    assert loads == [1] and await cache.aget("k") == "v"
+    assert load.calls == 1 and await cache.aget("k") == "v"
 
 
 async def test_load_survives_when_every_caller_is_gone(cache: Cache) -> None:
@@ -225,22 +213,11 @@ def test_waiter_past_wait_timeout_loads_itself(clock: Any) -> None:
 def test_invalidation_during_a_load_wins(cache: Cache) -> None:
     """The in-process stale-set race: a load that started before an invalidation must not
     store its (old) value afterwards."""
-    release = threading.Event()
-    started = threading.Event()
-
-    def old_value() -> str:
-        started.set()
-        assert release.wait(10)
-        return "old"
-
-    result: list[str] = []
-    thread = threading.Thread(
-        target=lambda: result.append(cache.get_or_load("k", old_value, ttl=60))
-    )
-    thread.start()
-    assert started.wait(10)
+    old_value = Gate("old")
+    thread, result = in_thread(lambda: cache.get_or_load("k", old_value, ttl=60))
+    assert old_value.started.wait(10)
     cache.invalidate("k")
-    release.set()
+    old_value.release.set()
     thread.join(10)
     assert result == ["old"]  # its own caller still gets what it asked for
     assert cache.get("k") is None  # but it was not stored
@@ -248,18 +225,10 @@ def test_invalidation_during_a_load_wins(cache: Cache) -> None:
 
 
 def test_set_during_a_load_wins(cache: Cache) -> None:
-    release = threading.Event()
-    started = threading.Event()
-
-    def old_value() -> str:
-        started.set()
-        assert release.wait(10)
-        return "old"
-
-    thread = threading.Thread(target=lambda: cache.get_or_load("k", old_value, ttl=60))
-    thread.start()
-    assert started.wait(10)
+    old_value = Gate("old")
+    thread, _ = in_thread(lambda: cache.get_or_load("k", old_value, ttl=60))
+    assert old_value.started.wait(10)
     cache.set("k", "written", ttl=60)
-    release.set()
+    old_value.release.set()
     thread.join(10)
     assert cache.get("k") == "written"

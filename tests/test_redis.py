@@ -13,6 +13,7 @@ import pytest
 
 from cachewise import Cache, CacheError, ConfigTypeError, ConfigValueError, InvalidationEvent
 
+from .conftest import Gate, in_thread
 from .test_concurrency import wait_until
 
 MakeCache = Callable[..., Cache]
@@ -74,19 +75,11 @@ def test_every_key_written_has_a_ttl(
 def test_invalidation_during_a_load_wins_across_processes(make_cache: MakeCache) -> None:
     """The stale-set race: a slow load that began before an invalidation must not be stored."""
     a, b = make_cache(), make_cache()
-    started, release = threading.Event(), threading.Event()
-
-    def old() -> str:
-        started.set()
-        assert release.wait(10)
-        return "old"
-
-    result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(a.get_or_load("k", old, ttl=30)))
-    thread.start()
-    assert started.wait(10)
+    old = Gate("old")
+    thread, result = in_thread(lambda: a.get_or_load("k", old, ttl=30))
+    assert old.started.wait(10)
     b.invalidate("k")  # the database changed while a was loading
-    release.set()
+    old.release.set()
     thread.join(10)
     assert result == ["old"]
     assert a.stats()["fills_refused"] == 1
@@ -96,18 +89,11 @@ def test_invalidation_during_a_load_wins_across_processes(make_cache: MakeCache)
 
 def test_a_write_during_a_load_wins(make_cache: MakeCache) -> None:
     a, b = make_cache(), make_cache()
-    started, release = threading.Event(), threading.Event()
-
-    def old() -> str:
-        started.set()
-        assert release.wait(10)
-        return "old"
-
-    thread = threading.Thread(target=lambda: a.get_or_load("k", old, ttl=30))
-    thread.start()
-    assert started.wait(10)
+    old = Gate("old")
+    thread, _ = in_thread(lambda: a.get_or_load("k", old, ttl=30))
+    assert old.started.wait(10)
     b.set("k", "written", ttl=30)
-    release.set()
+    old.release.set()
     thread.join(10)
     c = make_cache()
     assert c.get("k") == "written"
