@@ -43,7 +43,7 @@ class Flight:
     ``threading.Condition`` per instance and runs several Python-level calls per state change,
     which on a shared-tier hit (one flight per L1 miss) cost more than the rest of the hit. Here
     a flight is a lock and a few fields; a ``threading.Event`` is made only when a thread has to
-    wait, and one future per event loop only when tasks of that loop have to wait.
+    wait, and a future per waiting task, woken together per event loop.
     """
 
     __slots__ = ("_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated")
@@ -54,7 +54,7 @@ class Flight:
         self._value: Any = None
         self._error: BaseException | None = None
         self._event: threading.Event | None = None
-        self._loops: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[Any]]] | None = None
         #: Set when the key was invalidated or written while this load ran: its result is still
         #: handed to the callers that joined it, but never stored (no stale set).
         self.invalidated = False
@@ -82,8 +82,8 @@ class Flight:
             event, loops = self._event, self._loops
         if event is not None:
             event.set()
-        for loop, mirror in (loops or {}).items():
-            _deliver(self, loop, mirror)
+        for loop, waiters in (loops or {}).items():
+            _deliver(self, loop, waiters)
 
     def wait(self, timeout: float | None) -> bool:
         """Block this thread until done (True) or ``timeout`` passed (False)."""
@@ -95,36 +95,39 @@ class Flight:
             event = self._event
         return event.wait(timeout)
 
-    def on_loop(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        """The result as one future of ``loop``, shared by every task of that loop: one wake-up
-        (one ``call_soon_threadsafe`` at most) per loop, not one per waiting task."""
+    def waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """A future of ``loop`` for one waiting task, its own: cancelling it (a cancelled or
+        timed-out caller) touches no one else, so no ``asyncio.shield`` is needed. All the
+        waiters of one loop are woken by one callback (one ``call_soon_threadsafe`` at most)."""
+        future = loop.create_future()
         with self._lock:
             if not self._done:
                 if self._loops is None:
                     self._loops = {}
-                mirror = self._loops.get(loop)
-                if mirror is None:
-                    mirror = self._loops[loop] = loop.create_future()
-                return mirror
-        mirror = loop.create_future()
-        _copy(self, mirror)
-        return mirror
+                self._loops.setdefault(loop, []).append(future)
+                return future
+        _copy(self, [future])
+        return future
 
 
-def _copy(source: Flight, target: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if source._error is not None:
-        target.set_exception(source._error)
-    else:
-        target.set_result(source._value)
+def _copy(source: Flight, targets: list[asyncio.Future[Any]]) -> None:
+    error = source._error
+    for target in targets:
+        if target.done():  # a waiter that was cancelled or timed out
+            continue
+        if error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(source._value)
 
 
-def _deliver(source: Flight, loop: asyncio.AbstractEventLoop, target: asyncio.Future[Any]) -> None:
+def _deliver(
+    source: Flight, loop: asyncio.AbstractEventLoop, targets: list[asyncio.Future[Any]]
+) -> None:
     if asyncio._get_running_loop() is loop:  # public twin raises when no loop runs here
-        _copy(source, target)
+        _copy(source, targets)
     elif not loop.is_closed():
-        loop.call_soon_threadsafe(_copy, source, target)
+        loop.call_soon_threadsafe(_copy, source, targets)
 
 
 class Op:
@@ -253,8 +256,8 @@ class Wait(Op):
     async def run_async(self) -> Any:
         if self.flight.done():  # settled already (an L2 hit, a sync leader)
             return self.flight.result()
-        # shield: a cancelled or timed-out waiter must not cancel the shared future.
-        waiter = asyncio.shield(self.flight.on_loop(asyncio.get_running_loop()))
+        # A future of this waiter's own: cancelling it never reaches the shared load.
+        waiter = self.flight.waiter(asyncio.get_running_loop())
         if self.timeout is None:
             return await waiter
         try:
