@@ -58,6 +58,13 @@ _CARRIED = (
 
 def _settings(client: Any) -> dict[str, Any]:
     pool = client.connection_pool
+    if "Sentinel" in type(pool).__name__:
+        # Its connections find the master through the sentinels: there is no host to copy,
+        # and a twin built without one would quietly talk to localhost.
+        raise ConfigTypeError(
+            "redis=: a Sentinel client cannot be copied into its sync/async twin; pass both, "
+            "as redis=(sentinel.master_for(...), asyncio_sentinel.master_for(...))"
+        )
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _CARRIED}
     if "SSL" in pool.connection_class.__name__:
         kwargs["ssl"] = True
@@ -98,6 +105,11 @@ class RedisBackend:
         elif isinstance(spec, redis.Redis):
             self._sync = spec
             self._settings = _settings(spec)
+        elif "Cluster" in type(spec).__name__:
+            raise ConfigTypeError(
+                "redis=: Redis Cluster clients are not supported yet (the lease and invalidation "
+                "scripts build keys a cluster would refuse); use a standalone or Sentinel Redis"
+            )
         else:
             raise ConfigTypeError(
                 "redis= must be a URL, a redis.Redis, a redis.asyncio.Redis or a "
