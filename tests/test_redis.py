@@ -461,3 +461,51 @@ def test_sentinel_and_cluster_clients_get_a_clear_error() -> None:
     cluster = redis.cluster.RedisCluster.__new__(redis.cluster.RedisCluster)
     with pytest.raises(ConfigTypeError, match="Cluster"):
         Cache(cluster)
+
+
+def test_a_sentinel_master_given_as_a_pair(
+    redis_server: Any, namespace: str, tmp_path: Any
+) -> None:
+    import shutil
+    import subprocess
+
+    import redis.asyncio.sentinel
+    import redis.sentinel
+
+    from cachewise.testing import free_port
+
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor main 127.0.0.1 {redis_server.port} 1\n"
+    )
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        sentinel = redis.sentinel.Sentinel([("127.0.0.1", port)], socket_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sentinel.discover_master("main")
+                break
+            except (redis.exceptions.RedisError, OSError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        asentinel = redis.asyncio.sentinel.Sentinel([("127.0.0.1", port)], socket_timeout=0.5)
+        cache = Cache(
+            (sentinel.master_for("main"), asentinel.master_for("main")), namespace=namespace
+        )
+        cache.set("k", "through sentinel", ttl=30)
+
+        async def read() -> Any:
+            return await cache.aget_or_load("k", lambda: "loaded", ttl=30)
+
+        assert asyncio.run(read()) == "through sentinel"
+        assert redis_server.client().exists(f"{namespace}:k") == 1
+        assert cache.stats()["redis_errors"] == 0
+        cache.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
