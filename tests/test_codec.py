@@ -53,3 +53,9 @@ def test_unsupported_values_name_their_type() -> None:
 
     with pytest.raises(SerializationError, match="Thing"):
         pack(Envelope({"x": [Thing()]}, 1, 2, 3, ()), "user:1")
+
+
+def test_other_shapes_are_misses() -> None:
+    for body in ({1: "v", 2: 1, 3: 2, 4: 3, 5: 4, 6: 5}, "abcdef", [FORMAT, "v", 1, 2, 3],
+                 [FORMAT, "v", 1.5, 2, 3, []], [FORMAT, "v", 1, 2, 3, [1]]):  # fmt: skip
+        assert unpack(msgpack.packb(body)) is None

@@ -86,7 +86,9 @@ def unpack(raw: bytes | None) -> Envelope | None:
     if raw is None:
         return None
     try:
-        body = _unpackb(raw, raw=False, strict_map_key=False)
+        body = _unpackb(raw, strict_map_key=False)  # raw=False is msgpack's default
+        if type(body) is not list or len(body) != 6:
+            return None
         version, value, fresh, stale, load_ms, tags = body
         if version != FORMAT:
             return None
