@@ -259,6 +259,26 @@ class Engine:
         assert self.backend is not None
         return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
 
+    def _store_call(self, entry: Entry, token: str, where: str) -> tuple[str, list[str], list[Any]]:
+        """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally).
+
+        Packs the value first, so a value msgpack refuses raises before anything is stored.
+        """
+        backend = self.backend
+        assert backend is not None
+        env = self._envelope(entry)
+        packed = codec.pack(env, where)
+        key = entry.full_key
+        keys = [key, backend.lease_key(key), *(backend.tag_key(t) for t in entry.tags)]
+        args = [
+            token,
+            packed,
+            env.stale_until_ms,
+            backend.channel,
+            backend.message("f", key, packed),
+        ]
+        return "store", keys, args
+
     def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
         """The local entry of a shared one: it never outlives the Redis key it came from."""
         assert self.backend is not None
@@ -488,7 +508,7 @@ class Engine:
     ) -> Plan[None]:
         backend = self.backend
         assert backend is not None
-        key, lease = target.full_key, backend.lease_key(target.full_key)
+        lease = backend.lease_key(target.full_key)
         lease_ms = int(self.lease_ttl * 1000)
         try:
             value, took = yield from self._invoke(
@@ -496,21 +516,15 @@ class Engine:
                 renew=lambda: self._script("renew", [lease], [token, lease_ms]),
                 every=self.lease_ttl / 3,
             )
-            tags = self._tags(target)
-            entry = self._entry(target, policy, value, took, tags)
-            packed = codec.pack(self._envelope(entry), target.where)
+            entry = self._entry(target, policy, value, took, self._tags(target))
+            store = self._store_call(entry, token, target.where)
         except BaseException:
             yield from self._give_back(lease, token)
             raise
         self.counts["loads"] += 1
         self.load_latency.add(took)
-        expire_at = self._envelope(entry).stale_until_ms
         try:
-            stored = yield from self._script(
-                "store",
-                [key, lease, *(backend.tag_key(t) for t in tags)],
-                [token, packed, expire_at, backend.channel, backend.message("f", key, packed)],
-            )
+            stored = yield from self._script(*store)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             stored = 1  # fail open: keep it in this process
@@ -770,17 +784,10 @@ class Engine:
         self.load_latency.add(took)
         stored = {key: 1 for key in flights}
         if backend is not None and tokens:
-            calls = []
-            for key, entry in entries.items():
-                env = self._envelope(entry)
-                packed = codec.pack(env, targets[key].where)
-                full = targets[key].full_key
-                calls.append((
-                    "store",
-                    [full, backend.lease_key(full), *(backend.tag_key(t) for t in entry.tags)],
-                    [tokens[key], packed, env.stale_until_ms, backend.channel,
-                     backend.message("f", full, packed)],
-                ))  # fmt: skip
+            calls = [
+                self._store_call(entry, tokens[key], targets[key].where)
+                for key, entry in entries.items()
+            ]
             try:
                 replies = yield RunPipeline(backend, calls)
                 stored = {key: int(reply) for key, reply in zip(entries, replies, strict=True)}
@@ -861,29 +868,23 @@ class Engine:
         tags = self._tags(target)
         entry = self._entry(target, policy, value, 0.0, tags)
         backend = self.backend
-        packed = b""
+        store = None
         if backend is not None:
             try:
                 yield from self._ensure_backend()
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
-            if backend.offset_ms is not None:
-                packed = codec.pack(self._envelope(entry), target.where)  # before storing anything
+            if backend.offset_ms is not None:  # packed before anything is stored
+                store = self._store_call(entry, "", target.where)
         with self.lock:
             flight = self.flights.pop(target.full_key, None)
             if flight is not None:
                 flight.invalidated = True
             self.l1.put(target.table, entry)
         self.counts["sets"] += 1
-        if backend is not None and packed:
-            key = target.full_key
+        if store is not None:
             try:
-                yield from self._script(
-                    "store",
-                    [key, backend.lease_key(key), *(backend.tag_key(t) for t in tags)],
-                    ["", packed, self._envelope(entry).stale_until_ms, backend.channel,
-                     backend.message("f", key, packed)],
-                )  # fmt: skip
+                yield from self._script(*store)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
 

@@ -104,7 +104,6 @@ class WriteBehindQueue:
         self.totals = FlushReport()
         self._reported = FlushReport()  # totals at the end of the previous flush
         self.stopped = False
-        self.flush_requested = 0
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
@@ -211,9 +210,9 @@ class WriteBehindQueue:
                 self.on_settled(item.key)
             self.cond.notify_all()
 
-    def _due_wait(self, wait: float | None) -> float:
-        if self.flush_requested or self.stopped:
-            return 0.0 if wait is None else min(wait, self.options.interval)
+    def _idle_wait(self, wait: float | None) -> float:
+        """How long an idle flusher sleeps: until the next retry is due, at most ``interval``
+        (a new write or a flush wakes it sooner)."""
         return self.options.interval if wait is None else min(wait, self.options.interval)
 
     # -- the flushers -----------------------------------------------------------------------
@@ -225,7 +224,7 @@ class WriteBehindQueue:
                 if not batch:
                     if self.stopped and not self.pending:
                         return
-                    self.cond.wait(self._due_wait(wait) or self.options.interval)
+                    self.cond.wait(self._idle_wait(wait))
                     continue
             for item in batch:
                 try:
@@ -247,7 +246,7 @@ class WriteBehindQueue:
             if not batch:
                 self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._due_wait(wait) or 0.01)
+                    await asyncio.wait_for(self._wakeup.wait(), self._idle_wait(wait))
                 continue
             for item in batch:
                 try:
@@ -265,14 +264,12 @@ class WriteBehindQueue:
 
     def _start_flush(self) -> int:
         with self.cond:
-            self.flush_requested += 1
-            self.cond.notify_all()
+            self.cond.notify_all()  # wake the flusher now
             return self.seq
 
     def _end_flush(self) -> FlushReport:
         """What happened since the previous flush ended (or since the queue was made)."""
         with self.cond:
-            self.flush_requested -= 1
             now, before = self.totals, self._reported
             report = FlushReport(
                 written=now.written - before.written,
