@@ -165,16 +165,27 @@ def wb_cache(clock: FakeClock, **options: Any) -> Cache:
     return Cache(**{**defaults, **options})
 
 
+def gated_saver(
+    cache: Cache, get_user: Any, store: Store
+) -> tuple[Any, threading.Event, threading.Event]:
+    """A write-behind writer that blocks in the flusher until ``gate`` is set; ``started`` is
+    set when the flusher first calls it."""
+    gate, started = threading.Event(), threading.Event()
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    def save(user_id: int, data: Any) -> None:
+        started.set()
+        assert gate.wait(10)
+        store.save(user_id, data)
+
+    return save, gate, started
+
+
 def test_write_behind_returns_before_the_store_write(clock: FakeClock) -> None:
     cache = wb_cache(clock)
     store = Store()
     get_user = make(cache, store)
-    gate = threading.Event()
-
-    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
-    def save(user_id: int, data: str) -> None:
-        assert gate.wait(10)
-        store.save(user_id, data)
+    save, gate, _ = gated_saver(cache, get_user, store)
 
     save(1, "new")  # returns although the writer is blocked
     assert get_user(1) == "new" and store.writes == []
@@ -188,14 +199,7 @@ def test_write_behind_coalesces_and_keeps_order(clock: FakeClock) -> None:
     cache = wb_cache(clock, write_behind_interval=0.01)
     store = Store()
     get_user = make(cache, store)
-    gate = threading.Event()
-    first = threading.Event()
-
-    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
-    def save(user_id: int, data: int) -> None:
-        first.set()
-        assert gate.wait(10)
-        store.save(user_id, data)
+    save, gate, first = gated_saver(cache, get_user, store)
 
     save(0, -1)  # occupies the flusher
     assert first.wait(10)
@@ -251,12 +255,7 @@ def test_pending_write_is_served_after_the_entry_expires(clock: FakeClock) -> No
     store = Store()
     store.rows[1] = "old"
     get_user = make(cache, store)
-    gate = threading.Event()
-
-    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
-    def save(user_id: int, data: str) -> None:
-        assert gate.wait(10)
-        store.save(user_id, data)
+    save, gate, _ = gated_saver(cache, get_user, store)
 
     save(1, "new")
     clock.advance(120)  # the cache entry expired; the store still has "old"
@@ -273,13 +272,7 @@ def test_bounded_queue_raises_when_told_to(clock: FakeClock) -> None:
     cache = wb_cache(clock, write_behind_maxsize=2, write_behind_when_full="raise")
     store = Store()
     get_user = make(cache, store)
-    gate, started = threading.Event(), threading.Event()
-
-    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
-    def save(user_id: int, data: str) -> None:
-        started.set()
-        assert gate.wait(10)
-        store.save(user_id, data)
+    save, gate, started = gated_saver(cache, get_user, store)
 
     save(1, "a")
     assert started.wait(10)
@@ -299,13 +292,7 @@ def test_bounded_queue_blocks_by_default(clock: FakeClock) -> None:
     cache = wb_cache(clock, write_behind_maxsize=1)
     store = Store()
     get_user = make(cache, store)
-    gate, started = threading.Event(), threading.Event()
-
-    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
-    def save(user_id: int, data: str) -> None:
-        started.set()
-        assert gate.wait(10)
-        store.save(user_id, data)
+    save, gate, started = gated_saver(cache, get_user, store)
 
     save(1, "a")
     assert started.wait(10)
