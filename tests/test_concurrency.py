@@ -193,20 +193,12 @@ async def test_threads_and_tasks_share_one_load(cache: Cache) -> None:
 
 def test_waiter_past_wait_timeout_loads_itself(clock: Any) -> None:
     cache = Cache(clock=clock, wait_timeout=0.05)
-    release = threading.Event()
-    started = threading.Event()
-
-    def slow() -> str:
-        started.set()
-        assert release.wait(10)
-        return "slow"
-
-    thread = threading.Thread(target=lambda: cache.get_or_load("k", slow, ttl=60))
-    thread.start()
-    assert started.wait(10)
+    slow = Gate("slow")
+    thread, _ = in_thread(lambda: cache.get_or_load("k", slow, ttl=60))
+    assert slow.started.wait(10)
     assert cache.get_or_load("k", lambda: "own", ttl=60) == "own"
     assert cache.stats()["wait_timeouts"] == 1
-    release.set()
+    slow.release.set()
     thread.join(10)
 
 

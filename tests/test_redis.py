@@ -101,29 +101,17 @@ def test_a_write_during_a_load_wins(make_cache: MakeCache) -> None:
 
 def test_waiters_in_another_process_are_woken_by_the_fill(make_cache: MakeCache) -> None:
     a, b = make_cache(), listening(make_cache())
-    started, release = threading.Event(), threading.Event()
-    loads: list[str] = []
-
-    def slow() -> str:
-        loads.append("a")
-        started.set()
-        assert release.wait(10)
-        return "v"
-
-    thread = threading.Thread(target=lambda: a.get_or_load("k", slow, ttl=30))
-    thread.start()
-    assert started.wait(10)
-    got: list[Any] = []
-    waiter = threading.Thread(
-        target=lambda: got.append(b.get_or_load("k", lambda: loads.append("b"), ttl=30))
-    )
-    waiter.start()
+    slow = Gate("v")
+    loads_in_b: list[str] = []
+    thread, _ = in_thread(lambda: a.get_or_load("k", slow, ttl=30))
+    assert slow.started.wait(10)
+    waiter, got = in_thread(lambda: b.get_or_load("k", lambda: loads_in_b.append("b"), ttl=30))
     wait_until(lambda: b.stats()["lease_waits"] >= 1)
     woken_at = time.monotonic()
-    release.set()
+    slow.release.set()
     waiter.join(10)
     thread.join(10)
-    assert got == ["v"] and loads == ["a"]
+    assert got == ["v"] and slow.calls == 1 and loads_in_b == []
     assert time.monotonic() - woken_at < 1.0  # woken by the event, not by the lease expiring
 
 
