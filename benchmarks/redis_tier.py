@@ -21,8 +21,8 @@ import msgpack
 import redis
 import redis.asyncio
 
-from _herd import task_herd, thread_herd
 from cachewise import Cache
+from cachewise.testing import task_herd, thread_herd
 
 ctx = multiprocessing.get_context("spawn")
 

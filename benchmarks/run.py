@@ -30,8 +30,8 @@ from typing import Any
 import cachetools
 
 import cachewise
-from _herd import task_herd, thread_herd
 from cachewise import Cache
+from cachewise.testing import task_herd, thread_herd
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from cachewise import Cache, InvalidationEvent
+from cachewise.testing import task_herd, thread_herd
 
 
 def _counting_loader(url: str, namespace: str, load_s: float) -> Any:
@@ -30,7 +31,6 @@ def herd(url: str, namespace: str, callers: int, use_tasks: bool, start: Any, ou
     listener = cache._engine.backend.listener  # type: ignore[union-attr]
     assert listener is not None and listener.ready.wait(10)
     load = _counting_loader(url, namespace, 0.05)
-    latencies: list[float] = []
     start.wait()
     if use_tasks:
 
@@ -38,29 +38,16 @@ def herd(url: str, namespace: str, callers: int, use_tasks: bool, start: Any, ou
             await asyncio.sleep(0)
             return load()  # a sync loader called from async code is allowed
 
-        async def one() -> float:
-            began = time.perf_counter()
+        async def one() -> None:
             assert await cache.aget_or_load("cold", aload, ttl=30) == "value"
-            return time.perf_counter() - began
 
-        async def main() -> list[float]:
-            return list(await asyncio.gather(*(one() for _ in range(callers))))
-
-        latencies = asyncio.run(main())
+        latencies = asyncio.run(task_herd(callers, one))
     else:
-        lock = threading.Lock()
 
         def caller() -> None:
-            began = time.perf_counter()
             assert cache.get_or_load("cold", load, ttl=30) == "value"
-            with lock:
-                latencies.append(time.perf_counter() - began)
 
-        threads = [threading.Thread(target=caller) for _ in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        latencies = thread_herd(callers, caller)
     out.put(latencies)
     cache.close()
 

@@ -14,11 +14,11 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from . import Cache
-from .testing import RedisServer
+from .testing import RedisServer, task_herd
 
 
 class Database:
@@ -40,17 +40,6 @@ class Database:
 def _pct(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-
-async def _herd(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
-    """Start ``n`` callers at once; return each one's latency in seconds."""
-
-    async def one() -> float:
-        started = time.perf_counter()
-        await call()
-        return time.perf_counter() - started
-
-    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 def _row(label: str, loads: int, latencies: list[float]) -> str:
@@ -92,7 +81,7 @@ def _fleet_worker(
         if listener is not None:
             await asyncio.to_thread(listener.ready.wait, 5)
         await asyncio.to_thread(start.wait)
-        return await _herd(callers, lambda: cache.aget_or_load("fleet", query, ttl=30))
+        return await task_herd(callers, lambda: cache.aget_or_load("fleet", query, ttl=30))
 
     out.put(asyncio.run(run()))
     cache.close()
@@ -132,7 +121,7 @@ async def demo(
 
     db = Database(load_s, pool)
     step(1, "no cache, cold key: every caller queries the origin")
-    lat = await _herd(callers, lambda: db.query("user:42"))
+    lat = await task_herd(callers, lambda: db.query("user:42"))
     rows.append(_row("no cache (cold key)", db.queries, lat))
 
     cache = Cache(url, namespace=f"demo-{os.getpid()}-{time.monotonic_ns()}")
@@ -143,18 +132,18 @@ async def demo(
         return await db.query(f"user:{user_id}")
 
     step(2, "cachewise, cold key: one caller loads, the others wait for it")
-    lat = await _herd(callers, lambda: get_user(42))
+    lat = await task_herd(callers, lambda: get_user(42))
     rows.append(_row("cachewise (cold key)", db.queries, lat))
 
     step(3, "cachewise, warm key: in-process hits")
     before = db.queries
-    lat = await _herd(callers, lambda: get_user(42))
+    lat = await task_herd(callers, lambda: get_user(42))
     rows.append(_row("cachewise (warm key)", db.queries - before, lat))
 
     step(4, f"cachewise, at expiry (waiting {ttl:.1f} s for the key to expire)")
     await asyncio.sleep(ttl * 1.05)
     before = db.queries
-    lat = await _herd(callers, lambda: get_user(42))
+    lat = await task_herd(callers, lambda: get_user(42))
     rows.append(_row("cachewise at expiry", db.queries - before, lat))
 
     swr_db = Database(load_s, pool)
@@ -167,7 +156,7 @@ async def demo(
     await get_feed(42)
     await asyncio.sleep(ttl * 1.05)
     before = swr_db.queries
-    lat = await _herd(callers, lambda: get_feed(42))
+    lat = await task_herd(callers, lambda: get_feed(42))
     await asyncio.sleep(load_s * 2)  # let the one background refresh land
     rows.append(_row("cachewise + stale_ttl at expiry", swr_db.queries - before, lat))
 

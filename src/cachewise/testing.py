@@ -1,8 +1,10 @@
-"""Helpers for testing code that uses cachewise: a clock you move by hand, and a throwaway
-``redis-server`` on a free loopback port (started here, stopped by its pid)."""
+"""Helpers for testing code that uses cachewise: a clock you move by hand, a throwaway
+``redis-server`` on a free loopback port (started here, stopped by its pid), and herds of
+callers that start together and report their latencies."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -10,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -93,3 +96,35 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             self.stop()
+
+
+def thread_herd(callers: int, call: Callable[[], Any], timeout: float = 60) -> list[float]:
+    """``callers`` threads released together by a barrier, each calling ``call()`` once."""
+    barrier = threading.Barrier(callers)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        barrier.wait()
+        began = time.perf_counter()
+        call()
+        with lock:
+            latencies.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=one) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return latencies
+
+
+async def task_herd(callers: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
+    """``callers`` tasks started at once, each awaiting ``call()`` once."""
+
+    async def one() -> float:
+        began = time.perf_counter()
+        await call()
+        return time.perf_counter() - began
+
+    return list(await asyncio.gather(*(one() for _ in range(callers))))
