@@ -21,19 +21,11 @@ import msgpack
 import redis
 import redis.asyncio
 
+from _method import ainterleaved, interleaved, percentile, ratio, summarize
 from cachewise import Cache
 from cachewise.testing import task_herd, thread_herd
 
 ctx = multiprocessing.get_context("spawn")
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _rate(fn: Callable[[], Any], number: int) -> float:
@@ -76,11 +68,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
         "cachewise L2 hit (L1 off)": lambda: l2.get_or_load("k", _never, ttl=3600),
         "cachewise L1 hit (@cached)": lambda: l1_hit(1),
     }
-    per_round = []
-    for _ in range(rounds):
-        order = list(variants)
-        random.shuffle(order)
-        per_round.append({name: _rate(variants[name], number) for name in order})
+    per_round = interleaved(variants, rounds, lambda fn: _rate(fn, number))
 
     async def async_rounds() -> list[dict[str, float]]:
         araw = redis.asyncio.Redis.from_url(url)
@@ -93,11 +81,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
             "raw async GET + unpackb": afloor,
             "cachewise async L2 hit (L1 off)": lambda: al2.aget_or_load("k", _never, ttl=3600),
         }
-        out = []
-        for _ in range(rounds):
-            order = list(avariants)
-            random.shuffle(order)
-            out.append({name: await _arate(avariants[name], number) for name in order})
+        out = await ainterleaved(avariants, rounds, lambda fn: _arate(fn, number))
         await araw.aclose()
         al2.close()
         return out
@@ -114,17 +98,14 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
             for name in rs[0]
         },
         "ratios": {
-            "sync L2 hit / raw GET+unpackb": _summary(
-                [r["cachewise L2 hit (L1 off)"] / r["raw GET + unpackb"] for r in per_round]
+            "sync L2 hit / raw GET+unpackb": ratio(
+                per_round, "cachewise L2 hit (L1 off)", "raw GET + unpackb"
             ),
-            "async L2 hit / raw async GET+unpackb": _summary(
-                [
-                    r["cachewise async L2 hit (L1 off)"] / r["raw async GET + unpackb"]
-                    for r in async_per_round
-                ]
+            "async L2 hit / raw async GET+unpackb": ratio(
+                async_per_round, "cachewise async L2 hit (L1 off)", "raw async GET + unpackb"
             ),
-            "L1 hit / raw GET+unpackb": _summary(
-                [r["cachewise L1 hit (@cached)"] / r["raw GET + unpackb"] for r in per_round]
+            "L1 hit / raw GET+unpackb": ratio(
+                per_round, "cachewise L1 hit (@cached)", "raw GET + unpackb"
             ),
         },
     }
@@ -158,23 +139,19 @@ def bulk(url: str, rounds: int, number: int) -> dict[str, Any]:
         "cachewise get_many": lambda: cache.get_many(keys),
         "cachewise 100 x get": lambda: [cache.get(k) for k in keys],
     }
-    per_round = []
-    for _ in range(rounds):
-        order = list(variants)
-        random.shuffle(order)
-        per_round.append({name: _rate(variants[name], number) for name in order})
+    per_round = interleaved(variants, rounds, lambda fn: _rate(fn, number))
     cache.close()
     return {
         "rounds": rounds,
         "ratios": {
-            "get_many / raw MGET+unpack": _summary(
-                [r["cachewise get_many"] / r["raw MGET + unpack"] for r in per_round]
+            "get_many / raw MGET+unpack": ratio(
+                per_round, "cachewise get_many", "raw MGET + unpack"
             ),
-            "raw speed-up, MGET over 100 GETs": _summary(
-                [r["raw 100 x GET"] / r["raw MGET + unpack"] for r in per_round]
+            "raw speed-up, MGET over 100 GETs": ratio(
+                per_round, "raw 100 x GET", "raw MGET + unpack"
             ),
-            "cachewise speed-up, get_many over 100 gets": _summary(
-                [r["cachewise 100 x get"] / r["cachewise get_many"] for r in per_round]
+            "cachewise speed-up, get_many over 100 gets": ratio(
+                per_round, "cachewise 100 x get", "cachewise get_many"
             ),
         },
     }
@@ -307,15 +284,15 @@ def cold_key_fleet(url: str, rounds: int, processes: int = 4, callers: int = 25)
                 p.join(30)
             loads = int(client.get(f"{ns}:loads") or 0)
             results[variant].append(
-                {"loads": loads, "p99_ms": _p(latencies, 0.99) * 1e3,
-                 "p99_over_load_ms": _p(latencies, 0.99) * 1e3 - 50.0}
+                {"loads": loads, "p99_ms": percentile(latencies, 0.99) * 1e3,
+                 "p99_over_load_ms": percentile(latencies, 0.99) * 1e3 - 50.0}
             )  # fmt: skip
     return {
         variant: {
             "rounds": len(runs),
             "loads_max": max(run["loads"] for run in runs),
-            "p99_ms": _summary([run["p99_ms"] for run in runs]),
-            "p99_over_load_ms": _summary([run["p99_over_load_ms"] for run in runs]),
+            "p99_ms": summarize([run["p99_ms"] for run in runs]),
+            "p99_over_load_ms": summarize([run["p99_over_load_ms"] for run in runs]),
         }
         for variant, runs in results.items()
     }
@@ -414,7 +391,7 @@ def expiry_under_load(
             "calls": len(latencies),
             "loads": loads,
             "max_loads_per_expiry": _max_cluster(starts, 0.3),
-            "p50_ms": _p(latencies, 0.5) * 1e3,
-            "p99_ms": _p(latencies, 0.99) * 1e3,
+            "p50_ms": percentile(latencies, 0.5) * 1e3,
+            "p99_ms": percentile(latencies, 0.99) * 1e3,
         }
     return results

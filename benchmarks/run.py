@@ -30,6 +30,7 @@ from typing import Any
 import cachetools
 
 import cachewise
+from _method import Rounds, ainterleaved, interleaved, percentile, ratio, summarize
 from cachewise import Cache
 from cachewise.testing import task_herd, thread_herd
 
@@ -64,10 +65,6 @@ def _git(*args: str) -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 # -- hit cost -------------------------------------------------------------------------------
@@ -129,32 +126,21 @@ async def _time_async(fn: Callable[[int], Any], number: int) -> float:
 
 
 def bench_hits(rounds: int, number: int) -> dict[str, Any]:
-    sync = _sync_hit_variants()
-    per_round: list[dict[str, float]] = []
-    for _ in range(rounds):
-        order = list(sync)
-        random.shuffle(order)
-        per_round.append({name: _time_sync(sync[name], number) for name in order})
+    per_round = interleaved(_sync_hit_variants(), rounds, lambda fn: _time_sync(fn, number))
 
-    async def async_rounds() -> list[dict[str, float]]:
-        variants = await _async_hit_variants()
-        out = []
-        for _ in range(rounds):
-            order = list(variants)
-            random.shuffle(order)
-            out.append({name: await _time_async(variants[name], number) for name in order})
-        return out
+    async def async_rounds() -> Rounds:
+        return await ainterleaved(
+            await _async_hit_variants(), rounds, lambda fn: _time_async(fn, number)
+        )
 
     async_per_round = asyncio.run(async_rounds())
     ratios = {
-        "sync hit / dict floor": summarize(
-            [r["cachewise @cached"] / r["dict floor"] for r in per_round]
+        "sync hit / dict floor": ratio(per_round, "cachewise @cached", "dict floor"),
+        "sync hit / cachetools TTLCache hit": ratio(
+            per_round, "cachewise @cached", "cachetools TTLCache"
         ),
-        "sync hit / cachetools TTLCache hit": summarize(
-            [r["cachewise @cached"] / r["cachetools TTLCache"] for r in per_round]
-        ),
-        "async hit / async dict floor": summarize(
-            [r["cachewise @cached (async)"] / r["async dict floor"] for r in async_per_round]
+        "async hit / async dict floor": ratio(
+            async_per_round, "cachewise @cached (async)", "async dict floor"
         ),
     }
     return {
@@ -206,12 +192,11 @@ def _tasks_cold_key(callers: int, load_s: float, key: int) -> dict[str, float]:
 
 
 def _stampede_result(latencies: list[float], loads: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    p99 = percentile(latencies, 0.99)
     load_time = statistics.median(loads)
     return {
         "loads": len(loads),
-        "p50_ms": ordered[len(ordered) // 2] * 1e3,
+        "p50_ms": percentile(latencies, 0.5) * 1e3,
         "p99_ms": p99 * 1e3,
         "load_ms": load_time * 1e3,
         "p99_over_load_ms": (p99 - load_time) * 1e3,
