@@ -94,3 +94,82 @@ def holder_of_copies(url: str, namespace: str, rounds: int, ready: Any, out: Any
         assert cache._engine.l1.held(f"{namespace}:k") is None
     out.put(heard_at)
     cache.close()
+
+
+# -- write-behind: a "store" kept in Redis, so every process sees the same rows ---------------
+
+_store: dict[str, Any] = {}
+
+
+def use_store(url: str, namespace: str, hang: bool = False) -> redis.Redis:
+    """Point ``store_row`` at this test's rows; ``hang`` makes every store write block forever."""
+    client = redis.Redis.from_url(url)
+    _store.update(client=client, ns=namespace, hang=hang, fail=set(), flaky={})
+    return client
+
+
+def store_row(row: int, value: str) -> None:
+    """The store write of the write-behind tests: logs every call, keeps the last value."""
+    if _store["hang"]:
+        time.sleep(3600)
+    client, ns = _store["client"], _store["ns"]
+    client.incr(f"{ns}-store:calls")
+    if row in _store["fail"]:
+        raise RuntimeError(f"cannot write {row}")
+    if _store["flaky"].get(row, 0) > 0:
+        _store["flaky"][row] -= 1
+        raise ConnectionError(f"store busy for {row}")
+    client.rpush(f"{ns}-store:log:{row}", value)
+    client.hset(f"{ns}-store:rows", str(row), value)
+
+
+def store_rows(calls: list[Any]) -> None:
+    """A batch writer for ``store_row``: one store call for a whole batch."""
+    client, ns = _store["client"], _store["ns"]
+    client.incr(f"{ns}-store:batches")
+    for call in calls:
+        store_row(*call.args, **call.kwargs)
+
+
+def rows_cache(url: str, namespace: str, batch: bool = False, **options: Any) -> Any:
+    """A cache whose ``get_row`` reads the store and whose ``save`` writes behind it."""
+    cache = Cache(url, namespace=namespace, **options)
+    client = _store["client"]
+
+    @cache.cached(ttl=60)
+    def get_row(row: int) -> str | None:
+        client.incr(f"{namespace}-store:reads")
+        found = client.hget(f"{namespace}-store:rows", str(row))
+        return found.decode() if found is not None else None
+
+    save = cache.write_behind(
+        get_row,
+        args=lambda row, value: row,
+        value=lambda row, value: value,
+        batch=store_rows if batch else None,
+    )(store_row)
+    return cache, get_row, save
+
+
+def enqueue_then_hang(url: str, namespace: str, writes: int, queued: Any) -> None:
+    """Queues ``writes`` writes to 25 rows; its flusher takes them and hangs in the store."""
+    use_store(url, namespace, hang=True)
+    _cache, _, save = rows_cache(url, namespace, write_behind_claim_idle=0.5)
+    for i in range(writes):
+        save(i % 25, f"v{i}")
+    queued.set()
+    time.sleep(3600)
+
+
+def finish_writes(url: str, namespace: str, out: Any) -> None:
+    """Registers the same writer and flushes what a killed process left."""
+    use_store(url, namespace)
+    cache, _, _ = rows_cache(url, namespace, write_behind_claim_idle=0.5)
+    report = cache.flush(timeout=60)
+    out.put((report.written, report.pending))
+    cache.close()
+
+
+async def astore_row(row: int, value: str) -> None:
+    """The async store write: keeps the last value of each row."""
+    await _store["aclient"].hset(f"{_store['ns']}-store:rows", str(row), value)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._engine import InvalidationEvent
-from ._writebehind import DeadLetter, FlushReport
+from ._writebehind import DeadLetter, FlushReport, WriteCall
 from ._writes import WriterArgumentError
 from .cache import Cache
 from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
@@ -25,6 +25,7 @@ from .errors import (
     KeyBuildError,
     LoaderResultError,
     WriteBehindFull,
+    WriteBehindUnavailable,
 )
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "KeyBuildError",
     "LoaderResultError",
     "WriteBehindFull",
+    "WriteBehindUnavailable",
+    "WriteCall",
     "WriterArgumentError",
     "cached",
     "configure",

@@ -52,6 +52,9 @@ from .errors import ConfigTypeError, LoaderResultError
 
 log = logging.getLogger("cachewise")
 
+#: A script call: its name in ``_lua``, its keys, its arguments.
+StoreCall = tuple[str, list[str], list[Any]]
+
 _UNREAD: Any = object()  # Redis not read yet
 _NO_REDIS: Any = object()  # Redis failed: go on without it
 
@@ -259,7 +262,7 @@ class Engine:
         assert self.backend is not None
         return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
 
-    def _store_call(self, entry: Entry, token: str, where: str) -> tuple[str, list[str], list[Any]]:
+    def _store_call(self, entry: Entry, token: str, where: str) -> StoreCall:
         """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally).
 
         Packs the value first, so a value msgpack refuses raises before anything is stored.
@@ -458,15 +461,14 @@ class Engine:
             # Listen before asking, so a fill that lands in between is not missed.
             waiter = listener.wait_for(key)
             try:
-                status, payload = yield RunScript(
-                    backend, "acquire", [key, lease], [token, lease_ms, mode]
-                )
+                keys = [key, lease, backend.pending_key(key)]
+                reply = yield RunScript(backend, "acquire", keys, [token, lease_ms, mode])
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
                 self._redis_failed(exc)
                 yield from self._load_here(flight, target, loader, policy)
                 return
-            status = int(status)
+            status, payload = int(reply[0]), reply[1]
             if status == 1:  # a value is there (it landed meanwhile)
                 listener.forget(key, waiter)
                 env = self._decode(payload)
@@ -482,6 +484,12 @@ class Engine:
                 if env is not None and self._take_fresh(flight, target, env, refreshing):
                     yield from self._give_back(lease, token)
                     return
+                pending = self._decode(reply[2]) if reply[2] else None
+                if pending is not None:
+                    # A write-behind value the store does not have yet: the store would answer
+                    # with the old one, so the pending value is the load's result.
+                    self.counts["pending_writes_read"] += 1
+                    loader = functools.partial(_same, pending.value)
                 break
             # Someone else loads: wait to be woken by its fill, or for its lease to run out.
             self.counts["lease_waits"] += 1
@@ -709,7 +717,12 @@ class Engine:
             mine = dict(flights)
             tokens: dict[str, str] = {}
             if backend is not None:
-                mine, tokens = yield from self._acquire_many(targets, flights, load_many, policy)
+                mine, tokens, pending = yield from self._acquire_many(
+                    targets, flights, load_many, policy
+                )
+                if pending:  # write-behind values the store does not have yet: use them
+                    served = {key: mine.pop(key) for key in pending}
+                    yield from self._fill_many(targets, served, tokens, policy, pending, 0.0)
             if not mine:
                 return
             keys = list(mine)
@@ -735,15 +748,20 @@ class Engine:
         flights: dict[str, Flight],
         load_many: Callable[[list[str]], Any],
         policy: Policy,
-    ) -> Plan[tuple[dict[str, Flight], dict[str, str]]]:
+    ) -> Plan[tuple[dict[str, Flight], dict[str, str], dict[str, Any]]]:
         """Take the leases of ``flights``' keys in one round trip; keys whose lease someone else
-        holds are resolved one by one (they wait for that fill)."""
+        holds are resolved one by one (they wait for that fill). Returns the flights to load,
+        the lease tokens, and the pending write-behind values of leased keys."""
         backend = self.backend
         assert backend is not None
         tokens = {key: secrets.token_hex(8) for key in flights}
         lease_ms = int(self.lease_ttl * 1000)
         calls = [
-            ("acquire", [t.full_key, backend.lease_key(t.full_key)], [tokens[k], lease_ms, "load"])
+            (
+                "acquire",
+                [t.full_key, backend.lease_key(t.full_key), backend.pending_key(t.full_key)],
+                [tokens[k], lease_ms, "load"],
+            )
             for k, t in ((k, targets[k]) for k in flights)
         ]
         try:
@@ -751,20 +769,26 @@ class Engine:
             replies = yield RunPipeline(backend, calls)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
-            return dict(flights), {}
+            return dict(flights), {}, {}
         mine: dict[str, Flight] = {}
-        for (key, flight), (status, payload) in zip(flights.items(), replies, strict=True):
+        pending: dict[str, Any] = {}
+        for (key, flight), reply in zip(flights.items(), replies, strict=True):
             target = targets[key]
-            env = self._decode(payload) if int(status) == 1 else None
+            status, payload = int(reply[0]), reply[1]
+            env = self._decode(payload) if status == 1 else None
             if env is not None and backend.server_now_ms() < env.fresh_until_ms:
                 self.counts["l2_hits"] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
-            elif int(status) == 2:
+            elif status == 2:
                 mine[key] = flight
+                written = self._decode(reply[2]) if reply[2] else None
+                if written is not None:
+                    self.counts["pending_writes_read"] += 1
+                    pending[key] = written.value
             else:
                 one = functools.partial(_one_of, load_many, key)
                 yield Spawn(self._resolve(flight, target, one, policy), self.keep, background=True)
-        return mine, tokens
+        return mine, tokens, pending
 
     def _fill_many(
         self,
@@ -863,19 +887,37 @@ class Engine:
 
     # -- writes and invalidation ----------------------------------------------------------------
 
-    def set(self, target: Target, value: Any, policy: Policy) -> Plan[None]:
-        """Store ``value``; a load of this key that is running now will not overwrite it."""
+    def set(
+        self,
+        target: Target,
+        value: Any,
+        policy: Policy,
+        enqueue: Callable[[StoreCall], StoreCall] | None = None,
+    ) -> Plan[Any]:
+        """Store ``value``; a load of this key that is running now will not overwrite it.
+
+        ``enqueue`` (a durable write-behind) turns the store into the script that also queues
+        the write; it runs before anything changes here, and if Redis fails, the error is raised
+        (a write that was not queued must not look done). Returns the script's reply.
+        """
         tags = self._tags(target)
         entry = self._entry(target, policy, value, 0.0, tags)
         backend = self.backend
         store = None
+        reply = None
         if backend is not None:
             try:
                 yield from self._ensure_backend()
             except REDIS_ERRORS as exc:
+                if enqueue is not None:
+                    raise
                 self._redis_failed(exc)
             if backend.offset_ms is not None:  # packed before anything is stored
                 store = self._store_call(entry, "", target.where)
+        if enqueue is not None:
+            assert store is not None
+            reply = yield from self._script(*enqueue(store))
+            store = None
         with self.lock:
             flight = self.flights.pop(target.full_key, None)
             if flight is not None:
@@ -887,12 +929,17 @@ class Engine:
                 yield from self._script(*store)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
+        return reply
 
     def pin(self, target: Target, value: Any, policy: Policy) -> None:
         self.pinned[target.full_key] = (target, value, policy)
 
     def unpin(self, full_key: str) -> None:
         self.pinned.pop(full_key, None)
+
+    def drop_local(self, keys: Iterable[str]) -> None:
+        """Drop keys from this process only (Redis is dealt with by the caller)."""
+        self._drop_local(list(keys), ())
 
     def _drop_local(self, keys: list[str], tags: tuple[str, ...]) -> list[str]:
         with self.lock:
@@ -952,7 +999,7 @@ class Engine:
             "misses", "loads", "load_errors", "refreshes", "early_refreshes", "refresh_errors",
             "stale_served", "coalesced_waits", "wait_timeouts", "sets", "invalidations",
             "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused", "redis_errors",
-            "decode_errors", "invalidations_received", "l1_flushes",
+            "decode_errors", "invalidations_received", "l1_flushes", "pending_writes_read",
         ]  # fmt: skip
         out: dict[str, Any] = {name: counts.get(name, 0) for name in names}
         out.update(
@@ -964,6 +1011,10 @@ class Engine:
             miss_latency=self.miss_latency.summary(),
         )
         return out
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _one_of(load_many: Callable[[list[str]], Any], key: str) -> Any:

@@ -3,7 +3,10 @@
 Key layout for namespace ``ns`` (namespaces are restricted to ``[A-Za-z0-9_.-]``, so no
 namespace's keys can reach into another's): values live at ``ns:<key>``; what the library keeps
 about them lives under ``ns#``: the lease of a value at ``ns#lease:<key>``, the index of a tag at
-``ns#tag:<tag>``; events go to the channel ``ns#events``. Every key written has an expiry.
+``ns#tag:<tag>``, a write-behind write not yet in the store at ``ns#wbpending:<key>``; a
+write-behind writer's queue is the stream ``ns#wb:<writer>``, its dead letters
+``ns#wbdead:<writer>``, the lease of the process that flushes it ``ns#wbflusher:<writer>``;
+events go to the channel ``ns#events``. Every key written has an expiry.
 
 These scripts build lease keys from value keys, which a Redis Cluster would refuse (a script must
 declare its keys); the cluster variant is not written yet.
@@ -11,14 +14,18 @@ declare its keys); the cluster variant is not written yet.
 
 from __future__ import annotations
 
-# KEYS: value, lease. ARGV: token, lease_ms, mode ("load": return the value if there is one;
-# "refresh": take the lease even though a (stale) value exists).
-# Returns {1, value} | {2, value or ""} (lease taken; a refresh checks that value: another
-# process may have refreshed between its read and this call) | {3, lease_pttl} (held elsewhere).
+# KEYS: value, lease, pending write. ARGV: token, lease_ms, mode ("load": return the value if
+# there is one; "refresh": take the lease even though a (stale) value exists).
+# Returns {1, value} | {2, value or "", pending or ""} (lease taken; a refresh checks that value:
+# another process may have refreshed between its read and this call; a write-behind value not yet
+# in the store is the pending one, which the caller must use instead of loading the store's old
+# value) | {3, lease_pttl} (held elsewhere).
 ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if v and ARGV[3] == 'load' then return {1, v} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, v or ''} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, v or '', redis.call('HGET', KEYS[3], 'v') or ''}
+end
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 
@@ -36,24 +43,101 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: value, lease, tag indexes... ARGV: token ("" = unconditional write), envelope,
-# expire_at_ms (server clock), channel, message.
+# The store of one envelope, shared by STORE and ENQUEUE: KEYS[o+1] value, KEYS[o+2] lease,
+# KEYS[o+3..] tag indexes; ARGV: token ("" = unconditional write), envelope, expire_at_ms (server
+# clock), channel, message.
 # A fill (token given) is stored only while the caller's lease holds: an invalidation deletes the
 # lease, so a load that began before it can never write its old value back. An unconditional
 # write deletes the lease for the same reason: a write wins over a load that is running.
-STORE = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
-redis.call('DEL', KEYS[2])
-local expire_at = tonumber(ARGV[3])
-for i = 3, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
-  if redis.call('PEXPIRETIME', KEYS[i]) < expire_at then
-    redis.call('PEXPIREAT', KEYS[i], expire_at)
+_STORE_FN = """
+local function store(o)
+  if ARGV[1] ~= '' and redis.call('GET', KEYS[o + 2]) ~= ARGV[1] then return 0 end
+  redis.call('SET', KEYS[o + 1], ARGV[2], 'PXAT', ARGV[3])
+  redis.call('DEL', KEYS[o + 2])
+  local expire_at = tonumber(ARGV[3])
+  for i = o + 3, #KEYS do
+    redis.call('SADD', KEYS[i], KEYS[o + 1])
+    if redis.call('PEXPIRETIME', KEYS[i]) < expire_at then
+      redis.call('PEXPIREAT', KEYS[i], expire_at)
+    end
+  end
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  return 1
+end
+"""
+
+STORE = _STORE_FN + "return store(0)"
+
+# A write-behind call, atomically: append the write to the writer's stream, record it as the
+# key's pending write (readers use it until the store has it), then STORE the new value.
+# KEYS: stream, pending, then STORE's keys. ARGV: STORE's five, cache key, packed call,
+# retention_ms (the stream and the pending record expire after it; each write renews it).
+# Returns the pending record's id ("<stream>|<entry id>").
+ENQUEUE = (
+    _STORE_FN
+    + """
+local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[6], 'a', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+local mine = KEYS[1] .. '|' .. id
+redis.call('HSET', KEYS[2], 'id', mine, 'v', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+store(2)
+return mine
+"""
+)
+
+# After a flush of one coalesced write. KEYS: stream, pending, value, lease, dead-letter stream.
+# ARGV: group, pending id, outcome ("ok" | "dead" | "drop"), channel, message, retention_ms,
+# cache key, packed call, error, attempts, then the stream ids the write stands for.
+# Acks and deletes those ids; a dead write goes to the dead-letter stream. The pending record is
+# removed if it is still this write's. The cached value is dropped everywhere when the store
+# does not hold it ("dead", unless a newer write is pending) or may hold something newer than
+# the cache ("drop": a replayed write landed).
+SETTLE = """
+local ids = {}
+for i = 11, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
+if ARGV[3] == 'dead' then
+  redis.call('XADD', KEYS[5], '*', 'k', ARGV[7], 'a', ARGV[8], 'e', ARGV[9], 'n', ARGV[10])
+  redis.call('PEXPIRE', KEYS[5], ARGV[6])
+end
+local mine = redis.call('HGET', KEYS[2], 'id') == ARGV[2]
+if mine then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == 'drop' or (ARGV[3] == 'dead' and mine) then
+  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return 1
+"""
+
+# KEYS: stream. ARGV: group, retention_ms. Creates the consumer group (and the stream) if
+# missing; a stream made here gets the retention expiry like every other key.
+GROUP = """
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# KEYS: stream, dead-letter stream. ARGV: retention_ms, dead-letter ids...
+# Moves dead letters back to the writer's stream, marked as replays. Returns how many moved.
+REPLAY = """
+local moved = 0
+for i = 2, #ARGV do
+  local found = redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i])
+  if #found == 1 then
+    local f = found[1][2]
+    local fields = {}
+    for j = 1, #f, 2 do fields[f[j]] = f[j + 1] end
+    redis.call('XADD', KEYS[1], '*', 'k', fields['k'], 'a', fields['a'], 'r', '1')
+    redis.call('XDEL', KEYS[2], ARGV[i])
+    moved = moved + 1
   end
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
+if moved > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return moved
 """
 
 # KEYS: values to drop. ARGV: namespace, channel, message, tags...

@@ -47,6 +47,10 @@ _SCRIPTS = {
     "release": _lua.RELEASE,
     "store": _lua.STORE,
     "invalidate": _lua.INVALIDATE,
+    "enqueue": _lua.ENQUEUE,
+    "settle": _lua.SETTLE,
+    "group": _lua.GROUP,
+    "replay": _lua.REPLAY,
 }
 
 #: Connection settings carried from a given client to the twin cachewise builds for it.
@@ -85,6 +89,8 @@ class RedisBackend:
         self.namespace = namespace
         self.channel = f"{namespace}#events"
         self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
+        #: The longest a blocking read (XREADGROUP BLOCK) may wait within the socket timeout.
+        self.block_limit = socket_timeout / 2
         self._url: str | None = None
         self._settings: dict[str, Any] = {}
         self._sync: redis.Redis | None = None
@@ -139,6 +145,9 @@ class RedisBackend:
 
     def lease_key(self, full_key: str) -> str:
         return f"{self.namespace}#lease:{full_key[len(self.namespace) + 1 :]}"
+
+    def pending_key(self, full_key: str) -> str:
+        return f"{self.namespace}#wbpending:{full_key[len(self.namespace) + 1 :]}"
 
     def tag_key(self, tag: str) -> str:
         return f"{self.namespace}#tag:{tag}"

@@ -1,41 +1,70 @@
-"""Write-behind without Redis: a bounded in-memory queue per writer and its flusher.
+"""Write-behind: the queue of one writer, the flusher that empties it, and where writes wait.
 
-What a crash loses: everything still queued in memory (the process is the only place it
-exists). ``flush()``/``close()`` and interpreter exit drain it; the durable queue is the Redis
-tier's. The queue itself decides (what to batch, coalesce, retry, dead-letter) under one
-``threading.Condition``; the flusher that calls the writer is a daemon thread for a ``def``
-writer and a task on the caller's loop for an ``async def`` one.
+One decision core, ``WriteBehindQueue``: coalesce the writes of a key (the newest arguments
+win, the oldest place in line is kept), one write per key at a time so that a key's writes land in
+the order they were made, retry with exponential backoff and jitter, dead-letter after the last
+try. One flusher, written once as a plan: the sync driver runs it in a daemon thread for a ``def``
+writer, the async driver as a task for an ``async def`` one. Where the writes wait differs:
+
+- In memory (no Redis): the queue is the only copy, bounded (block or raise when full). A crash
+  loses what is queued; ``flush()``, ``close()`` and interpreter exit drain it.
+- In Redis (``StreamQueue``): a Stream per namespace and writer, read through a consumer group.
+  Each process that registered the writer runs a flusher; the one holding the writer's flusher
+  lease reads the stream (one reader keeps each key's writes in order), claims what a dead
+  holder left pending (``XAUTOCLAIM``) and acknowledges a write only once the store has it. A
+  process killed mid-flush loses nothing: its entries stay pending and are claimed. Delivery is
+  at least once, so writers must be idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
+import os
 import random
+import secrets
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from ._drivers import Op
+import msgpack
+
+from . import codec
+from ._drivers import Invoke, Op, Plan, run_async, run_sync
+from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript
 from .errors import ConfigValueError, WriteBehindFull
+
+if TYPE_CHECKING:
+    from ._engine import Engine, StoreCall
 
 log = logging.getLogger("cachewise")
 
 
-@dataclass
-class PendingWrite:
-    """One coalesced write: the latest arguments for one cache key."""
+class WriteCall(NamedTuple):
+    """One call of a writer, as a batch writer receives it: ``fn(*args, **kwargs)``."""
 
-    key: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+
+
+@dataclass
+class PendingWrite:
+    """One coalesced write: the latest call for one cache key."""
+
+    key: str
+    call: WriteCall
     first_seq: int  # the oldest enqueued write this one stands for (flush waits on it)
+    ids: list[str] = field(default_factory=list)  # its stream entries (Redis), oldest first
+    packed: bytes = b""  # the call as stored in the stream (Redis)
     attempts: int = 0
     not_before: float = 0.0
+    replay: bool = False  # a dead letter sent again: the cache may hold an older store value
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,7 @@ class DeadLetter:
     kwargs: dict[str, Any]
     attempts: int
     error: str
+    id: str = ""  # its entry in the dead-letter stream (Redis); "" in memory
 
 
 @dataclass
@@ -70,6 +100,8 @@ class WriteBehindOptions:
     interval: float = 0.05
     retries: int = 5
     backoff: float = 0.1
+    claim_idle: float = 5.0
+    retention: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.when_full not in ("block", "raise"):
@@ -79,38 +111,139 @@ class WriteBehindOptions:
         for name in ("maxsize", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigValueError(f"write_behind {name} must be >= 1")
+        if self.retention < self.claim_idle * 10:
+            raise ConfigValueError(
+                "write_behind_retention must be at least ten times write_behind_claim_idle"
+            )
+
+
+Outcome = Literal["written", "retry", "superseded", "dead"]
+
+
+class Sleep(Op):
+    """Pause the plan (a flusher with nothing to do, a flush polling Redis)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run_sync(self) -> None:
+        time.sleep(self.seconds)
+
+    async def run_async(self) -> None:
+        await asyncio.sleep(self.seconds)
+
+
+class Idle(Op):
+    """An idle flusher's wait: until ``timeout``, or sooner when a write or a flush arrives."""
+
+    def __init__(self, queue: WriteBehindQueue, version: int, timeout: float) -> None:
+        self.queue = queue
+        self.version = version
+        self.timeout = timeout
+
+    def run_sync(self) -> None:
+        queue = self.queue
+        with queue.cond:
+            queue.cond.wait_for(lambda: queue.version != self.version, self.timeout)
+
+    async def run_async(self) -> None:
+        queue = self.queue
+        if queue.version != self.version or queue._kick is None:
+            return
+        queue._kick.clear()  # no await since the version was read: a kick cannot be lost
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(queue._kick.wait(), self.timeout)
+
+
+class WaitDrained(Op):
+    """Wait until every write up to ``seq`` is settled, or ``timeout``; True when it is."""
+
+    def __init__(self, queue: WriteBehindQueue, seq: int, timeout: float | None) -> None:
+        self.queue = queue
+        self.seq = seq
+        self.timeout = timeout
+
+    def run_sync(self) -> bool:
+        queue = self.queue
+        with queue.cond:
+            return queue.cond.wait_for(lambda: queue.drained_upto(self.seq), self.timeout)
+
+    async def run_async(self) -> bool:
+        queue = self.queue
+        if not queue.is_async:  # its flusher is a thread: wait in one
+            return await asyncio.to_thread(self.run_sync)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while not queue.drained_upto(self.seq):
+            queue.ensure_flusher()  # wakes it, or restarts it on this loop
+            assert queue._progress is not None
+            queue._progress.clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(queue._progress.wait(), left)
+            except (asyncio.TimeoutError, TimeoutError):
+                return False
+        return True
+
+
+class WaitForRoom(Op):
+    """Wait until a full in-memory queue can take a write to ``key``."""
+
+    def __init__(self, queue: WriteBehindQueue, key: str) -> None:
+        self.queue = queue
+        self.key = key
+
+    def run_sync(self) -> None:
+        queue = self.queue
+        with queue.cond:
+            queue.cond.wait_for(lambda: queue.has_room(self.key))
+
+    async def run_async(self) -> None:
+        queue = self.queue
+        while not queue.has_room(self.key):
+            queue.ensure_flusher()
+            assert queue._progress is not None
+            queue._progress.clear()
+            await queue._progress.wait()
 
 
 class WriteBehindQueue:
-    """The pending writes of one writer function, coalesced per key, in order."""
+    """The writes of one writer function not yet in the store, and its flusher (in memory)."""
+
+    durable = False
 
     def __init__(
         self,
         fn: Callable[..., Any],
+        batch_fn: Callable[[list[WriteCall]], Any] | None,
         where: str,
         options: WriteBehindOptions,
-        on_settled: Callable[[str], None],
+        engine: Engine,
     ) -> None:
         self.fn = fn
-        self.on_settled = on_settled
+        self.batch_fn = batch_fn
         self.where = where
         self.options = options
+        self.engine = engine
         self.is_async = inspect.iscoroutinefunction(fn)
         self.cond = threading.Condition()
+        self.version = 0  # bumped by every write and flush, so an idle flusher never misses one
         self.pending: dict[str, PendingWrite] = {}  # insertion order = order of first write
         self.busy: dict[str, PendingWrite] = {}  # taken by the flusher, not finished yet
         self.seq = 0
-        self.dead: list[DeadLetter] = []
+        self.dead: list[DeadLetter] = []  # in memory; a durable queue keeps them in Redis
+        self.errors: list[str] = []  # the last error of every dead-lettered write, in order
         self.totals = FlushReport()
         self._reported = FlushReport()  # totals at the end of the previous flush
         self.stopped = False
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._progress: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
 
-    # -- the caller's side ------------------------------------------------------------------
+    # -- the caller's side (in memory) --------------------------------------------------------
 
     def has_room(self, key: str) -> bool:
         """Whether a write to ``key`` can be queued now (a queued key is coalesced, so yes)."""
@@ -122,48 +255,77 @@ class WriteBehindQueue:
             "the write was not queued and the cache is unchanged"
         )
 
-    def put(
-        self,
-        key: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        on_queued: Callable[[], None],
-    ) -> bool:
+    def put(self, key: str, call: WriteCall, on_queued: Callable[[], None]) -> bool:
         """Queue one write and return True; False (nothing queued) when the queue is full.
 
-        ``on_queued`` runs under the queue's lock, as ``on_settled`` does, so a value pinned
-        for a queued write can never be unpinned by an older write finishing at that moment.
+        ``on_queued`` runs under the queue's lock, as unpinning does, so a value pinned for a
+        queued write can never be unpinned by an older write finishing at that moment.
         """
         with self.cond:
             if not self.has_room(key):
                 return False
             on_queued()
-            self.seq += 1
-            old = self.pending.get(key)
-            first = old.first_seq if old is not None else self.seq
-            # Coalesce: the newest arguments replace the queued ones, keeping the older place.
-            self.pending[key] = PendingWrite(key, args, kwargs, first)
-            self.cond.notify_all()
-        self._ensure_flusher()
+            self._add(key, call)
+        self.kick()
         return True
 
-    def _ensure_flusher(self) -> None:
-        if self.is_async:
-            loop = asyncio.get_running_loop()
-            if self._task is None or self._task.done() or self._loop is not loop:
-                self._loop = loop
-                self._wakeup = asyncio.Event()
-                self._progress = asyncio.Event()
-                self._task = loop.create_task(self._flush_async())
-            assert self._wakeup is not None
-            self._wakeup.set()
-        elif self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._flush_thread, name=f"cachewise-write-behind:{self.where}", daemon=True
-            )
-            self._thread.start()
+    def kick(self) -> None:
+        """Wake the flusher (starting it if needed): there is a write, or someone flushes."""
+        with self.cond:
+            self.version += 1
+            self.cond.notify_all()
+        loop, kick = self._loop, self._kick
+        if loop is not None and kick is not None and not loop.is_closed():
+            if asyncio._get_running_loop() is loop:  # the public twin raises outside a loop
+                kick.set()
+            else:
+                loop.call_soon_threadsafe(kick.set)
+        self.ensure_flusher()
 
-    # -- decisions, under the condition -----------------------------------------------------
+    def ensure_flusher(self) -> None:
+        """Start the flusher if it is not running: a thread, or a task on the running loop."""
+        if self.stopped:
+            return
+        if not self.is_async:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=run_sync,
+                    args=(self._flusher(),),
+                    name=f"cachewise-write-behind:{self.where}",
+                    daemon=True,
+                )
+                self._thread.start()
+            return
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return  # started by the first write or flush made on a loop
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self._loop = loop
+            self._kick = asyncio.Event()
+            self._progress = asyncio.Event()
+            self._task = loop.create_task(run_async(self._flusher()))
+
+    # -- decisions, under the condition -------------------------------------------------------
+
+    def _add(
+        self,
+        key: str,
+        call: WriteCall,
+        ids: Iterable[str] = (),
+        packed: bytes = b"",
+        replay: bool = False,
+    ) -> None:
+        self.seq += 1
+        old = self.pending.get(key)
+        # Coalesce: the newest call replaces the queued one, keeping the older place in line.
+        self.pending[key] = PendingWrite(
+            key,
+            call,
+            old.first_seq if old is not None else self.seq,
+            ids=(old.ids if old is not None else []) + list(ids),
+            packed=packed,
+            replay=replay or (old is not None and old.replay),
+        )
 
     def _take(self, now: float) -> tuple[list[PendingWrite], float | None]:
         """Up to ``batch_size`` writes that are due, and how long until the next one is."""
@@ -183,91 +345,135 @@ class WriteBehindQueue:
                 break
         return batch, wait
 
-    def _finished(self, item: PendingWrite, error: BaseException | None, now: float) -> None:
+    def _finished(self, item: PendingWrite, error: BaseException | None) -> Outcome:
+        outcome: Outcome
         with self.cond:
             del self.busy[item.key]
-            self.totals.store_calls += 1
+            newer = self.pending.get(item.key)
             if error is None:
+                outcome = "written"
                 self.totals.written += 1
-            elif item.key in self.pending:
-                pass  # a newer write to this key is queued: it supersedes the failed one
+            elif newer is not None:
+                # A newer write to this key is queued: it supersedes the failed one, and stands
+                # for its stream entries too.
+                outcome = "superseded"
+                newer.ids = item.ids + newer.ids
             elif item.attempts + 1 > self.options.retries:
+                outcome = "dead"
                 self.totals.dead_lettered += 1
-                self.dead.append(
-                    DeadLetter(
-                        self.where, item.key, item.args, item.kwargs, item.attempts + 1, repr(error)
-                    )
-                )
+                self.errors.append(repr(error))
                 log.error("cachewise: write-behind of %s dead-lettered: %r", item.key, error)
             else:
+                outcome = "retry"
                 self.totals.retried += 1
                 item.attempts += 1
                 # Exponential backoff with jitter: 0.5x..1x of backoff * 2^(attempts-1).
                 delay = self.options.backoff * 2 ** (item.attempts - 1)
-                item.not_before = now + delay * (0.5 + random.random() / 2)
+                item.not_before = time.monotonic() + delay * (0.5 + random.random() / 2)
                 self.pending[item.key] = item
             if item.key not in self.pending:
-                self.on_settled(item.key)
+                self.engine.unpin(item.key)
             self.cond.notify_all()
+        if self._progress is not None and asyncio._get_running_loop() is self._loop:
+            self._progress.set()
+        return outcome
 
     def _idle_wait(self, wait: float | None) -> float:
         """How long an idle flusher sleeps: until the next retry is due, at most ``interval``
         (a new write or a flush wakes it sooner)."""
         return self.options.interval if wait is None else min(wait, self.options.interval)
 
-    # -- the flushers -----------------------------------------------------------------------
-
-    def _flush_thread(self) -> None:
-        while True:
-            with self.cond:
-                batch, wait = self._take(time.monotonic())
-                if not batch:
-                    if self.stopped and not self.pending:
-                        return
-                    self.cond.wait(self._idle_wait(wait))
-                    continue
-            for item in batch:
-                try:
-                    self.fn(*item.args, **item.kwargs)
-                except Exception as exc:
-                    self._finished(item, exc, time.monotonic())
-                else:
-                    self._finished(item, None, time.monotonic())
-
-    async def _flush_async(self) -> None:
-        while True:
-            with self.cond:
-                batch, wait = self._take(time.monotonic())
-                done = not batch and self.stopped and not self.pending
-            assert self._wakeup is not None and self._progress is not None
-            self._progress.set()
-            if done:
-                return
-            if not batch:
-                self._wakeup.clear()
-                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._idle_wait(wait))
-                continue
-            for item in batch:
-                try:
-                    await self.fn(*item.args, **item.kwargs)
-                except Exception as exc:
-                    self._finished(item, exc, time.monotonic())
-                else:
-                    self._finished(item, None, time.monotonic())
-
-    # -- flush and close --------------------------------------------------------------------
-
-    def _drained_upto(self, seq: int) -> bool:
+    def drained_upto(self, seq: int) -> bool:
         items = list(self.pending.values()) + list(self.busy.values())
         return all(item.first_seq > seq for item in items)
 
-    def _start_flush(self) -> int:
-        with self.cond:
-            self.cond.notify_all()  # wake the flusher now
-            return self.seq
+    # -- the flusher --------------------------------------------------------------------------
 
-    def _end_flush(self) -> FlushReport:
+    def _flusher(self) -> Plan[None]:
+        """Write what is due, batch by batch, until stopped and drained."""
+        while True:
+            with self.cond:
+                version = self.version
+                batch, wait = self._take(time.monotonic())
+                done = not batch and self.stopped and not self.pending
+            try:
+                if done:
+                    yield from self._retire()
+                    return
+                if batch:
+                    yield from self._write(batch)
+                else:
+                    yield from self._refill(version, self._idle_wait(wait))
+            except Exception:  # the flusher must outlive any one failure; nothing is dropped
+                log.exception("cachewise: write-behind flusher of %s failed", self.where)
+                yield Sleep(self.options.interval)
+
+    def _write(self, batch: list[PendingWrite]) -> Plan[None]:
+        """Call the writer for a batch. A batch writer gets the whole batch; if it fails, each
+        write is tried alone, so one poison write never holds back the others."""
+        errors: dict[str, BaseException | None] = {}
+        if self.batch_fn is not None:
+            self.totals.store_calls += 1
+            try:
+                yield self._invoke(functools.partial(self.batch_fn, [item.call for item in batch]))
+            except Exception as exc:
+                if len(batch) == 1:
+                    errors[batch[0].key] = exc
+            else:
+                errors = dict.fromkeys((item.key for item in batch), None)
+        for item in batch:
+            if item.key in errors:
+                continue
+            self.totals.store_calls += 1
+            try:
+                yield self._invoke(functools.partial(self.fn, *item.call.args, **item.call.kwargs))
+                errors[item.key] = None
+            except Exception as exc:
+                errors[item.key] = exc
+        yield from self._settle(
+            [(item, self._finished(item, errors[item.key]), errors[item.key]) for item in batch]
+        )
+
+    # -- where the writes wait: hooks a durable queue replaces --------------------------------
+
+    def _invoke(self, call: Callable[[], Any]) -> Invoke:
+        """The store call as the driver runs it."""
+        return Invoke(call)
+
+    def _refill(self, version: int, wait: float) -> Plan[None]:
+        """Nothing is due: wait for a write, a flush or the next retry."""
+        yield Idle(self, version, wait)
+
+    def _settle(
+        self, settled: list[tuple[PendingWrite, Outcome, BaseException | None]]
+    ) -> Plan[None]:
+        """Record what a batch did: dead letters, and cached values the store does not hold."""
+        for item, outcome, error in settled:
+            if outcome == "dead":
+                self.dead.append(
+                    DeadLetter(
+                        self.where,
+                        item.key,
+                        item.call.args,
+                        item.call.kwargs,
+                        item.attempts + 1,
+                        repr(error),
+                    )
+                )
+            if (outcome == "dead" and item.key not in self.pending) or (
+                outcome == "written" and item.replay
+            ):
+                self.engine.drop_local([item.key])
+        return
+        yield  # a plan
+
+    def _retire(self) -> Plan[None]:
+        return
+        yield  # a plan
+
+    # -- flush, dead letters, close -----------------------------------------------------------
+
+    def _end_flush(self, pending: int | None = None) -> FlushReport:
         """What happened since the previous flush ended (or since the queue was made)."""
         with self.cond:
             now, before = self.totals, self._reported
@@ -276,68 +482,365 @@ class WriteBehindQueue:
                 store_calls=now.store_calls - before.store_calls,
                 retried=now.retried - before.retried,
                 dead_lettered=now.dead_lettered - before.dead_lettered,
-                pending=len(self.pending) + len(self.busy),
-                errors=[dead.error for dead in self.dead[before.dead_lettered :]],
+                pending=len(self.pending) + len(self.busy) if pending is None else pending,
+                errors=self.errors[before.dead_lettered :],
             )
             self._reported = FlushReport(**{**now.__dict__, "errors": []})
             return report
 
-    def flush(self, timeout: float | None = None) -> FlushReport:
-        """Block until every write queued before this call is in the store or dead-lettered."""
+    def flush(self, timeout: float | None) -> Plan[FlushReport]:
+        """Wait until every write queued before this call is in the store or dead-lettered."""
+        with self.cond:
+            upto = self.seq
+        self.kick()
+        yield WaitDrained(self, upto, timeout)
+        return self._end_flush()
+
+    def check_sync_flush(self) -> None:
         if self.is_async and (self.pending or self.busy):
             raise RuntimeError(f"write-behind of {self.where} is async: use await cache.aflush()")
-        upto = self._start_flush()
-        try:
-            with self.cond:
-                self.cond.wait_for(lambda: self._drained_upto(upto), timeout)
-        finally:
-            report = self._end_flush()
-        return report
 
-    async def aflush(self) -> FlushReport:
-        """Await until every write queued before this call is in the store or dead-lettered."""
-        if not self.is_async:
-            return await asyncio.to_thread(self.flush)
-        upto = self._start_flush()
-        try:
-            while True:
-                with self.cond:
-                    if self._drained_upto(upto):
-                        break
-                self._ensure_flusher()  # wakes it, or restarts it on this loop
-                assert self._progress is not None
-                self._progress.clear()
-                await self._progress.wait()
-        finally:
-            report = self._end_flush()
-        return report
+    def dead_letters(self) -> Plan[list[DeadLetter]]:
+        return list(self.dead)
+        yield  # a plan
 
-    def wait_for_room_sync(self, key: str) -> None:
+    def replay(self, letters: list[DeadLetter]) -> Plan[int]:
+        """Queue dead letters of this writer again; returns how many were."""
         with self.cond:
-            self.cond.wait_for(lambda: self.has_room(key))
+            mine = [dead for dead in letters if dead in self.dead]
+            for dead in mine:
+                self.dead.remove(dead)
+                self._add(dead.key, WriteCall(dead.args, dead.kwargs), replay=True)
+        if mine:
+            self.kick()
+        return len(mine)
+        yield  # a plan
 
-    async def wait_for_room_async(self, key: str) -> None:
-        while not self.has_room(key):
-            self._ensure_flusher()
-            assert self._progress is not None
-            self._progress.clear()
-            await self._progress.wait()
+    def stop(self) -> None:
+        self.stopped = True
+        self.kick()
+
+    def join_sync(self, timeout: float) -> None:
+        """Wait for a stopped flusher thread to end."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    async def join_async(self, timeout: float) -> None:
+        """Wait for a stopped flusher task of the running loop to end."""
+        task = self._task
+        if task is not None and self._loop is asyncio.get_running_loop() and not task.done():
+            await asyncio.wait([task], timeout=timeout)
+
+
+def stream_name(fn: Callable[..., Any]) -> str:
+    """The writer's name in Redis: the same in every process that imports it.
+
+    Spawned processes import the main script as ``__mp_main__``; it is the same writer.
+    """
+    module = fn.__module__ or ""
+    if module == "__mp_main__":
+        module = "__main__"
+    qualname = fn.__qualname__
+    if not module or "<" in qualname:
+        raise ConfigValueError(
+            f"write_behind() with Redis needs a writer other processes can register by name "
+            f"(module-level function or method); {module}.{qualname} is not one, so its queued "
+            "writes could never be flushed by another process"
+        )
+    return f"{module}.{qualname}"
+
+
+def pack_call(call: WriteCall, where: str) -> bytes:
+    try:
+        return msgpack.packb([list(call.args), call.kwargs], use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError):
+        codec.pack_value(list(call.args) + list(call.kwargs.values()), f"the arguments of {where}")
+        raise
+
+
+def unpack_call(raw: bytes) -> WriteCall:
+    args, kwargs = msgpack.unpackb(raw, strict_map_key=False)
+    return WriteCall(tuple(args), dict(kwargs))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StreamQueue(WriteBehindQueue):
+    """A writer's queue kept in a Redis Stream, flushed by whichever live process leads it."""
+
+    durable = True
+    GROUP = "cachewise"
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        batch_fn: Callable[[list[WriteCall]], Any] | None,
+        where: str,
+        options: WriteBehindOptions,
+        engine: Engine,
+        backend: RedisBackend,
+    ) -> None:
+        super().__init__(fn, batch_fn, where, options, engine)
+        self.backend = backend
+        ns = backend.namespace
+        self.stream = f"{ns}#wb:{where}"
+        self.dead_stream = f"{ns}#wbdead:{where}"
+        self.lease = f"{ns}#wbflusher:{where}"
+        self.token = secrets.token_hex(8)
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
+        self.leading = False
+        self.known: set[str] = set()  # stream ids held here (queued or being written)
+        self.renewed = 0.0
+        self.claimed = 0.0
+        self.retention_ms = int(options.retention * 1000)
+        self.lease_ms = int(options.claim_idle * 1000)
+        self.ensure_flusher()  # a process that only registered the writer flushes too
+
+    def enqueue(self, key: str, call: WriteCall) -> Callable[[StoreCall], StoreCall]:
+        """The ENQUEUE script made from the STORE call of the new value (one round trip)."""
+        packed = pack_call(call, self.where)  # raises before anything is stored
+
+        def build(store: StoreCall) -> StoreCall:
+            _, keys, args = store
+            return (
+                "enqueue",
+                [self.stream, self.backend.pending_key(key), *keys],
+                [*args, key, packed, self.retention_ms],
+            )
+
+        return build
+
+    # -- leading the stream -------------------------------------------------------------------
+
+    def _lead(self) -> Plan[bool]:
+        """Hold (or take) the flusher lease; True while this process leads the stream."""
+        now = time.monotonic()
+        if self.leading and now - self.renewed < self.options.claim_idle / 3:
+            return True
+        backend = self.backend
+        if self.leading:
+            held = yield RunScript(backend, "renew", [self.lease], [self.token, self.lease_ms])
+            if not held:
+                self.leading = False
+                with self.cond:
+                    self.pending.clear()  # still pending in the group: the new leader claims them
+                    self.known = {i for item in self.busy.values() for i in item.ids}
+                log.warning("cachewise: lost the write-behind lease of %s", self.where)
+        else:
+            # SET lease token PX lease_ms NX
+            taken = yield RedisCall(
+                backend, "set", self.lease, self.token, None, self.lease_ms, True
+            )
+            if taken:
+                self.leading = True
+                self.claimed = 0.0
+                yield RunScript(backend, "group", [self.stream], [self.GROUP, self.retention_ms])
+        if self.leading:
+            self.renewed = now
+        return self.leading
+
+    def _invoke(self, call: Callable[[], Any]) -> Invoke:
+        """The store call, renewing the flusher lease while it runs: a slow store is not a dead
+        flusher, and its writes must not be claimed by another process meanwhile."""
+        return Invoke(call, self._renew, self.options.claim_idle / 3)
+
+    def _renew(self) -> Plan[None]:
+        held = yield RunScript(self.backend, "renew", [self.lease], [self.token, self.lease_ms])
+        if held:
+            self.renewed = time.monotonic()
+
+    def _refill(self, version: int, wait: float) -> Plan[None]:
+        """Lead the stream, claim what a dead flusher left, and read new writes (blocking in
+        Redis for up to ``wait``)."""
+        try:
+            if self.stopped or not (yield from self._lead()):
+                yield Sleep(min(self.options.claim_idle / 4, max(wait, self.options.interval)))
+                return
+            room = self.options.maxsize - len(self.pending) - len(self.busy)
+            if room <= 0:
+                yield Sleep(wait)
+                return
+            if time.monotonic() - self.claimed > self.options.claim_idle / 2:
+                yield from self._claim(room)
+                return
+            block = max(1, int(min(wait, self.backend.block_limit) * 1000))
+            reply = yield RedisCall(
+                self.backend,
+                "xreadgroup",
+                self.GROUP,
+                self.consumer,
+                {self.stream: ">"},
+                min(room, self.options.batch_size),
+                block,
+            )
+        except REDIS_ERRORS as exc:
+            self._redis_trouble(exc)
+            if "NOGROUP" in str(exc):
+                self.leading = False  # the stream expired or was deleted: make the group again
+            yield Sleep(min(1.0, self.options.claim_idle / 4))  # Redis is in trouble: slow down
+            return
+        for _, entries in reply or []:
+            self._take_entries(entries)
+
+    def _claim(self, room: int) -> Plan[None]:
+        """Claim the entries other consumers left pending for ``claim_idle`` (a dead flusher)."""
+        start = "0-0"
+        while room > 0:
+            reply = yield RedisCall(
+                self.backend,
+                "xautoclaim",
+                self.stream,
+                self.GROUP,
+                self.consumer,
+                self.lease_ms,
+                start,
+                min(room, self.options.batch_size),
+            )
+            start, entries = _text(reply[0]), reply[1]
+            if entries:
+                log.info("cachewise: %s claimed %d pending writes", self.where, len(entries))
+            room -= self._take_entries(entries)
+            if start == "0-0":
+                break
+        self.claimed = time.monotonic()
+
+    def _take_entries(self, entries: list[Any]) -> int:
+        taken = 0
+        with self.cond:
+            for entry_id, fields in entries:
+                ident = _text(entry_id)
+                if not fields or ident in self.known:
+                    continue  # deleted meanwhile, or claimed back while it waits here
+                self.known.add(ident)
+                key = _text(fields[b"k"])
+                raw = fields[b"a"]
+                try:
+                    call = unpack_call(raw)
+                except Exception:
+                    call = WriteCall((), {})  # undecodable: the call fails and is dead-lettered
+                self._add(key, call, [ident], raw, replay=b"r" in fields)
+                taken += 1
+        return taken
+
+    def _redis_trouble(self, exc: BaseException) -> None:
+        self.engine.counts["redis_errors"] += 1
+        log.warning("cachewise: write-behind of %s: Redis failed: %r", self.where, exc)
+
+    def _settle(
+        self, settled: list[tuple[PendingWrite, Outcome, BaseException | None]]
+    ) -> Plan[None]:
+        """Acknowledge what landed, dead-letter what failed for good, in one round trip."""
+        backend = self.backend
+        calls: list[StoreCall] = []
+        for item, outcome, error in settled:
+            if outcome == "retry":
+                continue
+            if outcome == "superseded":
+                continue  # its entries are acknowledged with the newer write
+            self.known.difference_update(item.ids)
+            mode = "dead" if outcome == "dead" else "drop" if item.replay else "ok"
+            if mode != "ok":
+                self.engine.drop_local([item.key])
+            calls.append(
+                (
+                    "settle",
+                    [
+                        self.stream,
+                        backend.pending_key(item.key),
+                        item.key,
+                        backend.lease_key(item.key),
+                        self.dead_stream,
+                    ],
+                    [
+                        self.GROUP,
+                        f"{self.stream}|{item.ids[-1]}" if item.ids else "",
+                        mode,
+                        backend.channel,
+                        backend.message("i", [item.key], []),
+                        self.retention_ms,
+                        item.key,
+                        item.packed,
+                        repr(error) if error is not None else "",
+                        item.attempts + 1,
+                        *item.ids,
+                    ],
+                )
+            )
+        if not calls:
+            return
+        try:
+            yield RunPipeline(backend, calls)
+        except REDIS_ERRORS as exc:
+            # Not acknowledged: the entries stay pending and are written again (at least once).
+            self._redis_trouble(exc)
+
+    def _retire(self) -> Plan[None]:
+        if self.leading:
+            self.leading = False
+            try:
+                yield RunScript(self.backend, "release", [self.lease], [self.token])
+            except REDIS_ERRORS as exc:
+                self._redis_trouble(exc)
+
+    # -- flush, dead letters ------------------------------------------------------------------
+
+    def flush(self, timeout: float | None) -> Plan[FlushReport]:
+        """Wait until every write in the stream when this was called is in the store or
+        dead-lettered, by whichever process flushes it (polled: other processes do the work)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        errors: list[str] = []
+        left = 0
+        try:
+            last = yield RedisCall(self.backend, "xrevrange", self.stream, "+", "-", 1)
+            while last:
+                if not (yield RedisCall(self.backend, "xrange", self.stream, "-", last[0][0], 1)):
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.kick()
+                yield Sleep(0.005)
+            left = yield RedisCall(self.backend, "xlen", self.stream)
+        except REDIS_ERRORS as exc:
+            self._redis_trouble(exc)
+            errors.append(f"Redis failed while flushing {self.where}: {exc!r}")
+        report = self._end_flush(pending=left)
+        report.errors.extend(errors)
+        return report
+
+    def dead_letters(self) -> Plan[list[DeadLetter]]:
+        found = yield RedisCall(self.backend, "xrange", self.dead_stream, "-", "+")
+        letters = []
+        for entry_id, fields in found:
+            try:
+                call = unpack_call(fields[b"a"])
+            except Exception:
+                call = WriteCall((), {})
+            letters.append(
+                DeadLetter(
+                    self.where,
+                    _text(fields[b"k"]),
+                    call.args,
+                    call.kwargs,
+                    int(fields[b"n"]),
+                    _text(fields[b"e"]),
+                    _text(entry_id),
+                )
+            )
+        return letters
+
+    def replay(self, letters: list[DeadLetter]) -> Plan[int]:
+        ids = [dead.id for dead in letters if dead.writer == self.where and dead.id]
+        if not ids:
+            return 0
+        moved = yield RunScript(
+            self.backend, "replay", [self.stream, self.dead_stream], [self.retention_ms, *ids]
+        )
+        self.kick()
+        return int(moved)
 
     def stop(self) -> None:
         with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
-
-
-class WaitForRoom(Op):
-    """Wait until a full write-behind queue can take a write to ``key``."""
-
-    def __init__(self, queue: WriteBehindQueue, key: str) -> None:
-        self.queue = queue
-        self.key = key
-
-    def run_sync(self) -> None:
-        self.queue.wait_for_room_sync(self.key)
-
-    async def run_async(self) -> None:
-        await self.queue.wait_for_room_async(self.key)
+            self.pending.clear()  # still pending in the group: the next flusher claims them
+        super().stop()

@@ -8,14 +8,23 @@ cache.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from ._drivers import Invoke, Plan
 from ._engine import Engine
-from ._writebehind import WaitForRoom, WriteBehindOptions, WriteBehindQueue
+from ._redis import REDIS_ERRORS
+from ._writebehind import (
+    StreamQueue,
+    WaitForRoom,
+    WriteBehindOptions,
+    WriteBehindQueue,
+    WriteCall,
+    stream_name,
+)
 from .decorators import Spec, _shell, spec_of
-from .errors import ConfigError, ConfigTypeError
+from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable
 
 Mapper = Callable[..., Any]
 
@@ -98,26 +107,50 @@ def write_behind(
     target: Any,
     args: Mapper | None,
     value: Mapper | None,
+    batch: Callable[[list[WriteCall]], Any] | None,
     options: WriteBehindOptions,
     queues: list[WriteBehindQueue],
 ) -> Callable[[Any], Any]:
-    """Decorator: queue the store write, set the cache, return; a flusher writes later."""
+    """Decorator: set the cache and queue the store write, then return; a flusher writes later.
+
+    With Redis the queue is the writer's stream and the cache write and the enqueue are one
+    script (one round trip, never one without the other); without it, an in-memory queue.
+    """
     spec = spec_of(target, "write_behind()")
     value_of = check_write_behind_value(value)
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        queue = WriteBehindQueue(
-            fn, f"{fn.__module__}.{fn.__qualname__}", options, spec.engine.unpin
-        )
+        check_batch(fn, batch)
+        backend = spec.engine.backend
+        queue: WriteBehindQueue
+        if backend is not None:
+            queue = StreamQueue(fn, batch, stream_name(fn), options, spec.engine, backend)
+        else:
+            queue = WriteBehindQueue(
+                fn, batch, f"{fn.__module__}.{fn.__qualname__}", options, spec.engine
+            )
         queues.append(queue)
 
         def plan(*a: Any, **kw: Any) -> Plan[None]:
             keys = spec.args_of(_mapped(spec, args, "args", a, kw))
             new = _mapped(spec, value_of, "value", a, kw)
             entry = spec.target_of_call(keys, {})
+            call = WriteCall(a, kw)
+            if isinstance(queue, StreamQueue):
+                queue.ensure_flusher()
+                try:
+                    yield from spec.engine.set(
+                        entry, new, spec.policy, queue.enqueue(entry.full_key, call)
+                    )
+                except REDIS_ERRORS as exc:
+                    raise WriteBehindUnavailable(
+                        f"Redis failed while queueing a write of {queue.where} ({exc!r}): the "
+                        "write is not confirmed; the cache of this process is unchanged"
+                    ) from exc
+                return
             # Pinned while queued, so reads see the new value until the store has it.
             pin = functools.partial(spec.engine.pin, entry, new, spec.policy)
-            while not queue.put(entry.full_key, a, kw, pin):
+            while not queue.put(entry.full_key, call, pin):
                 if options.when_full == "raise":
                     raise queue.full_error()
                 yield WaitForRoom(queue, entry.full_key)
@@ -126,3 +159,15 @@ def write_behind(
         return functools.update_wrapper(_shell(fn, plan), fn)
 
     return decorate
+
+
+def check_batch(fn: Callable[..., Any], batch: Callable[..., Any] | None) -> None:
+    if batch is None:
+        return
+    if not callable(batch):
+        raise ConfigTypeError(f"batch= must be callable, got {type(batch).__name__}")
+    if inspect.iscoroutinefunction(batch) != inspect.iscoroutinefunction(fn):
+        raise ConfigTypeError(
+            f"batch= for {fn.__qualname__} must be async exactly when the writer is "
+            "(both run in the same flusher)"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import re
 import weakref
@@ -14,7 +15,13 @@ from ._clock import Clock, monotonic
 from ._drivers import Plan, run_async, run_sync
 from ._engine import Engine, InvalidationEvent, Policy, Target
 from ._redis import RedisBackend
-from ._writebehind import DeadLetter, FlushReport, WriteBehindOptions, WriteBehindQueue
+from ._writebehind import (
+    DeadLetter,
+    FlushReport,
+    WriteBehindOptions,
+    WriteBehindQueue,
+    WriteCall,
+)
 from ._writes import invalidates, write_behind, write_through
 from .decorators import CachedDecorator, make_cached
 from .errors import ConfigTypeError, ConfigValueError
@@ -58,6 +65,8 @@ class Cache:
         write_behind_interval: float = 0.05,
         write_behind_retries: int = 5,
         write_behind_backoff: float = 0.1,
+        write_behind_claim_idle: float = 5.0,
+        write_behind_retention: float = 7 * 24 * 3600.0,
         lease_ttl: float = 2.0,
         lease_wait_timeout: float = 10.0,
         socket_timeout: float = 0.5,
@@ -73,6 +82,10 @@ class Cache:
             ("lease_wait_timeout", lease_wait_timeout),
             ("socket_timeout", socket_timeout),
             ("connect_timeout", connect_timeout),
+            ("write_behind_interval", write_behind_interval),
+            ("write_behind_backoff", write_behind_backoff),
+            ("write_behind_claim_idle", write_behind_claim_idle),
+            ("write_behind_retention", write_behind_retention),
         ):
             _validate.ttl_seconds(value, "Cache", name=name)
         backend = None
@@ -105,6 +118,8 @@ class Cache:
             interval=write_behind_interval,
             retries=write_behind_retries,
             backoff=write_behind_backoff,
+            claim_idle=float(write_behind_claim_idle),
+            retention=float(write_behind_retention),
         )
         self._queues: list[WriteBehindQueue] = []
         self._policies: dict[tuple[Any, ...], Policy] = {}
@@ -284,40 +299,77 @@ class Cache:
         return write_through(self._engine, target, args, value)
 
     def write_behind(
-        self, target: Any, *, args: Mapper | None = None, value: Mapper | None = None
+        self,
+        target: Any,
+        *,
+        args: Mapper | None = None,
+        value: Mapper | None = None,
+        batch: Callable[[list[WriteCall]], Any] | None = None,
     ) -> Callable[[T], T]:
-        """Set the cache and queue the store write; a background flusher performs it."""
-        return write_behind(self._engine, target, args, value, self._write_options, self._queues)
+        """Set the cache and queue the store write; a background flusher performs it.
+
+        ``batch=``, if given, is called with a list of ``WriteCall(args, kwargs)`` to write a
+        whole batch in one store call (async exactly when the writer is); if it raises, the
+        batch's writes are retried one by one through the writer itself.
+        """
+        return write_behind(
+            self._engine, target, args, value, batch, self._write_options, self._queues
+        )
 
     # -- write-behind control -------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> FlushReport:
         """Wait until every write queued before this call is in the store (or dead-lettered)."""
-        return _merge([queue.flush(timeout) for queue in list(self._queues)])
+        for queue in self._queues:
+            queue.check_sync_flush()
+        return _merge([run_sync(queue.flush(timeout)) for queue in list(self._queues)])
 
-    async def aflush(self) -> FlushReport:
-        return _merge([await queue.aflush() for queue in list(self._queues)])
+    async def aflush(self, timeout: float | None = None) -> FlushReport:
+        return _merge([await run_async(queue.flush(timeout)) for queue in list(self._queues)])
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Writes that failed every retry, oldest first."""
-        return [dead for queue in self._queues for dead in queue.dead]
+        """Writes that failed every retry, oldest first per writer (with Redis: every
+        process', from the dead-letter streams)."""
+        return [dead for queue in self._queues for dead in run_sync(queue.dead_letters())]
+
+    async def adead_letters(self) -> list[DeadLetter]:
+        return [dead for queue in self._queues for dead in await run_async(queue.dead_letters())]
+
+    def replay_dead_letters(self, letters: Iterable[DeadLetter] | None = None) -> int:
+        """Queue dead letters again (all of them by default); returns how many were queued.
+
+        A replayed write that lands drops the cached value, which may be older than the store.
+        """
+        chosen = self.dead_letters() if letters is None else list(letters)
+        return sum(run_sync(queue.replay(chosen)) for queue in self._queues)
+
+    async def areplay_dead_letters(self, letters: Iterable[DeadLetter] | None = None) -> int:
+        chosen = await self.adead_letters() if letters is None else list(letters)
+        return sum([await run_async(queue.replay(chosen)) for queue in self._queues])
 
     def close(self, timeout: float | None = None) -> FlushReport:
         """Drain the write-behind queues of sync writers and stop their flushers."""
         report = _merge(
-            [queue.flush(timeout) for queue in list(self._queues) if not queue.is_async]
+            [run_sync(queue.flush(timeout)) for queue in list(self._queues) if not queue.is_async]
         )
         self._stop()
         return report
 
-    async def aclose(self) -> FlushReport:
-        report = await self.aflush()
+    async def aclose(self, timeout: float | None = None) -> FlushReport:
+        report = await self.aflush(timeout)
+        for queue in self._queues:
+            queue.stop()
+        for queue in self._queues:
+            await queue.join_async(5.0)
+            await asyncio.to_thread(queue.join_sync, 5.0)
         self._stop()
         return report
 
     def _stop(self) -> None:
         for queue in self._queues:
             queue.stop()
+        for queue in self._queues:
+            queue.join_sync(5.0)
         self._engine.close()
         self._closed = True
         _OPEN.discard(self)
@@ -350,7 +402,7 @@ class Cache:
         """A snapshot of counters and latency percentiles; reading it changes nothing."""
         out = self._engine.stats()
         out["write_behind_pending"] = sum(len(q.pending) + len(q.busy) for q in self._queues)
-        out["write_behind_dead_letters"] = sum(len(q.dead) for q in self._queues)
+        out["write_behind_dead_lettered"] = sum(q.totals.dead_lettered for q in self._queues)
         return out
 
 

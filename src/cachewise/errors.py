@@ -14,6 +14,7 @@ __all__ = [
     "KeyBuildError",
     "LoaderResultError",
     "WriteBehindFull",
+    "WriteBehindUnavailable",
 ]
 
 
@@ -43,3 +44,11 @@ class LoaderResultError(CacheError):
 
 class WriteBehindFull(CacheError):
     """The in-memory write-behind queue is full and the cache was told to raise, not block."""
+
+
+class WriteBehindUnavailable(CacheError):
+    """Redis failed while a durable write-behind was being queued: the write is not confirmed.
+
+    Raised rather than logged: a write the caller believes queued but that was lost is the one
+    failure write-behind exists to prevent.
+    """
