@@ -357,6 +357,43 @@ def redis_report(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def writes_report(data: dict[str, Any]) -> str:
+    call, flush = data["call"], data["flush"]
+    behind = call["ratios"]["write_behind / PING"]
+    lines = [
+        "## Writes (issue: write-through and durable write-behind)",
+        "",
+        f"### Caller's cost ({call['rounds']} interleaved rounds of {call['calls']:,} calls, "
+        "flusher stopped so only the caller's path is timed)",
+        "",
+        "| ratio | median (min..max) | target | |",
+        "| --- | --- | --- | --- |",
+        f"| write-behind call / one `PING` round trip | {_fmt(behind)} | ≤ 2 | "
+        f"{_verdict(behind['median'] <= 2)} |",
+        f"| write-through call (store = one `HSET`) / `PING` | "
+        f"{_fmt(call['ratios']['write_through / PING'])} | (orientation) | |",
+        "",
+        f"### Flushing {flush['writes']:,} writes to {flush['keys']:,} keys "
+        f"({flush['rounds']} rounds, strategies alternated)",
+        "",
+        "| strategy | store calls | callers' time, s | until all stored, s |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in ("write_through", "write_behind"):
+        lines.append(
+            f"| {name} | {_fmt(flush['store_calls'][name], 0)} | "
+            f"{_fmt(flush['callers_s'][name])} | {_fmt(flush['until_stored_s'][name])} |"
+        )
+    lines += [
+        "",
+        "Write-behind until stored / write-through, same round: "
+        f"{_fmt(flush['behind_over_through_until_stored'])}. Every key's last value was checked "
+        "in the store after each run.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def write_docs(section: str) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     header = (
@@ -389,6 +426,7 @@ def main() -> int:
     }
     section = report(data)
     import redis_tier
+    import writes
     from cachewise.testing import RedisServer
 
     with RedisServer() as server:
@@ -401,8 +439,14 @@ def main() -> int:
         redis_data["cold"] = redis_tier.cold_key_fleet(server.url, 2 if args.quick else 5)
         print("redis tier: expiry under load ...", flush=True)
         redis_data["expiry"] = redis_tier.expiry_under_load(server.url)
+        print("writes: write-behind call cost, flush throughput ...", flush=True)
+        write_data = {
+            "call": writes.call_cost(server.url, rounds, 300 if args.quick else 2000),
+            "flush": writes.flush_throughput(server.url, 1 if args.quick else 3),
+        }
     data["redis"] = redis_data
-    section += "\n" + redis_report(redis_data)
+    data["writes"] = write_data
+    section += "\n" + redis_report(redis_data) + "\n" + writes_report(write_data)
     print(section)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     (ROOT / "benchmarks" / "results" / f"{stamp}.json").write_text(json.dumps(data, indent=2))

@@ -113,6 +113,14 @@ end
 return 1
 """
 
+# KEYS: pending records. Returns the id of each (false where there is none): a flusher skips a
+# write whose key already has a newer pending write of the same writer (coalescing across batches).
+LATEST = """
+local ids = {}
+for i = 1, #KEYS do ids[i] = redis.call('HGET', KEYS[i], 'id') end
+return ids
+"""
+
 # KEYS: stream. ARGV: group, retention_ms. Creates the consumer group (and the stream) if
 # missing; a stream made here gets the retention expiry like every other key.
 GROUP = """

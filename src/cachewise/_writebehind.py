@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import msgpack
 
 from . import codec
-from ._drivers import Invoke, Op, Plan, run_async, run_sync
+from ._drivers import Invoke, Op, Plan, Spawn, run_async, run_sync
 from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript
 from .errors import ConfigValueError, WriteBehindFull
 
@@ -85,6 +85,7 @@ class FlushReport:
     """What happened since the previous ``flush()``: writes, store calls, retries, dead letters."""
 
     written: int = 0
+    coalesced: int = 0  # writes a newer write to the same key replaced: no store call
     store_calls: int = 0
     retried: int = 0
     dead_lettered: int = 0
@@ -317,6 +318,8 @@ class WriteBehindQueue:
     ) -> None:
         self.seq += 1
         old = self.pending.get(key)
+        if old is not None:
+            self.totals.coalesced += 1
         # Coalesce: the newest call replaces the queued one, keeping the older place in line.
         self.pending[key] = PendingWrite(
             key,
@@ -412,21 +415,28 @@ class WriteBehindQueue:
         """Call the writer for a batch. A batch writer gets the whole batch; if it fails, each
         write is tried alone, so one poison write never holds back the others."""
         errors: dict[str, BaseException | None] = {}
-        if self.batch_fn is not None:
+        skipped = yield from self._superseded(batch)
+        if skipped:
+            with self.cond:
+                self.totals.coalesced += len(skipped)
+                self.totals.written -= len(skipped)  # counted as written by _finished below
+            errors = dict.fromkeys(skipped, None)
+        todo = [item for item in batch if item.key not in errors]
+        if self.batch_fn is not None and todo:
             self.totals.store_calls += 1
             try:
-                yield self._invoke(functools.partial(self.batch_fn, [item.call for item in batch]))
+                yield Invoke(functools.partial(self.batch_fn, [item.call for item in todo]))
             except Exception as exc:
-                if len(batch) == 1:
-                    errors[batch[0].key] = exc
+                if len(todo) == 1:
+                    errors[todo[0].key] = exc
             else:
-                errors = dict.fromkeys((item.key for item in batch), None)
+                errors.update(dict.fromkeys((item.key for item in todo), None))
         for item in batch:
             if item.key in errors:
                 continue
             self.totals.store_calls += 1
             try:
-                yield self._invoke(functools.partial(self.fn, *item.call.args, **item.call.kwargs))
+                yield Invoke(functools.partial(self.fn, *item.call.args, **item.call.kwargs))
                 errors[item.key] = None
             except Exception as exc:
                 errors[item.key] = exc
@@ -436,9 +446,11 @@ class WriteBehindQueue:
 
     # -- where the writes wait: hooks a durable queue replaces --------------------------------
 
-    def _invoke(self, call: Callable[[], Any]) -> Invoke:
-        """The store call as the driver runs it."""
-        return Invoke(call)
+    def _superseded(self, batch: list[PendingWrite]) -> Plan[set[str]]:
+        """Keys of the batch whose write a newer queued write replaces (no store call needed).
+        In memory, coalescing happened when the newer write was queued."""
+        return set()
+        yield  # a plan
 
     def _refill(self, version: int, wait: float) -> Plan[None]:
         """Nothing is due: wait for a write, a flush or the next retry."""
@@ -479,6 +491,7 @@ class WriteBehindQueue:
             now, before = self.totals, self._reported
             report = FlushReport(
                 written=now.written - before.written,
+                coalesced=now.coalesced - before.coalesced,
                 store_calls=now.store_calls - before.store_calls,
                 retried=now.retried - before.retried,
                 dead_lettered=now.dead_lettered - before.dead_lettered,
@@ -592,7 +605,6 @@ class StreamQueue(WriteBehindQueue):
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
         self.leading = False
         self.known: set[str] = set()  # stream ids held here (queued or being written)
-        self.renewed = 0.0
         self.claimed = 0.0
         self.retention_ms = int(options.retention * 1000)
         self.lease_ms = int(options.claim_idle * 1000)
@@ -615,41 +627,62 @@ class StreamQueue(WriteBehindQueue):
     # -- leading the stream -------------------------------------------------------------------
 
     def _lead(self) -> Plan[bool]:
-        """Hold (or take) the flusher lease; True while this process leads the stream."""
-        now = time.monotonic()
-        if self.leading and now - self.renewed < self.options.claim_idle / 3:
+        """True while this process leads the stream; takes the flusher lease when it is free."""
+        if self.leading:
             return True
         backend = self.backend
-        if self.leading:
-            held = yield RunScript(backend, "renew", [self.lease], [self.token, self.lease_ms])
-            if not held:
-                self.leading = False
-                with self.cond:
-                    self.pending.clear()  # still pending in the group: the new leader claims them
-                    self.known = {i for item in self.busy.values() for i in item.ids}
-                log.warning("cachewise: lost the write-behind lease of %s", self.where)
-        else:
-            # SET lease token PX lease_ms NX
-            taken = yield RedisCall(
-                backend, "set", self.lease, self.token, None, self.lease_ms, True
-            )
-            if taken:
-                self.leading = True
-                self.claimed = 0.0
-                yield RunScript(backend, "group", [self.stream], [self.GROUP, self.retention_ms])
-        if self.leading:
-            self.renewed = now
+        # SET lease token PX lease_ms NX
+        taken = yield RedisCall(backend, "set", self.lease, self.token, None, self.lease_ms, True)
+        if taken:
+            yield RunScript(backend, "group", [self.stream], [self.GROUP, self.retention_ms])
+            self.leading = True
+            self.claimed = 0.0
+            yield Spawn(self._keep_lease(), self.engine.keep, background=True)
         return self.leading
 
-    def _invoke(self, call: Callable[[], Any]) -> Invoke:
-        """The store call, renewing the flusher lease while it runs: a slow store is not a dead
-        flusher, and its writes must not be claimed by another process meanwhile."""
-        return Invoke(call, self._renew, self.options.claim_idle / 3)
+    def _keep_lease(self) -> Plan[None]:
+        """Renew the flusher lease while this process leads, beside the flusher (a thread or a
+        task of its own): a slow store call is not a dead flusher, and its writes must not be
+        claimed by another process meanwhile."""
+        while self.leading and not self.stopped:
+            yield Sleep(self.options.claim_idle / 3)
+            try:
+                held = yield RunScript(
+                    self.backend, "renew", [self.lease], [self.token, self.lease_ms]
+                )
+            except REDIS_ERRORS as exc:
+                self._redis_trouble(exc)
+                continue  # the lease may still hold; the next renewal tells
+            if not held and self.leading:
+                self._lost_lease()
 
-    def _renew(self) -> Plan[None]:
-        held = yield RunScript(self.backend, "renew", [self.lease], [self.token, self.lease_ms])
-        if held:
-            self.renewed = time.monotonic()
+    def _lost_lease(self) -> None:
+        self.leading = False
+        with self.cond:
+            self.pending.clear()  # still pending in the group: the new leader claims them
+            self.known = {i for item in self.busy.values() for i in item.ids}
+        log.warning("cachewise: lost the write-behind lease of %s", self.where)
+
+    def _superseded(self, batch: list[PendingWrite]) -> Plan[set[str]]:
+        """Keys whose pending record names a newer write of this writer: that write is still in
+        the stream and will land, so this one is acknowledged without a store call."""
+        mine = [item for item in batch if item.ids and not item.replay]
+        if not mine:
+            return set()
+        try:
+            latest = yield RunScript(
+                self.backend, "latest", [self.backend.pending_key(i.key) for i in mine], []
+            )
+        except REDIS_ERRORS as exc:
+            self._redis_trouble(exc)
+            return set()
+        prefix = f"{self.stream}|"
+        skipped = set()
+        for item, newest in zip(mine, latest, strict=True):
+            newest = _text(newest) if newest else ""
+            if newest.startswith(prefix) and newest != prefix + item.ids[-1]:
+                skipped.add(item.key)
+        return skipped
 
     def _refill(self, version: int, wait: float) -> Plan[None]:
         """Lead the stream, claim what a dead flusher left, and read new writes (blocking in
