@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 import redis
 
@@ -17,6 +18,7 @@ from cachewise.codec import SerializationError
 from cachewise.testing import free_port
 
 from . import _workers
+from .conftest import Gate, in_thread
 
 ctx = multiprocessing.get_context("spawn")
 
@@ -235,3 +237,45 @@ async def test_async_writer_flushes_on_the_loop(redis_server: Any, namespace: st
     await cache.aclose()
     await client.aclose()
     await asyncio.sleep(0)
+
+
+def test_a_key_s_writes_land_in_order_across_batches_and_retries(rows: Rows) -> None:
+    cache, _, save = rows.cache(write_behind_batch_size=3)
+    _workers._store["flaky"].update({1: 2, 3: 1})
+    for i in range(40):
+        save(i % 4, f"v{i}")
+    cache.flush(timeout=20)
+    assert rows.rows() == {row: f"v{36 + row}" for row in range(4)}
+    for row in range(4):
+        landed = [int(v[1:]) for v in rows.log(row)]
+        assert landed == sorted(landed), landed
+
+
+def test_write_through_with_redis_wins_over_a_slow_load_and_failure_drops(
+    rows: Rows, namespace: str
+) -> None:
+    cache = Cache(rows.url, namespace=namespace)
+    rows.made.append(cache)
+    gate = Gate("old")
+
+    @cache.cached(ttl=60)
+    def get_row(row: int) -> str:
+        return gate()  # type: ignore[no-any-return]
+
+    @cache.write_through(get_row, args=lambda r, v: r, value=lambda r, v: v)
+    def save(row: int, value: str) -> None:
+        if value == "bad":
+            raise RuntimeError("store refused")
+
+    loading, result = in_thread(lambda: get_row(1))
+    assert gate.started.wait(5)
+    save(1, "new")  # lands while the load of the old value runs
+    gate.release.set()
+    loading.join(5)
+    assert result == ["old"]  # the caller that asked before the write gets its load...
+    assert get_row(1) == "new"  # ...but the cache keeps the write
+    assert msgpack.unpackb(rows.client.get(get_row.key(1)))[1] == "new"
+    with pytest.raises(RuntimeError, match="store refused"):
+        save(1, "bad")
+    assert not rows.client.exists(get_row.key(1))  # dropped, not half-updated
+    assert cache._engine.l1.held(get_row.key(1)) is None

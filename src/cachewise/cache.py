@@ -35,9 +35,13 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 @atexit.register
 def _drain_at_exit() -> None:
-    """Interpreter exit drains the in-memory write-behind queues of sync writers."""
+    """Interpreter exit drains the in-memory write-behind queues of sync writers. Writes queued
+    in Redis are safe there: another process (or the next start) flushes them."""
     for cache in list(_OPEN):
-        cache.close(timeout=10.0)
+        for queue in cache._queues:
+            if not queue.durable and not queue.is_async:
+                run_sync(queue.flush(10.0))
+        cache._stop()
 
 
 class Cache:
