@@ -19,7 +19,6 @@ writer, the async driver as a task for an ``async def`` one. Where the writes wa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import logging
@@ -134,79 +133,48 @@ class Sleep(Op):
         await asyncio.sleep(self.seconds)
 
 
-class Idle(Op):
-    """An idle flusher's wait: until ``timeout``, or sooner when a write or a flush arrives."""
+class QueueWait(Op):
+    """Wait until ``ready()`` holds or ``timeout`` passes; True when it holds.
 
-    def __init__(self, queue: WriteBehindQueue, version: int, timeout: float) -> None:
+    A thread waits on the queue's condition. A task waits on one of the queue's events, set on
+    its loop: ``kick`` (a write or a flush for the flusher) or ``progress`` (a write settled, for
+    callers), checking ``ready()`` again after each.
+    """
+
+    def __init__(
+        self,
+        queue: WriteBehindQueue,
+        ready: Callable[[], bool],
+        timeout: float | None,
+        event: Literal["kick", "progress"],
+    ) -> None:
         self.queue = queue
-        self.version = version
+        self.ready = ready
         self.timeout = timeout
-
-    def run_sync(self) -> None:
-        queue = self.queue
-        with queue.cond:
-            queue.cond.wait_for(lambda: queue.version != self.version, self.timeout)
-
-    async def run_async(self) -> None:
-        queue = self.queue
-        if queue.version != self.version or queue._kick is None:
-            return
-        queue._kick.clear()  # no await since the version was read: a kick cannot be lost
-        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-            await asyncio.wait_for(queue._kick.wait(), self.timeout)
-
-
-class WaitDrained(Op):
-    """Wait until every write up to ``seq`` is settled, or ``timeout``; True when it is."""
-
-    def __init__(self, queue: WriteBehindQueue, seq: int, timeout: float | None) -> None:
-        self.queue = queue
-        self.seq = seq
-        self.timeout = timeout
+        self.event = event
 
     def run_sync(self) -> bool:
-        queue = self.queue
-        with queue.cond:
-            return queue.cond.wait_for(lambda: queue.drained_upto(self.seq), self.timeout)
+        with self.queue.cond:
+            return self.queue.cond.wait_for(self.ready, self.timeout)
 
     async def run_async(self) -> bool:
         queue = self.queue
         if not queue.is_async:  # its flusher is a thread: wait in one
             return await asyncio.to_thread(self.run_sync)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        while not queue.drained_upto(self.seq):
-            queue.ensure_flusher()  # wakes it, or restarts it on this loop
-            assert queue._progress is not None
-            queue._progress.clear()
+        while not self.ready():
+            if self.event == "progress":
+                queue.ensure_flusher()  # wakes it, or restarts it on this loop
+            event = queue._kick if self.event == "kick" else queue._progress
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
+            if event is None or (left is not None and left <= 0):
+                return self.ready()
+            event.clear()  # no await since ready() was checked: a set cannot be lost
             try:
-                await asyncio.wait_for(queue._progress.wait(), left)
+                await asyncio.wait_for(event.wait(), left)
             except (asyncio.TimeoutError, TimeoutError):
-                return False
+                return self.ready()
         return True
-
-
-class WaitForRoom(Op):
-    """Wait until a full in-memory queue can take a write to ``key``."""
-
-    def __init__(self, queue: WriteBehindQueue, key: str) -> None:
-        self.queue = queue
-        self.key = key
-
-    def run_sync(self) -> None:
-        queue = self.queue
-        with queue.cond:
-            queue.cond.wait_for(lambda: queue.has_room(self.key))
-
-    async def run_async(self) -> None:
-        queue = self.queue
-        while not queue.has_room(self.key):
-            queue.ensure_flusher()
-            assert queue._progress is not None
-            queue._progress.clear()
-            await queue._progress.wait()
 
 
 class WriteBehindQueue:
@@ -243,6 +211,10 @@ class WriteBehindQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None
         self._progress: asyncio.Event | None = None
+        self._start()
+
+    def _start(self) -> None:
+        """In memory, the flusher starts with the first write."""
 
     # -- the caller's side (in memory) --------------------------------------------------------
 
@@ -454,7 +426,7 @@ class WriteBehindQueue:
 
     def _refill(self, version: int, wait: float) -> Plan[None]:
         """Nothing is due: wait for a write, a flush or the next retry."""
-        yield Idle(self, version, wait)
+        yield QueueWait(self, lambda: self.version != version, wait, "kick")
 
     def _settle(
         self, settled: list[tuple[PendingWrite, Outcome, BaseException | None]]
@@ -506,7 +478,7 @@ class WriteBehindQueue:
         with self.cond:
             upto = self.seq
         self.kick()
-        yield WaitDrained(self, upto, timeout)
+        yield QueueWait(self, lambda: self.drained_upto(upto), timeout, "progress")
         return self._end_flush()
 
     def check_sync_flush(self) -> None:
@@ -586,28 +558,23 @@ class StreamQueue(WriteBehindQueue):
     durable = True
     GROUP = "cachewise"
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        batch_fn: Callable[[list[WriteCall]], Any] | None,
-        where: str,
-        options: WriteBehindOptions,
-        engine: Engine,
-        backend: RedisBackend,
-    ) -> None:
-        super().__init__(fn, batch_fn, where, options, engine)
-        self.backend = backend
+    def _start(self) -> None:
+        """Name the writer's Redis keys and start flushing: a process that only registered the
+        writer flushes too."""
+        backend = self.engine.backend
+        assert backend is not None
+        self.backend: RedisBackend = backend
         ns = backend.namespace
-        self.stream = f"{ns}#wb:{where}"
-        self.dead_stream = f"{ns}#wbdead:{where}"
-        self.lease = f"{ns}#wbflusher:{where}"
+        self.stream = f"{ns}#wb:{self.where}"
+        self.dead_stream = f"{ns}#wbdead:{self.where}"
+        self.lease = f"{ns}#wbflusher:{self.where}"
         self.token = secrets.token_hex(8)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
         self.leading = False
         self.known: set[str] = set()  # stream ids held here (queued or being written)
         self.claimed = 0.0
-        self.retention_ms = int(options.retention * 1000)
-        self.lease_ms = int(options.claim_idle * 1000)
+        self.retention_ms = int(self.options.retention * 1000)
+        self.lease_ms = int(self.options.claim_idle * 1000)
         self.ensure_flusher()  # a process that only registered the writer flushes too
 
     def enqueue(self, key: str, call: WriteCall) -> Callable[[StoreCall], StoreCall]:

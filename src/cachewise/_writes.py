@@ -16,8 +16,8 @@ from ._drivers import Invoke, Plan
 from ._engine import Engine
 from ._redis import REDIS_ERRORS
 from ._writebehind import (
+    QueueWait,
     StreamQueue,
-    WaitForRoom,
     WriteBehindOptions,
     WriteBehindQueue,
     WriteCall,
@@ -124,7 +124,7 @@ def write_behind(
         backend = spec.engine.backend
         queue: WriteBehindQueue
         if backend is not None:
-            queue = StreamQueue(fn, batch, stream_name(fn), options, spec.engine, backend)
+            queue = StreamQueue(fn, batch, stream_name(fn), options, spec.engine)
         else:
             queue = WriteBehindQueue(
                 fn, batch, f"{fn.__module__}.{fn.__qualname__}", options, spec.engine
@@ -153,7 +153,9 @@ def write_behind(
             while not queue.put(entry.full_key, call, pin):
                 if options.when_full == "raise":
                     raise queue.full_error()
-                yield WaitForRoom(queue, entry.full_key)
+                yield QueueWait(
+                    queue, functools.partial(queue.has_room, entry.full_key), None, "progress"
+                )
             yield from spec.engine.set(entry, new, spec.policy)
 
         return functools.update_wrapper(_shell(fn, plan), fn)
