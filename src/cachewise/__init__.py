@@ -24,6 +24,7 @@ from .errors import (
     ConfigValueError,
     KeyBuildError,
     LoaderResultError,
+    RedisUnavailable,
     WriteBehindFull,
     WriteBehindUnavailable,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidationEvent",
     "KeyBuildError",
     "LoaderResultError",
+    "RedisUnavailable",
     "WriteBehindFull",
     "WriteBehindUnavailable",
     "WriteCall",

@@ -40,6 +40,7 @@ from ._l1 import L1, Table
 from ._redis import (
     REDIS_ERRORS,
     AwaitEvent,
+    CircuitOpen,
     Listener,
     RedisBackend,
     RedisCall,
@@ -48,7 +49,7 @@ from ._redis import (
     ServerTime,
 )
 from .core import Decision, Entry
-from .errors import ConfigTypeError, LoaderResultError
+from .errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 
 log = logging.getLogger("cachewise")
 
@@ -75,6 +76,8 @@ class Policy:
 
     ttl: float
     stale_ttl: float = 0.0
+    #: Raise ``RedisUnavailable`` rather than load without the shared lease when Redis fails.
+    fail_closed: bool = False
 
 
 @dataclass(slots=True)
@@ -158,6 +161,13 @@ class Engine:
         #: falls back to the store's old value while the write is queued.
         self.pinned: dict[str, tuple[Target, Any, Policy]] = {}
         self._last_redis_log = 0.0
+        #: Invalidations (and writes, which invalidate) that could not reach Redis: sent when it
+        #: answers again, so other processes and L2 do not keep what this process dropped.
+        self.backlog_keys: set[str] = set()
+        self.backlog_tags: set[str] = set()
+        self.backlog_overflow = False
+        if backend is not None:
+            backend.breaker.on_recover = self._on_reset  # L1 missed events while Redis was away
         _ENGINES.add(self)
 
     # -- small helpers --------------------------------------------------------------------------
@@ -209,6 +219,8 @@ class Engine:
 
     def _redis_failed(self, exc: BaseException) -> None:
         """Count a Redis error and log it (at most once a second): it never reaches callers."""
+        if isinstance(exc, CircuitOpen):
+            return  # counted by the breaker; its opening was logged
         self.counts["redis_errors"] += 1
         now = time.monotonic()
         if now - self._last_redis_log > 1.0:
@@ -332,8 +344,10 @@ class Engine:
         what the leader already read from Redis, if it did.
         """
         try:
-            if self.backend is None or raw is _NO_REDIS:
+            if self.backend is None:
                 yield from self._load_here(flight, target, loader, policy)
+            elif raw is _NO_REDIS:
+                yield from self._load_unshared(flight, target, loader, policy)
             else:
                 yield from self._resolve_shared(flight, target, loader, policy, refreshing, raw)
         except BaseException as exc:  # delivered to every caller that joined, never cached
@@ -353,12 +367,25 @@ class Engine:
         self.load_latency.add(took)
         self._settle(flight, target, entry, value)
 
+    def _load_unshared(
+        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
+    ) -> Plan[None]:
+        """Redis failed: load in this process (single-flight here still holds), unless the
+        policy is fail-closed."""
+        if policy.fail_closed:
+            raise RedisUnavailable(
+                f"Redis is unavailable and {target.where} is fail-closed: not loading it "
+                "without the shared lease"
+            )
+        self.counts["loads_without_redis"] += 1
+        yield from self._load_here(flight, target, loader, policy)
+
     def _read_l2(self, target: Target) -> Plan[Any]:
         """GET the shared entry: its raw bytes, or ``_NO_REDIS`` when Redis failed (counted)."""
         backend = self.backend
         assert backend is not None
         try:
-            if backend.listener is None or backend.setup_due():
+            if backend.listener is None or backend.setup_due() or self.backlog_due():
                 yield from self._ensure_backend()
             return (yield RedisCall(backend, "get", target.full_key))
         except REDIS_ERRORS as exc:
@@ -444,7 +471,7 @@ class Engine:
         if not prefetched:
             raw = yield from self._read_l2(target)
         if raw is _NO_REDIS:
-            yield from self._load_here(flight, target, loader, policy)
+            yield from self._load_unshared(flight, target, loader, policy)
             return
         env = self._decode(raw, count=not prefetched)
         if (yield from self._use_l2(flight, target, loader, policy, env, refreshing)):
@@ -466,7 +493,7 @@ class Engine:
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
                 self._redis_failed(exc)
-                yield from self._load_here(flight, target, loader, policy)
+                yield from self._load_unshared(flight, target, loader, policy)
                 return
             status, payload = int(reply[0]), reply[1]
             if status == 1:  # a value is there (it landed meanwhile)
@@ -556,7 +583,8 @@ class Engine:
         return (yield RunScript(self.backend, name, keys, args))
 
     def _ensure_backend(self) -> Plan[None]:
-        """On first use: measure the server clock and start listening to the event channel."""
+        """On first use: measure the server clock and start listening to the event channel.
+        After an outage: send the invalidations that could not be sent."""
         backend = self.backend
         assert backend is not None
         if backend.setup_due():
@@ -565,6 +593,46 @@ class Engine:
             with self.lock:
                 if backend.listener is None:
                     backend.listener = Listener(backend, self._on_event, self._on_reset)
+        if self.backlog_due():
+            yield from self._send_backlog()
+
+    def backlog_due(self) -> bool:
+        return bool(self.backlog_keys or self.backlog_tags or self.backlog_overflow)
+
+    def _remember(self, keys: Iterable[str], tags: Iterable[str] = ()) -> None:
+        """An invalidation that did not reach Redis: keep it for when Redis answers again."""
+        with self.lock:
+            self.backlog_keys.update(keys)
+            self.backlog_tags.update(tags)
+            if len(self.backlog_keys) + len(self.backlog_tags) > self.BACKLOG_LIMIT:
+                # Too many to keep: tell every process to empty its L1 instead.
+                self.backlog_keys.clear()
+                self.backlog_tags.clear()
+                self.backlog_overflow = True
+
+    def _send_backlog(self) -> Plan[None]:
+        backend = self.backend
+        assert backend is not None
+        with self.lock:
+            keys, tags = list(self.backlog_keys), list(self.backlog_tags)
+            overflow = self.backlog_overflow
+            self.backlog_keys, self.backlog_tags, self.backlog_overflow = set(), set(), False
+        try:
+            if overflow:
+                yield RedisCall(backend, "publish", backend.channel, backend.message("r"))
+            if keys or tags:
+                yield RunScript(
+                    backend,
+                    "invalidate",
+                    keys,
+                    [backend.namespace, backend.channel, backend.message("i", keys, tags), *tags],
+                )
+            self.counts["outage_invalidations_sent"] += len(keys) + len(tags)
+        except REDIS_ERRORS:
+            self._remember(keys, tags)  # try again with the next call
+            if overflow:
+                self.backlog_overflow = True
+            raise
 
     # -- events from other processes ------------------------------------------------------------
 
@@ -573,9 +641,10 @@ class Engine:
         kind, origin = event[0], event[1]
         if origin == self.backend.origin:
             return
-        if kind == "f" and len(event) >= 4:
-            # Another process filled or wrote a key: a copy held here is replaced in place.
-            env = codec.unpack(event[3])
+        if kind == "f" and len(event) >= 3:
+            # Another process filled or wrote a key: a copy held here is replaced in place (or
+            # dropped, when the value was too large to travel with the event).
+            env = codec.unpack(event[3]) if len(event) >= 4 else None
             with self.lock:
                 held = self.l1.held(event[2])
                 if held is not None:
@@ -585,11 +654,15 @@ class Engine:
                         self.l1.put(table, self._adopt(target, env))
                     else:
                         self.l1.drop(event[2])
+        elif kind == "r":
+            self._on_reset()  # another process lost track of its invalidations during an outage
         elif kind == "i" and len(event) >= 4:
             keys, tags = list(event[2]), tuple(event[3])
             self.counts["invalidations_received"] += 1
             self._drop_local(keys, tags)
             self.notify(InvalidationEvent(tuple(keys), tags, "remote"))
+
+    BACKLOG_LIMIT = 10_000
 
     def _on_reset(self) -> None:
         """The event channel dropped or came back: L1 cannot know what it missed."""
@@ -769,6 +842,12 @@ class Engine:
             replies = yield RunPipeline(backend, calls)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
+            if policy.fail_closed:
+                raise RedisUnavailable(
+                    "Redis is unavailable and this bulk load is fail-closed: not loading "
+                    "without the shared leases"
+                ) from None
+            self.counts["loads_without_redis"] += len(flights)
             return dict(flights), {}, {}
         mine: dict[str, Flight] = {}
         pending: dict[str, Any] = {}
@@ -855,7 +934,7 @@ class Engine:
         if not rest or backend is None:
             return found
         try:
-            if backend.listener is None or backend.setup_due():
+            if backend.listener is None or backend.setup_due() or self.backlog_due():
                 yield from self._ensure_backend()
             if len(rest) == 1:  # GET: a one-key MGET costs redis-py noticeably more
                 raws = [(yield RedisCall(backend, "get", prefix + rest[0]))]
@@ -929,6 +1008,9 @@ class Engine:
                 yield from self._script(*store)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
+                self._remember([target.full_key])  # L2 and other L1s may hold an older value
+        elif backend is not None and enqueue is None:
+            self._remember([target.full_key])
         return reply
 
     def pin(self, target: Target, value: Any, policy: Policy) -> None:
@@ -973,6 +1055,7 @@ class Engine:
                 keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
+                self._remember(keys, tags)
         self.notify(InvalidationEvent(tuple(dict.fromkeys(keys)), tags, "local"))
         return len(dropped)
 
@@ -1000,6 +1083,7 @@ class Engine:
             "stale_served", "coalesced_waits", "wait_timeouts", "sets", "invalidations",
             "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused", "redis_errors",
             "decode_errors", "invalidations_received", "l1_flushes", "pending_writes_read",
+            "loads_without_redis", "outage_invalidations_sent",
         ]  # fmt: skip
         out: dict[str, Any] = {name: counts.get(name, 0) for name in names}
         out.update(

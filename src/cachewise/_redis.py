@@ -41,6 +41,88 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 
+#: Errors that mean Redis cannot be reached in time (as opposed to a reply it refused): what the
+#: circuit breaker counts.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class CircuitOpen(redis.exceptions.ConnectionError):
+    """Redis was not called: the circuit breaker is open after repeated failures."""
+
+
+class Breaker:
+    """A circuit breaker per ``Cache``: after ``threshold`` outage errors in a row it opens, and
+    Redis calls fail at once instead of each paying a timeout; after ``reset`` seconds one call
+    goes through as a probe (half-open) and closes it if it succeeds.
+
+    Hand-written: a few fields on the hot path (closed is one attribute read per call), which
+    the breaker libraries on PyPI (pybreaker, aiobreaker) do not offer for sync and async alike.
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+    def __init__(self, threshold: int, reset: float, on_recover: Callable[[], None]) -> None:
+        self.threshold = threshold
+        self.reset = reset
+        self.on_recover = on_recover
+        self.state = self.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self.opens = 0
+        self.short_circuits = 0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise ``CircuitOpen`` unless Redis may be called now."""
+        if self.state is self.CLOSED:
+            return
+        with self._lock:
+            now = time.monotonic()
+            # One probe per ``reset``: a probe that never reported back does not wedge it.
+            if self.state is not self.CLOSED and now - self.opened_at >= self.reset:
+                self.state = self.HALF_OPEN
+                self.opened_at = now
+                return
+            if self.state is self.CLOSED:
+                return
+            self.short_circuits += 1
+        raise CircuitOpen("Redis is not called: the circuit breaker is open")
+
+    def passed(self, result: Any) -> Any:
+        """Record a call Redis answered; returns ``result``."""
+        if self.failures or self.state is not self.CLOSED:
+            with self._lock:
+                recovered = self.state is not self.CLOSED
+                self.state = self.CLOSED
+                self.failures = 0
+            if recovered:
+                log.warning("cachewise: Redis is back; the circuit breaker is closed")
+                self.on_recover()
+        return result
+
+    def failed(self) -> None:
+        """Record a call that could not reach Redis."""
+        with self._lock:
+            self.failures += 1
+            if self.state is self.HALF_OPEN or (
+                self.state is self.CLOSED and self.failures >= self.threshold
+            ):
+                if self.state is self.CLOSED:
+                    self.opens += 1
+                    log.warning(
+                        "cachewise: %d Redis failures in a row; circuit breaker open for %.1f s",
+                        self.failures,
+                        self.reset,
+                    )
+                self.state = self.OPEN
+                self.opened_at = time.monotonic()
+
+
 _SCRIPTS = {
     "acquire": _lua.ACQUIRE,
     "renew": _lua.RENEW,
@@ -86,8 +168,12 @@ class RedisBackend:
         *,
         socket_timeout: float,
         connect_timeout: float,
+        breaker_threshold: int = 5,
+        breaker_reset: float = 1.0,
     ) -> None:
         self.namespace = namespace
+        #: ``on_recover`` is set by the engine: L1 cannot be trusted after an outage.
+        self.breaker = Breaker(breaker_threshold, breaker_reset, lambda: None)
         self.channel = f"{namespace}#events"
         self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
         #: The longest a blocking read (XREADGROUP BLOCK) may wait within the socket timeout.
@@ -245,29 +331,63 @@ class RedisBackend:
             self._sync.close()
 
 
-class RedisCall(Op):
+class RedisOp(Op):
+    """A Redis operation, guarded by the backend's circuit breaker: refused at once while it is
+    open (``CircuitOpen``, which callers handle as any Redis trouble), and reporting each
+    outcome to it."""
+
+    __slots__ = ("backend",)
+
+    backend: RedisBackend
+
+    def call_sync(self) -> Any:
+        raise NotImplementedError
+
+    async def call_async(self) -> Any:
+        raise NotImplementedError
+
+    def run_sync(self) -> Any:
+        breaker = self.backend.breaker
+        breaker.check()
+        try:
+            return breaker.passed(self.call_sync())
+        except OUTAGE_ERRORS:
+            breaker.failed()
+            raise
+
+    async def run_async(self) -> Any:
+        breaker = self.backend.breaker
+        breaker.check()
+        try:
+            return breaker.passed(await self.call_async())
+        except OUTAGE_ERRORS:
+            breaker.failed()
+            raise
+
+
+class RedisCall(RedisOp):
     """One Redis command, on the sync client or on the running loop's async client."""
 
-    __slots__ = ("args", "backend", "method")
+    __slots__ = ("args", "method")
 
     def __init__(self, backend: RedisBackend, method: str, *args: Any) -> None:
         self.backend = backend
         self.method = method
         self.args = args
 
-    def run_sync(self) -> Any:
+    def call_sync(self) -> Any:
         return getattr(self.backend.sync_client(), self.method)(*self.args)
 
-    async def run_async(self) -> Any:
+    async def call_async(self) -> Any:
         return await getattr(self.backend.async_client(), self.method)(*self.args)
 
 
-class ServerTime(Op):
+class ServerTime(RedisOp):
     """Measure the offset between the local monotonic clock and the Redis server's clock, and
     on a client's first use load every script in one round trip (otherwise the first lease of
     a herd would pay EVALSHA, NOSCRIPT and SCRIPT LOAD while everyone waits)."""
 
-    __slots__ = ("backend",)
+    __slots__ = ()
 
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
@@ -287,23 +407,23 @@ class ServerTime(Op):
         if fresh:
             self.backend.preloaded.add(client)
 
-    def run_sync(self) -> None:
+    def call_sync(self) -> None:
         client = self.backend.sync_client()
         pipe, fresh = self._pipeline(client)
         before = time.monotonic()
         self._done(client, fresh, before, pipe.execute())
 
-    async def run_async(self) -> None:
+    async def call_async(self) -> None:
         client = self.backend.async_client()
         pipe, fresh = self._pipeline(client)
         before = time.monotonic()
         self._done(client, fresh, before, await pipe.execute())
 
 
-class RunScript(Op):
+class RunScript(RedisOp):
     """One of ``_lua``'s scripts (EVALSHA, loaded on first use by redis-py)."""
 
-    __slots__ = ("args", "backend", "keys", "name")
+    __slots__ = ("args", "keys", "name")
 
     def __init__(self, backend: RedisBackend, name: str, keys: list[str], args: list[Any]) -> None:
         self.backend = backend
@@ -311,17 +431,17 @@ class RunScript(Op):
         self.keys = keys
         self.args = args
 
-    def run_sync(self) -> Any:
+    def call_sync(self) -> Any:
         return self.backend.sync_script(self.name)(keys=self.keys, args=self.args)
 
-    async def run_async(self) -> Any:
+    async def call_async(self) -> Any:
         return await self.backend.async_script(self.name)(keys=self.keys, args=self.args)
 
 
-class RunPipeline(Op):
+class RunPipeline(RedisOp):
     """Several scripts in one round trip (a non-transactional pipeline)."""
 
-    __slots__ = ("backend", "calls")
+    __slots__ = ("calls",)
 
     def __init__(
         self, backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]
@@ -329,13 +449,13 @@ class RunPipeline(Op):
         self.backend = backend
         self.calls = calls
 
-    def run_sync(self) -> list[Any]:
+    def call_sync(self) -> list[Any]:
         pipe = self.backend.sync_client().pipeline(transaction=False)
         for name, keys, args in self.calls:
             self.backend.sync_script(name)(keys=keys, args=args, client=pipe)
         return pipe.execute()
 
-    async def run_async(self) -> list[Any]:
+    async def call_async(self) -> list[Any]:
         pipe = self.backend.async_client().pipeline(transaction=False)
         for name, keys, args in self.calls:
             await self.backend.async_script(name)(keys=keys, args=args, client=pipe)
@@ -444,7 +564,11 @@ class Listener:
                     self.ready.clear()
                     self.on_reset()  # from now on, invalidations cannot reach this process
                 if isinstance(exc, REDIS_ERRORS):
-                    log.warning("cachewise: event channel %s lost: %r", self.backend.channel, exc)
+                    # Once per loss, not once per reconnection attempt.
+                    level = logging.WARNING if backoff <= 0.05 else logging.DEBUG
+                    log.log(
+                        level, "cachewise: event channel %s lost: %r", self.backend.channel, exc
+                    )
                 else:  # a bug must not end coherence silently
                     log.exception("cachewise: event listener failed; restarting")
                 self._stopped.wait(backoff)

@@ -36,7 +36,7 @@ import msgpack
 
 from . import codec
 from ._drivers import Invoke, Op, Plan, Spawn, run_async, run_sync
-from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript
+from ._redis import REDIS_ERRORS, CircuitOpen, RedisBackend, RedisCall, RunPipeline, RunScript
 from .errors import ConfigValueError, WriteBehindFull
 
 if TYPE_CHECKING:
@@ -725,6 +725,8 @@ class StreamQueue(WriteBehindQueue):
         return taken
 
     def _redis_trouble(self, exc: BaseException) -> None:
+        if isinstance(exc, CircuitOpen):
+            return  # counted by the breaker, whose opening was logged
         self.engine.counts["redis_errors"] += 1
         log.warning("cachewise: write-behind of %s: Redis failed: %r", self.where, exc)
 

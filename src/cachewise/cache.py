@@ -75,6 +75,9 @@ class Cache:
         lease_wait_timeout: float = 10.0,
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
+        breaker_threshold: int = 5,
+        breaker_reset: float = 1.0,
+        fail_closed: bool = False,
     ) -> None:
         if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
             raise ConfigValueError(
@@ -90,13 +93,24 @@ class Cache:
             ("write_behind_backoff", write_behind_backoff),
             ("write_behind_claim_idle", write_behind_claim_idle),
             ("write_behind_retention", write_behind_retention),
+            ("breaker_reset", breaker_reset),
         ):
             _validate.ttl_seconds(value, "Cache", name=name)
         backend = None
         if redis is not None:
             backend = RedisBackend(
-                redis, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout
+                redis,
+                namespace,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+                breaker_threshold=max(
+                    1, _validate.non_negative_int(breaker_threshold, "breaker_threshold")
+                ),
+                breaker_reset=float(breaker_reset),
             )
+        if not isinstance(fail_closed, bool):
+            raise ConfigTypeError(f"fail_closed must be a bool, not {type(fail_closed).__name__}")
+        self._fail_closed = fail_closed
         if clock is not None:
             _validate.callable_(clock, "clock")
         if wait_timeout is not None:
@@ -148,7 +162,9 @@ class Cache:
             pass
         where = f"key {key!r}"
         policy = Policy(
-            _validate.ttl_seconds(ttl, where), _validate.stale_seconds(stale_ttl, where)
+            _validate.ttl_seconds(ttl, where),
+            _validate.stale_seconds(stale_ttl, where),
+            self._fail_closed,
         )
         if len(self._policies) > 256:
             self._policies.clear()
@@ -288,9 +304,21 @@ class Cache:
         stale_ttl: Any = None,
         tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
         key: Callable[..., str] | None = None,
+        fail_closed: bool | None = None,
     ) -> CachedDecorator:
-        """Cache-aside decorator for ``def`` and ``async def``; ``ttl`` is mandatory."""
-        return make_cached(self._engine, ttl=ttl, stale_ttl=stale_ttl, tags=tags, key=key)
+        """Cache-aside decorator for ``def`` and ``async def``; ``ttl`` is mandatory.
+
+        ``fail_closed=True`` raises ``RedisUnavailable`` on a miss while Redis is unreachable,
+        instead of loading without the shared lease (default: the cache's ``fail_closed``).
+        """
+        return make_cached(
+            self._engine,
+            ttl=ttl,
+            stale_ttl=stale_ttl,
+            tags=tags,
+            key=key,
+            fail_closed=self._fail_closed if fail_closed is None else bool(fail_closed),
+        )
 
     def invalidates(self, target: Any, *, args: Mapper | None = None) -> Callable[[T], T]:
         """After the decorated writer returns without error, drop ``target(*args(...))``."""
@@ -405,6 +433,14 @@ class Cache:
     def stats(self) -> dict[str, Any]:
         """A snapshot of counters and latency percentiles; reading it changes nothing."""
         out = self._engine.stats()
+        backend = self._engine.backend
+        if backend is not None:
+            breaker = backend.breaker
+            out.update(
+                breaker_state=breaker.state,
+                breaker_opens=breaker.opens,
+                short_circuits=breaker.short_circuits,
+            )
         out["write_behind_pending"] = sum(len(q.pending) + len(q.busy) for q in self._queues)
         out["write_behind_dead_lettered"] = sum(q.totals.dead_lettered for q in self._queues)
         return out

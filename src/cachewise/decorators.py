@@ -136,6 +136,7 @@ def make_cached(
     stale_ttl: Any = None,
     tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
     key: Callable[..., str] | None = None,
+    fail_closed: bool = False,
 ) -> CachedDecorator:
     """Return the ``cached`` decorator; TTLs and options are checked here, at decoration time."""
     if callable(ttl) and not isinstance(ttl, (int, float)):
@@ -156,7 +157,9 @@ def make_cached(
             return type(fn)(decorate(fn.__func__))
         where = f"{fn.__module__}.{fn.__qualname__}"
         policy = Policy(
-            _validate.ttl_seconds(ttl, where), _validate.stale_seconds(stale_ttl, where)
+            _validate.ttl_seconds(ttl, where),
+            _validate.stale_seconds(stale_ttl, where),
+            fail_closed,
         )
         spec: Spec[Any] = Spec(engine, fn, policy, key, tags)
         wrapper = _cached_wrapper(spec, fn)

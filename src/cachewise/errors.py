@@ -13,6 +13,7 @@ __all__ = [
     "ConfigValueError",
     "KeyBuildError",
     "LoaderResultError",
+    "RedisUnavailable",
     "WriteBehindFull",
     "WriteBehindUnavailable",
 ]
@@ -52,3 +53,7 @@ class WriteBehindUnavailable(CacheError):
     Raised rather than logged: a write the caller believes queued but that was lost is the one
     failure write-behind exists to prevent.
     """
+
+
+class RedisUnavailable(CacheError):
+    """Redis could not be reached and the call is fail-closed: nothing was loaded or cached."""

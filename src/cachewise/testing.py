@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -46,19 +48,24 @@ class RedisServer:
     """
 
     def __init__(self, *extra: str, binary: str | None = None) -> None:
-        import redis
-
         path = binary or shutil.which("redis-server")
         if path is None:
             raise RuntimeError("redis-server is not installed")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="cachewise-redis-")
-        self.proc = subprocess.Popen(
-            [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.args = [
+            path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", self.dir, *extra,
+        ]  # fmt: skip
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._start()
+
+    def _start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         try:
@@ -80,8 +87,28 @@ class RedisServer:
 
         return redis.Redis(port=self.port)
 
+    def kill(self) -> None:
+        """SIGKILL the server (its pid): connections are refused until ``restart()``."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Start a new, empty server on the same port."""
+        self.kill()
+        self._start()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections hang (a network partition, a stuck host)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)  # a paused server cannot stop
             self.proc.terminate()
             try:
                 self.proc.wait(10)
