@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
 from typing import Any
 
 import msgpack
@@ -9,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cachewise import codec
 from cachewise.codec import FORMAT, Envelope, SerializationError, pack, unpack
 
 values = st.recursive(
@@ -59,3 +65,87 @@ def test_other_shapes_are_misses() -> None:
     for body in ({1: "v", 2: 1, 3: 2, 4: 3, 5: 4, 6: 5}, "abcdef", [FORMAT, "v", 1, 2, 3],
                  [FORMAT, "v", 1.5, 2, 3, []], [FORMAT, "v", 1, 2, 3, [1]]):  # fmt: skip
         assert unpack(msgpack.packb(body)) is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: tuple[int, ...]
+
+
+@dataclasses.dataclass
+class NotRegisteredAnywhere:
+    name: str
+
+
+ints = st.integers(-(2**63), 2**64 - 1)
+hashables = st.none() | st.booleans() | ints | st.text(max_size=5) | st.uuids()
+rich = st.recursive(
+    values
+    | st.datetimes(timezones=st.none() | st.timezones())
+    | st.dates() | st.times() | st.timedeltas()
+    | st.decimals(allow_nan=False) | st.uuids()
+    | st.builds(Point, ints, st.tuples(ints)),
+    lambda inner: st.tuples(inner, inner) | st.lists(inner, max_size=3)
+    | st.frozensets(hashables, max_size=3) | st.sets(hashables, max_size=3)
+    | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@given(rich)
+def test_supported_types_come_back_as_themselves(value: Any) -> None:
+    back = unpack(pack(Envelope(value, 1, 2, 3, ()), "k"))
+    assert back is not None
+    assert back.value == value
+    assert _types(back.value) == _types(value)
+
+
+def _types(value: Any) -> Any:
+    """The type tree of a value, to tell a tuple from a list, a set from a frozenset."""
+    if isinstance(value, (list, tuple)):
+        return (type(value), [_types(v) for v in value])
+    if isinstance(value, dict):
+        return (dict, sorted((repr(k), repr(_types(v))) for k, v in value.items()))
+    return type(value)
+
+
+def test_time_zones_and_precision_survive() -> None:
+    when = datetime.datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)
+    money = decimal.Decimal("10.005")
+    back = unpack(pack(Envelope([when, money], 1, 2, 3, ()), "k"))
+    assert back is not None and back.value == [when, money]
+    assert back.value[0].tzinfo == datetime.timezone.utc and str(back.value[1]) == "10.005"
+
+
+def test_subclasses_of_builtins_come_back_as_the_builtin() -> None:
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    value = {"level": Level.HIGH, "order": collections.OrderedDict(a=1)}
+    back = unpack(pack(Envelope(value, 1, 2, 3, ()), "k"))
+    assert back is not None and back.value == {"level": 3, "order": {"a": 1}}
+    assert type(back.value["level"]) is int
+
+
+def test_a_dataclass_this_process_does_not_know_is_a_miss() -> None:
+    raw = pack(Envelope(NotRegisteredAnywhere("x"), 1, 2, 3, ()), "k")
+    assert unpack(raw) is not None  # encoding registered it here
+    codec._DATACLASSES.pop(f"{__name__}.NotRegisteredAnywhere")
+    assert unpack(raw) is None  # another process, which never imported it: a miss
+    codec.register_dataclass(NotRegisteredAnywhere)
+    assert unpack(raw) == Envelope(NotRegisteredAnywhere("x"), 1, 2, 3, ())
+    with pytest.raises(TypeError, match="takes a dataclass"):
+        codec.register_dataclass(int)
+
+
+@given(st.binary(max_size=60), st.integers(0, 127))
+def test_any_extension_bytes_decode_or_miss(data: bytes, code: int) -> None:
+    raw = msgpack.packb([FORMAT, msgpack.ExtType(code, data), 1, 2, 3, []])
+    result = unpack(raw)
+    assert result is None or isinstance(result, Envelope)
+
+
+def test_huge_integers_are_a_clear_error() -> None:
+    with pytest.raises(SerializationError, match="integer outside"):
+        pack(Envelope({"n": 2**70}, 1, 2, 3, ()), "k")

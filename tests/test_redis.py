@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 
 from cachewise import Cache, CacheError, ConfigTypeError, ConfigValueError, InvalidationEvent
 
+from . import _workers
 from .conftest import Gate, in_thread
 from .test_concurrency import wait_until
 
@@ -497,3 +501,59 @@ def test_a_sentinel_master_given_as_a_pair(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_values_over_the_size_limit_stay_in_this_process(make_cache: MakeCache) -> None:
+    a, b = make_cache(max_value_bytes=10_000), listening(make_cache(max_value_bytes=10_000))
+    big = "x" * 20_000
+    a.set("k", "small", ttl=60)
+    assert b.get("k") == "small"
+    assert a.get_or_load("big", lambda: big, ttl=60) == big  # the caller gets it
+    assert a.get("big") == big  # and this L1 keeps it
+    assert b.get("big") is None  # but Redis does not
+    a.set("k", big, ttl=60)  # an older shared copy must not survive the new value
+    wait_until(lambda: b.get("k") is None)
+    assert a.stats()["oversize_values"] == 2
+    with pytest.raises(CacheError, match="max_value_bytes"):
+
+        @a.cached(ttl=60)
+        def row(x: int) -> str:
+            return ""
+
+        a.write_behind(row, args=lambda x, v: x, value=lambda x, v: v)(_workers.store_row)(1, big)
+
+
+def test_large_values_travel_without_the_event(make_cache: MakeCache) -> None:
+    a, b = make_cache(), listening(make_cache())
+    b.set("k", "old", ttl=60)
+    large = {"blob": "y" * 100_000}  # over the event's limit, under the value limit
+    a.set("k", large, ttl=60)
+    wait_until(lambda: b._engine.l1.held(f"{b.namespace}:k") is None)  # copy dropped
+    assert b.get("k") == large  # read from Redis instead
+
+
+def test_undecodable_bytes_are_logged_once_per_key(
+    make_cache: MakeCache, redis_server: Any, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache(l1_maxsize=0)
+    redis_server.client().set(f"{namespace}:bad", b"\xc1 not msgpack", px=60_000)
+    for _ in range(3):
+        assert cache.get("bad") is None
+    warnings = [r for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(warnings) == 1 and cache.stats()["decode_errors"] == 3
+    assert cache.get_or_load("bad", lambda: "fixed", ttl=60) == "fixed"  # overwritten
+    assert cache.get("bad") == "fixed"
+
+
+def test_rich_values_survive_the_shared_tier(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    value = {
+        "point": (1, 2),
+        "tags": {"a", "b"},
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+        "price": decimal.Decimal("9.99"),
+        "id": uuid.UUID(int=7),
+        "raw": b"\x00\x01",
+    }
+    a.set("k", value, ttl=60)
+    assert b.get("k") == value and type(b.get("k")["point"]) is tuple

@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from cachewise.testing import free_port
 
 from . import _workers
 from .conftest import Gate, in_thread
+from .test_concurrency import wait_until
 
 ctx = multiprocessing.get_context("spawn")
 
@@ -279,3 +281,22 @@ def test_write_through_with_redis_wins_over_a_slow_load_and_failure_drops(
         save(1, "bad")
     assert not rows.client.exists(get_row.key(1))  # dropped, not half-updated
     assert cache._engine.l1.held(get_row.key(1)) is None
+
+
+def test_a_write_claimed_late_never_overwrites_a_newer_one(rows: Rows) -> None:
+    first, _, save = rows.cache(write_behind_claim_idle=1.0)
+    stuck = threading.Event()
+    _workers._store["blocking"] = {"v0": stuck}
+    try:
+        save(0, "v0")
+        wait_until(lambda: bool(first._queues[0].busy))  # its flusher is stuck writing v0
+        save(0, "v1")
+        # The first flusher stalls past its lease (as a paused process would): another takes
+        # over, writes v1 at once, and claims v0 only once it has been idle for claim_idle.
+        rows.client.delete(f"{rows.ns}#wbflusher:tests._workers.store_row")
+        heir, _, _ = rows.cache(write_behind_claim_idle=1.0)
+        heir.flush(timeout=20)
+        assert rows.rows() == {0: "v1"} and rows.log(0) == ["v1"]
+        assert rows.client.xlen(rows.stream) == 0  # v0 was claimed and acknowledged, unwritten
+    finally:
+        stuck.set()

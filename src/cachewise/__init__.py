@@ -25,6 +25,7 @@ from .errors import (
     KeyBuildError,
     LoaderResultError,
     RedisUnavailable,
+    ValueTooLarge,
     WriteBehindFull,
     WriteBehindUnavailable,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "KeyBuildError",
     "LoaderResultError",
     "RedisUnavailable",
+    "ValueTooLarge",
     "WriteBehindFull",
     "WriteBehindUnavailable",
     "WriteCall",

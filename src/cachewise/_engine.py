@@ -56,6 +56,9 @@ log = logging.getLogger("cachewise")
 #: A script call: its name in ``_lua``, its keys, its arguments.
 StoreCall = tuple[str, list[str], list[Any]]
 
+#: Values up to this size travel with their fill event; larger ones are read from Redis.
+EVENT_VALUE_LIMIT = 64 * 1024
+
 _UNREAD: Any = object()  # Redis not read yet
 _NO_REDIS: Any = object()  # Redis failed: go on without it
 
@@ -138,6 +141,7 @@ class Engine:
         backend: RedisBackend | None = None,
         lease_ttl: float = 2.0,
         lease_wait_timeout: float = 10.0,
+        max_value_bytes: int = 1_000_000,
     ) -> None:
         self.namespace = namespace
         self.prefix = f"{namespace}:" if namespace else ""
@@ -161,6 +165,8 @@ class Engine:
         #: falls back to the store's old value while the write is queued.
         self.pinned: dict[str, tuple[Target, Any, Policy]] = {}
         self._last_redis_log = 0.0
+        self._logged: dict[str, float] = {}
+        self.max_value_bytes = max_value_bytes
         #: Invalidations (and writes, which invalidate) that could not reach Redis: sent when it
         #: answers again, so other processes and L2 do not keep what this process dropped.
         self.backlog_keys: set[str] = set()
@@ -284,15 +290,42 @@ class Engine:
         env = self._envelope(entry)
         packed = codec.pack(env, where)
         key = entry.full_key
+        if len(packed) > self.max_value_bytes:
+            # Too large to share: kept in this process only, and no older copy stays shared.
+            self.counts["oversize_values"] += 1
+            self._log_once(
+                key, "value of %s is %d bytes (max_value_bytes=%d): not stored in Redis",
+                key, len(packed), self.max_value_bytes,
+            )  # fmt: skip
+            return self._drop_call([key])
         keys = [key, backend.lease_key(key), *(backend.tag_key(t) for t in entry.tags)]
-        args = [
-            token,
-            packed,
-            env.stale_until_ms,
-            backend.channel,
-            backend.message("f", key, packed),
-        ]
+        # Other processes replace their copy from the event; past a size, they drop it instead
+        # (and read Redis if they need it), so large values do not flood every subscriber.
+        event = (
+            backend.message("f", key, packed)
+            if len(packed) <= EVENT_VALUE_LIMIT
+            else backend.message("f", key)
+        )
+        args = [token, packed, env.stale_until_ms, backend.channel, event]
         return "store", keys, args
+
+    def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:
+        """The INVALIDATE script call for full keys and tags."""
+        backend = self.backend
+        assert backend is not None
+        tags = tags or []
+        message = backend.message("i", keys, tags)
+        return "invalidate", keys, [backend.namespace, backend.channel, message, *tags]
+
+    def _log_once(self, key: str, message: str, *args: Any) -> None:
+        """Log a warning about ``key`` at most once a minute (bounded memory)."""
+        now = time.monotonic()
+        if now - self._logged.get(key, -60.0) < 60.0:
+            return
+        if len(self._logged) > 1000:
+            self._logged.clear()
+        self._logged[key] = now
+        log.warning("cachewise: " + message, *args)
 
     def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
         """The local entry of a shared one: it never outlives the Redis key it came from."""
@@ -311,10 +344,14 @@ class Engine:
             tags=env.tags,
         )
 
-    def _decode(self, raw: Any, count: bool = True) -> codec.Envelope | None:
+    def _decode(self, raw: Any, count: bool = True, key: str = "") -> codec.Envelope | None:
         env = codec.unpack(raw)
         if count and raw is not None and env is None:
             self.counts["decode_errors"] += 1  # a miss; the next fill overwrites it
+            self._log_once(
+                key, "undecodable entry %s in Redis (a miss; the next load overwrites it)",
+                key or "(unnamed)",
+            )  # fmt: skip
         return env
 
     # -- loading --------------------------------------------------------------------------------
@@ -450,7 +487,7 @@ class Engine:
             raise
         if raw is _NO_REDIS:
             return raw
-        env = self._decode(raw)
+        env = self._decode(raw, key=target.full_key)
         if env is not None and not self._take_fresh(flight, target, env):
             yield from self._use_l2(flight, target, loader, policy, env)
         return raw
@@ -473,7 +510,7 @@ class Engine:
         if raw is _NO_REDIS:
             yield from self._load_unshared(flight, target, loader, policy)
             return
-        env = self._decode(raw, count=not prefetched)
+        env = self._decode(raw, count=not prefetched, key=key)
         if (yield from self._use_l2(flight, target, loader, policy, env, refreshing)):
             return
         refresh = refreshing is not None
@@ -560,6 +597,7 @@ class Engine:
         self.load_latency.add(took)
         try:
             stored = yield from self._script(*store)
+            stored = stored if store[0] == "store" else 1  # too large to share: kept here
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             stored = 1  # fail open: keep it in this process
@@ -621,12 +659,7 @@ class Engine:
             if overflow:
                 yield RedisCall(backend, "publish", backend.channel, backend.message("r"))
             if keys or tags:
-                yield RunScript(
-                    backend,
-                    "invalidate",
-                    keys,
-                    [backend.namespace, backend.channel, backend.message("i", keys, tags), *tags],
-                )
+                yield RunScript(backend, *self._drop_call(keys, tags))
             self.counts["outage_invalidations_sent"] += len(keys) + len(tags)
         except REDIS_ERRORS:
             self._remember(keys, tags)  # try again with the next call
@@ -893,7 +926,10 @@ class Engine:
             ]
             try:
                 replies = yield RunPipeline(backend, calls)
-                stored = {key: int(reply) for key, reply in zip(entries, replies, strict=True)}
+                stored = {
+                    key: int(reply) if call[0] == "store" else 1
+                    for key, call, reply in zip(entries, calls, replies, strict=True)
+                }
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
         for key, flight in flights.items():
@@ -951,7 +987,7 @@ class Engine:
                 continue
             env = unpack(raw)
             if env is None:
-                self.counts["decode_errors"] += 1
+                self._decode(raw, key=prefix + key)  # counts and logs it
             elif now_ms < env.fresh_until_ms:
                 found[key] = env.value
                 fresh.append((key, env))
@@ -1046,12 +1082,7 @@ class Engine:
         if backend is not None:
             try:
                 yield from self._ensure_backend()
-                extra = yield from self._script(
-                    "invalidate",
-                    list(keys),
-                    [backend.namespace, backend.channel, backend.message("i", keys, list(tags)),
-                     *tags],
-                )  # fmt: skip
+                extra = yield from self._script(*self._drop_call(list(keys), list(tags)))
                 keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
@@ -1083,7 +1114,7 @@ class Engine:
             "stale_served", "coalesced_waits", "wait_timeouts", "sets", "invalidations",
             "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused", "redis_errors",
             "decode_errors", "invalidations_received", "l1_flushes", "pending_writes_read",
-            "loads_without_redis", "outage_invalidations_sent",
+            "loads_without_redis", "outage_invalidations_sent", "oversize_values",
         ]  # fmt: skip
         out: dict[str, Any] = {name: counts.get(name, 0) for name in names}
         out.update(

@@ -5,7 +5,8 @@ namespace's keys can reach into another's): values live at ``ns:<key>``; what th
 about them lives under ``ns#``: the lease of a value at ``ns#lease:<key>``, the index of a tag at
 ``ns#tag:<tag>``, a write-behind write not yet in the store at ``ns#wbpending:<key>``; a
 write-behind writer's queue is the stream ``ns#wb:<writer>``, its dead letters
-``ns#wbdead:<writer>``, the lease of the process that flushes it ``ns#wbflusher:<writer>``;
+``ns#wbdead:<writer>``, the lease of the process that flushes it ``ns#wbflusher:<writer>``, its
+newest write per key ``ns#wbnewest:<writer>``;
 events go to the channel ``ns#events``. Every key written has an expiry.
 
 These scripts build lease keys from value keys, which a Redis Cluster would refuse (a script must
@@ -69,24 +70,26 @@ end
 STORE = _STORE_FN + "return store(0)"
 
 # A write-behind call, atomically: append the write to the writer's stream, record it as the
-# key's pending write (readers use it until the store has it), then STORE the new value.
-# KEYS: stream, pending, then STORE's keys. ARGV: STORE's five, cache key, packed call,
-# retention_ms (the stream and the pending record expire after it; each write renews it).
-# Returns the pending record's id ("<stream>|<entry id>").
-ENQUEUE = (
-    _STORE_FN
-    + """
+# key's pending write (readers use it until the store has it) and as this writer's newest write
+# to the key (its flusher skips older ones), then STORE the new value.
+# KEYS: stream, pending, newest (the writer's hash of key -> entry id), then STORE's keys.
+# ARGV: STORE's five, cache key, packed call, retention_ms (the stream, the pending record and
+# the hash expire after it; each write renews it). Returns the pending record's id.
+_ENQUEUE_BODY = """
 local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[6], 'a', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 local mine = KEYS[1] .. '|' .. id
 redis.call('HSET', KEYS[2], 'id', mine, 'v', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-store(2)
+redis.call('HSET', KEYS[3], ARGV[6], id)
+redis.call('PEXPIRE', KEYS[3], ARGV[8])
+store(3)
 return mine
 """
-)
+ENQUEUE = _STORE_FN + _ENQUEUE_BODY
 
-# After a flush of one coalesced write. KEYS: stream, pending, value, lease, dead-letter stream.
+# After a flush of one coalesced write. KEYS: stream, pending, value, lease, dead-letter stream,
+# the writer's newest-write hash.
 # ARGV: group, pending id, outcome ("ok" | "dead" | "drop"), channel, message, retention_ms,
 # cache key, packed call, error, attempts, then the stream ids the write stands for.
 # Acks and deletes those ids; a dead write goes to the dead-letter stream. The pending record is
@@ -99,6 +102,7 @@ for i = 11, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
   redis.call('XDEL', KEYS[1], unpack(ids))
+  if redis.call('HGET', KEYS[6], ARGV[7]) == ids[#ids] then redis.call('HDEL', KEYS[6], ARGV[7]) end
 end
 if ARGV[3] == 'dead' then
   redis.call('XADD', KEYS[5], '*', 'k', ARGV[7], 'a', ARGV[8], 'e', ARGV[9], 'n', ARGV[10])
@@ -111,14 +115,6 @@ if ARGV[3] == 'drop' or (ARGV[3] == 'dead' and mine) then
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return 1
-"""
-
-# KEYS: pending records. Returns the id of each (false where there is none): a flusher skips a
-# write whose key already has a newer pending write of the same writer (coalescing across batches).
-LATEST = """
-local ids = {}
-for i = 1, #KEYS do ids[i] = redis.call('HGET', KEYS[i], 'id') end
-return ids
 """
 
 # KEYS: stream. ARGV: group, retention_ms. Creates the consumer group (and the stream) if

@@ -133,7 +133,6 @@ _SCRIPTS = {
     "settle": _lua.SETTLE,
     "group": _lua.GROUP,
     "replay": _lua.REPLAY,
-    "latest": _lua.LATEST,
 }
 
 #: Connection settings carried from a given client to the twin cachewise builds for it.

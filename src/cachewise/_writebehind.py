@@ -32,12 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import msgpack
-
 from . import codec
 from ._drivers import Invoke, Op, Plan, Spawn, run_async, run_sync
 from ._redis import REDIS_ERRORS, CircuitOpen, RedisBackend, RedisCall, RunPipeline, RunScript
-from .errors import ConfigValueError, WriteBehindFull
+from .errors import ConfigValueError, ValueTooLarge, WriteBehindFull
 
 if TYPE_CHECKING:
     from ._engine import Engine, StoreCall
@@ -536,15 +534,12 @@ def stream_name(fn: Callable[..., Any]) -> str:
 
 
 def pack_call(call: WriteCall, where: str) -> bytes:
-    try:
-        return msgpack.packb([list(call.args), call.kwargs], use_bin_type=True)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError):
-        codec.pack_value(list(call.args) + list(call.kwargs.values()), f"the arguments of {where}")
-        raise
+    """A writer's arguments as stored in the stream (the values' codec: tuples stay tuples)."""
+    return codec.pack_value([list(call.args), call.kwargs], f"the arguments of {where}")
 
 
 def unpack_call(raw: bytes) -> WriteCall:
-    args, kwargs = msgpack.unpackb(raw, strict_map_key=False)
+    args, kwargs = codec.unpack_value(raw)
     return WriteCall(tuple(args), dict(kwargs))
 
 
@@ -568,6 +563,7 @@ class StreamQueue(WriteBehindQueue):
         self.stream = f"{ns}#wb:{self.where}"
         self.dead_stream = f"{ns}#wbdead:{self.where}"
         self.lease = f"{ns}#wbflusher:{self.where}"
+        self.newest = f"{ns}#wbnewest:{self.where}"
         self.token = secrets.token_hex(8)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
         self.leading = False
@@ -582,10 +578,15 @@ class StreamQueue(WriteBehindQueue):
         packed = pack_call(call, self.where)  # raises before anything is stored
 
         def build(store: StoreCall) -> StoreCall:
-            _, keys, args = store
+            name, keys, args = store
+            if name != "store":
+                raise ValueTooLarge(
+                    f"the value written behind by {self.where} is over max_value_bytes: a "
+                    "durable write needs it in Redis until the store has it; nothing was queued"
+                )
             return (
                 "enqueue",
-                [self.stream, self.backend.pending_key(key), *keys],
+                [self.stream, self.backend.pending_key(key), self.newest, *keys],
                 [*args, key, packed, self.retention_ms],
             )
 
@@ -631,25 +632,22 @@ class StreamQueue(WriteBehindQueue):
         log.warning("cachewise: lost the write-behind lease of %s", self.where)
 
     def _superseded(self, batch: list[PendingWrite]) -> Plan[set[str]]:
-        """Keys whose pending record names a newer write of this writer: that write is still in
-        the stream and will land, so this one is acknowledged without a store call."""
+        """Keys whose write is not this writer's newest to that key: a newer one is queued (and
+        will land), or has landed already (this one was claimed late, or delivered again). They
+        are acknowledged without a store call, so a key's store never goes back in time."""
         mine = [item for item in batch if item.ids and not item.replay]
         if not mine:
             return set()
         try:
-            latest = yield RunScript(
-                self.backend, "latest", [self.backend.pending_key(i.key) for i in mine], []
-            )
+            newest = yield RedisCall(self.backend, "hmget", self.newest, [i.key for i in mine])
         except REDIS_ERRORS as exc:
             self._redis_trouble(exc)
             return set()
-        prefix = f"{self.stream}|"
-        skipped = set()
-        for item, newest in zip(mine, latest, strict=True):
-            newest = _text(newest) if newest else ""
-            if newest.startswith(prefix) and newest != prefix + item.ids[-1]:
-                skipped.add(item.key)
-        return skipped
+        return {
+            item.key
+            for item, last in zip(mine, newest, strict=True)
+            if last is None or _text(last) != item.ids[-1]
+        }
 
     def _refill(self, version: int, wait: float) -> Plan[None]:
         """Lead the stream, claim what a dead flusher left, and read new writes (blocking in
@@ -754,6 +752,7 @@ class StreamQueue(WriteBehindQueue):
                         item.key,
                         backend.lease_key(item.key),
                         self.dead_stream,
+                        self.newest,
                     ],
                     [
                         self.GROUP,

@@ -78,6 +78,7 @@ class Cache:
         breaker_threshold: int = 5,
         breaker_reset: float = 1.0,
         fail_closed: bool = False,
+        max_value_bytes: int = 1_000_000,
     ) -> None:
         if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
             raise ConfigValueError(
@@ -128,6 +129,7 @@ class Cache:
             backend=backend,
             lease_ttl=float(lease_ttl),
             lease_wait_timeout=float(lease_wait_timeout),
+            max_value_bytes=max(1, _validate.non_negative_int(max_value_bytes, "max_value_bytes")),
         )
         self._write_options = WriteBehindOptions(
             maxsize=write_behind_maxsize,

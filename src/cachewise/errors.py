@@ -14,6 +14,7 @@ __all__ = [
     "KeyBuildError",
     "LoaderResultError",
     "RedisUnavailable",
+    "ValueTooLarge",
     "WriteBehindFull",
     "WriteBehindUnavailable",
 ]
@@ -57,3 +58,7 @@ class WriteBehindUnavailable(CacheError):
 
 class RedisUnavailable(CacheError):
     """Redis could not be reached and the call is fail-closed: nothing was loaded or cached."""
+
+
+class ValueTooLarge(CacheError, ValueError):
+    """A value over ``max_value_bytes`` where it must be shared (a durable write-behind)."""
