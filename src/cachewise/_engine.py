@@ -50,6 +50,8 @@ from ._redis import (
 )
 from .core import Decision, Entry
 from .errors import ConfigTypeError, LoaderResultError, RedisUnavailable
+from .keys import MAX_ARGS_CHARS
+from .keys import explicit as explicit_key
 
 log = logging.getLogger("cachewise")
 
@@ -179,7 +181,7 @@ class Engine:
     # -- small helpers --------------------------------------------------------------------------
 
     def explicit_target(self, key: str) -> Target:
-        return Target(self.explicit, key, self.prefix + key, key)
+        return Target(self.explicit, key, self.prefix + explicit_key(key), key)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a strong reference to a task the engine started until it ends."""
@@ -972,22 +974,26 @@ class Engine:
         try:
             if backend.listener is None or backend.setup_due() or self.backlog_due():
                 yield from self._ensure_backend()
+            names = [
+                prefix + (k if len(k) <= MAX_ARGS_CHARS and k[0] != "#" else explicit_key(k))
+                for k in rest
+            ]  # explicit_key(k), inlined for the common case
             if len(rest) == 1:  # GET: a one-key MGET costs redis-py noticeably more
-                raws = [(yield RedisCall(backend, "get", prefix + rest[0]))]
+                raws = [(yield RedisCall(backend, "get", names[0]))]
             else:
-                raws = yield RedisCall(backend, "mget", [prefix + key for key in rest])
+                raws = yield RedisCall(backend, "mget", names)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return found
         now_ms = backend.server_now_ms()
         unpack = codec.unpack
         fresh: list[tuple[str, codec.Envelope]] = []
-        for key, raw in zip(rest, raws, strict=True):
+        for key, name, raw in zip(rest, names, raws, strict=True):
             if raw is None:
                 continue
             env = unpack(raw)
             if env is None:
-                self._decode(raw, key=prefix + key)  # counts and logs it
+                self._decode(raw, key=name)  # counts and logs it
             elif now_ms < env.fresh_until_ms:
                 found[key] = env.value
                 fresh.append((key, env))

@@ -125,6 +125,14 @@ def _plain_text(values: tuple[Any, ...]) -> str | None:
     return _shorten("[" + ",".join(parts) + "]")
 
 
+def explicit(key: str) -> str:
+    """The Redis form of an explicit key: itself, or its SHA-256 when it is long or starts with
+    ``#`` (so that no key given as is can equal the hashed form of another)."""
+    if len(key) <= MAX_ARGS_CHARS and key[0] != "#":
+        return key
+    return "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _shorten(text: str) -> str:
     if len(text) <= MAX_ARGS_CHARS:
         return text
