@@ -12,46 +12,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import errors
 from ._engine import InvalidationEvent
 from ._writebehind import DeadLetter, FlushReport, WriteCall
 from ._writes import WriterArgumentError
 from .cache import Cache
 from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
-from .errors import (
-    CacheError,
-    ConfigError,
-    ConfigTypeError,
-    ConfigValueError,
-    KeyBuildError,
-    LoaderResultError,
-    RedisUnavailable,
-    ValueTooLarge,
-    WriteBehindFull,
-    WriteBehindUnavailable,
-)
+from .errors import *  # noqa: F403  (every error type is public; errors.__all__ lists them)
 
 __all__ = [
     "AsyncCachedFunction",
     "Cache",
-    "CacheError",
     "CachedFunction",
-    "ConfigError",
-    "ConfigTypeError",
-    "ConfigValueError",
     "DeadLetter",
     "FlushReport",
     "InvalidationEvent",
-    "KeyBuildError",
-    "LoaderResultError",
-    "RedisUnavailable",
-    "ValueTooLarge",
-    "WriteBehindFull",
-    "WriteBehindUnavailable",
     "WriteCall",
     "WriterArgumentError",
     "cached",
     "configure",
     "default_cache",
+    *errors.__all__,
 ]
 
 __version__ = "0.1.0.dev0"
