@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -27,9 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cachetools
-
 import cachewise
+import peers
 from _method import Rounds, ainterleaved, interleaved, percentile, ratio, summarize
 from cachewise import Cache
 from cachewise.testing import task_herd, thread_herd
@@ -53,9 +53,26 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "cachewise": cachewise.__version__,
-        "cachetools": cachetools.__version__ if hasattr(cachetools, "__version__") else "?",
+        **{
+            name: _version(name)
+            for name in (
+                "cachetools",
+                "redis",
+                "msgpack",
+                "dogpile.cache",
+                "cashews",
+                "aiocache",
+            )
+        },
         "commit": _git("rev-parse", "--short", "HEAD"),
     }
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _git(*args: str) -> str:
@@ -76,22 +93,14 @@ def _sync_hit_variants() -> dict[str, Callable[[int], int]]:
     def dict_floor(x: int) -> int:
         return table[x]
 
-    cache = Cache(namespace="bench")
-
-    @cache.cached(ttl=3600)
-    def cw(x: int) -> int:
-        return x
-
-    @cachetools.cached(cachetools.TTLCache(maxsize=10_000, ttl=3600))
-    def ct(x: int) -> int:
-        return x
-
-    cw(1), ct(1)
-    return {"dict floor": dict_floor, "cachewise @cached": cw, "cachetools TTLCache": ct}
+    return {"dict floor": dict_floor, **peers.sync_variants()}
 
 
 def _time_sync(fn: Callable[[int], int], number: int) -> float:
-    """Seconds per call, the timing loop's own cost subtracted."""
+    """Seconds per call, the timing loop's own cost subtracted. Slow peers get fewer calls
+    (about 0.2 s of them), so every variant is timed for a similar while."""
+    probe = timeit.Timer("fn(1)", globals={"fn": fn}).timeit(100) / 100
+    number = max(200, min(number, int(0.2 / max(probe, 1e-9))))
     call = timeit.Timer("fn(1)", globals={"fn": fn}).timeit(number)
     empty = timeit.Timer("pass").timeit(number)
     return max(call - empty, 1e-12) / number
@@ -103,17 +112,15 @@ async def _async_hit_variants() -> dict[str, Callable[[int], Any]]:
     async def async_dict_floor(x: int) -> int:
         return table[x]
 
-    cache = Cache(namespace="bench-async")
-
-    @cache.cached(ttl=3600)
-    async def cw(x: int) -> int:
-        return x
-
-    await cw(1)
-    return {"async dict floor": async_dict_floor, "cachewise @cached (async)": cw}
+    return {"async dict floor": async_dict_floor, **(await peers.async_variants())}
 
 
 async def _time_async(fn: Callable[[int], Any], number: int) -> float:
+    started = time.perf_counter()
+    for _ in range(100):
+        await fn(1)
+    probe = (time.perf_counter() - started) / 100
+    number = max(200, min(number, int(0.2 / max(probe, 1e-9))))
     started = time.perf_counter()
     for _ in range(number):
         await fn(1)
@@ -139,6 +146,16 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
         "sync hit / cachetools TTLCache hit": ratio(
             per_round, "cachewise @cached", "cachetools TTLCache"
         ),
+        **{
+            f"{name} / cachewise": ratio(per_round, name, "cachewise @cached")
+            for name in per_round[0]
+            if name not in ("dict floor", "cachewise @cached")
+        },
+        **{
+            f"{name} / cachewise (async)": ratio(async_per_round, name, "cachewise @cached (async)")
+            for name in async_per_round[0]
+            if name not in ("async dict floor", "cachewise @cached (async)")
+        },
         "async hit / async dict floor": ratio(
             async_per_round, "cachewise @cached (async)", "async dict floor"
         ),
@@ -263,9 +280,46 @@ def report(data: dict[str, Any]) -> str:
     for label, s, limit in targets:
         lines.append(f"| {label} | {_fmt(s)} | ≤ {limit} | "
                      f"{_verdict(s['median'] <= limit)} |")  # fmt: skip
-    lines += ["", "Median ns per call in this run (for orientation only; compare the ratios): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in hits["ns_per_call_median"].items()) + ".",
-              ""]  # fmt: skip
+    lines += [
+        "",
+        "### Hit cost beside the peers (same rounds; a peer's time / cachewise's, so > 1 is "
+        "slower than cachewise)",
+        "",
+        "| library | TTL | median ns per call | peer / cachewise, median (min..max) |",
+        "| --- | --- | --- | --- |",
+    ]
+    ns = hits["ns_per_call_median"]
+    lowest = True
+    for name, has_ttl in peers.HAS_TTL.items():
+        is_async = name in peers.ASYNC
+        own = "cachewise @cached (async)" if is_async else "cachewise @cached"
+        if name == own:
+            cell = "1 (itself)"
+        else:
+            s_ = r[f"{name} / cachewise" + (" (async)" if is_async else "")]
+            cell = _fmt(s_)
+            lowest = lowest and (not has_ttl or s_["median"] > 1)
+        lines.append(f"| {name} | {'yes' if has_ttl else 'no'} | {ns[name]:.0f} | {cell} |")
+    for name, reason in peers.NOT_APPLICABLE.items():
+        lines.append(f"| {name} | | n/a | {reason} |")
+    lines += [
+        "",
+        f"Lowest hit cost of every library with a TTL, sync and async: {_verdict(lowest)}. "
+        "`functools.lru_cache` has no TTL and is shown for orientation.",
+        "",
+    ]
+    memory = data.get("memory")
+    if memory:
+        lines += [
+            "### Memory per cached entry in L1 (tracemalloc, 100,000 entries, value `None`)",
+            "",
+            "| library | bytes per entry |",
+            "| --- | --- |",
+            *(f"| {name} | {size:.0f} |" for name, size in memory.items()),
+            "",
+            "![Hit cost per library](img/hit_cost.png)",
+            "",
+        ]
     lines += [
         f"### Cold key, 50 ms loader ({next(iter(stampede.values()))['rounds']} rounds each)",
         "",
@@ -398,6 +452,33 @@ def writes_report(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def charts(data: dict[str, Any]) -> None:
+    """PNG charts of the main figures, for docs/benchmarks.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = ROOT / "docs" / "img"
+    out.mkdir(exist_ok=True)
+    ns = data["hits"]["ns_per_call_median"]
+    names = [n for n in peers.HAS_TTL if n in ns]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.barh(names, [ns[n] for n in names], color=["#2b7" if "cachewise" in n else "#889"
+                                                      for n in names])  # fmt: skip
+    left.set_xscale("log")
+    left.set_xlabel("ns per hit, median (log scale; lower is better)")
+    left.invert_yaxis()
+    memory = data["memory"]
+    right.barh(list(memory), list(memory.values()),
+               color=["#2b7" if "cachewise" in n else "#889" for n in memory])  # fmt: skip
+    right.set_xlabel("bytes per cached entry (100k entries)")
+    right.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out / "hit_cost.png", dpi=90)
+    plt.close(fig)
+
+
 def write_docs(section: str) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     header = (
@@ -421,13 +502,17 @@ def main() -> int:
     hits = bench_hits(rounds, number)
     print(f"cold-key stampede: {stampede_rounds} rounds ...", flush=True)
     stampede = bench_stampede(stampede_rounds, 0.05)
+    print("memory per entry ...", flush=True)
+    memory = peers.memory_per_entry(20_000 if args.quick else 100_000)
     data = {
         "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "bash scripts/bench.sh" + (" --quick" if args.quick else ""),
         "machine": machine(),
         "hits": hits,
         "stampede": stampede,
+        "memory": memory,
     }
+    charts(data)
     section = report(data)
     import redis_tier
     import writes

@@ -1,0 +1,214 @@
+"""In-process peers, used through their documented APIs: hit cost beside cachewise, and memory
+per cached entry (tracemalloc) at 100k entries.
+
+Peers without a TTL (``functools.lru_cache``) are shown for orientation; the target compares
+libraries that expire entries. A peer that has no API for a scenario is an n/a row with the
+reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import cachetools
+
+from cachewise import Cache
+
+#: Which hit-cost rows expire entries (the target compares only these).
+HAS_TTL = {
+    "cachewise @cached": True,
+    "cachetools TTLCache": True,
+    "dogpile.cache memory region": True,
+    "functools.lru_cache (no TTL)": False,
+    "cachewise @cached (async)": True,
+    "cashews mem:// @cache": True,
+    "aiocache SimpleMemoryCache @cached": True,
+}
+
+ASYNC = {"cachewise @cached (async)", "cashews mem:// @cache", "aiocache SimpleMemoryCache @cached"}
+
+NOT_APPLICABLE = {
+    "dogpile.cache (async)": "dogpile.cache has no asyncio API",
+    "cashews (sync)": "cashews decorates async functions only",
+    "aiocache (sync)": "aiocache decorates async functions only",
+    "functools.lru_cache (async)": "lru_cache would cache the coroutine object, not its result",
+}
+
+
+def sync_variants() -> dict[str, Callable[[int], Any]]:
+    from dogpile.cache import make_region
+
+    cache = Cache(namespace="bench-peers")
+
+    @cache.cached(ttl=3600)
+    def cw(x: int) -> int:
+        return x
+
+    @cachetools.cached(cachetools.TTLCache(maxsize=10_000, ttl=3600))
+    def ct(x: int) -> int:
+        return x
+
+    region = make_region().configure("dogpile.cache.memory", expiration_time=3600)
+
+    @region.cache_on_arguments()
+    def dp(x: int) -> int:
+        return x
+
+    @functools.lru_cache(maxsize=10_000)
+    def lru(x: int) -> int:
+        return x
+
+    variants = {
+        "cachewise @cached": cw,
+        "cachetools TTLCache": ct,
+        "dogpile.cache memory region": dp,
+        "functools.lru_cache (no TTL)": lru,
+    }
+    for fn in variants.values():
+        fn(1)
+    return variants
+
+
+async def async_variants() -> dict[str, Callable[[int], Any]]:
+    from aiocache import Cache as AioCache
+    from aiocache import cached as aio_cached
+    from cashews import Cache as Cashews
+
+    cache = Cache(namespace="bench-peers-async")
+
+    @cache.cached(ttl=3600)
+    async def cw(x: int) -> int:
+        return x
+
+    cashews = Cashews()
+    cashews.setup("mem://")
+
+    @cashews(ttl=3600)
+    async def cs(x: int) -> int:
+        return x
+
+    @aio_cached(ttl=3600, cache=AioCache.MEMORY)
+    async def aio(x: int) -> int:
+        return x
+
+    variants = {
+        "cachewise @cached (async)": cw,
+        "cashews mem:// @cache": cs,
+        "aiocache SimpleMemoryCache @cached": aio,
+    }
+    for fn in variants.values():
+        await fn(1)
+    return variants
+
+
+# -- memory per entry ---------------------------------------------------------------------------
+
+
+def _measure(fill: Callable[[int], None], entries: int) -> float:
+    """Bytes traced per entry after ``fill(entries)``, against an empty baseline."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    fill(entries)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / entries
+
+
+def memory_per_entry(entries: int = 100_000) -> dict[str, float]:
+    """Bytes per cached entry, every entry holding the same value (``None``), so that what is
+    measured is each library's own bookkeeping: the key, the entry and its expiry."""
+    from aiocache import Cache as AioCache
+    from aiocache import cached as aio_cached
+    from cashews import Cache as Cashews
+    from dogpile.cache import make_region
+
+    def cachewise_fill(n: int) -> None:
+        cache = Cache(namespace="mem", l1_maxsize=n * 2)
+
+        @cache.cached(ttl=3600)
+        def f(x: int) -> None:
+            return None
+
+        for i in range(n):
+            f(i)
+        _keep.append((cache, f))
+
+    def cachetools_fill(n: int) -> None:
+        @cachetools.cached(cachetools.TTLCache(maxsize=n * 2, ttl=3600))
+        def f(x: int) -> None:
+            return None
+
+        for i in range(n):
+            f(i)
+        _keep.append(f)
+
+    def lru_fill(n: int) -> None:
+        @functools.lru_cache(maxsize=n * 2)
+        def f(x: int) -> None:
+            return None
+
+        for i in range(n):
+            f(i)
+        _keep.append(f)
+
+    def dogpile_fill(n: int) -> None:
+        region = make_region().configure("dogpile.cache.memory", expiration_time=3600)
+
+        @region.cache_on_arguments()
+        def f(x: int) -> None:
+            return None
+
+        for i in range(n):
+            f(i)
+        _keep.append(region)
+
+    def cashews_fill(n: int) -> None:
+        cashews = Cashews()
+        cashews.setup(f"mem://?size={n * 2}")
+
+        @cashews(ttl=3600)
+        async def f(x: int) -> None:
+            return None
+
+        async def run() -> None:
+            for i in range(n):
+                await f(i)
+
+        asyncio.run(run())
+        _keep.append(cashews)
+
+    def aiocache_fill(n: int) -> None:
+        @aio_cached(ttl=3600, cache=AioCache.MEMORY)
+        async def f(x: int) -> None:
+            return None
+
+        async def run() -> None:
+            for i in range(n):
+                await f(i)
+
+        asyncio.run(run())
+        _keep.append(f)
+
+    fills = {
+        "cachewise @cached": cachewise_fill,
+        "cachetools TTLCache": cachetools_fill,
+        "functools.lru_cache (no TTL)": lru_fill,
+        "dogpile.cache memory region": dogpile_fill,
+        "cashews mem://": cashews_fill,
+        "aiocache SimpleMemoryCache": aiocache_fill,
+    }
+    out = {}
+    for name, fill in fills.items():
+        out[name] = _measure(fill, entries)
+        _keep.clear()
+    return out
+
+
+_keep: list[Any] = []  # holds what a fill made until it is measured
