@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -212,3 +213,57 @@ def memory_per_entry(entries: int = 100_000) -> dict[str, float]:
 
 
 _keep: list[Any] = []  # holds what a fill made until it is measured
+
+
+# -- cold key in one process: each library with the option that gives it stampede protection -----
+
+
+def thread_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Callable[[int], Any]]:
+    """Fresh decorated loaders (a cold key each time) for a herd of threads."""
+    import threading
+
+    from dogpile.cache import make_region
+
+    def body(k: int) -> int:
+        started = time.perf_counter()
+        time.sleep(load_s)
+        loads.append(time.perf_counter() - started)
+        return k
+
+    cache = Cache(namespace="bench-stampede")
+    region = make_region().configure("dogpile.cache.memory", expiration_time=3600)
+    lock = threading.Lock()
+    return {
+        "cachewise @cached": cache.cached(ttl=3600)(body),
+        "dogpile.cache memory region (its dogpile lock)": region.cache_on_arguments()(body),
+        "cachetools cached(TTLCache, lock, condition)": cachetools.cached(
+            cachetools.TTLCache(maxsize=1000, ttl=3600),
+            lock=lock,
+            condition=threading.Condition(lock),
+        )(body),
+        "functools.lru_cache (no stampede protection)": functools.lru_cache(maxsize=1000)(body),
+    }
+
+
+def task_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Callable[[int], Any]]:
+    """Fresh decorated async loaders for a herd of tasks (made inside the running loop)."""
+    from aiocache import Cache as AioCache
+    from aiocache import cached_stampede
+    from cashews import Cache as Cashews
+
+    async def body(k: int) -> int:
+        started = time.perf_counter()
+        await asyncio.sleep(load_s)
+        loads.append(time.perf_counter() - started)
+        return k
+
+    cache = Cache(namespace="bench-stampede")
+    cashews = Cashews()
+    cashews.setup("mem://")
+    return {
+        "cachewise @cached": cache.cached(ttl=3600)(body),
+        "cashews mem:// @cache(lock=True)": cashews(ttl=3600, lock=True)(body),
+        "aiocache cached_stampede (memory)": cached_stampede(
+            lease=2, ttl=3600, cache=AioCache.MEMORY
+        )(body),
+    }

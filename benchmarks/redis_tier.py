@@ -67,6 +67,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
         "raw GET + unpackb": floor,
         "cachewise L2 hit (L1 off)": lambda: l2.get_or_load("k", _never, ttl=3600),
         "cachewise L1 hit (@cached)": lambda: l1_hit(1),
+        "dogpile.cache redis region hit": _dogpile_hit(url),
     }
     per_round = interleaved(variants, rounds, lambda fn: _rate(fn, number))
 
@@ -80,6 +81,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
         avariants = {
             "raw async GET + unpackb": afloor,
             "cachewise async L2 hit (L1 off)": lambda: al2.aget_or_load("k", _never, ttl=3600),
+            **(await _async_peer_hits(url)),
         }
         out = await ainterleaved(avariants, rounds, lambda fn: _arate(fn, number))
         await araw.aclose()
@@ -108,7 +110,58 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
                 per_round, "cachewise L1 hit (@cached)", "raw GET + unpackb"
             ),
         },
+        "peers": {
+            "dogpile.cache redis region hit": ratio(
+                per_round, "dogpile.cache redis region hit", "cachewise L2 hit (L1 off)"
+            ),
+            "cashews redis hit": ratio(
+                async_per_round, "cashews redis hit", "cachewise async L2 hit (L1 off)"
+            ),
+            "aiocache redis hit": ratio(
+                async_per_round, "aiocache redis hit", "cachewise async L2 hit (L1 off)"
+            ),
+        },
     }
+
+
+def _dogpile_hit(url: str) -> Callable[[], Any]:
+    from dogpile.cache import make_region
+
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    region = make_region(key_mangler=lambda k: f"bench-dp:{k}").configure(
+        "dogpile.cache.redis", expiration_time=3600, arguments={"host": host, "port": int(port)}
+    )
+
+    @region.cache_on_arguments()
+    def dfn(x: int) -> Any:
+        return VALUE
+
+    dfn(1)
+    return lambda: dfn(1)
+
+
+async def _async_peer_hits(url: str) -> dict[str, Callable[[], Any]]:
+    from aiocache import Cache as AioCache
+    from aiocache import cached as aio_cached
+    from cashews import Cache as Cashews
+
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    peer = Cashews()
+    peer.setup(url)
+
+    @peer(ttl=3600, key="bench-cs:{x}")
+    async def cfn(x: int) -> Any:
+        return VALUE
+
+    @aio_cached(
+        ttl=3600, cache=AioCache.REDIS, endpoint=host, port=int(port), namespace="bench-aio"
+    )
+    async def afn(x: int) -> Any:
+        return VALUE
+
+    await cfn(1)
+    await afn(1)
+    return {"cashews redis hit": lambda: cfn(1), "aiocache redis hit": lambda: afn(1)}
 
 
 def _never() -> Any:
@@ -133,16 +186,56 @@ def bulk(url: str, rounds: int, number: int) -> dict[str, Any]:
     def raw_singles() -> Any:
         return [msgpack.unpackb(raw.get(k)) for k in raw_keys]
 
+    from dogpile.cache import make_region
+
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    region = make_region(key_mangler=lambda k: f"bench-dpb:{k}").configure(
+        "dogpile.cache.redis", expiration_time=3600, arguments={"host": host, "port": int(port)}
+    )
+    region.set_multi(dict.fromkeys(keys, VALUE))
     variants = {
         "raw MGET + unpack": raw_mget,
         "raw 100 x GET": raw_singles,
         "cachewise get_many": lambda: cache.get_many(keys),
         "cachewise 100 x get": lambda: [cache.get(k) for k in keys],
+        "dogpile.cache get_multi": lambda: region.get_multi(keys),
     }
     per_round = interleaved(variants, rounds, lambda fn: _rate(fn, number))
     cache.close()
+
+    async def async_rounds() -> list[dict[str, float]]:
+        from aiocache import Cache as AioCache
+        from cashews import Cache as Cashews
+
+        acache = Cache(url, namespace="bench-bulk", l1_maxsize=0)
+        peer = Cashews()
+        peer.setup(url)
+        aio = AioCache(AioCache.REDIS, endpoint=host, port=int(port), namespace="bench-aiob")
+        for key in keys:
+            await peer.set(f"bench-csb:{key}", VALUE, expire=3600)
+        await aio.multi_set([(k, VALUE) for k in keys], ttl=3600)
+        cs_keys = [f"bench-csb:{k}" for k in keys]
+        avariants = {
+            "cachewise aget_many": lambda: acache.aget_many(keys),
+            "cashews get_many": lambda: peer.get_many(*cs_keys),
+            "aiocache multi_get": lambda: aio.multi_get(keys),
+        }
+        out = await ainterleaved(avariants, rounds, lambda fn: _arate(fn, number))
+        acache.close()
+        return out
+
+    async_per_round = asyncio.run(async_rounds())
     return {
         "rounds": rounds,
+        "peers": {
+            "dogpile.cache get_multi": ratio(
+                per_round, "dogpile.cache get_multi", "cachewise get_many"
+            ),
+            "cashews get_many": ratio(async_per_round, "cashews get_many", "cachewise aget_many"),
+            "aiocache multi_get": ratio(
+                async_per_round, "aiocache multi_get", "cachewise aget_many"
+            ),
+        },
         "ratios": {
             "get_many / raw MGET+unpack": ratio(
                 per_round, "cachewise get_many", "raw MGET + unpack"
