@@ -122,6 +122,40 @@ def _measure(fill: Callable[[int], None], entries: int) -> float:
     return (after - before) / entries
 
 
+def _none(x: int) -> None:
+    return None
+
+
+async def _anone(x: int) -> None:
+    return None
+
+
+def _sync_fill(decorator: Callable[[int], Callable[..., Any]]) -> Callable[[int], None]:
+    """Fill a fresh decorated function with ``n`` keys (``decorator(n)`` makes the decorator)."""
+
+    def fill(n: int) -> None:
+        f = decorator(n)(_none)
+        for i in range(n):
+            f(i)
+        _keep.append(f)
+
+    return fill
+
+
+def _async_fill(decorator: Callable[[int], Callable[..., Any]]) -> Callable[[int], None]:
+    def fill(n: int) -> None:
+        f = decorator(n)(_anone)
+
+        async def run() -> None:
+            for i in range(n):
+                await f(i)
+
+        asyncio.run(run())
+        _keep.append(f)
+
+    return fill
+
+
 def memory_per_entry(entries: int = 100_000) -> dict[str, float]:
     """Bytes per cached entry, every entry holding the same value (``None``), so that what is
     measured is each library's own bookkeeping: the key, the entry and its expiry."""
@@ -130,80 +164,31 @@ def memory_per_entry(entries: int = 100_000) -> dict[str, float]:
     from cashews import Cache as Cashews
     from dogpile.cache import make_region
 
-    def cachewise_fill(n: int) -> None:
-        cache = Cache(namespace="mem", l1_maxsize=n * 2)
-
-        @cache.cached(ttl=3600)
-        def f(x: int) -> None:
-            return None
-
-        for i in range(n):
-            f(i)
-        _keep.append((cache, f))
-
-    def cachetools_fill(n: int) -> None:
-        @cachetools.cached(cachetools.TTLCache(maxsize=n * 2, ttl=3600))
-        def f(x: int) -> None:
-            return None
-
-        for i in range(n):
-            f(i)
-        _keep.append(f)
-
-    def lru_fill(n: int) -> None:
-        @functools.lru_cache(maxsize=n * 2)
-        def f(x: int) -> None:
-            return None
-
-        for i in range(n):
-            f(i)
-        _keep.append(f)
-
-    def dogpile_fill(n: int) -> None:
-        region = make_region().configure("dogpile.cache.memory", expiration_time=3600)
-
-        @region.cache_on_arguments()
-        def f(x: int) -> None:
-            return None
-
-        for i in range(n):
-            f(i)
-        _keep.append(region)
-
-    def cashews_fill(n: int) -> None:
-        cashews = Cashews()
-        cashews.setup(f"mem://?size={n * 2}")
-
-        @cashews(ttl=3600)
-        async def f(x: int) -> None:
-            return None
-
-        async def run() -> None:
-            for i in range(n):
-                await f(i)
-
-        asyncio.run(run())
-        _keep.append(cashews)
-
-    def aiocache_fill(n: int) -> None:
-        @aio_cached(ttl=3600, cache=AioCache.MEMORY)
-        async def f(x: int) -> None:
-            return None
-
-        async def run() -> None:
-            for i in range(n):
-                await f(i)
-
-        asyncio.run(run())
-        _keep.append(f)
+    def cashews_decorator(n: int) -> Callable[..., Any]:
+        peer = Cashews()
+        peer.setup(f"mem://?size={n * 2}")
+        _keep.append(peer)
+        return peer(ttl=3600)  # type: ignore[no-any-return]
 
     fills = {
-        "cachewise @cached": cachewise_fill,
-        "cachetools TTLCache": cachetools_fill,
-        "functools.lru_cache (no TTL)": lru_fill,
-        "dogpile.cache memory region": dogpile_fill,
-        "cashews mem://": cashews_fill,
-        "aiocache SimpleMemoryCache": aiocache_fill,
+        "cachewise @cached": _sync_fill(
+            lambda n: Cache(namespace="mem", l1_maxsize=n * 2).cached(ttl=3600)
+        ),
+        "cachetools TTLCache": _sync_fill(
+            lambda n: cachetools.cached(cachetools.TTLCache(maxsize=n * 2, ttl=3600))
+        ),
+        "functools.lru_cache (no TTL)": _sync_fill(lambda n: functools.lru_cache(maxsize=n * 2)),
+        "dogpile.cache memory region": _sync_fill(
+            lambda n: (
+                make_region()
+                .configure("dogpile.cache.memory", expiration_time=3600)
+                .cache_on_arguments()
+            )
+        ),
+        "cashews mem://": _async_fill(cashews_decorator),
+        "aiocache SimpleMemoryCache": _async_fill(
+            lambda n: aio_cached(ttl=3600, cache=AioCache.MEMORY)
+        ),
     }
     out = {}
     for name, fill in fills.items():
