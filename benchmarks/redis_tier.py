@@ -74,6 +74,13 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     async def async_rounds() -> list[dict[str, float]]:
         araw = redis.asyncio.Redis.from_url(url)
         al2 = Cache(url, namespace="bench-l2", l1_maxsize=0)
+        al1 = Cache(url, namespace="bench-l1a")
+
+        @al1.cached(ttl=3600)
+        async def al1_hit(x: int) -> Any:
+            return VALUE
+
+        await al1_hit(1)
 
         async def afloor() -> Any:
             return msgpack.unpackb(await araw.get("bench-raw"))
@@ -81,11 +88,13 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
         avariants = {
             "raw async GET + unpackb": afloor,
             "cachewise async L2 hit (L1 off)": lambda: al2.aget_or_load("k", _never, ttl=3600),
+            "cachewise async L1 hit (@cached, two-tier)": lambda: al1_hit(1),
             **(await _async_peer_hits(url)),
         }
         out = await ainterleaved(avariants, rounds, lambda fn: _arate(fn, number))
         await araw.aclose()
         al2.close()
+        al1.close()
         return out
 
     async_per_round = asyncio.run(async_rounds())
@@ -108,6 +117,11 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
             ),
             "L1 hit / raw GET+unpackb": ratio(
                 per_round, "cachewise L1 hit (@cached)", "raw GET + unpackb"
+            ),
+            "async L1 hit / raw async GET+unpackb": ratio(
+                async_per_round,
+                "cachewise async L1 hit (@cached, two-tier)",
+                "raw async GET + unpackb",
             ),
         },
         "peers": {

@@ -349,6 +349,8 @@ def redis_report(data: dict[str, Any]) -> str:
         ("async L2 hit (L1 off) / raw async `GET` + `unpackb`",
          "async L2 hit / raw async GET+unpackb", 1.15),
         ("repeated hit, L1 on / raw `GET` + `unpackb`", "L1 hit / raw GET+unpackb", 0.01),
+        ("async repeated hit, L1 on / raw async `GET` + `unpackb`",
+         "async L1 hit / raw async GET+unpackb", 0.01),
         ("`get_many` of 100 keys (L1 off) / raw `MGET` + unpack",
          "get_many / raw MGET+unpack", 1.2),
     ]  # fmt: skip
