@@ -142,9 +142,10 @@ def test_writes_to_one_key_in_one_batch_are_one_store_call(rows: Rows) -> None:
         save(7, f"v{i}")
     save(8, "other")
     flusher, _, _ = rows.cache()
-    flusher.flush(timeout=10)
+    report = flusher.flush(timeout=10)
     assert rows.log(7) == ["v19"] and rows.rows() == {7: "v19", 8: "other"}
     assert rows.count("calls") == 2
+    assert report.written == 2 and report.coalesced == 19
 
 
 def test_batch_writer_gets_the_batch_and_a_failing_batch_is_split(rows: Rows) -> None:
@@ -295,8 +296,9 @@ def test_a_write_claimed_late_never_overwrites_a_newer_one(rows: Rows) -> None:
         # over, writes v1 at once, and claims v0 only once it has been idle for claim_idle.
         rows.client.delete(f"{rows.ns}#wbflusher:tests._workers.store_row")
         heir, _, _ = rows.cache(write_behind_claim_idle=1.0)
-        heir.flush(timeout=20)
+        report = heir.flush(timeout=20)
         assert rows.rows() == {0: "v1"} and rows.log(0) == ["v1"]
+        assert report.written == 1 and report.coalesced == 1  # v0: acknowledged, not written
         assert rows.client.xlen(rows.stream) == 0  # v0 was claimed and acknowledged, unwritten
     finally:
         stuck.set()

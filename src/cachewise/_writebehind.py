@@ -318,14 +318,21 @@ class WriteBehindQueue:
                 break
         return batch, wait
 
-    def _finished(self, item: PendingWrite, error: BaseException | None) -> Outcome:
+    def _finished(
+        self, item: PendingWrite, error: BaseException | None, coalesced: bool = False
+    ) -> Outcome:
+        """Settle a write the flusher took: written (or, ``coalesced``, replaced by a newer
+        queued write and so not needed), superseded, retried later, or dead."""
         outcome: Outcome
         with self.cond:
             del self.busy[item.key]
             newer = self.pending.get(item.key)
             if error is None:
                 outcome = "written"
-                self.totals.written += 1
+                if coalesced:
+                    self.totals.coalesced += 1
+                else:
+                    self.totals.written += 1
             elif newer is not None:
                 # A newer write to this key is queued: it supersedes the failed one, and stands
                 # for its stream entries too.
@@ -386,11 +393,7 @@ class WriteBehindQueue:
         write is tried alone, so one poison write never holds back the others."""
         errors: dict[str, BaseException | None] = {}
         skipped = yield from self._superseded(batch)
-        if skipped:
-            with self.cond:
-                self.totals.coalesced += len(skipped)
-                self.totals.written -= len(skipped)  # counted as written by _finished below
-            errors = dict.fromkeys(skipped, None)
+        errors = dict.fromkeys(skipped, None)
         todo = [item for item in batch if item.key not in errors]
         if self.batch_fn is not None and todo:
             self.totals.store_calls += 1
@@ -411,7 +414,14 @@ class WriteBehindQueue:
             except Exception as exc:
                 errors[item.key] = exc
         yield from self._settle(
-            [(item, self._finished(item, errors[item.key]), errors[item.key]) for item in batch]
+            [
+                (
+                    item,
+                    self._finished(item, errors[item.key], item.key in skipped),
+                    errors[item.key],
+                )
+                for item in batch
+            ]
         )
 
     # -- where the writes wait: hooks a durable queue replaces --------------------------------

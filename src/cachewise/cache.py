@@ -452,6 +452,7 @@ def _merge(reports: list[FlushReport]) -> FlushReport:
     total = FlushReport()
     for report in reports:
         total.written += report.written
+        total.coalesced += report.coalesced
         total.store_calls += report.store_calls
         total.retried += report.retried
         total.dead_lettered += report.dead_lettered
