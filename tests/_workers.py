@@ -114,7 +114,9 @@ def store_row(row: int, value: str) -> None:
         time.sleep(3600)
     gate = _store.get("blocking", {}).pop(value, None)  # blocks the first such call only
     if gate is not None:
-        gate.wait(30)
+        entered, release = gate
+        entered.set()
+        release.wait(30)
     client, ns = _store["client"], _store["ns"]
     client.incr(f"{ns}-store:calls")
     if row in _store["fail"]:

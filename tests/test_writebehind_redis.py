@@ -20,7 +20,6 @@ from cachewise.testing import free_port
 
 from . import _workers
 from .conftest import Gate, in_thread
-from .test_concurrency import wait_until
 
 ctx = multiprocessing.get_context("spawn")
 
@@ -285,12 +284,12 @@ def test_write_through_with_redis_wins_over_a_slow_load_and_failure_drops(
 
 
 def test_a_write_claimed_late_never_overwrites_a_newer_one(rows: Rows) -> None:
-    first, _, save = rows.cache(write_behind_claim_idle=1.0)
-    stuck = threading.Event()
-    _workers._store["blocking"] = {"v0": stuck}
+    _first, _, save = rows.cache(write_behind_claim_idle=1.0)
+    entered, stuck = threading.Event(), threading.Event()
+    _workers._store["blocking"] = {"v0": (entered, stuck)}
     try:
         save(0, "v0")
-        wait_until(lambda: bool(first._queues[0].busy))  # its flusher is stuck writing v0
+        assert entered.wait(10)  # its flusher is inside the store call, writing v0
         save(0, "v1")
         # The first flusher stalls past its lease (as a paused process would): another takes
         # over, writes v1 at once, and claims v0 only once it has been idle for claim_idle.
