@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
+import redis.backoff
+import redis.retry
 
 from cachewise import Cache, RedisUnavailable
 from cachewise.testing import RedisServer
@@ -168,7 +171,21 @@ def test_slow_redis_times_out_and_callers_get_values(
         target=lambda: server.client().execute_command("DEBUG", "SLEEP", "1")
     )
     sleeper.start()
-    time.sleep(0.05)  # the server is asleep now
+    probe = redis.Redis(
+        host="127.0.0.1",
+        port=server.port,
+        socket_timeout=0.05,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),  # a timeout is the answer
+    )
+
+    def asleep() -> bool:
+        try:
+            probe.ping()
+            return False
+        except redis.exceptions.TimeoutError:
+            return True
+
+    until(asleep, 5)  # the server is asleep now
     began = time.monotonic()
     assert cache.get_or_load("slow", lambda: "from origin", ttl=60) == "from origin"
     assert time.monotonic() - began < 4 * TIMEOUT + 0.3
