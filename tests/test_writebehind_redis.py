@@ -20,6 +20,7 @@ from cachewise.testing import free_port
 
 from . import _workers
 from .conftest import Gate, in_thread
+from .test_concurrency import wait_until
 
 ctx = multiprocessing.get_context("spawn")
 
@@ -301,3 +302,28 @@ def test_a_write_claimed_late_never_overwrites_a_newer_one(rows: Rows) -> None:
         assert rows.client.xlen(rows.stream) == 0  # v0 was claimed and acknowledged, unwritten
     finally:
         stuck.set()
+
+
+def test_consumers_of_processes_long_gone_are_removed(rows: Rows) -> None:
+    group = "cachewise"
+    rows.client.xgroup_create(rows.stream, group, id="0", mkstream=True)
+    rows.client.pexpire(rows.stream, 60_000)
+    rows.client.xgroup_createconsumer(rows.stream, group, "gone-long-ago")
+    wait_until(lambda: _idle_ms(rows, "gone-long-ago") > 1_100)
+    cache, _, save = rows.cache(write_behind_claim_idle=0.1)
+    save(1, "x")
+    cache.flush(timeout=10)
+    names = [_name(c) for c in rows.client.xinfo_consumers(rows.stream, group)]
+    assert "gone-long-ago" not in names and len(names) == 1  # only the live flusher's
+
+
+def _name(consumer: dict[str, Any]) -> str:
+    name = consumer["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _idle_ms(rows: Rows, name: str) -> int:
+    for consumer in rows.client.xinfo_consumers(rows.stream, "cachewise"):
+        if _name(consumer) == name:
+            return int(consumer["idle"])
+    return 0

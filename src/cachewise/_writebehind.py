@@ -616,7 +616,21 @@ class StreamQueue(WriteBehindQueue):
             self.leading = True
             self.claimed = 0.0
             yield Spawn(self._keep_lease(), self.engine.keep, background=True)
+            yield from self._prune_consumers()
         return self.leading
+
+    def _prune_consumers(self) -> Plan[None]:
+        """Remove the group's consumers of processes long gone (nothing pending, idle for ten
+        claim periods): each restart adds one, and the group would otherwise keep them all."""
+        consumers = yield RedisCall(self.backend, "xinfo_consumers", self.stream, self.GROUP)
+        for consumer in consumers:
+            name = _text(consumer["name"])
+            if (
+                name != self.consumer
+                and int(consumer["pending"]) == 0
+                and int(consumer["idle"]) > 10 * self.lease_ms
+            ):
+                yield RedisCall(self.backend, "xgroup_delconsumer", self.stream, self.GROUP, name)
 
     def _keep_lease(self) -> Plan[None]:
         """Renew the flusher lease while this process leads, beside the flusher (a thread or a
