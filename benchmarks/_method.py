@@ -45,3 +45,12 @@ async def ainterleaved(
 def ratio(per_round: Rounds, top: str, bottom: str) -> dict[str, float]:
     """``top / bottom`` within each round, summarized."""
     return summarize([r[top] / r[bottom] for r in per_round])
+
+
+def medians(runs: list[Rounds], scale: float) -> dict[str, float]:
+    """Each variant's median time over the rounds of ``runs``, times ``scale`` (1e6 for µs)."""
+    return {
+        name: statistics.median(r[name] for r in rounds) * scale
+        for rounds in runs
+        for name in rounds[0]
+    }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import msgpack
 import redis
 import redis.asyncio
 
-from _method import ainterleaved, interleaved, percentile, ratio, summarize
+from _method import ainterleaved, interleaved, medians, percentile, ratio, summarize
 from cachewise import Cache
 from cachewise.testing import task_herd, thread_herd
 
@@ -103,11 +102,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     return {
         "rounds": rounds,
         "calls": number,
-        "us_median": {
-            name: statistics.median(r[name] for r in rs) * 1e6
-            for rs in (per_round, async_per_round)
-            for name in rs[0]
-        },
+        "us_median": medians([per_round, async_per_round], 1e6),
         "ratios": {
             "sync L2 hit / raw GET+unpackb": ratio(
                 per_round, "cachewise L2 hit (L1 off)", "raw GET + unpackb"

@@ -31,7 +31,7 @@ from typing import Any
 
 import cachewise
 import peers
-from _method import Rounds, ainterleaved, interleaved, percentile, ratio, summarize
+from _method import Rounds, ainterleaved, interleaved, medians, percentile, ratio, summarize
 from cachewise.testing import task_herd, thread_herd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,11 +164,7 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
         "rounds": rounds,
         "calls_per_round": number,
         "ratios": ratios,
-        "ns_per_call_median": {
-            name: statistics.median(r[name] for r in rounds_) * 1e9
-            for rounds_ in (per_round, async_per_round)
-            for name in rounds_[0]
-        },
+        "ns_per_call_median": medians([per_round, async_per_round], 1e9),
     }
 
 

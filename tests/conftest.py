@@ -4,6 +4,7 @@ test body through the sync and the async API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -92,20 +93,29 @@ def namespace(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40] + "-" + secrets.token_hex(3)
 
 
-@pytest.fixture
-def make_cache(redis_server: Any, namespace: str) -> Iterator[Callable[..., Cache]]:
-    """Caches on the test server; several of them stand for several processes."""
+@contextlib.contextmanager
+def caches(url: str, **defaults: Any) -> Iterator[Callable[..., Cache]]:
+    """A maker of caches on ``url`` (``defaults`` under each call's options), all closed at the
+    end; several of them stand for several processes."""
     made: list[Cache] = []
 
     def make(**options: Any) -> Cache:
-        options.setdefault("namespace", namespace)
-        cache = Cache(redis_server.url, **options)
+        cache = Cache(url, **{**defaults, **options})
         made.append(cache)
         return cache
 
-    yield make
-    for cache in made:
-        cache.close(timeout=5)
+    try:
+        yield make
+    finally:
+        for cache in made:
+            cache.close(timeout=5)
+
+
+@pytest.fixture
+def make_cache(redis_server: Any, namespace: str) -> Iterator[Callable[..., Cache]]:
+    """Caches on the shared test server, in this test's namespace."""
+    with caches(redis_server.url, namespace=namespace) as make:
+        yield make
 
 
 class Gate:

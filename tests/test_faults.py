@@ -8,7 +8,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -18,7 +17,7 @@ import redis.retry
 from cachewise import Cache, RedisUnavailable
 from cachewise.testing import RedisServer
 
-from .conftest import Gate, in_thread
+from .conftest import Gate, caches, in_thread
 
 TIMEOUT = 0.2  # socket and connect timeouts of the caches under test
 
@@ -33,23 +32,14 @@ def server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def make(server: RedisServer) -> Iterator[Callable[..., Cache]]:
-    made: list[Cache] = []
-
-    def build(**options: Any) -> Cache:
-        options = {
-            "namespace": "f",
-            "socket_timeout": TIMEOUT,
-            "connect_timeout": TIMEOUT,
-            "breaker_reset": 0.3,
-            **options,
-        }
-        cache = Cache(server.url, **options)
-        made.append(cache)
-        return cache
-
-    yield build
-    for cache in made:
-        cache.close(timeout=2)
+    with caches(
+        server.url,
+        namespace="f",
+        socket_timeout=TIMEOUT,
+        connect_timeout=TIMEOUT,
+        breaker_reset=0.3,
+    ) as build:
+        yield build
 
 
 def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
