@@ -343,6 +343,22 @@ def _make_async(variant: str, url: str, ns: str, ttl: float, load_s: float) -> A
             await peer.get(f"{ns}:~connect")
 
         return cwarm, lambda: cfn(1)
+    if variant.startswith("aiocache"):
+        from aiocache import Cache as AioCache
+        from aiocache import cached_stampede
+
+        host, port = url.split("//")[1].split("/")[0].split(":")
+
+        @cached_stampede(
+            lease=2, ttl=ttl, cache=AioCache.REDIS, endpoint=host, port=int(port), namespace=ns
+        )
+        async def afn(x: int) -> str:
+            return await load_body()
+
+        async def awarm() -> None:
+            await counter.ping()
+
+        return awarm, lambda: afn(1)
     raise ValueError(variant)
 
 
@@ -365,7 +381,7 @@ def _cold_worker(variant: str, url: str, ns: str, callers: int, start: Any, out:
 
 
 COLD_VARIANTS = ["cachewise threads", "cachewise tasks", "cashews lock=True tasks",
-                 "dogpile distributed_lock threads"]  # fmt: skip
+                 "dogpile distributed_lock threads", "aiocache cached_stampede tasks"]  # fmt: skip
 
 
 def cold_key_fleet(url: str, rounds: int, processes: int = 4, callers: int = 25) -> dict[str, Any]:
@@ -464,7 +480,8 @@ def _max_cluster(starts: list[float], window: float) -> int:
 
 EXPIRY_VARIANTS = ["cachewise threads", "cachewise stale_ttl threads",
                    "cachewise stale_ttl tasks", "dogpile distributed_lock threads",
-                   "cashews early tasks", "cashews lock=True tasks"]  # fmt: skip
+                   "cashews early tasks", "cashews lock=True tasks",
+                   "aiocache cached_stampede tasks"]  # fmt: skip
 
 
 def expiry_under_load(
