@@ -225,7 +225,7 @@ class Engine:
         if not flight.done():
             flight.set_exception(exc)
 
-    def _redis_failed(self, exc: BaseException) -> None:
+    def redis_failed(self, exc: BaseException) -> None:
         """Count a Redis error and log it (at most once a second): it never reaches callers."""
         if isinstance(exc, CircuitOpen):
             return  # counted by the breaker; its opening was logged
@@ -428,7 +428,7 @@ class Engine:
                 yield from self._ensure_backend()
             return (yield RedisCall(backend, "get", target.full_key))
         except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
             return _NO_REDIS
 
     def _use_l2(
@@ -531,7 +531,7 @@ class Engine:
                 reply = yield RunScript(backend, "acquire", keys, [token, lease_ms, mode])
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
-                self._redis_failed(exc)
+                self.redis_failed(exc)
                 yield from self._load_unshared(flight, target, loader, policy)
                 return
             status, payload = int(reply[0]), reply[1]
@@ -601,7 +601,7 @@ class Engine:
             stored = yield from self._script(*store)
             stored = stored if store[0] == "store" else 1  # too large to share: kept here
         except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
             stored = 1  # fail open: keep it in this process
         if not stored:
             # The lease was taken away (an invalidation or a write happened during the load):
@@ -616,7 +616,7 @@ class Engine:
         try:
             yield from self._script("release", [lease], [token])
         except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Plan[Any]:
         assert self.backend is not None
@@ -876,7 +876,7 @@ class Engine:
             yield from self._ensure_backend()
             replies = yield RunPipeline(backend, calls)
         except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
             if policy.fail_closed:
                 raise RedisUnavailable(
                     "Redis is unavailable and this bulk load is fail-closed: not loading "
@@ -933,7 +933,7 @@ class Engine:
                     for key, call, reply in zip(entries, calls, replies, strict=True)
                 }
             except REDIS_ERRORS as exc:
-                self._redis_failed(exc)
+                self.redis_failed(exc)
         for key, flight in flights.items():
             if not stored[key]:
                 self.counts["fills_refused"] += 1
@@ -983,7 +983,7 @@ class Engine:
             else:
                 raws = yield RedisCall(backend, "mget", names)
         except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
             return found
         now_ms = backend.server_now_ms()
         unpack = codec.unpack
@@ -1032,7 +1032,7 @@ class Engine:
             except REDIS_ERRORS as exc:
                 if enqueue is not None:
                     raise
-                self._redis_failed(exc)
+                self.redis_failed(exc)
             if backend.offset_ms is not None:  # packed before anything is stored
                 store = self._store_call(entry, "", target.where)
         if enqueue is not None:
@@ -1049,7 +1049,7 @@ class Engine:
             try:
                 yield from self._script(*store)
             except REDIS_ERRORS as exc:
-                self._redis_failed(exc)
+                self.redis_failed(exc)
                 self._remember([target.full_key])  # L2 and other L1s may hold an older value
         elif backend is not None and enqueue is None:
             self._remember([target.full_key])
@@ -1091,7 +1091,7 @@ class Engine:
                 extra = yield from self._script(*self._drop_call(list(keys), list(tags)))
                 keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
             except REDIS_ERRORS as exc:
-                self._redis_failed(exc)
+                self.redis_failed(exc)
                 self._remember(keys, tags)
         self.notify(InvalidationEvent(tuple(dict.fromkeys(keys)), tags, "local"))
         return len(dropped)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import codec
 from ._drivers import Invoke, Op, Plan, Spawn, run_async, run_sync
-from ._redis import REDIS_ERRORS, CircuitOpen, RedisBackend, RedisCall, RunPipeline, RunScript
+from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript
 from .errors import ConfigValueError, ValueTooLarge, WriteBehindFull
 
 if TYPE_CHECKING:
@@ -643,7 +643,7 @@ class StreamQueue(WriteBehindQueue):
                     self.backend, "renew", [self.lease], [self.token, self.lease_ms]
                 )
             except REDIS_ERRORS as exc:
-                self._redis_trouble(exc)
+                self.engine.redis_failed(exc)
                 continue  # the lease may still hold; the next renewal tells
             if not held and self.leading:
                 self._lost_lease()
@@ -665,7 +665,7 @@ class StreamQueue(WriteBehindQueue):
         try:
             newest = yield RedisCall(self.backend, "hmget", self.newest, [i.key for i in mine])
         except REDIS_ERRORS as exc:
-            self._redis_trouble(exc)
+            self.engine.redis_failed(exc)
             return set()
         return {
             item.key
@@ -698,7 +698,7 @@ class StreamQueue(WriteBehindQueue):
                 block,
             )
         except REDIS_ERRORS as exc:
-            self._redis_trouble(exc)
+            self.engine.redis_failed(exc)
             if "NOGROUP" in str(exc):
                 self.leading = False  # the stream expired or was deleted: make the group again
             yield Sleep(min(1.0, self.options.claim_idle / 4))  # Redis is in trouble: slow down
@@ -746,12 +746,6 @@ class StreamQueue(WriteBehindQueue):
                 taken += 1
         return taken
 
-    def _redis_trouble(self, exc: BaseException) -> None:
-        if isinstance(exc, CircuitOpen):
-            return  # counted by the breaker, whose opening was logged
-        self.engine.counts["redis_errors"] += 1
-        log.warning("cachewise: write-behind of %s: Redis failed: %r", self.where, exc)
-
     def _settle(
         self, settled: list[tuple[PendingWrite, Outcome, BaseException | None]]
     ) -> Plan[None]:
@@ -783,7 +777,7 @@ class StreamQueue(WriteBehindQueue):
                         f"{self.stream}|{item.ids[-1]}" if item.ids else "",
                         mode,
                         backend.channel,
-                        backend.message("i", [item.key], []),
+                        backend.message("i", [item.key], []) if mode != "ok" else "",
                         self.retention_ms,
                         item.key,
                         item.packed,
@@ -799,7 +793,7 @@ class StreamQueue(WriteBehindQueue):
             yield RunPipeline(backend, calls)
         except REDIS_ERRORS as exc:
             # Not acknowledged: the entries stay pending and are written again (at least once).
-            self._redis_trouble(exc)
+            self.engine.redis_failed(exc)
 
     def _retire(self) -> Plan[None]:
         if self.leading:
@@ -807,7 +801,7 @@ class StreamQueue(WriteBehindQueue):
             try:
                 yield RunScript(self.backend, "release", [self.lease], [self.token])
             except REDIS_ERRORS as exc:
-                self._redis_trouble(exc)
+                self.engine.redis_failed(exc)
 
     # -- flush, dead letters ------------------------------------------------------------------
 
@@ -828,7 +822,7 @@ class StreamQueue(WriteBehindQueue):
                 yield Sleep(0.005)
             left = yield RedisCall(self.backend, "xlen", self.stream)
         except REDIS_ERRORS as exc:
-            self._redis_trouble(exc)
+            self.engine.redis_failed(exc)
             errors.append(f"Redis failed while flushing {self.where}: {exc!r}")
         report = self._end_flush(pending=left)
         report.errors.extend(errors)
