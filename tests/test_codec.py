@@ -161,3 +161,55 @@ def test_any_extension_bytes_decode_or_miss(data: bytes, code: int) -> None:
 def test_huge_integers_are_a_clear_error() -> None:
     with pytest.raises(SerializationError, match="integer outside"):
         pack(Envelope({"n": 2**70}, 1, 2, 3, ()), "k")
+
+
+# -- bulk decoding: one pass over an MGET reply, equal to decoding each value alone -----------
+
+envelopes = st.builds(
+    lambda value, fresh, tags: pack(Envelope(value, fresh, fresh + 5, 7, tuple(tags)), "k"),
+    values,
+    st.integers(0, 2**50),
+    st.lists(st.text(max_size=3), max_size=2),
+)
+replies = st.lists(
+    st.none()
+    | envelopes
+    | st.binary(max_size=40)
+    | envelopes.flatmap(lambda raw: st.integers(0, len(raw)).map(lambda cut: raw[:cut]))
+    | st.builds(lambda v: msgpack.packb([FORMAT, v, 1, 2, 3, [1]]), values),
+    max_size=12,
+)
+
+
+@given(replies)
+def test_bulk_decoding_equals_decoding_each_value_alone(raws: list[bytes | None]) -> None:
+    bodies = codec.bodies(raws)
+    assert len(bodies) == len(raws)
+    for raw, body in zip(raws, bodies, strict=True):
+        expected = unpack(raw)
+        got = None if body is None else codec.envelope(body)
+        assert (got is None) == (expected is None), raw
+        if got is not None and expected is not None:
+            assert got[1:] == expected[1:]
+            assert msgpack.packb(got.value) == msgpack.packb(expected.value)
+        single = codec.body(raw) if raw is not None else None
+        assert (single is None) == (expected is None), raw
+
+
+def test_a_malformed_value_cannot_swallow_its_neighbour() -> None:
+    """Two values written by someone else, around a victim's: the first one's bytes run on into
+    the victim's (a bin header longer than the value), and the second carries what the victim's
+    slot would then decode. Read from one buffer without checks, the victim's key would get the
+    forged value; every value must end where its own bytes end."""
+    victim = pack(Envelope("victim's value", 10, 20, 1, ()), "k")
+    forged = pack(Envelope("forged", 10, 20, 1, ()), "k")
+    first = b"\x96\x01\xc5" + (len(victim) + 1).to_bytes(2, "big")
+    second = b"\x00" + b"\x0a\x14\x01\x90" + forged + pack(Envelope("x", 10, 20, 1, ()), "k")
+    raws: list[bytes | None] = [first, victim, second]
+    naive = msgpack.Unpacker()
+    naive.feed(b"".join([first, victim, second]))
+    assert list(naive)[1][1] == "forged"  # the attack works on a decoder without the check
+    bodies = codec.bodies(raws)
+    assert bodies[0] is None
+    assert bodies[1] is not None and bodies[1][codec.VALUE] == "victim's value"
+    assert bodies[2] is None

@@ -24,7 +24,7 @@ _TEMPLATE = """\
         if _cw_entry is not None and _cw_now() < _cw_entry.early_at:
             _cw_entry.hits += 1
             return _cw_entry.value
-    return {await_}_cw_run(_cw_plan(({values}), lambda _cw_f: _cw_f({call})))
+    return {await_}_cw_read(*_cw_args(({values}), lambda _cw_f: _cw_f({call})))
 """
 
 _BIND_TEMPLATE = """\
@@ -101,10 +101,13 @@ def make_wrapper(
     fast: bool,
     table: dict[Any, Any],
     now: Callable[[], float],
-    plan: Callable[[tuple[Any, ...], Callable[[Callable[..., Any]], Any]], Any],
-    run: Callable[[Any], Any],
+    args: Callable[[tuple[Any, ...], Callable[[Callable[..., Any]], Any]], tuple[Any, ...]],
+    read: Callable[..., Any],
 ) -> Callable[..., Any] | None:
-    """The wrapper of ``fn``, or None when its signature cannot be mirrored."""
+    """The wrapper of ``fn``, or None when its signature cannot be mirrored.
+
+    Past the L1 hit, the wrapper returns ``read(*args(values, call))``: ``values`` are the
+    parameters in order, ``call(f)`` calls ``f`` with the caller's own arguments."""
     signature = inspect.signature(fn)
     rendered = _render(signature)
     if rendered is None:
@@ -124,8 +127,8 @@ def make_wrapper(
     namespace: dict[str, Any] = {
         "_cw_table": table,
         "_cw_now": now,
-        "_cw_plan": plan,
-        "_cw_run": run,
+        "_cw_args": args,
+        "_cw_read": read,
         "_cw_plain": (int, str),
         **defaults,
     }

@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import codec, core
-from ._drivers import TIMED_OUT, Flight, Invoke, Plan, Spawn, Wait
+from ._drivers import TIMED_OUT, Flight, Invoke, Plan, Spawn, Wait, run_async, run_sync
 from ._l1 import L1, Table
 from ._redis import (
     REDIS_ERRORS,
     AwaitEvent,
+    Breaker,
     CircuitOpen,
     Listener,
     RedisBackend,
@@ -174,6 +175,10 @@ class Engine:
         self.backlog_keys: set[str] = set()
         self.backlog_tags: set[str] = set()
         self.backlog_overflow = False
+        #: Bumped (under ``self.lock``) by every change a read racing it must not undo: the
+        #: lone-caller fast path keeps what it read in L1 only if the epoch did not move.
+        self.epoch = 0
+        self.lone_hits = 0
         if backend is not None:
             backend.breaker.on_recover = self._on_reset  # L1 missed events while Redis was away
         _ENGINES.add(self)
@@ -476,17 +481,25 @@ class Engine:
         return True
 
     def _lookup(
-        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        raw: Any = _UNREAD,
     ) -> Plan[Any]:
         """The leader's first look at Redis, in its own task: an L1 miss is most often an L2 hit,
         and a detached task per hit would cost more than the hit. Returns the raw bytes read (the
-        flight is settled if they served) or ``_NO_REDIS``."""
-        try:
-            raw = yield from self._read_l2(target)
-        except BaseException:
-            # The leader was cancelled mid-read: the callers that joined still get a value.
-            yield Spawn(self._resolve(flight, target, loader, policy), self.keep, background=True)
-            raise
+        flight is settled if they served) or ``_NO_REDIS``. ``raw``: what the fast path read."""
+        if raw is _UNREAD:
+            try:
+                raw = yield from self._read_l2(target)
+            except BaseException:
+                # The leader was cancelled mid-read: the callers that joined still get a value.
+                yield Spawn(
+                    self._resolve(flight, target, loader, policy), self.keep, background=True
+                )
+                raise
         if raw is _NO_REDIS:
             return raw
         env = self._decode(raw, key=target.full_key)
@@ -681,6 +694,7 @@ class Engine:
             # dropped, when the value was too large to travel with the event).
             env = codec.unpack(event[3]) if len(event) >= 4 else None
             with self.lock:
+                self.epoch += 1  # a fast-path read of this key may have got the older value
                 held = self.l1.held(event[2])
                 if held is not None:
                     table, old = held
@@ -702,6 +716,7 @@ class Engine:
     def _on_reset(self) -> None:
         """The event channel dropped or came back: L1 cannot know what it missed."""
         with self.lock:
+            self.epoch += 1
             self.l1.clear()
             for flight in self.flights.values():
                 flight.invalidated = True
@@ -709,8 +724,14 @@ class Engine:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def read(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Plan[Any]:
-        """Cache-aside read of one key: L1, then single-flight load; SWR and early refresh."""
+    def read(
+        self, target: Target, loader: Callable[[], Any], policy: Policy, read: Any = _UNREAD
+    ) -> Plan[Any]:
+        """Cache-aside read of one key: L1, then single-flight load; SWR and early refresh.
+
+        ``read``: what the lone-caller fast path got from Redis (raw bytes or ``_NO_REDIS``),
+        used if this caller leads the load instead of reading again.
+        """
         started = self.clock()
         while True:
             entry = target.table.get(target.l1_key)
@@ -753,7 +774,7 @@ class Engine:
                 self.counts["misses"] += 1
                 raw = _UNREAD
                 if self.backend is not None:
-                    raw = yield from self._lookup(flight, target, loader, policy)
+                    raw = yield from self._lookup(flight, target, loader, policy, read)
                 if not flight.done():  # not served by Redis: load (in its own task if async)
                     yield Spawn(self._resolve(flight, target, loader, policy, None, raw), self.keep)
                 value = flight.result() if flight.done() else (yield Wait(flight, None))
@@ -769,6 +790,83 @@ class Engine:
                     value = yield Wait(alone, None)
             self.miss_latency.add(self.clock() - started)
             return value
+
+    # -- the lone-caller fast path --------------------------------------------------------------
+    # A read that finds nothing in L1 and no flight for its key is most often a shared-tier hit.
+    # The full plan (claim a flight, step the generator through a driver, settle the flight)
+    # costs a fifth of the GET itself, so such a read first tries one plain GET: it is served
+    # if that finds a fresh entry, and otherwise handed to ``read`` with what was found (so the
+    # leader does not read again). Callers arriving together each GET once; single-flight
+    # still decides who loads.
+
+    def ticket(self, target: Target) -> int:
+        """The epoch, when a read of ``target`` may try the fast path; -1 when it may not."""
+        if (
+            target.l1_key in target.table
+            or target.full_key in self.flights
+            or target.full_key in self.pinned
+        ):
+            return -1
+        return self._lone()
+
+    def _lone(self) -> int:
+        """The epoch, when Redis may be read without a plan (set up, breaker closed, nothing
+        left to send); -1 when it may not."""
+        backend = self.backend
+        if (
+            backend is None
+            or backend.breaker.state is not Breaker.CLOSED
+            or backend.listener is None
+            or backend.clock_due()
+            or self.backlog_keys
+            or self.backlog_tags
+            or self.backlog_overflow
+        ):
+            return -1
+        return self.epoch
+
+    def lone_read(
+        self, target: Target, outcome: tuple[Any, BaseException | None], ticket: int
+    ) -> tuple[bool, Any]:
+        """``(True, value)`` when the fast path's GET found a fresh entry; otherwise
+        ``(False, what to hand to read)``: the raw bytes, or ``_NO_REDIS`` if Redis failed."""
+        raw, error = outcome
+        if error is not None:
+            self.redis_failed(error)
+            return False, _NO_REDIS
+        body = codec.body(raw) if raw is not None else None
+        offset = self.backend.offset_ms  # type: ignore[union-attr]
+        assert offset is not None
+        # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
+        if body is None or time.monotonic() * 1000 + offset >= body[codec.FRESH]:
+            return False, raw  # absent, undecodable (``read`` counts it) or stale
+        self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
+        if self.l1.maxsize:
+            entry = self._adopt(target, codec.envelope(body))
+            with self.lock:
+                # Not if an invalidation or a write happened since the ticket: the bytes may
+                # be the older value (no stale copy in L1).
+                if self.epoch == ticket and target.full_key not in self.flights:
+                    self.l1.put(target.table, entry)
+        return True, body[codec.VALUE]
+
+    def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
+        """``read`` carried out in this thread, after the fast path's GET where it applies."""
+        ticket = self.ticket(target)
+        if ticket < 0:
+            return run_sync(self.read(target, loader, policy))
+        fetched = self.backend.fetch_sync(target.full_key)  # type: ignore[union-attr]
+        done, got = self.lone_read(target, fetched, ticket)
+        return got if done else run_sync(self.read(target, loader, policy, got))
+
+    async def read_async(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
+        """``read`` carried out on the running loop, after the fast path's GET where it applies."""
+        ticket = self.ticket(target)
+        if ticket < 0:
+            return await run_async(self.read(target, loader, policy))
+        fetched = await self.backend.fetch_async(target.full_key)  # type: ignore[union-attr]
+        done, got = self.lone_read(target, fetched, ticket)
+        return got if done else await run_async(self.read(target, loader, policy, got))
 
     def _refresh(
         self,
@@ -945,20 +1043,61 @@ class Engine:
         for key, flight in flights.items():
             self._fail(flight, targets[key], exc)
 
-    def get(self, key: str, default: Any) -> Plan[Any]:
-        """Plain read of an explicit key: a fresh value or ``default``; never loads or serves
-        stale."""
-        found = yield from self.get_many([key])
-        return found.get(key, default)
-
     def get_many(self, keys: list[str]) -> Plan[dict[str, Any]]:
         """Fresh values of explicit keys: L1 first, then one MGET for the rest.
 
         Works on the key strings themselves (no ``Target`` per key until one is kept in L1):
         per-key work is what separates a bulk read from the raw ``MGET`` it wraps.
         """
+        found, rest = self._local_many(keys)
+        backend = self.backend
+        if not rest or backend is None:
+            return found
+        try:
+            if backend.listener is None or backend.setup_due() or self.backlog_due():
+                yield from self._ensure_backend()
+            names = self._names(rest)
+            epoch = self.epoch  # what is read is kept in L1 only if nothing changed meanwhile
+            if len(rest) == 1:  # GET: a one-key MGET costs redis-py noticeably more
+                raws = [(yield RedisCall(backend, "get", names[0]))]
+            else:
+                raws = yield RedisCall(backend, "mget", names)
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return found
+        self._found_many(found, rest, names, (raws, None), epoch)
+        return found
+
+    def get_many_sync(self, keys: list[str]) -> dict[str, Any]:
+        """``get_many`` carried out in this thread; without its plan when Redis is set up."""
+        epoch = self._lone()
+        if epoch < 0:
+            return run_sync(self.get_many(keys))
+        found, rest = self._local_many(keys)
+        if rest:
+            names = self._names(rest)
+            fetched = self.backend.fetch_sync(names)  # type: ignore[union-attr]
+            self._found_many(found, rest, names, fetched, epoch)
+        return found
+
+    async def get_many_async(self, keys: list[str]) -> dict[str, Any]:
+        """``get_many`` carried out on the running loop; without its plan when Redis is set up."""
+        epoch = self._lone()
+        if epoch < 0:
+            return await run_async(self.get_many(keys))
+        found, rest = self._local_many(keys)
+        if rest:
+            names = self._names(rest)
+            fetched = await self.backend.fetch_async(names)  # type: ignore[union-attr]
+            self._found_many(found, rest, names, fetched, epoch)
+        return found
+
+    def _local_many(self, keys: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """The fresh values L1 holds, and the keys it does not."""
         found: dict[str, Any] = {}
-        table, prefix = self.explicit, self.prefix
+        table = self.explicit
+        if not table:  # no L1, or an empty one: nothing to look up
+            return found, keys
         now = self.clock()
         rest: list[str] = []
         for key in keys:
@@ -968,43 +1107,53 @@ class Engine:
                 found[key] = entry.value
             else:
                 rest.append(key)
-        backend = self.backend
-        if not rest or backend is None:
-            return found
-        try:
-            if backend.listener is None or backend.setup_due() or self.backlog_due():
-                yield from self._ensure_backend()
-            names = [
-                prefix + (k if len(k) <= MAX_ARGS_CHARS and k[0] != "#" else explicit_key(k))
-                for k in rest
-            ]  # explicit_key(k), inlined for the common case
-            if len(rest) == 1:  # GET: a one-key MGET costs redis-py noticeably more
-                raws = [(yield RedisCall(backend, "get", names[0]))]
-            else:
-                raws = yield RedisCall(backend, "mget", names)
-        except REDIS_ERRORS as exc:
-            self.redis_failed(exc)
-            return found
-        now_ms = backend.server_now_ms()
-        unpack = codec.unpack
-        fresh: list[tuple[str, codec.Envelope]] = []
-        for key, name, raw in zip(rest, names, raws, strict=True):
-            if raw is None:
-                continue
-            env = unpack(raw)
-            if env is None:
-                self._decode(raw, key=name)  # counts and logs it
-            elif now_ms < env.fresh_until_ms:
-                found[key] = env.value
-                fresh.append((key, env))
-        self.counts["l2_hits"] += len(fresh)
-        if fresh and self.l1.maxsize:
-            entries = [(self._adopt(self.explicit_target(k), env)) for k, env in fresh]
+        return found, rest
+
+    def _names(self, keys: list[str]) -> list[str]:
+        """The Redis names of explicit keys (``explicit_key``, inlined for the common case)."""
+        prefix = self.prefix
+        return [
+            prefix + (k if len(k) <= MAX_ARGS_CHARS and k[0] != "#" else explicit_key(k))
+            for k in keys
+        ]
+
+    def _found_many(
+        self,
+        found: dict[str, Any],
+        keys: list[str],
+        names: list[str],
+        fetched: tuple[Any, BaseException | None],
+        epoch: int,
+    ) -> None:
+        """Add to ``found`` the fresh values of what was read for ``keys``; keep them in L1
+        unless something changed since ``epoch``."""
+        raws, error = fetched
+        if error is not None:
+            self.redis_failed(error)
+            return
+        now_ms = self.backend.server_now_ms()  # type: ignore[union-attr]
+        bodies = codec.bodies(raws)
+        value, until = codec.VALUE, codec.FRESH
+        before = len(found)
+        for key, body in zip(keys, bodies, strict=True):
+            if body is not None and now_ms < body[until]:
+                found[key] = body[value]
+        self.counts["l2_hits"] += len(found) - before
+        if None in bodies:
+            for name, raw, body in zip(names, raws, bodies, strict=True):
+                if body is None and raw is not None:
+                    self._decode(raw, key=name)  # counts and logs it
+        if len(found) > before and self.l1.maxsize:
+            entries = [
+                self._adopt(self.explicit_target(key), codec.envelope(body))
+                for key, body in zip(keys, bodies, strict=True)
+                if body is not None and now_ms < body[until]
+            ]
             with self.lock:
-                for entry in entries:
-                    if entry.full_key not in self.flights:
-                        self.l1.put(table, entry)
-        return found
+                if self.epoch == epoch:
+                    for entry in entries:
+                        if entry.full_key not in self.flights:
+                            self.l1.put(self.explicit, entry)
 
     # -- writes and invalidation ----------------------------------------------------------------
 
@@ -1040,6 +1189,7 @@ class Engine:
             reply = yield from self._script(*enqueue(store))
             store = None
         with self.lock:
+            self.epoch += 1
             flight = self.flights.pop(target.full_key, None)
             if flight is not None:
                 flight.invalidated = True
@@ -1067,6 +1217,7 @@ class Engine:
 
     def _drop_local(self, keys: list[str], tags: tuple[str, ...]) -> list[str]:
         with self.lock:
+            self.epoch += 1
             if tags:
                 keys.extend(k for k in self.l1.tagged(tags) if k not in keys)
             dropped = []
@@ -1115,6 +1266,8 @@ class Engine:
             size = len(self.l1)
             evictions = self.l1.evictions
         counts = dict(self.counts)
+        for name in ("misses", "l2_hits"):
+            counts[name] = counts.get(name, 0) + self.lone_hits
         names = [
             "misses", "loads", "load_errors", "refreshes", "early_refreshes", "refresh_errors",
             "stale_served", "coalesced_waits", "wait_timeouts", "sets", "invalidations",

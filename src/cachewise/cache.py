@@ -173,20 +173,22 @@ class Cache:
         self._policies[(type(ttl), ttl, type(stale_ttl), stale_ttl)] = policy
         return policy
 
-    def _get_or_load(
+    def _read_args(
         self, key: str, loader: Callable[[], Any], ttl: Any, stale_ttl: Any
-    ) -> Plan[Any]:
-        target = self._target(key)
-        _validate.callable_(loader, f"loader for key {key!r}")
-        return self._engine.read(target, loader, self._policy(ttl, stale_ttl, key))
+    ) -> tuple[Target, Callable[[], Any], Policy]:
+        if type(key) is not str or not key:
+            _validate.cache_key(key)  # raises the error that names it
+        if not callable(loader):  # the message is built only when it is needed
+            _validate.callable_(loader, f"loader for key {key!r}")
+        return self._engine.explicit_target(key), loader, self._policy(ttl, stale_ttl, key)
 
     def _keys(self, keys: Iterable[str]) -> list[str]:
         if isinstance(keys, str):
             raise ConfigTypeError("keys must be an iterable of str, not a single str")
         keys = list(keys)
-        for key in keys:
-            if type(key) is not str or not key:
-                _validate.cache_key(key)  # raises the error that names it
+        if set(map(type, keys)) - {str} or "" in keys:  # C-speed checks for the common case
+            for key in keys:
+                _validate.cache_key(key)  # raises the error that names the bad one
         return keys
 
     def _targets(self, keys: Iterable[str]) -> dict[str, Target]:
@@ -213,13 +215,13 @@ class Cache:
         self, key: str, loader: Callable[[], T], *, ttl: Any, stale_ttl: Any = None
     ) -> T:
         """Return the value of ``key``, loading it with ``loader()`` (once per key) on a miss."""
-        return run_sync(self._get_or_load(key, loader, ttl, stale_ttl))  # type: ignore[no-any-return]
+        return self._engine.read_sync(*self._read_args(key, loader, ttl, stale_ttl))  # type: ignore[no-any-return]
 
     async def aget_or_load(
         self, key: str, loader: Callable[[], Any], *, ttl: Any, stale_ttl: Any = None
     ) -> Any:
         """``get_or_load`` for asyncio: ``loader()`` may return an awaitable."""
-        return await run_async(self._get_or_load(key, loader, ttl, stale_ttl))
+        return await self._engine.read_async(*self._read_args(key, loader, ttl, stale_ttl))
 
     def get_or_load_many(
         self,
@@ -247,17 +249,18 @@ class Cache:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The fresh value of ``key``, or ``default``."""
-        return run_sync(self._engine.get(_validate.cache_key(key), default))
+        return self._engine.get_many_sync([_validate.cache_key(key)]).get(key, default)
 
     async def aget(self, key: str, default: Any = None) -> Any:
-        return await run_async(self._engine.get(_validate.cache_key(key), default))
+        found = await self._engine.get_many_async([_validate.cache_key(key)])
+        return found.get(key, default)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` of the keys that hold a fresh value."""
-        return run_sync(self._engine.get_many(self._keys(keys)))
+        return self._engine.get_many_sync(self._keys(keys))
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        return await run_async(self._engine.get_many(self._keys(keys)))
+        return await self._engine.get_many_async(self._keys(keys))
 
     def set(self, key: str, value: Any, *, ttl: Any) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (mandatory)."""

@@ -178,8 +178,8 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
     engine, policy, read = spec.engine, spec.policy, spec.engine.read
     is_async = inspect.iscoroutinefunction(fn)
 
-    def plan(values: tuple[Any, ...], call: Caller) -> Plan[Any]:
-        return read(spec.target(values, call), functools.partial(call, fn), policy)
+    def args(values: tuple[Any, ...], call: Caller) -> tuple[Target, Callable[[], Any], Policy]:
+        return spec.target(values, call), functools.partial(call, fn), policy
 
     wrapper = make_wrapper(
         fn,
@@ -188,8 +188,8 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
         fast=spec.custom_key is None,
         table=spec.table,
         now=engine.clock,
-        plan=plan,
-        run=run_async if is_async else run_sync,
+        args=args,
+        read=engine.read_async if is_async else engine.read_sync,
     )
     if wrapper is None:  # a parameter name the generated code cannot use: no fast path
         wrapper = _shell(

@@ -1,0 +1,137 @@
+"""The lone-caller fast path of shared-tier reads (one GET, no flight, no plan): served and
+counted as the full path would, and never leaving an older value in L1 when an invalidation or
+a write races its GET."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from cachewise import Cache, codec
+from cachewise.codec import Envelope
+
+MakeCache = Callable[..., Cache]
+
+
+def _never() -> Any:
+    raise AssertionError("the value is shared: nothing should load")
+
+
+def _warm(cache: Cache) -> None:
+    """A first call sets the tier up (clock, listener): the fast path applies from then on."""
+    cache.get("~warm-up")
+
+
+def test_a_shared_hit_is_served_counted_and_kept(make_cache: MakeCache) -> None:
+    writer, reader = make_cache(), make_cache()
+    writer.set("k", {"v": 1}, ttl=60)
+    _warm(reader)
+    assert reader.get_or_load("k", _never, ttl=60) == {"v": 1}
+    stats = reader.stats()
+    assert (stats["misses"], stats["l2_hits"], stats["l1_size"]) == (1, 1, 1)
+    assert reader.get_or_load("k", _never, ttl=60) == {"v": 1}  # now from L1
+    assert reader.stats()["l2_hits"] == 1
+
+
+def test_async_shared_hit(make_cache: MakeCache) -> None:
+    writer, reader = make_cache(), make_cache(l1_maxsize=0)
+    writer.set("k", [1, 2], ttl=60)
+
+    async def main() -> list[Any]:
+        await reader.aget("~warm-up")
+        return [
+            await reader.aget_or_load("k", _never, ttl=60),
+            await reader.aget_many(["k", "absent"]),
+        ]
+
+    assert asyncio.run(main()) == [[1, 2], {"k": [1, 2]}]
+    assert reader.stats()["l2_hits"] == 2
+
+
+def _racing(cache: Cache, race: Callable[[], None]) -> None:
+    """Make ``race`` happen after ``cache``'s next fast-path GET got its reply."""
+    backend = cache._engine.backend
+    assert backend is not None
+    fetch = backend.fetch_sync
+
+    def fetch_then_race(keys: Any) -> Any:
+        got = fetch(keys)
+        race()
+        return got
+
+    backend.fetch_sync = fetch_then_race  # type: ignore[method-assign]
+
+
+def _event(kind: str, *fields: Any) -> list[Any]:
+    """An event as another process' listener would hand it over."""
+    return [kind, "another-process", *fields]
+
+
+@pytest.mark.parametrize("race", ["invalidate", "set", "remote-invalidation", "remote-fill"])
+@pytest.mark.parametrize("how", ["get_or_load", "get_many"])
+def test_a_read_racing_a_change_keeps_nothing_older_in_l1(
+    make_cache: MakeCache, race: str, how: str
+) -> None:
+    writer, reader = make_cache(), make_cache()
+    writer.set("k", "old", ttl=60)
+    _warm(reader)
+    engine = reader._engine
+    full = reader._target("k").full_key
+    new = codec.pack(Envelope("new", 2**62, 2**62, 1, ()), "k")
+    changes: dict[str, Callable[[], None]] = {
+        "invalidate": lambda: reader.invalidate("k"),
+        "set": lambda: reader.set("k", "new", ttl=60),
+        "remote-invalidation": lambda: engine._on_event(_event("i", [full], [])),
+        "remote-fill": lambda: engine._on_event(_event("f", full, new)),
+    }
+    _racing(reader, changes[race])
+    if how == "get_or_load":
+        assert reader.get_or_load("k", _never, ttl=60) == "old"  # what Redis held when read
+    else:
+        assert reader.get_many(["k"]) == {"k": "old"}
+    held = engine.explicit.get("k")
+    assert held is None or held.value == "new"
+
+
+def test_redis_failing_on_the_fast_path_is_counted_once(make_cache: MakeCache) -> None:
+    cache = make_cache()
+    _warm(cache)
+    client = cache._engine.backend.sync_client()  # type: ignore[union-attr]
+
+    def down(*args: Any) -> Any:
+        raise redis.ConnectionError("refused")
+
+    client.get = down  # type: ignore[method-assign]
+    client.mget = down  # type: ignore[method-assign]
+    assert cache.get_or_load("k", lambda: "loaded", ttl=60) == "loaded"
+    assert cache.get_many(["a", "b"]) == {}
+    stats = cache.stats()
+    assert stats["redis_errors"] == 2
+    assert stats["loads_without_redis"] == 1
+    assert cache._engine.backend.breaker.failures == 2  # type: ignore[union-attr]
+
+
+def test_an_undecodable_entry_is_counted_once_and_loaded(make_cache: MakeCache) -> None:
+    cache = make_cache()
+    _warm(cache)
+    client = cache._engine.backend.sync_client()  # type: ignore[union-attr]
+    client.set(cache._target("k").full_key, b"\xc1 not msgpack", ex=60)
+    assert cache.get_or_load("k", lambda: "loaded", ttl=60) == "loaded"
+    assert cache.stats()["decode_errors"] == 1
+
+
+def test_a_stale_shared_value_is_served_and_refreshed(make_cache: MakeCache) -> None:
+    writer, reader = make_cache(), make_cache()
+    writer.get_or_load("k", lambda: "old", ttl=0.05, stale_ttl=60)
+    _warm(reader)
+    time.sleep(0.1)
+    assert reader.get_or_load("k", lambda: "new", ttl=60, stale_ttl=60) == "old"
+    deadline = time.monotonic() + 5
+    while reader.stats()["refreshes"] < 1 or writer.get("k") != "new":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
