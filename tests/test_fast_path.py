@@ -5,6 +5,7 @@ a write races its GET."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,9 @@ import redis
 
 from cachewise import Cache, codec
 from cachewise.codec import Envelope
+
+from .conftest import in_thread
+from .test_concurrency import wait_until
 
 MakeCache = Callable[..., Cache]
 
@@ -135,3 +139,81 @@ def test_a_stale_shared_value_is_served_and_refreshed(make_cache: MakeCache) -> 
     while reader.stats()["refreshes"] < 1 or writer.get("k") != "new":
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+class _SlowGets:
+    """Wraps a client's GET: counts calls, and holds the first one until ``release``."""
+
+    def __init__(self, client: Any, fail: BaseException | None = None) -> None:
+        self.calls = 0
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.fail = fail
+        self._get = client.get
+        client.get = self
+
+    def __call__(self, name: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            self.started.set()
+            assert self.release.wait(10)
+            if self.fail is not None:
+                raise self.fail
+        return self._get(name)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["hit", "cold"])
+def test_callers_arriving_during_the_fast_get_wait_for_it(
+    make_cache: MakeCache, shared: bool
+) -> None:
+    writer, reader = make_cache(), make_cache(l1_maxsize=0)
+    if shared:
+        writer.set("k", "row", ttl=60)
+    _warm(reader)
+    gets = _SlowGets(reader._engine.backend.sync_client())  # type: ignore[union-attr]
+    loads: list[int] = []
+
+    def load() -> str:
+        loads.append(1)
+        return "row"
+
+    first, results = in_thread(lambda: reader.get_or_load("k", load, ttl=60))
+    assert gets.started.wait(5)
+    herd = [in_thread(lambda: reader.get_or_load("k", load, ttl=60)) for _ in range(5)]
+    wait_until(lambda: reader.stats()["coalesced_waits"] == 5)
+    gets.release.set()
+    for thread, out in [(first, results), *herd]:
+        thread.join(10)
+        assert out == ["row"]
+    assert gets.calls == 1  # one GET for the whole herd
+    assert len(loads) == (0 if shared else 1)
+
+
+def test_callers_start_over_when_the_fast_get_is_abandoned(make_cache: MakeCache) -> None:
+    class Interrupted(BaseException):
+        pass
+
+    writer, reader = make_cache(), make_cache(l1_maxsize=0)
+    writer.set("k", "row", ttl=60)
+    _warm(reader)
+    gets = _SlowGets(reader._engine.backend.sync_client(), Interrupted())  # type: ignore[union-attr]
+    errors: list[BaseException] = []
+
+    def first_caller() -> None:
+        try:
+            reader.get_or_load("k", _never, ttl=60)
+        except Interrupted as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=first_caller)
+    first.start()
+    assert gets.started.wait(5)
+    herd = [in_thread(lambda: reader.get_or_load("k", _never, ttl=60)) for _ in range(3)]
+    wait_until(lambda: reader.stats()["coalesced_waits"] == 3)
+    gets.release.set()
+    first.join(10)
+    for thread, out in herd:
+        thread.join(10)
+        assert out == ["row"]
+    assert len(errors) == 1
+    assert not reader._engine.probing and not reader._engine.flights

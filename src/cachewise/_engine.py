@@ -64,6 +64,7 @@ EVENT_VALUE_LIMIT = 64 * 1024
 
 _UNREAD: Any = object()  # Redis not read yet
 _NO_REDIS: Any = object()  # Redis failed: go on without it
+_RETRY: Any = object()  # a flight's result telling its callers to start over
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ class Engine:
         #: lone-caller fast path keeps what it read in L1 only if the epoch did not move.
         self.epoch = 0
         self.lone_hits = 0
+        #: Keys a fast-path GET is reading now, with the flight other callers started meanwhile.
+        self.probing: dict[str, Flight | None] = {}
         if backend is not None:
             backend.breaker.on_recover = self._on_reset  # L1 missed events while Redis was away
         _ENGINES.add(self)
@@ -197,23 +200,33 @@ class Engine:
         """In a forked child: empty L1, forget the parent's flights, locks, tasks, connections."""
         self.lock = threading.Lock()
         self.flights = {}
+        self.probing = {}
         self.tasks = set()
         self.l1.clear()
         if self.backend is not None:
             self.backend.reset_after_fork()
 
-    def _claim(self, key: str) -> tuple[Flight, bool]:
+    def _claim(self, key: str, join_probe: bool = False) -> tuple[Flight, bool]:
+        """The key's flight, and whether this caller leads it. With ``join_probe``, a flight
+        started while a fast-path GET of the key is under way is left to that GET's caller,
+        which settles it or leads its load (see ``ticket``)."""
         with self.lock:
             flight = self.flights.get(key)
             if flight is not None:
                 return flight, False
             flight = self.flights[key] = Flight()
+            if join_probe and key in self.probing and self.probing[key] is None:
+                self.probing[key] = flight
+                return flight, False
             return flight, True
 
-    def _settle(self, flight: Flight, target: Target, entry: Entry | None, value: Any) -> None:
-        """Store ``entry`` in L1 unless the flight was invalidated, end the flight, wake waiters."""
+    def _settle(
+        self, flight: Flight, target: Target, entry: Entry | None, value: Any, epoch: int = -1
+    ) -> None:
+        """Store ``entry`` in L1 unless the flight was invalidated (or, given an ``epoch``,
+        anything changed since), end the flight, wake waiters."""
         with self.lock:
-            if entry is not None and not flight.invalidated:
+            if entry is not None and not flight.invalidated and epoch in (-1, self.epoch):
                 self.l1.put(target.table, entry)
             if self.flights.get(target.full_key) is flight:
                 del self.flights[target.full_key]
@@ -762,7 +775,7 @@ class Engine:
             if pinned is not None:
                 yield from self.set(target, pinned[1], policy)
                 return pinned[1]
-            flight, leader = self._claim(target.full_key)
+            flight, leader = self._claim(target.full_key, join_probe=True)
             if leader:
                 # Second look: a load may have landed between our read and the claim.
                 entry = target.table.get(target.l1_key)
@@ -772,16 +785,13 @@ class Engine:
                     entry.hits += 1
                     return entry.value
                 self.counts["misses"] += 1
-                raw = _UNREAD
-                if self.backend is not None:
-                    raw = yield from self._lookup(flight, target, loader, policy, read)
-                if not flight.done():  # not served by Redis: load (in its own task if async)
-                    yield Spawn(self._resolve(flight, target, loader, policy, None, raw), self.keep)
-                value = flight.result() if flight.done() else (yield Wait(flight, None))
+                value = yield from self._lead(flight, target, loader, policy, read)
             else:
                 self.counts["misses"] += 1
                 self.counts["coalesced_waits"] += 1
                 value = yield Wait(flight, self.wait_timeout)
+                if value is _RETRY:  # the fast-path GET this flight waited for was abandoned
+                    continue
                 if value is TIMED_OUT:
                     # The shared load outlived wait_timeout: load without it.
                     self.counts["wait_timeouts"] += 1
@@ -791,23 +801,59 @@ class Engine:
             self.miss_latency.add(self.clock() - started)
             return value
 
+    def _lead(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        read: Any = _UNREAD,
+    ) -> Plan[Any]:
+        """Resolve the flight this caller leads: Redis first, then the load."""
+        raw = _UNREAD
+        if self.backend is not None:
+            raw = yield from self._lookup(flight, target, loader, policy, read)
+        if not flight.done():  # not served by Redis: load (in its own task if async)
+            yield Spawn(self._resolve(flight, target, loader, policy, None, raw), self.keep)
+        return flight.result() if flight.done() else (yield Wait(flight, None))
+
     # -- the lone-caller fast path --------------------------------------------------------------
     # A read that finds nothing in L1 and no flight for its key is most often a shared-tier hit.
     # The full plan (claim a flight, step the generator through a driver, settle the flight)
     # costs a fifth of the GET itself, so such a read first tries one plain GET: it is served
     # if that finds a fresh entry, and otherwise handed to ``read`` with what was found (so the
-    # leader does not read again). Callers arriving together each GET once; single-flight
-    # still decides who loads.
+    # leader does not read again). Callers of the key arriving during that GET start a flight
+    # and wait: the GET's caller settles it with what it found, or leads its load. A herd on a
+    # cold key costs one GET, as with the full path.
 
     def ticket(self, target: Target) -> int:
-        """The epoch, when a read of ``target`` may try the fast path; -1 when it may not."""
+        """The epoch, when a read of ``target`` may try the fast path (the key is then marked
+        as probed until ``probed``); -1 when it may not."""
+        key = target.full_key
         if (
             target.l1_key in target.table
-            or target.full_key in self.flights
-            or target.full_key in self.pinned
+            or key in self.flights
+            or key in self.probing
+            or key in self.pinned
         ):
             return -1
-        return self._lone()
+        epoch = self._lone()
+        if epoch >= 0:
+            self.probing.setdefault(key, None)  # never replaces a flight waiting on a probe
+        return epoch
+
+    def _unprobe(self, key: str, abandoned: bool = False) -> Flight | None:
+        """End the fast-path GET of ``key``: the flight started meanwhile, which this caller
+        now settles or leads. ``abandoned`` (the GET raised): that flight's callers start over.
+        """
+        with self.lock:
+            flight = self.probing.pop(key, None)
+            if flight is not None and abandoned:
+                if self.flights.get(key) is flight:
+                    del self.flights[key]
+                flight.set_result(_RETRY)
+                return None
+            return flight
 
     def _lone(self) -> int:
         """The epoch, when Redis may be read without a plan (set up, breaker closed, nothing
@@ -826,10 +872,15 @@ class Engine:
         return self.epoch
 
     def lone_read(
-        self, target: Target, outcome: tuple[Any, BaseException | None], ticket: int
+        self,
+        target: Target,
+        outcome: tuple[Any, BaseException | None],
+        ticket: int,
+        joined: Flight | None,
     ) -> tuple[bool, Any]:
-        """``(True, value)`` when the fast path's GET found a fresh entry; otherwise
-        ``(False, what to hand to read)``: the raw bytes, or ``_NO_REDIS`` if Redis failed."""
+        """``(True, value)`` when the fast path's GET found a fresh entry (the ``joined``
+        flight is settled with it); otherwise ``(False, what to hand to read)``: the raw bytes,
+        or ``_NO_REDIS`` if Redis failed."""
         raw, error = outcome
         if error is not None:
             self.redis_failed(error)
@@ -841,32 +892,62 @@ class Engine:
         if body is None or time.monotonic() * 1000 + offset >= body[codec.FRESH]:
             return False, raw  # absent, undecodable (``read`` counts it) or stale
         self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
-        if self.l1.maxsize:
-            entry = self._adopt(target, codec.envelope(body))
+        value = body[codec.VALUE]
+        entry = self._adopt(target, codec.envelope(body)) if self.l1.maxsize else None
+        # Kept in L1 only if no invalidation or write happened since the ticket: the bytes may
+        # be the older value.
+        if joined is not None:
+            self._settle(joined, target, entry, value, ticket)
+        elif entry is not None:
             with self.lock:
-                # Not if an invalidation or a write happened since the ticket: the bytes may
-                # be the older value (no stale copy in L1).
                 if self.epoch == ticket and target.full_key not in self.flights:
                     self.l1.put(target.table, entry)
-        return True, body[codec.VALUE]
+        return True, value
+
+    def _after_probe(
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        got: Any,
+        joined: Flight | None,
+    ) -> Plan[Any]:
+        """The full path, for a fast-path GET that did not serve: leading the flight callers
+        started meanwhile, if they did."""
+        if joined is None:
+            return self.read(target, loader, policy, got)
+        self.counts["misses"] += 1
+        return self._lead(joined, target, loader, policy, got)
 
     def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
         """``read`` carried out in this thread, after the fast path's GET where it applies."""
         ticket = self.ticket(target)
         if ticket < 0:
             return run_sync(self.read(target, loader, policy))
-        fetched = self.backend.fetch_sync(target.full_key)  # type: ignore[union-attr]
-        done, got = self.lone_read(target, fetched, ticket)
-        return got if done else run_sync(self.read(target, loader, policy, got))
+        try:
+            fetched = self.backend.fetch_sync(target.full_key)  # type: ignore[union-attr]
+        except BaseException:
+            self._unprobe(target.full_key, abandoned=True)
+            raise
+        joined = self._unprobe(target.full_key)
+        done, got = self.lone_read(target, fetched, ticket, joined)
+        return got if done else run_sync(self._after_probe(target, loader, policy, got, joined))
 
     async def read_async(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
         """``read`` carried out on the running loop, after the fast path's GET where it applies."""
         ticket = self.ticket(target)
         if ticket < 0:
             return await run_async(self.read(target, loader, policy))
-        fetched = await self.backend.fetch_async(target.full_key)  # type: ignore[union-attr]
-        done, got = self.lone_read(target, fetched, ticket)
-        return got if done else await run_async(self.read(target, loader, policy, got))
+        try:
+            fetched = await self.backend.fetch_async(target.full_key)  # type: ignore[union-attr]
+        except BaseException:
+            self._unprobe(target.full_key, abandoned=True)
+            raise
+        joined = self._unprobe(target.full_key)
+        done, got = self.lone_read(target, fetched, ticket, joined)
+        if done:
+            return got
+        return await run_async(self._after_probe(target, loader, policy, got, joined))
 
     def _refresh(
         self,
