@@ -181,19 +181,26 @@ replies = st.lists(
 )
 
 
-@given(replies)
-def test_bulk_decoding_equals_decoding_each_value_alone(raws: list[bytes | None]) -> None:
-    bodies = codec.bodies(raws)
-    assert len(bodies) == len(raws)
-    for raw, body in zip(raws, bodies, strict=True):
-        expected = unpack(raw)
-        got = None if body is None else codec.envelope(body)
-        assert (got is None) == (expected is None), raw
-        if got is not None and expected is not None:
-            assert got[1:] == expected[1:]
-            assert msgpack.packb(got.value) == msgpack.packb(expected.value)
+@given(replies, st.integers(-1, 2**50))
+def test_bulk_decoding_equals_decoding_each_value_alone(
+    raws: list[bytes | None], now_ms: int
+) -> None:
+    keys = [f"k{i}" for i in range(len(raws))]
+    found: dict[str, Any] = {}
+    kept: list[tuple[str, list[Any]]] = []
+    bad = codec.fresh_values(keys, raws, now_ms, found, kept)
+    expected = {key: unpack(raw) for key, raw in zip(keys, raws, strict=True)}
+    absent = [k for k, raw in zip(keys, raws, strict=True) if raw is None]
+    assert bad == [k for k in keys if expected[k] is None and k not in absent]
+    fresh = {k: env for k, env in expected.items() if env and now_ms < env.fresh_until_ms}
+    assert list(found) == list(fresh) == [key for key, _ in kept]
+    for key, body in kept:
+        env = codec.envelope(body)
+        assert env[1:] == fresh[key][1:]
+        assert msgpack.packb(found[key]) == msgpack.packb(fresh[key].value)
+    for raw, env in zip(raws, expected.values(), strict=True):
         single = codec.body(raw) if raw is not None else None
-        assert (single is None) == (expected is None), raw
+        assert (single is None) == (env is None), raw
 
 
 def test_a_malformed_value_cannot_swallow_its_neighbour() -> None:
@@ -205,11 +212,10 @@ def test_a_malformed_value_cannot_swallow_its_neighbour() -> None:
     forged = pack(Envelope("forged", 10, 20, 1, ()), "k")
     first = b"\x96\x01\xc5" + (len(victim) + 1).to_bytes(2, "big")
     second = b"\x00" + b"\x0a\x14\x01\x90" + forged + pack(Envelope("x", 10, 20, 1, ()), "k")
-    raws: list[bytes | None] = [first, victim, second]
     naive = msgpack.Unpacker()
     naive.feed(b"".join([first, victim, second]))
     assert list(naive)[1][1] == "forged"  # the attack works on a decoder without the check
-    bodies = codec.bodies(raws)
-    assert bodies[0] is None
-    assert bodies[1] is not None and bodies[1][codec.VALUE] == "victim's value"
-    assert bodies[2] is None
+    found: dict[str, Any] = {}
+    bad = codec.fresh_values(["a", "victim", "b"], [first, victim, second], 0, found)
+    assert found == {"victim": "victim's value"}
+    assert bad == ["a", "b"]

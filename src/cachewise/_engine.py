@@ -1213,22 +1213,15 @@ class Engine:
             self.redis_failed(error)
             return
         now_ms = self.backend.server_now_ms()  # type: ignore[union-attr]
-        bodies = codec.bodies(raws)
-        value, until = codec.VALUE, codec.FRESH
         before = len(found)
-        for key, body in zip(keys, bodies, strict=True):
-            if body is not None and now_ms < body[until]:
-                found[key] = body[value]
+        kept: list[tuple[str, list[Any]]] | None = [] if self.l1.maxsize else None
+        for key in codec.fresh_values(keys, raws, now_ms, found, kept):
+            at = keys.index(key)  # a key given twice was read twice: same name, same bytes
+            self._decode(raws[at], key=names[at])  # counts and logs it
         self.counts["l2_hits"] += len(found) - before
-        if None in bodies:
-            for name, raw, body in zip(names, raws, bodies, strict=True):
-                if body is None and raw is not None:
-                    self._decode(raw, key=name)  # counts and logs it
-        if len(found) > before and self.l1.maxsize:
+        if kept:
             entries = [
-                self._adopt(self.explicit_target(key), codec.envelope(body))
-                for key, body in zip(keys, bodies, strict=True)
-                if body is not None and now_ms < body[until]
+                self._adopt(self.explicit_target(key), codec.envelope(body)) for key, body in kept
             ]
             with self.lock:
                 if self.epoch == epoch:

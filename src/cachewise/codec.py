@@ -244,44 +244,52 @@ def body(raw: bytes) -> list[Any] | None:
     return None
 
 
-#: Where a checked body (``bodies``) holds the value and the server time it is fresh until.
+#: Where a checked body (``body``, ``fresh_values``) holds the value, and the server time it
+#: is fresh until.
 VALUE, FRESH = 1, 2
 
 
-def bodies(raws: list[bytes | None]) -> list[list[Any] | None]:
-    """The checked envelope bodies of an MGET's reply (None where absent or not an envelope),
-    decoded in one pass of the decoder.
+def fresh_values(
+    keys: list[str],
+    raws: list[bytes | None],
+    now_ms: float,
+    found: dict[str, Any],
+    kept: list[tuple[str, list[Any]]] | None = None,
+) -> list[str]:
+    """Decode an MGET reply: ``found[key]`` is set to the value of each entry fresh at server
+    time ``now_ms``, and ``kept`` (if given) gets ``(key, body)`` for each of them (``envelope``
+    makes one an ``Envelope``). Returns the keys whose bytes are not an envelope.
 
     For bulk reads, where per-value Python work is what separates the read from the raw MGET:
-    one msgpack call per value costs about as much as the decoding itself, and building an
-    ``Envelope`` per value a quarter of it; a body is indexed with ``VALUE`` and ``FRESH``, or
-    made an ``Envelope`` with ``envelope``. The values are decoded from one buffer, and each one
-    must end exactly where its own bytes end, so a malformed value can never be read into its
-    neighbours' bytes; from the first surprise on, values are decoded one by one.
+    one msgpack call per value costs about as much as the decoding itself, so the values are
+    decoded from one buffer in one loop that also checks and sorts them. Each value must end
+    exactly where its own bytes end, so a malformed value can never be read into its
+    neighbours' bytes; at the first surprise, every value is decoded again on its own.
     """
-    present = raws if None not in raws else [raw for raw in raws if raw is not None]
-    decoded: list[list[Any] | None] = []
+    bad: list[str] = []
     try:
-        data = b"".join(present)  # type: ignore[arg-type]
+        data = b"".join([raw for raw in raws if raw is not None])
         decoder = msgpack.Unpacker(
             ext_hook=_decode, strict_map_key=False, max_buffer_size=max(len(data), 1)
         )
         decoder.feed(data)
-        next_body, tell, keep = decoder.unpack, decoder.tell, decoded.append
+        next_body, tell = decoder.unpack, decoder.tell
         int_, list_ = int, list  # locals: read once per value
         end = 0
-        for raw in present:
-            end += len(raw)  # type: ignore[arg-type]
-            body = next_body()
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is None:
+                continue
+            end += len(raw)
+            got = next_body()
             if tell() != end:
-                break
-            # _checked(body), inlined for bodies without tags: a call per value costs a tenth
-            # of the whole bulk read. Six names unpack from a list, a tuple, a dict, a str or
-            # bytes; only a list can end with a list.
+                raise ValueError("a value ran into its neighbour's bytes")
+            # body(), inlined: a call per value would cost a tenth of the whole bulk read. Six
+            # names unpack from a list, a tuple, a dict, a str or bytes; only a list can end
+            # with a list.
             try:
-                version, _, fresh, stale, load_ms, tags = body
+                version, value, fresh, stale, load_ms, tags = got
             except (TypeError, ValueError):
-                keep(None)
+                bad.append(key)
                 continue
             if (
                 version == FORMAT
@@ -289,24 +297,34 @@ def bodies(raws: list[bytes | None]) -> list[list[Any] | None]:
                 and type(stale) is int_
                 and type(load_ms) is int_
                 and type(tags) is list_
-                and (not tags or _checked(body) is not None)
+                and (not tags or _checked(got) is not None)
             ):
-                keep(body)
+                if now_ms < fresh:
+                    found[key] = value
+                    if kept is not None:
+                        kept.append((key, got))
             else:
-                keep(None)
-    except Exception:  # a malformed value: it and the rest are decoded alone below
+                bad.append(key)
+        return bad
+    except Exception:  # decode every value on its own; what was found so far stays right
         pass
-    for raw in present[len(decoded) :]:
-        env = unpack(raw)
-        decoded.append(None if env is None else [FORMAT, *env[:4], list(env.tags)])
-    if present is raws:
-        return decoded
-    found = iter(decoded)
-    return [None if raw is None else next(found) for raw in raws]
+    bad.clear()
+    if kept is not None:
+        kept.clear()
+    for key, raw in zip(keys, raws, strict=True):
+        got = body(raw) if raw is not None else None
+        if got is None:
+            if raw is not None:
+                bad.append(key)
+        elif now_ms < got[FRESH]:
+            found[key] = got[VALUE]
+            if kept is not None:
+                kept.append((key, got))
+    return bad
 
 
 def envelope(body: list[Any]) -> Envelope:
-    """The ``Envelope`` of a body ``bodies`` returned."""
+    """The ``Envelope`` of a checked body (``body``, ``fresh_values``)."""
     return _new(Envelope, (body[1], body[2], body[3], body[4], tuple(body[5])))
 
 
