@@ -268,7 +268,7 @@ def fresh_values(
     """
     bad: list[str] = []
     try:
-        data = b"".join([raw for raw in raws if raw is not None])
+        data = b"".join([raw for raw in raws if raw is not None] if None in raws else raws)  # type: ignore[arg-type]
         decoder = msgpack.Unpacker(
             ext_hook=_decode, strict_map_key=False, max_buffer_size=max(len(data), 1)
         )
