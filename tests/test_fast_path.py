@@ -193,11 +193,15 @@ def test_callers_start_over_when_the_fast_get_is_abandoned(make_cache: MakeCache
     class Interrupted(BaseException):
         pass
 
-    writer, reader = make_cache(), make_cache(l1_maxsize=0)
-    writer.set("k", "row", ttl=60)
+    reader = make_cache(l1_maxsize=0)
     _warm(reader)
     gets = _SlowGets(reader._engine.backend.sync_client(), Interrupted())  # type: ignore[union-attr]
     errors: list[BaseException] = []
+    loads: list[str] = []
+
+    def load(value: str) -> str:
+        loads.append(value)
+        return value
 
     def first_caller() -> None:
         try:
@@ -208,12 +212,20 @@ def test_callers_start_over_when_the_fast_get_is_abandoned(make_cache: MakeCache
     first = threading.Thread(target=first_caller)
     first.start()
     assert gets.started.wait(5)
-    herd = [in_thread(lambda: reader.get_or_load("k", _never, ttl=60)) for _ in range(3)]
-    wait_until(lambda: reader.stats()["coalesced_waits"] == 3)
+    herd = [in_thread(lambda: reader.get_or_load("k", lambda: load("one"), ttl=60))]
+    wait_until(lambda: reader.stats()["coalesced_waits"] == 1)
+    # A bulk caller joins the same flight: it never probes, but may wait on a probed flight.
+    bulk = in_thread(
+        lambda: reader.get_or_load_many(["k"], lambda ks: {k: load("many") for k in ks}, ttl=60)[
+            "k"
+        ]
+    )
+    wait_until(lambda: reader.stats()["coalesced_waits"] == 2)
     gets.release.set()
     first.join(10)
-    for thread, out in herd:
+    for thread, _ in [*herd, bulk]:
         thread.join(10)
-        assert out == ["row"]
     assert len(errors) == 1
+    assert len(loads) == 1  # the callers started over, and one of them loaded for all
+    assert herd[0][1] == bulk[1] == loads
     assert not reader._engine.probing and not reader._engine.flights

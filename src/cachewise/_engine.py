@@ -988,7 +988,15 @@ class Engine:
         for key, flight in {**leading, **waiting}.items():
             if key in waiting:
                 self.counts["coalesced_waits"] += 1
-            found[key] = yield Wait(flight, None)
+            value = yield Wait(flight, None)
+            while value is _RETRY:  # joined a fast-path GET that was abandoned: lead or join anew
+                flight, leader = self._claim(targets[key].full_key)
+                if leader:
+                    yield Spawn(
+                        self._resolve_many(targets, {key: flight}, load_many, policy), self.keep
+                    )
+                value = yield Wait(flight, None)
+            found[key] = value
         return {key: found[key] for key in targets}
 
     def _resolve_many(
