@@ -229,3 +229,37 @@ def test_callers_start_over_when_the_fast_get_is_abandoned(make_cache: MakeCache
     assert len(loads) == 1  # the callers started over, and one of them loaded for all
     assert herd[0][1] == bulk[1] == loads
     assert not reader._engine.probing and not reader._engine.flights
+
+
+def test_a_cancelled_fast_get_hands_its_callers_on(make_cache: MakeCache) -> None:
+    """asyncio: the task whose fast GET the others wait for is cancelled mid-GET (a request
+    timeout): the others start over and get the value."""
+    writer, reader = make_cache(), make_cache(l1_maxsize=0)
+    writer.set("k", "row", ttl=60)
+
+    async def main() -> list[Any]:
+        await reader.aget("~warm-up")
+        backend = reader._engine.backend
+        assert backend is not None
+        fetch = backend.fetch_async
+        held = asyncio.Event()
+
+        async def slow_fetch(keys: Any) -> Any:
+            held.set()
+            await asyncio.sleep(10)  # cancelled before this ends
+            return await fetch(keys)
+
+        backend.fetch_async = slow_fetch  # type: ignore[method-assign]
+        first = asyncio.create_task(reader.aget_or_load("k", _never, ttl=60))
+        await held.wait()
+        backend.fetch_async = fetch  # type: ignore[method-assign]
+        others = [asyncio.create_task(reader.aget_or_load("k", _never, ttl=60)) for _ in range(3)]
+        while reader.stats()["coalesced_waits"] < 3:
+            await asyncio.sleep(0.001)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return list(await asyncio.wait_for(asyncio.gather(*others), 5))
+
+    assert asyncio.run(main()) == ["row"] * 3
+    assert not reader._engine.probing and not reader._engine.flights
