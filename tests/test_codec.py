@@ -219,3 +219,23 @@ def test_a_malformed_value_cannot_swallow_its_neighbour() -> None:
     bad = codec.fresh_values(["a", "victim", "b"], [first, victim, second], 0, found)
     assert found == {"victim": "victim's value"}
     assert bad == ["a", "b"]
+
+
+def test_datetimes_in_a_named_zone_keep_it_in_gaps_and_folds() -> None:
+    """A zoneinfo datetime comes back in its zone with its fold: as a fixed offset, one in a
+    DST gap or fold would compare unequal to itself (PEP 495)."""
+    import zoneinfo
+
+    knox, new_york = (
+        zoneinfo.ZoneInfo("America/Indiana/Knox"),
+        zoneinfo.ZoneInfo("America/New_York"),
+    )
+    for value in (
+        datetime.datetime(1973, 4, 29, 2, 0, tzinfo=knox),  # in the spring-forward gap
+        datetime.datetime(2021, 11, 7, 1, 30, tzinfo=new_york, fold=1),  # second 1:30
+    ):
+        back = unpack(pack(Envelope(value, 1, 2, 3, ()), "k"))
+        assert back is not None and back.value == value
+        assert back.value.tzinfo is value.tzinfo and back.value.fold == value.fold
+    escape = codec._packb(["2020-01-01T00:00:00", 0, "../../etc/passwd"])
+    assert unpack(msgpack.packb([FORMAT, msgpack.ExtType(11, escape), 1, 2, 3, []])) is None

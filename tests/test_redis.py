@@ -557,3 +557,33 @@ def test_rich_values_survive_the_shared_tier(make_cache: MakeCache) -> None:
     }
     a.set("k", value, ttl=60)
     assert b.get("k") == value and type(b.get("k")["point"]) is tuple
+
+
+def test_what_is_read_before_the_first_subscription_is_not_kept(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process' first reads run while its listener is still subscribing: an invalidation sent
+    in between never reaches it, so what those reads kept in L1 is dropped once it listens."""
+    import redis.client
+
+    writer = make_cache()
+    writer.set("k", "old", ttl=60)
+    subscribed = threading.Event()
+    release = threading.Event()
+    original = redis.client.PubSub.subscribe
+
+    def slow_subscribe(self: Any, *args: Any, **kwargs: Any) -> Any:
+        assert release.wait(10)
+        result = original(self, *args, **kwargs)
+        subscribed.set()
+        return result
+
+    monkeypatch.setattr(redis.client.PubSub, "subscribe", slow_subscribe)
+    reader = make_cache()
+    assert reader.get_or_load("k", lambda: "loaded", ttl=60) == "old"  # read, kept in L1
+    writer.set("k", "new", ttl=60)  # its event is published before the reader listens
+    release.set()
+    assert subscribed.wait(5)
+    listener = reader._engine.backend.listener  # type: ignore[union-attr]
+    assert listener is not None and listener.ready.wait(5)
+    assert reader.get_or_load("k", lambda: "loaded", ttl=60) == "new"

@@ -442,7 +442,7 @@ class Engine:
         backend = self.backend
         assert backend is not None
         try:
-            if backend.listener is None or backend.setup_due() or self.backlog_due():
+            if self._setup_due(backend):
                 yield from self._ensure_backend()
             return (yield RedisCall(backend, "get", target.full_key))
         except REDIS_ERRORS as exc:
@@ -659,8 +659,19 @@ class Engine:
             with self.lock:
                 if backend.listener is None:
                     backend.listener = Listener(backend, self._on_event, self._on_reset)
+        listener = backend.listener
+        if not listener.heard:
+            # The first reads wait for the subscription (once; about a round trip): what they
+            # keep in L1 must not miss an invalidation sent meanwhile. Past the wait, the first
+            # subscription empties L1 instead.
+            yield AwaitEvent(listener.subscribed, min(1.0, backend.block_limit * 2))
         if self.backlog_due():
             yield from self._send_backlog()
+
+    def _setup_due(self, backend: RedisBackend) -> bool:
+        """Whether ``_ensure_backend`` has work before Redis is read."""
+        listener = backend.listener
+        return listener is None or not listener.heard or backend.setup_due() or self.backlog_due()
 
     def backlog_due(self) -> bool:
         return bool(self.backlog_keys or self.backlog_tags or self.backlog_overflow)
@@ -726,14 +737,18 @@ class Engine:
 
     BACKLOG_LIMIT = 10_000
 
-    def _on_reset(self) -> None:
-        """The event channel dropped or came back: L1 cannot know what it missed."""
+    def _on_reset(self, lost: bool = True) -> None:
+        """The event channel dropped or came back (``lost``), or was first made: L1 cannot
+        know what it missed. Loads running through a loss are not kept either; at the first
+        subscription, loads waited for it before reading Redis."""
         with self.lock:
             self.epoch += 1
             self.l1.clear()
-            for flight in self.flights.values():
-                flight.invalidated = True
-        self.counts["l1_flushes"] += 1
+            if lost:
+                for flight in self.flights.values():
+                    flight.invalidated = True
+        if lost:
+            self.counts["l1_flushes"] += 1
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -863,6 +878,7 @@ class Engine:
             backend is None
             or backend.breaker.state is not Breaker.CLOSED
             or backend.listener is None
+            or not backend.listener.heard
             or backend.clock_due()
             or self.backlog_keys
             or self.backlog_tags
@@ -1143,7 +1159,7 @@ class Engine:
         if not rest or backend is None:
             return found
         try:
-            if backend.listener is None or backend.setup_due() or self.backlog_due():
+            if self._setup_due(backend):
                 yield from self._ensure_backend()
             names = self._names(rest)
             epoch = self.epoch  # what is read is kept in L1 only if nothing changed meanwhile

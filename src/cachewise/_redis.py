@@ -525,20 +525,26 @@ class Listener:
     """One subscription to the namespace's event channel per ``Cache``, in a daemon thread.
 
     It wakes the callers waiting for another process' fill (no polling of Redis), applies other
-    processes' invalidations to this process' L1, and, when the subscription drops, reports a
-    reset: the L1 cannot know what it missed and is emptied by the engine.
+    processes' invalidations to this process' L1, and reports a reset when the subscription
+    drops, when it comes back, and when it is first made (``on_reset(lost)``): the L1 cannot
+    know what it missed (reads run while the first subscription is being made) and is emptied
+    by the engine.
     """
 
     def __init__(
         self,
         backend: RedisBackend,
         on_event: Callable[[list[Any]], None],
-        on_reset: Callable[[], None],
+        on_reset: Callable[[bool], None],
     ) -> None:
         self.backend = backend
         self.on_event = on_event
         self.on_reset = on_reset
         self.ready = threading.Event()
+        #: Resolved at the first subscription, and ``heard`` set (neither is ever reset): what
+        #: the first reads wait for.
+        self.subscribed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.heard = False
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._waiters: dict[str, list[concurrent.futures.Future[Any]]] = {}
@@ -587,11 +593,15 @@ class Listener:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        if connected_before:
-                            self.on_reset()  # what was filled while away may be stale
+                        # What was filled before now, while away or before the first
+                        # subscription, may have missed its invalidation.
+                        self.on_reset(connected_before)
                         connected_before = True
                         backoff = 0.05
                         self.ready.set()
+                        if not self.heard:
+                            self.heard = True
+                            self.subscribed.set_result(True)
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
             except Exception as exc:
@@ -599,7 +609,7 @@ class Listener:
                     return
                 if self.ready.is_set():
                     self.ready.clear()
-                    self.on_reset()  # from now on, invalidations cannot reach this process
+                    self.on_reset(True)  # from now on, invalidations cannot reach this process
                 if isinstance(exc, REDIS_ERRORS):
                     # Once per loss, not once per reconnection attempt.
                     level = logging.WARNING if backoff <= 0.05 else logging.DEBUG

@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import decimal
 import uuid
+import zoneinfo
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -49,6 +50,9 @@ class Envelope(NamedTuple):
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _DATACLASS = range(
     1, 11
 )
+#: A datetime in a named zone (``zoneinfo``): its wall time, fold and zone name, so it comes back
+#: in that zone (a fixed offset would compare unequal in a gap or a fold, PEP 495).
+_ZONED_DATETIME = 11
 _DATACLASSES: dict[str, type] = {}
 
 
@@ -73,6 +77,10 @@ def _encode(obj: Any) -> Any:
     if isinstance(obj, set):
         return msgpack.ExtType(_SET, _packb(list(obj)))
     if isinstance(obj, datetime.datetime):
+        zone = obj.tzinfo
+        if isinstance(zone, zoneinfo.ZoneInfo) and zone.key:
+            wall = obj.replace(tzinfo=None).isoformat()
+            return msgpack.ExtType(_ZONED_DATETIME, _packb([wall, obj.fold, zone.key]))
         return msgpack.ExtType(_DATETIME, obj.isoformat().encode())
     if isinstance(obj, datetime.date):
         return msgpack.ExtType(_DATE, obj.isoformat().encode())
@@ -116,6 +124,12 @@ def _decode(code: int, data: bytes) -> Any:
         return frozenset(_unpackb(data))
     if code == _DATETIME:
         return datetime.datetime.fromisoformat(data.decode())
+    if code == _ZONED_DATETIME:
+        wall, fold, key = _unpackb(data)
+        # ZoneInfo refuses keys that are not normalized relative names (no path escapes).
+        return datetime.datetime.fromisoformat(wall).replace(
+            tzinfo=zoneinfo.ZoneInfo(key), fold=fold
+        )
     if code == _DATE:
         return datetime.date.fromisoformat(data.decode())
     if code == _TIME:
