@@ -117,6 +117,38 @@ def test_an_acl_user_connects_and_a_wrong_password_fails_open(
         admin.acl_deluser(user)
 
 
+def test_a_user_refused_the_event_channel_keeps_nothing_in_l1(
+    redis_server: Any, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL user without the namespace's channel cannot hear other processes' changes: it
+    says so, and holds nothing read from Redis in L1 until the channel is granted."""
+    admin = redis_server.client()
+    user = f"nochan-{namespace}"[:60]
+    admin.acl_setuser(
+        user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{namespace}*"],
+        commands=["+@all"], reset_channels=True,
+    )  # fmt: skip
+    url = f"redis://{user}:{SECRET}@127.0.0.1:{redis_server.port}/0"
+    writer = Cache(redis_server.url, namespace=namespace)
+    reader = Cache(url, namespace=namespace)
+    try:
+        writer.set("k", "old", ttl=60)
+        assert reader.get_or_load("k", lambda: "loaded", ttl=60) == "old"
+        writer.set("k", "new", ttl=60)  # the reader cannot hear this
+        assert reader.get_or_load("k", lambda: "loaded", ttl=60) == "new"
+        assert reader.stats()["l1_size"] == 0
+        assert "refuses this user the channel" in caplog.text
+        admin.acl_setuser(user, enabled=True, channels=[f"{namespace}*"])
+        listener = reader._engine.backend.listener  # type: ignore[union-attr]
+        assert listener is not None and listener.ready.wait(10)
+        assert reader.get_or_load("k", lambda: "loaded", ttl=60) == "new"
+        assert reader.stats()["l1_size"] == 1
+    finally:
+        writer.close(timeout=1)
+        reader.close(timeout=1)
+        admin.acl_deluser(user)
+
+
 @pytest.fixture
 def tls_server() -> Iterator[tuple[int, Path]]:
     """redis-server speaking TLS only, on a free loopback port, with a throwaway CA."""

@@ -203,6 +203,7 @@ class Engine:
         self.probing = {}
         self.tasks = set()
         self.l1.clear()
+        self.l1.accepting = True  # the child's own listener says whether it may hold anything
         if self.backend is not None:
             self.backend.reset_after_fork()
 
@@ -658,9 +659,11 @@ class Engine:
         if backend.listener is None:
             with self.lock:
                 if backend.listener is None:
-                    backend.listener = Listener(backend, self._on_event, self._on_reset)
+                    backend.listener = Listener(
+                        backend, self._on_event, self._on_reset, self._on_refused
+                    )
         listener = backend.listener
-        if not listener.heard:
+        if not listener.heard and not listener.subscribed.done():
             # The first reads wait for the subscription (once; about a round trip): what they
             # keep in L1 must not miss an invalidation sent meanwhile. Past the wait, the first
             # subscription empties L1 instead.
@@ -671,7 +674,12 @@ class Engine:
     def _setup_due(self, backend: RedisBackend) -> bool:
         """Whether ``_ensure_backend`` has work before Redis is read."""
         listener = backend.listener
-        return listener is None or not listener.heard or backend.setup_due() or self.backlog_due()
+        return (
+            listener is None
+            or not (listener.heard or listener.refused)
+            or backend.setup_due()
+            or self.backlog_due()
+        )
 
     def backlog_due(self) -> bool:
         return bool(self.backlog_keys or self.backlog_tags or self.backlog_overflow)
@@ -736,6 +744,13 @@ class Engine:
             self.notify(InvalidationEvent(tuple(keys), tags, "remote"))
 
     BACKLOG_LIMIT = 10_000
+
+    def _on_refused(self, refused: bool) -> None:
+        """Redis refused (or granted again) the event channel: L1 holds nothing meanwhile."""
+        with self.lock:
+            self.l1.accepting = not refused
+            self.epoch += 1
+            self.l1.clear()
 
     def _on_reset(self, lost: bool = True) -> None:
         """The event channel dropped or came back (``lost``), or was first made: L1 cannot

@@ -50,6 +50,8 @@ class L1:
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
+        #: False while L1 cannot be kept coherent (the engine's event channel is refused).
+        self.accepting = True
         self.evictions = 0
         self.retired_hits = 0  # hits of entries no longer held (replaced, dropped, evicted)
         self._lru = _SecondChanceLRU(max(maxsize, 1), self._evicted)
@@ -75,7 +77,7 @@ class L1:
 
     def put(self, table: Table, entry: Entry) -> None:
         """Hold ``entry`` (replacing what ``table`` held under its key)."""
-        if self.maxsize == 0:
+        if self.maxsize == 0 or not self.accepting:
             return
         old = self._lru.pop(entry.full_key, None)
         if old is not None:

@@ -536,10 +536,15 @@ class Listener:
         backend: RedisBackend,
         on_event: Callable[[list[Any]], None],
         on_reset: Callable[[bool], None],
+        on_refused: Callable[[bool], None] = lambda refused: None,
     ) -> None:
         self.backend = backend
         self.on_event = on_event
         self.on_reset = on_reset
+        #: Told when Redis refuses the subscription (an ACL without the channel) and when it
+        #: accepts it again: without events, L1 cannot be kept coherent.
+        self.on_refused = on_refused
+        self.refused = False
         self.ready = threading.Event()
         #: Resolved at the first subscription, and ``heard`` set (neither is ever reset): what
         #: the first reads wait for.
@@ -598,19 +603,36 @@ class Listener:
                         self.on_reset(connected_before)
                         connected_before = True
                         backoff = 0.05
+                        if self.refused:
+                            self.refused = False
+                            self.on_refused(False)
                         self.ready.set()
-                        if not self.heard:
-                            self.heard = True
+                        self.heard = True
+                        if not self.subscribed.done():
                             self.subscribed.set_result(True)
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
             except Exception as exc:
                 if self._stopped.is_set():
                     return
+                with contextlib.suppress(Exception):  # its connection goes back to the pool
+                    self._pubsub.close()
                 if self.ready.is_set():
                     self.ready.clear()
                     self.on_reset(True)  # from now on, invalidations cannot reach this process
-                if isinstance(exc, REDIS_ERRORS):
+                if isinstance(exc, redis.exceptions.NoPermissionError):
+                    if not self.refused:
+                        self.refused = True
+                        self.on_refused(True)
+                        log.error(
+                            "cachewise: Redis refuses this user the channel %s (ACL): other "
+                            "processes' changes cannot reach this process, so nothing read from "
+                            "Redis is kept in its L1 until the channel is granted",
+                            self.backend.channel,
+                        )
+                    if not self.subscribed.done():
+                        self.subscribed.set_result(False)  # the first reads need not wait
+                elif isinstance(exc, REDIS_ERRORS):
                     # Once per loss, not once per reconnection attempt.
                     level = logging.WARNING if backoff <= 0.05 else logging.DEBUG
                     log.log(
