@@ -768,12 +768,16 @@ class Engine:
     # -- reads ----------------------------------------------------------------------------------
 
     def read(
-        self, target: Target, loader: Callable[[], Any], policy: Policy, read: Any = _UNREAD
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        prefetched: Any = _UNREAD,
     ) -> Plan[Any]:
         """Cache-aside read of one key: L1, then single-flight load; SWR and early refresh.
 
-        ``read``: what the lone-caller fast path got from Redis (raw bytes or ``_NO_REDIS``),
-        used if this caller leads the load instead of reading again.
+        ``prefetched``: what the lone-caller fast path got from Redis (raw bytes or
+        ``_NO_REDIS``), used if this caller leads the load instead of reading again.
         """
         started = self.clock()
         while True:
@@ -815,7 +819,7 @@ class Engine:
                     entry.hits += 1
                     return entry.value
                 self.counts["misses"] += 1
-                value = yield from self._lead(flight, target, loader, policy, read)
+                value = yield from self._lead(flight, target, loader, policy, prefetched)
             else:
                 self.counts["misses"] += 1
                 self.counts["coalesced_waits"] += 1
@@ -837,12 +841,12 @@ class Engine:
         target: Target,
         loader: Callable[[], Any],
         policy: Policy,
-        read: Any = _UNREAD,
+        prefetched: Any = _UNREAD,
     ) -> Plan[Any]:
         """Resolve the flight this caller leads: Redis first, then the load."""
         raw = _UNREAD
         if self.backend is not None:
-            raw = yield from self._lookup(flight, target, loader, policy, read)
+            raw = yield from self._lookup(flight, target, loader, policy, prefetched)
         if not flight.done():  # not served by Redis: load (in its own task if async)
             yield Spawn(self._resolve(flight, target, loader, policy, None, raw), self.keep)
         return flight.result() if flight.done() else (yield Wait(flight, None))
@@ -858,7 +862,7 @@ class Engine:
 
     def ticket(self, target: Target) -> int:
         """The epoch, when a read of ``target`` may try the fast path (the key is then marked
-        as probed until ``probed``); -1 when it may not."""
+        as probed until ``_unprobe``); -1 when it may not."""
         key = target.full_key
         if (
             target.l1_key in target.table
@@ -895,9 +899,7 @@ class Engine:
             or backend.listener is None
             or not backend.listener.heard
             or backend.clock_due()
-            or self.backlog_keys
-            or self.backlog_tags
-            or self.backlog_overflow
+            or self.backlog_due()
         ):
             return -1
         return self.epoch
