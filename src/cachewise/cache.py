@@ -153,7 +153,9 @@ class Cache:
     # -- argument checks, then plans ------------------------------------------------------------
 
     def _target(self, key: Any) -> Target:
-        return self._engine.explicit_target(_validate.cache_key(key))
+        if type(key) is not str or not key:  # the common case without a call
+            _validate.cache_key(key)  # raises the error that names it
+        return self._engine.explicit_target(key)
 
     def _policy(self, ttl: Any, stale_ttl: Any, key: str) -> Policy:
         # Checked TTL pairs are remembered: a call site passes the same ttl= every time, and
@@ -176,11 +178,10 @@ class Cache:
     def _read_args(
         self, key: str, loader: Callable[[], Any], ttl: Any, stale_ttl: Any
     ) -> tuple[Target, Callable[[], Any], Policy]:
-        if type(key) is not str or not key:
-            _validate.cache_key(key)  # raises the error that names it
+        target = self._target(key)
         if not callable(loader):  # the message is built only when it is needed
             _validate.callable_(loader, f"loader for key {key!r}")
-        return self._engine.explicit_target(key), loader, self._policy(ttl, stale_ttl, key)
+        return target, loader, self._policy(ttl, stale_ttl, key)
 
     def _keys(self, keys: Iterable[str]) -> list[str]:
         if isinstance(keys, str):
