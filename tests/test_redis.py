@@ -587,3 +587,33 @@ def test_what_is_read_before_the_first_subscription_is_not_kept(
     listener = reader._engine.backend.listener  # type: ignore[union-attr]
     assert listener is not None and listener.ready.wait(5)
     assert reader.get_or_load("k", lambda: "loaded", ttl=60) == "new"
+
+
+def test_reads_wait_for_a_slow_first_subscription_once(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription that takes longer than the first read's wait: that read goes on without
+    it (a sync and an async caller alike), the reads after it do not wait again, and the L1
+    is emptied when the subscription is made."""
+    import redis.client
+
+    release = threading.Event()
+    original = redis.client.PubSub.subscribe
+
+    def slow_subscribe(self: Any, *args: Any, **kwargs: Any) -> Any:
+        assert release.wait(10)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.PubSub, "subscribe", slow_subscribe)
+    reader = make_cache(socket_timeout=0.1)  # waits at most 2 x 0.05 s for the subscription
+    started = time.monotonic()
+    assert reader.get_or_load("k", lambda: "v", ttl=60) == "v"
+    assert asyncio.run(reader.aget_or_load("k2", lambda: "v2", ttl=60)) == "v2"
+    for i in range(20):
+        reader.get(f"other{i}")
+    assert time.monotonic() - started < 1.0  # one wait of 0.1 s, not one per read
+    assert reader.stats()["l1_size"] == 2
+    release.set()
+    listener = reader._engine.backend.listener  # type: ignore[union-attr]
+    assert listener is not None and listener.ready.wait(5)
+    assert reader.stats()["l1_size"] == 0 and reader.stats()["l1_flushes"] == 0

@@ -663,23 +663,20 @@ class Engine:
                         backend, self._on_event, self._on_reset, self._on_refused
                     )
         listener = backend.listener
-        if not listener.heard and not listener.subscribed.done():
+        if listener.first_due:
             # The first reads wait for the subscription (once; about a round trip): what they
             # keep in L1 must not miss an invalidation sent meanwhile. Past the wait, the first
-            # subscription empties L1 instead.
-            yield AwaitEvent(listener.subscribed, min(1.0, backend.block_limit * 2))
+            # subscription empties L1 instead, and later reads do not wait.
+            first = listener.first_subscription()
+            if (yield AwaitEvent(first, min(1.0, backend.block_limit * 2))) is TIMED_OUT:
+                listener.gave_up = True
         if self.backlog_due():
             yield from self._send_backlog()
 
     def _setup_due(self, backend: RedisBackend) -> bool:
         """Whether ``_ensure_backend`` has work before Redis is read."""
         listener = backend.listener
-        return (
-            listener is None
-            or not (listener.heard or listener.refused)
-            or backend.setup_due()
-            or self.backlog_due()
-        )
+        return listener is None or listener.first_due or backend.setup_due() or self.backlog_due()
 
     def backlog_due(self) -> bool:
         return bool(self.backlog_keys or self.backlog_tags or self.backlog_overflow)

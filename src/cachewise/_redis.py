@@ -546,10 +546,11 @@ class Listener:
         self.on_refused = on_refused
         self.refused = False
         self.ready = threading.Event()
-        #: Resolved at the first subscription, and ``heard`` set (neither is ever reset): what
-        #: the first reads wait for.
-        self.subscribed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        #: Set at the first subscription (never reset): what the first reads wait for, unless
+        #: a wait for it already ran out (``gave_up``: the reads after it do not wait again).
         self.heard = False
+        self.gave_up = False
+        self._first: list[concurrent.futures.Future[Any]] = []
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._waiters: dict[str, list[concurrent.futures.Future[Any]]] = {}
@@ -563,6 +564,29 @@ class Listener:
         with self._lock:
             self._waiters.setdefault(key, []).append(future)
         return future
+
+    @property
+    def first_due(self) -> bool:
+        """Whether reads should still wait for the first subscription."""
+        return not (self.heard or self.refused or self.gave_up)
+
+    def first_subscription(self) -> concurrent.futures.Future[Any]:
+        """A future of the caller's own, resolved once the first subscription is made or
+        refused (its own: a caller that gives up cancels nobody else's wait)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self.heard or self.refused:
+                future.set_result(True)
+            else:
+                self._first.append(future)
+        return future
+
+    def _release_first(self) -> None:
+        with self._lock:
+            waiting, self._first = self._first, []
+        for future in waiting:
+            if not future.done():
+                future.set_result(True)
 
     def forget(self, key: str, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
@@ -608,8 +632,7 @@ class Listener:
                             self.on_refused(False)
                         self.ready.set()
                         self.heard = True
-                        if not self.subscribed.done():
-                            self.subscribed.set_result(True)
+                        self._release_first()
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
             except Exception as exc:
@@ -630,8 +653,7 @@ class Listener:
                             "Redis is kept in its L1 until the channel is granted",
                             self.backend.channel,
                         )
-                    if not self.subscribed.done():
-                        self.subscribed.set_result(False)  # the first reads need not wait
+                    self._release_first()  # the first reads need not wait any longer
                 elif isinstance(exc, REDIS_ERRORS):
                     # Once per loss, not once per reconnection attempt.
                     level = logging.WARNING if backoff <= 0.05 else logging.DEBUG
