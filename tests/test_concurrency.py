@@ -224,3 +224,36 @@ def test_set_during_a_load_wins(cache: Cache) -> None:
     old_value.release.set()
     thread.join(10)
     assert cache.get("k") == "written"
+
+
+def test_lease_renewals_run_while_their_loads_run_and_stop_after() -> None:
+    """Sync loads renew their leases from one shared thread: each job at its own interval,
+    a failing renewal does not stop the others, and a removed job runs no more."""
+    from cachewise._drivers import Invoke, Plan
+
+    runs: dict[str, int] = {"a": 0, "b": 0, "bad": 0}
+
+    def renewal(name: str) -> Callable[[], Plan[None]]:
+        def plan() -> Plan[None]:
+            runs[name] += 1
+            if name == "bad":
+                raise RuntimeError("Redis said no")
+            return
+            yield  # a plan with no operation
+
+        return plan
+
+    gate = threading.Event()
+    loads = [
+        in_thread(lambda n=n, every=every: Invoke(gate.wait, renewal(n), every).run_sync())
+        for n, every in (("a", 0.02), ("b", 0.05), ("bad", 0.02))
+    ]
+    time.sleep(0.3)
+    gate.set()
+    for thread, _ in loads:
+        thread.join(5)
+    counted = dict(runs)
+    assert counted["a"] >= 5 and counted["bad"] >= 5  # failures are logged, renewals go on
+    assert 2 <= counted["b"] < counted["a"]
+    time.sleep(0.1)
+    assert runs == counted  # the loads returned: nothing is renewed any more

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -192,13 +194,12 @@ class Invoke(Op):
     every: float = 0.0
 
     def run_sync(self) -> Any:
-        stop = threading.Event()
-        if self.renew is not None:
-            threading.Thread(target=self._renew_sync, args=(stop,), daemon=True).start()
+        job = None if self.renew is None else _RENEWER.add(self.every, self.renew)
         try:
             value = self.fn()
         finally:
-            stop.set()
+            if job is not None:
+                _RENEWER.remove(job)
         if inspect.isawaitable(value):
             if inspect.iscoroutine(value):
                 value.close()
@@ -207,14 +208,6 @@ class Invoke(Op):
                 "(await aget_or_load / an async def function)"
             )
         return value
-
-    def _renew_sync(self, stop: threading.Event) -> None:
-        assert self.renew is not None
-        while not stop.wait(self.every):
-            try:
-                run_sync(self.renew())
-            except Exception as exc:  # the fill will be refused if the lease is lost
-                log.warning("cachewise: lease renewal failed: %r", exc)
 
     async def run_async(self) -> Any:
         renewer = None
@@ -237,6 +230,77 @@ class Invoke(Op):
                 await run_async(self.renew())
             except Exception as exc:
                 log.warning("cachewise: lease renewal failed: %r", exc)
+
+
+class _Renewer:
+    """Runs the renewals of sync loads' leases, every ``every`` seconds while each load runs,
+    from one daemon thread per process.
+
+    Written by hand because no scheduler in the standard library runs jobs that come and go
+    from a thread of its own (``sched`` blocks its caller, ``threading.Timer`` is a thread per
+    run). A thread per load, as before, was started on the critical path of every load:
+    ``Thread.start`` returns only once the new thread runs, which behind a herd of runnable
+    threads took a millisecond or more.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """A new, empty schedule (also in a forked child: its lock may have been held)."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._jobs: dict[int, list[Any]] = {}  # id -> [next run, every, renew]
+        self._ids = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread now (a cache calls this on its first use of Redis), rather than
+        in the first load that needs it."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="cachewise-renewals", daemon=True
+            )
+            self._thread.start()
+
+    def add(self, every: float, renew: Callable[[], Plan[Any]]) -> int:
+        with self._lock:
+            self._start()
+            self._ids += 1
+            self._jobs[self._ids] = [time.monotonic() + every, every, renew]
+            self._changed.notify()
+            return self._ids
+
+    def remove(self, job: int) -> None:
+        with self._lock:
+            self._jobs.pop(job, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [job for job in self._jobs.values() if job[0] <= now]
+                for job in due:
+                    job[0] = now + job[1]
+                if not due:
+                    soonest = min((job[0] for job in self._jobs.values()), default=None)
+                    self._changed.wait(None if soonest is None else soonest - now)
+                    continue
+            for _, _, renew in due:
+                try:
+                    run_sync(renew())
+                except Exception as exc:  # the fill will be refused if the lease is lost
+                    log.warning("cachewise: lease renewal failed: %r", exc)
+
+
+_RENEWER = _Renewer()
+start_renewals = _RENEWER.start
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RENEWER.reset)
 
 
 class Wait(Op):

@@ -35,7 +35,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import codec, core
-from ._drivers import TIMED_OUT, Flight, Invoke, Plan, Spawn, Wait, run_async, run_sync
+from ._drivers import (
+    TIMED_OUT,
+    Flight,
+    Invoke,
+    Plan,
+    Spawn,
+    Wait,
+    run_async,
+    run_sync,
+    start_renewals,
+)
 from ._l1 import L1, Table
 from ._redis import (
     REDIS_ERRORS,
@@ -662,6 +672,7 @@ class Engine:
                     backend.listener = Listener(
                         backend, self._on_event, self._on_reset, self._on_refused
                     )
+                    start_renewals()  # loads under a lease renew it from there
         listener = backend.listener
         if listener.first_due:
             # The first reads wait for the subscription (once; about a round trip): what they
