@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -224,3 +225,31 @@ def test_flushall_during_a_load_refuses_the_fill_and_nothing_raises(
     assert result == ["loaded"]
     assert cache.stats()["fills_refused"] == 1
     assert cache.get_or_load("k", lambda: "again", ttl=60) == "again"
+
+
+def test_a_lease_whose_reply_was_lost_is_given_back(
+    redis_server: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout does not say the lease script did not run: Redis may hold the lease after
+    all. It is given back, so another process does not wait it out (lease_ttl) for a fill that
+    never comes."""
+    from cachewise import _redis
+
+    with caches(redis_server.url, namespace=namespace, lease_ttl=5) as make:
+        a, b = make(), make()
+        a.get("~warm-up")
+        b.get("~warm-up")
+        real = _redis.RunScript.call_sync
+
+        def reply_lost(self: Any) -> Any:
+            result = real(self)
+            if self.name == "acquire" and self.backend is a._engine.backend:
+                raise redis.TimeoutError("the reply was lost")
+            return result
+
+        monkeypatch.setattr(_redis.RunScript, "call_sync", reply_lost)
+        assert a.get_or_load("k", lambda: "a's", ttl=60) == "a's"  # loaded without the lease
+        started = time.monotonic()
+        assert b.get_or_load("k", lambda: "b's", ttl=60) == "b's"
+        assert time.monotonic() - started < 2.0  # not the 5 s lease
+        assert b.stats()["loads"] == 1

@@ -303,6 +303,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_RENEWER.reset)
 
 
+class Sleep(Op):
+    """Pause the plan (a flusher with nothing to do, a flush polling Redis, a retry)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run_sync(self) -> None:
+        time.sleep(self.seconds)
+
+    async def run_async(self) -> None:
+        await asyncio.sleep(self.seconds)
+
+
 class Wait(Op):
     """Wait for a flight's result (re-raising its exception); ``TIMED_OUT`` after ``timeout``."""
 

@@ -40,6 +40,7 @@ from ._drivers import (
     Flight,
     Invoke,
     Plan,
+    Sleep,
     Spawn,
     Wait,
     run_async,
@@ -569,6 +570,7 @@ class Engine:
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
                 self.redis_failed(exc)
+                yield Spawn(self._give_back_later([(lease, token)]), self.keep, background=True)
                 yield from self._load_unshared(flight, target, loader, policy)
                 return
             status, payload = int(reply[0]), reply[1]
@@ -654,6 +656,23 @@ class Engine:
             yield from self._script("release", [lease], [token])
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
+
+    def _give_back_later(self, leases: list[tuple[str, str]]) -> Plan[None]:
+        """Give back ``(lease, token)`` pairs whose ``ACQUIRE`` lost its reply. A timeout does
+        not say the script did not run: Redis may hold the lease after all, and every process
+        would wait it out for nothing. Tried until Redis answers, for as long as the leases
+        could live. Never raises (it runs detached)."""
+        deadline = time.monotonic() + self.lease_ttl
+        calls = [("release", [lease], [token]) for lease, token in leases]
+        while time.monotonic() < deadline:
+            try:
+                yield RunPipeline(self.backend, calls)  # type: ignore[arg-type]
+                return
+            except REDIS_ERRORS:
+                yield Sleep(0.05)
+            except Exception as exc:  # a bug must not kill the thread or task silently
+                log.warning("cachewise: giving back leases failed: %r", exc)
+                return
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Plan[Any]:
         assert self.backend is not None
@@ -1105,6 +1124,8 @@ class Engine:
             replies = yield RunPipeline(backend, calls)
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
+            taken = [(backend.lease_key(targets[k].full_key), tokens[k]) for k in flights]
+            yield Spawn(self._give_back_later(taken), self.keep, background=True)
             if policy.fail_closed:
                 raise RedisUnavailable(
                     "Redis is unavailable and this bulk load is fail-closed: not loading "

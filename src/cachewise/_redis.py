@@ -603,6 +603,16 @@ class Listener:
             if not future.done():
                 future.set_result(payload)
 
+    def _wake_all(self) -> None:
+        """Wake every caller waiting for a fill, with nothing: it asks Redis again instead of
+        waiting out the lease of a holder whose fill this process may never hear."""
+        with self._lock:
+            waiting, self._waiters = self._waiters, {}
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
     def stop(self) -> None:
         self._stopped.set()
         pubsub = self._pubsub
@@ -625,6 +635,7 @@ class Listener:
                         # What was filled before now, while away or before the first
                         # subscription, may have missed its invalidation.
                         self.on_reset(connected_before)
+                        self._wake_all()  # a fill published while away was not heard
                         connected_before = True
                         backoff = 0.05
                         if self.refused:
@@ -643,6 +654,7 @@ class Listener:
                 if self.ready.is_set():
                     self.ready.clear()
                     self.on_reset(True)  # from now on, invalidations cannot reach this process
+                    self._wake_all()  # nor fills: the callers waiting for one look again
                 if isinstance(exc, redis.exceptions.NoPermissionError):
                     if not self.refused:
                         self.refused = True

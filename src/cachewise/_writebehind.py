@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import codec
-from ._drivers import Invoke, Op, Plan, Spawn, run_async, run_sync
+from ._drivers import Invoke, Op, Plan, Sleep, Spawn, run_async, run_sync
 from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript
 from .errors import ConfigValueError, ValueTooLarge, WriteBehindFull
 
@@ -116,19 +116,6 @@ class WriteBehindOptions:
 
 
 Outcome = Literal["written", "retry", "superseded", "dead"]
-
-
-class Sleep(Op):
-    """Pause the plan (a flusher with nothing to do, a flush polling Redis)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def run_sync(self) -> None:
-        time.sleep(self.seconds)
-
-    async def run_async(self) -> None:
-        await asyncio.sleep(self.seconds)
 
 
 class QueueWait(Op):
