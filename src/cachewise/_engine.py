@@ -570,7 +570,7 @@ class Engine:
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
                 self.redis_failed(exc)
-                yield Spawn(self._give_back_later([(lease, token)]), self.keep, background=True)
+                yield from self._maybe_orphaned(exc, [(lease, token)])
                 yield from self._load_unshared(flight, target, loader, policy)
                 return
             status, payload = int(reply[0]), reply[1]
@@ -656,6 +656,12 @@ class Engine:
             yield from self._script("release", [lease], [token])
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
+
+    def _maybe_orphaned(self, exc: BaseException, leases: list[tuple[str, str]]) -> Plan[None]:
+        """After a failed ``ACQUIRE``: give its leases back in the background, unless the
+        breaker refused it before anything was sent (no thread or task for nothing)."""
+        if not isinstance(exc, CircuitOpen):
+            yield Spawn(self._give_back_later(leases), self.keep, background=True)
 
     def _give_back_later(self, leases: list[tuple[str, str]]) -> Plan[None]:
         """Give back ``(lease, token)`` pairs whose ``ACQUIRE`` lost its reply. A timeout does
@@ -1125,7 +1131,7 @@ class Engine:
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             taken = [(backend.lease_key(targets[k].full_key), tokens[k]) for k in flights]
-            yield Spawn(self._give_back_later(taken), self.keep, background=True)
+            yield from self._maybe_orphaned(exc, taken)
             if policy.fail_closed:
                 raise RedisUnavailable(
                     "Redis is unavailable and this bulk load is fail-closed: not loading "
