@@ -162,6 +162,30 @@ def test_a_failed_load_gives_the_lease_back(
     assert redis_server.client().exists(f"{namespace}#lease:k") == 0
 
 
+def test_a_failed_load_wakes_the_waiters_of_other_processes(make_cache: MakeCache) -> None:
+    a, b = make_cache(lease_ttl=30), listening(make_cache(lease_ttl=30))
+    failing = Gate()
+
+    def broken() -> str:
+        failing()
+        raise LookupError("db")
+
+    def load_in_a() -> None:
+        with pytest.raises(LookupError):
+            a.get_or_load("k", broken, ttl=30)
+
+    thread, _ = in_thread(load_in_a)
+    assert failing.started.wait(10)
+    waiter, got = in_thread(lambda: b.get_or_load("k", lambda: "b's", ttl=30))
+    wait_until(lambda: b.stats()["lease_waits"] >= 1)
+    failed_at = time.monotonic()
+    failing.release.set()
+    waiter.join(10)
+    thread.join(10)
+    assert got == ["b's"] and b.stats()["loads"] == 1
+    assert time.monotonic() - failed_at < 1.0  # told the lease is back, not waiting 30 s
+
+
 def test_invalidation_reaches_other_l1s(make_cache: MakeCache) -> None:
     a, b = make_cache(), listening(make_cache())
     events: list[InvalidationEvent] = []
@@ -178,6 +202,79 @@ def test_invalidation_reaches_other_l1s(make_cache: MakeCache) -> None:
     assert heard.wait(2)
     assert b.get("k") is None
     assert events[0].origin == "remote" and events[0].keys == (f"{b.namespace}:k",)
+
+
+def heard(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The events ``cache``'s listener receives from now on, its own or others'."""
+    listener = cache._engine.backend.listener  # type: ignore[union-attr]
+    assert listener is not None
+    events: list[Any] = []
+    dispatch = listener._dispatch
+
+    def counting(data: bytes) -> None:
+        events.append(msgpack.unpackb(data))
+        dispatch(data)
+
+    monkeypatch.setattr(listener, "_dispatch", counting)
+    return events
+
+
+def test_a_process_is_not_woken_by_its_own_events(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each listener has a channel of its own, and events go to every channel but the
+    sender's: a writer's listener thread does not wake for (and compete with) its own writes."""
+    a, b = listening(make_cache()), listening(make_cache())
+    mine, theirs = heard(a, monkeypatch), heard(b, monkeypatch)
+    assert b.get_or_load("k", lambda: "old", ttl=60) == "old"
+    a.set("k", "new", ttl=60)
+    a.get_or_load("filled", lambda: 1, ttl=60)
+    a.invalidate("filled")
+    wait_until(lambda: len(theirs) >= 3)
+    assert b.get_or_load("k", lambda: "loaded", ttl=60) == "new"
+    assert [e[0] for e in theirs[-3:]] == ["f", "f", "i"]
+    time.sleep(0.2)
+    origin = a._engine.backend.origin  # type: ignore[union-attr]
+    assert [e[0] for e in mine] == ["f"] and mine[0][1] != origin  # b's fill, and none of a's
+
+
+def test_events_fall_back_to_the_shared_channel_when_the_registry_is_lost(
+    make_cache: MakeCache, redis_server: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the registry of listeners flushed, events go to the channel every listener hears,
+    so none is missed; an unregistered subscriber of that channel (an older client) hears
+    them too. The next registration restores the channels of their own."""
+    a, b = listening(make_cache()), listening(make_cache())
+    origin = a._engine.backend.origin  # type: ignore[union-attr]
+    in_a, in_b = heard(a, monkeypatch), heard(b, monkeypatch)
+
+    def echoes() -> int:
+        return sum(e[1] == origin for e in in_a)
+
+    def set_in_a_and_read_in_b(value: str) -> None:
+        before = len(in_b)
+        a.set("k", value, ttl=60)
+        wait_until(lambda: len(in_b) > before)
+        assert b.get_or_load("k", lambda: "loaded", ttl=60) == value
+
+    admin = redis_server.client()
+    outsider = admin.pubsub()
+    outsider.subscribe(f"{namespace}#events")
+    assert outsider.get_message(timeout=5)["type"] == "subscribe"
+    assert b.get_or_load("k", lambda: "old", ttl=60) == "old"
+    assert admin.exists(f"{namespace}#events") == 1 and admin.pttl(f"{namespace}#events") > 0
+    set_in_a_and_read_in_b("new")  # the outsider is not registered: every listener hears this
+    assert outsider.get_message(timeout=5)["type"] == "message"
+    wait_until(lambda: echoes() == 1)  # a heard its own event (and skipped it)
+    outsider.close()
+    admin.delete(f"{namespace}#events")  # the registry, lost
+    set_in_a_and_read_in_b("newer")
+    wait_until(lambda: echoes() == 2)
+    for cache in (a, b):
+        cache._engine.backend.listener._register()  # type: ignore[union-attr]
+    set_in_a_and_read_in_b("newest")
+    time.sleep(0.2)
+    assert echoes() == 2
 
 
 def test_a_write_replaces_other_l1_copies(make_cache: MakeCache) -> None:

@@ -149,6 +149,36 @@ def test_a_user_refused_the_event_channel_keeps_nothing_in_l1(
         admin.acl_deluser(user)
 
 
+def test_a_user_without_pubsub_numsub_still_reaches_every_process(
+    redis_server: Any, namespace: str
+) -> None:
+    """Sending events to each listener's own channel needs ``PUBSUB NUMSUB``; a user who may
+    not run it sends them to the channel every listener hears instead, and writes still work."""
+    admin = redis_server.client()
+    user = f"nonumsub-{namespace}"[:60]
+    admin.acl_setuser(
+        user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{namespace}*"],
+        channels=[f"{namespace}*"], commands=["+@all", "-pubsub"],
+    )  # fmt: skip
+    url = f"redis://{user}:{SECRET}@127.0.0.1:{redis_server.port}/0"
+    writer, reader = Cache(url, namespace=namespace), Cache(redis_server.url, namespace=namespace)
+    try:
+        assert reader.get_or_load("k", lambda: "old", ttl=60) == "old"
+        writer.get("~warm-up")  # both listening
+        listener = writer._engine.backend.listener  # type: ignore[union-attr]
+        assert listener is not None and listener.ready.wait(10)
+        writer.set("k", "new", ttl=60)
+        assert writer.stats()["redis_errors"] == 0
+        deadline = time.monotonic() + 5
+        while reader.get_or_load("k", lambda: "loaded", ttl=60) != "new":
+            assert time.monotonic() < deadline, "the reader kept its old copy"
+            time.sleep(0.01)
+    finally:
+        writer.close(timeout=1)
+        reader.close(timeout=1)
+        admin.acl_deluser(user)
+
+
 @pytest.fixture
 def tls_server() -> Iterator[tuple[int, Path]]:
     """redis-server speaking TLS only, on a free loopback port, with a throwaway CA."""

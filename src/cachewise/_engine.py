@@ -338,7 +338,7 @@ class Engine:
             if len(packed) <= EVENT_VALUE_LIMIT
             else backend.message("f", key)
         )
-        args = [token, packed, env.stale_until_ms, backend.channel, event]
+        args = [token, packed, env.stale_until_ms, backend.inbox, event]
         return "store", keys, args
 
     def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:
@@ -347,7 +347,7 @@ class Engine:
         assert backend is not None
         tags = tags or []
         message = backend.message("i", keys, tags)
-        return "invalidate", keys, [backend.namespace, backend.channel, message, *tags]
+        return "invalidate", keys, [backend.namespace, backend.inbox, message, *tags]
 
     def _log_once(self, key: str, message: str, *args: Any) -> None:
         """Log a warning about ``key`` at most once a minute (bounded memory)."""
@@ -650,10 +650,17 @@ class Engine:
             return
         self._settle(flight, target, entry, value)
 
+    def _release_call(self, lease: str, token: str) -> tuple[str, list[str], list[Any]]:
+        """The RELEASE of a value's lease; it wakes the processes waiting for its fill."""
+        backend = self.backend
+        assert backend is not None
+        key = backend.key_of_lease(lease)
+        return "release", [lease], [token, backend.inbox, backend.message("l", key)]
+
     def _give_back(self, lease: str, token: str) -> Plan[None]:
         """Release a lease we hold, so the others need not wait for it to expire."""
         try:
-            yield from self._script("release", [lease], [token])
+            yield from self._script(*self._release_call(lease, token))
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
 
@@ -669,7 +676,7 @@ class Engine:
         would wait it out for nothing. Tried until Redis answers, for as long as the leases
         could live. Never raises (it runs detached)."""
         deadline = time.monotonic() + self.lease_ttl
-        calls = [("release", [lease], [token]) for lease, token in leases]
+        calls = [self._release_call(lease, token) for lease, token in leases]
         while time.monotonic() < deadline:
             try:
                 yield RunPipeline(self.backend, calls)  # type: ignore[arg-type]

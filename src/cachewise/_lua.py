@@ -7,13 +7,62 @@ about them lives under ``ns#``: the lease of a value at ``ns#lease:<key>``, the 
 write-behind writer's queue is the stream ``ns#wb:<writer>``, its dead letters
 ``ns#wbdead:<writer>``, the lease of the process that flushes it ``ns#wbflusher:<writer>``, its
 newest write per key ``ns#wbnewest:<writer>``;
-events go to the channel ``ns#events``. Every key written has an expiry.
+events go to each listening process' own channel ``ns#events:<listener id>``, or to the
+channel every listener also hears, ``ns#events``, when the registry of listeners, the sorted set
+``ns#events``, is not known to be complete (see ``_PUBLISH_FN``). Every key written has an expiry.
 
 These scripts build lease keys from value keys, which a Redis Cluster would refuse (a script must
 declare its keys); the cluster variant is not written yet.
 """
 
 from __future__ import annotations
+
+# Publishes an event to every listener of the namespace but the sender's own, each on its own
+# channel: a process is not woken by its own events (with one shared channel, a writer's
+# listener thread competes with the writer for the GIL at the moment its reply arrives).
+# Redis pub/sub cannot leave out one subscriber of a channel, and pattern subscriptions that
+# exclude one would need a pattern right that ACLs grant only literally, so this is done here.
+# The registry (the sorted set named like the shared channel) lists the listeners; it is used
+# only when ``PUBSUB NUMSUB`` shows it complete, that is when its listeners' own channels have
+# as many subscribers as the shared channel, which every listener also subscribes to. Otherwise
+# (the registry was flushed, evicted or is being rebuilt, a listener has not registered yet, an
+# older client listens, the user may not run PUBSUB), the event goes to the shared channel,
+# which all hear; the sender's listener then skips its own event by its origin.
+_PUBLISH_FN = """
+local function publish(inbox, msg)
+  local shared = string.match(inbox, '^(.*):')
+  local ids = redis.call('ZRANGE', shared, 0, 511)
+  if #ids > 0 and #ids < 512 then
+    local channels = {shared}
+    for i = 1, #ids do channels[i + 1] = shared .. ':' .. ids[i] end
+    local counts = redis.pcall('PUBSUB', 'NUMSUB', unpack(channels))
+    if type(counts) == 'table' and not counts.err then
+      local total = 0
+      for i = 4, #counts, 2 do total = total + counts[i] end
+      if total == counts[2] then
+        for i = 4, #counts, 2 do
+          if counts[i] > 0 and counts[i - 1] ~= inbox then
+            redis.call('PUBLISH', counts[i - 1], msg)
+          end
+        end
+        return
+      end
+    end
+  end
+  redis.call('PUBLISH', shared, msg)
+end
+"""
+
+# KEYS: registry. ARGV: listener id, keep_ms. Records a listener as alive now (server clock);
+# forgets the ones not heard of for keep_ms (a process that died without leaving).
+REGISTER = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 # KEYS: value, lease, pending write. ARGV: token, lease_ms, mode ("load": return the value if
 # there is one; "refresh": take the lease even though a (stale) value exists).
@@ -38,19 +87,27 @@ end
 return 0
 """
 
-# KEYS: lease. ARGV: token. Gives the lease back if the caller still holds it (a failed load).
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+
+# KEYS: lease. ARGV: token, then optionally the sender's event channel and a message.
+# Gives the lease back if the caller still holds it (a failed load), and then publishes the
+# message: the processes waiting for that load's fill look again at once instead of waiting
+# the lease out.
+RELEASE = _PUBLISH_FN + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] then publish(ARGV[2], ARGV[3]) end
+  return 1
+end
 return 0
 """
 
 # The store of one envelope, shared by STORE and ENQUEUE: KEYS[o+1] value, KEYS[o+2] lease,
 # KEYS[o+3..] tag indexes; ARGV: token ("" = unconditional write), envelope, expire_at_ms (server
-# clock), channel, message.
+# clock), the sender's event channel, message.
 # A fill (token given) is stored only while the caller's lease holds: an invalidation deletes the
 # lease, so a load that began before it can never write its old value back. An unconditional
 # write deletes the lease for the same reason: a write wins over a load that is running.
-_STORE_FN = """
+_STORE_FN = _PUBLISH_FN + """
 local function store(o)
   if ARGV[1] ~= '' and redis.call('GET', KEYS[o + 2]) ~= ARGV[1] then return 0 end
   redis.call('SET', KEYS[o + 1], ARGV[2], 'PXAT', ARGV[3])
@@ -62,7 +119,7 @@ local function store(o)
       redis.call('PEXPIREAT', KEYS[i], expire_at)
     end
   end
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  publish(ARGV[4], ARGV[5])
   return 1
 end
 """
@@ -90,13 +147,14 @@ ENQUEUE = _STORE_FN + _ENQUEUE_BODY
 
 # After a flush of one coalesced write. KEYS: stream, pending, value, lease, dead-letter stream,
 # the writer's newest-write hash.
-# ARGV: group, pending id, outcome ("ok" | "dead" | "drop"), channel, message, retention_ms,
-# cache key, packed call, error, attempts, then the stream ids the write stands for.
+# ARGV: group, pending id, outcome ("ok" | "dead" | "drop"), the sender's event channel,
+# message, retention_ms, cache key, packed call, error, attempts, then the stream ids the write
+# stands for.
 # Acks and deletes those ids; a dead write goes to the dead-letter stream. The pending record is
 # removed if it is still this write's. The cached value is dropped everywhere when the store
 # does not hold it ("dead", unless a newer write is pending) or may hold something newer than
 # the cache ("drop": a replayed write landed).
-SETTLE = """
+SETTLE = _PUBLISH_FN + """
 local ids = {}
 for i = 11, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids > 0 then
@@ -112,7 +170,7 @@ local mine = redis.call('HGET', KEYS[2], 'id') == ARGV[2]
 if mine then redis.call('DEL', KEYS[2]) end
 if ARGV[3] == 'drop' or (ARGV[3] == 'dead' and mine) then
   redis.call('DEL', KEYS[3], KEYS[4])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  publish(ARGV[4], ARGV[5])
 end
 return 1
 """
@@ -144,10 +202,10 @@ if moved > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return moved
 """
 
-# KEYS: values to drop. ARGV: namespace, channel, message, tags...
+# KEYS: values to drop. ARGV: namespace, the sender's event channel, message, tags...
 # Drops each value and its lease, then every member of each tag and the tag index itself, and
 # publishes one event. Returns the keys dropped through tags.
-INVALIDATE = """
+INVALIDATE = _PUBLISH_FN + """
 local ns = ARGV[1]
 local skip = #ns + 2
 local function drop(key)
@@ -163,6 +221,6 @@ for i = 4, #ARGV do
   end
   redis.call('DEL', index)
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+publish(ARGV[2], ARGV[3])
 return dropped
 """

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -133,6 +134,7 @@ _SCRIPTS = {
     "settle": _lua.SETTLE,
     "group": _lua.GROUP,
     "replay": _lua.REPLAY,
+    "register": _lua.REGISTER,
 }
 
 #: Connection settings carried from a given client to the twin cachewise builds for it.
@@ -231,6 +233,9 @@ class RedisBackend:
 
     def lease_key(self, full_key: str) -> str:
         return f"{self.namespace}#lease:{full_key[len(self.namespace) + 1 :]}"
+
+    def key_of_lease(self, lease: str) -> str:
+        return f"{self.namespace}:{lease[len(self.namespace) + len('#lease:') :]}"
 
     def pending_key(self, full_key: str) -> str:
         return f"{self.namespace}#wbpending:{full_key[len(self.namespace) + 1 :]}"
@@ -345,6 +350,11 @@ class RedisBackend:
         return time.monotonic() * 1000 + self.offset_ms
 
     # -- events -----------------------------------------------------------------------------
+
+    @property
+    def inbox(self) -> str:
+        """This ``Cache``'s own event channel: the events of other processes reach it there."""
+        return f"{self.channel}:{self.origin}"
 
     def message(self, kind: str, *fields: Any) -> bytes:
         return msgpack.packb([kind, self.origin, *fields], use_bin_type=True)  # type: ignore[no-any-return]
@@ -521,6 +531,11 @@ class AwaitEvent(Op):
             return TIMED_OUT
 
 
+def _text(name: bytes | str) -> str:
+    """A channel name as redis-py reports it (bytes, unless the client decodes replies)."""
+    return name.decode() if isinstance(name, bytes) else name
+
+
 class Listener:
     """One subscription to the namespace's event channel per ``Cache``, in a daemon thread.
 
@@ -555,6 +570,7 @@ class Listener:
         self._lock = threading.Lock()
         self._waiters: dict[str, list[concurrent.futures.Future[Any]]] = {}
         self._pubsub: Any = None
+        self._register_due = math.inf  # registered once subscribed, then every REGISTER_EVERY
         self._thread = threading.Thread(target=self._run, name="cachewise-events", daemon=True)
         self._thread.start()
 
@@ -620,18 +636,43 @@ class Listener:
             with contextlib.suppress(*REDIS_ERRORS):
                 pubsub.close()
 
+    #: How often a listener renews its entry in the registry of listeners (``_lua.REGISTER``),
+    #: and how long an entry lasts without renewal.
+    REGISTER_EVERY = 30.0
+    REGISTER_KEEP_MS = 300_000
+
+    def _register(self) -> None:
+        """Enter this listener in the namespace's registry of listeners, so that other
+        processes send it events on its own channel (best effort: while it is not entered,
+        events go to the shared channel)."""
+        self._register_due = time.monotonic() + self.REGISTER_EVERY
+        try:
+            self.backend.sync_script("register")(
+                keys=[self.backend.channel], args=[self.backend.origin, self.REGISTER_KEEP_MS]
+            )
+        except REDIS_ERRORS as exc:
+            log.debug("cachewise: could not register the event listener: %r", exc)
+
     def _run(self) -> None:
         backoff = 0.05
         connected_before = False
+        inbox = self.backend.inbox
         while not self._stopped.is_set():
             try:
                 self._pubsub = self.backend.sync_client().pubsub()  # type: ignore[no-untyped-call]
-                self._pubsub.subscribe(self.backend.channel)
+                # Both in one command: a listener is on both channels or on neither, which
+                # ``_lua._PUBLISH_FN`` counts on.
+                self._pubsub.subscribe(self.backend.channel, inbox)
                 while not self._stopped.is_set():
                     message = self._pubsub.get_message(timeout=1.0)
+                    if time.monotonic() >= self._register_due:
+                        self._register()
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
+                        if _text(message["channel"]) != inbox:
+                            continue  # the shared channel's; the inbox is confirmed next
+                        self._register()
                         # What was filled before now, while away or before the first
                         # subscription, may have missed its invalidation.
                         self.on_reset(connected_before)
@@ -687,4 +728,6 @@ class Listener:
             return
         if event[0] == "f":
             self.wake(event[2], event[3] if len(event) > 3 else None)
+        elif event[0] == "l":
+            self.wake(event[2], None)  # a load gave its lease back: its waiters look again
         self.on_event(event)

@@ -763,7 +763,7 @@ class StreamQueue(WriteBehindQueue):
                         self.GROUP,
                         f"{self.stream}|{item.ids[-1]}" if item.ids else "",
                         mode,
-                        backend.channel,
+                        backend.inbox,
                         backend.message("i", [item.key], []) if mode != "ok" else "",
                         self.retention_ms,
                         item.key,
