@@ -92,7 +92,9 @@ return 0
 # Gives the lease back if the caller still holds it (a failed load), and then publishes the
 # message: the processes waiting for that load's fill look again at once instead of waiting
 # the lease out.
-RELEASE = _PUBLISH_FN + """
+RELEASE = (
+    _PUBLISH_FN
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if ARGV[2] then publish(ARGV[2], ARGV[3]) end
@@ -100,6 +102,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+)
 
 # The store of one envelope, shared by STORE and ENQUEUE: KEYS[o+1] value, KEYS[o+2] lease,
 # KEYS[o+3..] tag indexes; ARGV: token ("" = unconditional write), envelope, expire_at_ms (server
@@ -107,7 +110,9 @@ return 0
 # A fill (token given) is stored only while the caller's lease holds: an invalidation deletes the
 # lease, so a load that began before it can never write its old value back. An unconditional
 # write deletes the lease for the same reason: a write wins over a load that is running.
-_STORE_FN = _PUBLISH_FN + """
+_STORE_FN = (
+    _PUBLISH_FN
+    + """
 local function store(o)
   if ARGV[1] ~= '' and redis.call('GET', KEYS[o + 2]) ~= ARGV[1] then return 0 end
   redis.call('SET', KEYS[o + 1], ARGV[2], 'PXAT', ARGV[3])
@@ -123,6 +128,7 @@ local function store(o)
   return 1
 end
 """
+)
 
 STORE = _STORE_FN + "return store(0)"
 
@@ -154,7 +160,9 @@ ENQUEUE = _STORE_FN + _ENQUEUE_BODY
 # removed if it is still this write's. The cached value is dropped everywhere when the store
 # does not hold it ("dead", unless a newer write is pending) or may hold something newer than
 # the cache ("drop": a replayed write landed).
-SETTLE = _PUBLISH_FN + """
+SETTLE = (
+    _PUBLISH_FN
+    + """
 local ids = {}
 for i = 11, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids > 0 then
@@ -174,6 +182,7 @@ if ARGV[3] == 'drop' or (ARGV[3] == 'dead' and mine) then
 end
 return 1
 """
+)
 
 # KEYS: stream. ARGV: group, retention_ms. Creates the consumer group (and the stream) if
 # missing; a stream made here gets the retention expiry like every other key.
@@ -205,7 +214,9 @@ return moved
 # KEYS: values to drop. ARGV: namespace, the sender's event channel, message, tags...
 # Drops each value and its lease, then every member of each tag and the tag index itself, and
 # publishes one event. Returns the keys dropped through tags.
-INVALIDATE = _PUBLISH_FN + """
+INVALIDATE = (
+    _PUBLISH_FN
+    + """
 local ns = ARGV[1]
 local skip = #ns + 2
 local function drop(key)
@@ -224,3 +235,4 @@ end
 publish(ARGV[2], ARGV[3])
 return dropped
 """
+)
