@@ -277,6 +277,21 @@ def test_events_fall_back_to_the_shared_channel_when_the_registry_is_lost(
     assert echoes() == 2
 
 
+def test_past_eight_listeners_events_go_to_the_shared_channel(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PUBLISH per listener costs Redis more than one shared PUBLISH: past 8 listeners,
+    every listener hears every event, the sender's own included."""
+    caches = [listening(make_cache()) for _ in range(9)]
+    writer, reader = caches[0], caches[-1]
+    origin = writer._engine.backend.origin  # type: ignore[union-attr]
+    in_writer = heard(writer, monkeypatch)
+    assert reader.get_or_load("k", lambda: "old", ttl=60) == "old"
+    writer.set("k", "new", ttl=60)
+    wait_until(lambda: any(e[1] == origin for e in in_writer))
+    wait_until(lambda: reader.get_or_load("k", lambda: "loaded", ttl=60) == "new")
+
+
 def test_a_write_replaces_other_l1_copies(make_cache: MakeCache) -> None:
     a, b = make_cache(), listening(make_cache())
     a.set("k", 1, ttl=30)
