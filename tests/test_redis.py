@@ -275,6 +275,9 @@ def test_events_fall_back_to_the_shared_channel_when_the_registry_is_lost(
     set_in_a_and_read_in_b("newest")
     time.sleep(0.2)
     assert echoes() == 2
+    assert admin.zscore(f"{namespace}#events", origin) is not None
+    a.close()  # leaves the registry
+    assert admin.zscore(f"{namespace}#events", origin) is None
 
 
 def test_past_eight_listeners_events_go_to_the_shared_channel(

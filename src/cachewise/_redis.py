@@ -635,11 +635,19 @@ class Listener:
         if pubsub is not None:
             with contextlib.suppress(*REDIS_ERRORS):
                 pubsub.close()
+        if self._register_due != math.inf and self.backend.breaker.state is Breaker.CLOSED:
+            # Leave the registry (it holds few entries before events go to the shared channel);
+            # a process that dies without this is forgotten after REGISTER_KEEP_MS. Any error:
+            # redis-py can raise a bare ValueError from a connect that timed out half-way.
+            with contextlib.suppress(Exception):
+                self.backend.sync_client().zrem(self.backend.channel, self.backend.origin)
 
     #: How often a listener renews its entry in the registry of listeners (``_lua.REGISTER``),
     #: and how long an entry lasts without renewal.
+    #: A listener dropped while alive (its renewals stalled) loses no event: the registry is
+    #: then incomplete and events go to the shared channel until it registers again.
     REGISTER_EVERY = 30.0
-    REGISTER_KEEP_MS = 300_000
+    REGISTER_KEEP_MS = 90_000
 
     def _register(self) -> None:
         """Enter this listener in the namespace's registry of listeners, so that other
