@@ -149,6 +149,78 @@ def test_long_loads_renew_their_lease(
     assert redis_server.client().exists(f"{namespace}#lease:k") == 0  # given back after the fill
 
 
+def test_long_bulk_loads_renew_their_leases(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    cache = make_cache(lease_ttl=0.3)
+    seen: list[list[int]] = []
+
+    def slow(keys: list[str]) -> dict[str, str]:
+        for _ in range(4):
+            time.sleep(0.2)
+            seen.append([redis_server.client().pttl(f"{namespace}#lease:{k}") for k in keys])
+        return {k: k.upper() for k in keys}
+
+    assert cache.get_or_load_many(["a", "b", "c"], slow, ttl=30) == {"a": "A", "b": "B", "c": "C"}
+    assert all(ttl > 0 for ttls in seen for ttl in ttls)  # held through a 0.8 s load
+    assert cache.stats()["fills_refused"] == 0
+    assert make_cache().get_many(["a", "b", "c"]) == {"a": "A", "b": "B", "c": "C"}
+
+
+def test_a_failed_bulk_load_gives_its_leases_back(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    """Also the leases of the keys a ``load_many`` left out: another process does not wait
+    them out."""
+    cache, other = make_cache(lease_ttl=30), listening(make_cache(lease_ttl=30))
+    client = redis_server.client()
+
+    def broken(keys: list[str]) -> dict[str, str]:
+        raise LookupError("db")
+
+    with pytest.raises(LookupError):
+        cache.get_or_load_many(["a", "b"], broken, ttl=30)
+    assert client.exists(f"{namespace}#lease:a", f"{namespace}#lease:b") == 0
+    with pytest.raises(CacheError):
+        cache.get_or_load_many(["c", "d"], lambda keys: {"c": "C"}, ttl=30)
+    assert client.exists(f"{namespace}#lease:d") == 0
+    started = time.monotonic()
+    assert other.get_or_load("d", lambda: "D", ttl=30) == "D"
+    assert time.monotonic() - started < 1.0
+
+
+def test_renewals_of_one_process_share_a_round_trip(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync loads of a process renew from one thread; the renewals due together go in one
+    pipeline, so a slow reply to one does not hold up the others."""
+    from cachewise import _redis
+
+    cache = make_cache(lease_ttl=0.3)  # renewed every 0.1 s
+    trips: list[int] = []  # RENEW calls per round trip, from the renewal thread
+
+    def counting(op: Any, real: Callable[[Any], Any]) -> Any:
+        if threading.current_thread().name == "cachewise-renewals":
+            calls = op.calls if isinstance(op, _redis.RunPipeline) else [(op.name,)]
+            trips.append(sum(call[0] == "renew" for call in calls))
+        return real(op)
+
+    for cls in (_redis.RunPipeline, _redis.RunScript):
+        real = cls.call_sync
+        monkeypatch.setattr(cls, "call_sync", lambda op, real=real: counting(op, real))
+
+    def slow() -> str:
+        time.sleep(0.7)
+        return "v"
+
+    threads = [in_thread(lambda k=k: cache.get_or_load(k, slow, ttl=30))[0] for k in "abcd"]
+    for thread in threads:
+        thread.join(10)
+    assert cache.stats()["loads"] == 4 and cache.stats()["fills_refused"] == 0
+    assert sum(trips) >= 16  # each of the 4 loads renewed at least 4 times
+    assert len(trips) <= sum(trips) / 2  # mostly together
+
+
 def test_a_failed_load_gives_the_lease_back(
     make_cache: MakeCache, redis_server: Any, namespace: str
 ) -> None:

@@ -234,7 +234,8 @@ class Invoke(Op):
 
 class _Renewer:
     """Runs the renewals of sync loads' leases, every ``every`` seconds while each load runs,
-    from one daemon thread per process.
+    from one daemon thread per process. A renewal with a ``group`` attribute is run together
+    with the others of its group that are due: ``renewal.merged(renewals)`` makes their plan.
 
     Written by hand because no scheduler in the standard library runs jobs that come and go
     from a thread of its own (``sched`` blocks its caller, ``threading.Timer`` is a thread per
@@ -284,15 +285,24 @@ class _Renewer:
             with self._lock:
                 now = time.monotonic()
                 due = [job for job in self._jobs.values() if job[0] <= now]
+                if due:
+                    # The jobs due within half their period go along (early is harmless: a
+                    # lease lives three periods), so loads that began apart share round trips.
+                    due = [job for job in self._jobs.values() if job[0] <= now + job[1] / 2]
                 for job in due:
                     job[0] = now + job[1]
                 if not due:
                     soonest = min((job[0] for job in self._jobs.values()), default=None)
                     self._changed.wait(None if soonest is None else soonest - now)
                     continue
+            # Renewals of one group (the leases of one Redis) are run as one: a round trip per
+            # tick, however many loads run, so one slow reply delays no other renewal.
+            groups: dict[Any, list[Callable[[], Plan[Any]]]] = {}
             for _, _, renew in due:
+                groups.setdefault(getattr(renew, "group", renew), []).append(renew)
+            for renews in groups.values():
                 try:
-                    run_sync(renew())
+                    run_sync(renews[0]() if len(renews) == 1 else renews[0].merged(renews))  # type: ignore[attr-defined]
                 except Exception as exc:  # the fill will be refused if the lease is lost
                     log.warning("cachewise: lease renewal failed: %r", exc)
 

@@ -141,6 +141,31 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+class _Renewal:
+    """The lease renewal of one load (RENEW script calls), run every third of the lease's life
+    while the load runs. The sync loads of a process renew from one thread, which merges the
+    renewals of one Redis that are due together into one pipeline."""
+
+    __slots__ = ("backend", "calls")
+
+    def __init__(self, backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]):
+        self.backend = backend
+        self.calls = calls
+
+    @property
+    def group(self) -> RedisBackend:
+        return self.backend
+
+    def __call__(self) -> Plan[Any]:
+        return self.merged([self])
+
+    def merged(self, renewals: list[_Renewal]) -> Plan[Any]:
+        calls = [call for renewal in renewals for call in renewal.calls]
+        if len(calls) == 1:
+            return (yield RunScript(self.backend, *calls[0]))
+        return (yield RunPipeline(self.backend, calls))
+
+
 class Engine:
     """The in-process state of one ``Cache`` and the plans that read and change it."""
 
@@ -626,7 +651,7 @@ class Engine:
         try:
             value, took = yield from self._invoke(
                 loader,
-                renew=lambda: self._script("renew", [lease], [token, lease_ms]),
+                renew=_Renewal(backend, [("renew", [lease], [token, lease_ms])]),
                 every=self.lease_ttl / 3,
             )
             entry = self._entry(target, policy, value, took, self._tags(target))
@@ -661,6 +686,15 @@ class Engine:
         """Release a lease we hold, so the others need not wait for it to expire."""
         try:
             yield from self._script(*self._release_call(lease, token))
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+
+    def _give_back_all(self, leases: list[tuple[str, str]]) -> Plan[None]:
+        """``_give_back`` for the ``(lease, token)`` pairs of a bulk load, in one round trip."""
+        if not leases:
+            return
+        try:
+            yield RunPipeline(self.backend, [self._release_call(*pair) for pair in leases])  # type: ignore[arg-type]
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
 
@@ -1094,13 +1128,33 @@ class Engine:
             if not mine:
                 return
             keys = list(mine)
-            result, took = yield from self._invoke(lambda: load_many(keys))
-            if not isinstance(result, Mapping):
-                raise ConfigTypeError(
-                    f"load_many must return a mapping, not {type(result).__name__}"
+            leases: dict[str, tuple[str, str]] = {}
+            renew = None
+            if backend is not None and tokens:
+                leases = {
+                    key: (backend.lease_key(targets[key].full_key), tokens[key])
+                    for key in keys
+                    if key in tokens
+                }
+                lease_ms = int(self.lease_ttl * 1000)
+                renew = _Renewal(
+                    backend,
+                    [("renew", [lease], [token, lease_ms]) for lease, token in leases.values()],
                 )
+            try:
+                result, took = yield from self._invoke(
+                    lambda: load_many(keys), renew, self.lease_ttl / 3
+                )
+                if not isinstance(result, Mapping):
+                    raise ConfigTypeError(
+                        f"load_many must return a mapping, not {type(result).__name__}"
+                    )
+            except BaseException:
+                yield from self._give_back_all(list(leases.values()))
+                raise
             lost = [key for key in keys if key not in result]
             if lost:
+                yield from self._give_back_all([leases[key] for key in lost if key in leases])
                 self._fail_flights(
                     targets,
                     {key: mine.pop(key) for key in lost},
