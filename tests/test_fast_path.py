@@ -41,8 +41,12 @@ def test_a_shared_hit_is_served_counted_and_kept(make_cache: MakeCache) -> None:
     assert reader.get_or_load("k", _never, ttl=60) == {"v": 1}
     stats = reader.stats()
     assert (stats["misses"], stats["l2_hits"], stats["l1_size"]) == (1, 1, 1)
+    assert stats["miss_latency"]["count"] == 1 and stats["miss_latency"]["p50"] > 0
     assert reader.get_or_load("k", _never, ttl=60) == {"v": 1}  # now from L1
     assert reader.stats()["l2_hits"] == 1
+    assert reader.stats()["miss_latency"]["count"] == 1  # L1 hits are not timed
+    assert reader.get_or_load("absent", lambda: "loaded", ttl=60) == "loaded"
+    assert reader.stats()["miss_latency"]["count"] == 2  # a miss after the fast path's GET
 
 
 def test_async_shared_hit(make_cache: MakeCache) -> None:

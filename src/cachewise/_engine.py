@@ -847,13 +847,16 @@ class Engine:
         loader: Callable[[], Any],
         policy: Policy,
         prefetched: Any = _UNREAD,
+        started: float | None = None,
     ) -> Plan[Any]:
         """Cache-aside read of one key: L1, then single-flight load; SWR and early refresh.
 
         ``prefetched``: what the lone-caller fast path got from Redis (raw bytes or
-        ``_NO_REDIS``), used if this caller leads the load instead of reading again.
+        ``_NO_REDIS``), used if this caller leads the load instead of reading again; that
+        path's ``started`` time, so that ``miss_latency`` counts its GET.
         """
-        started = self.clock()
+        if started is None:
+            started = self.clock()
         while True:
             entry = target.table.get(target.l1_key)
             now = self.clock()
@@ -984,6 +987,7 @@ class Engine:
         outcome: tuple[Any, BaseException | None],
         ticket: int,
         joined: Flight | None,
+        started: float,
     ) -> tuple[bool, Any]:
         """``(True, value)`` when the fast path's GET found a fresh entry (the ``joined``
         flight is settled with it); otherwise ``(False, what to hand to read)``: the raw bytes,
@@ -999,6 +1003,7 @@ class Engine:
         if body is None or time.monotonic() * 1000 + offset >= body[codec.FRESH]:
             return False, raw  # absent, undecodable (``read`` counts it) or stale
         self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
+        self.miss_latency.add(self.clock() - started)
         value = body[codec.VALUE]
         entry = self._adopt(target, codec.envelope(body)) if self.l1.maxsize else None
         # Kept in L1 only if no invalidation or write happened since the ticket: the bytes may
@@ -1018,43 +1023,50 @@ class Engine:
         policy: Policy,
         got: Any,
         joined: Flight | None,
+        started: float,
     ) -> Plan[Any]:
         """The full path, for a fast-path GET that did not serve: leading the flight callers
         started meanwhile, if they did."""
         if joined is None:
-            return self.read(target, loader, policy, got)
+            return (yield from self.read(target, loader, policy, got, started))
         self.counts["misses"] += 1
-        return self._lead(joined, target, loader, policy, got)
+        value = yield from self._lead(joined, target, loader, policy, got)
+        self.miss_latency.add(self.clock() - started)
+        return value
 
     def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
         """``read`` carried out in this thread, after the fast path's GET where it applies."""
         ticket = self.ticket(target)
         if ticket < 0:
             return run_sync(self.read(target, loader, policy))
+        started = self.clock()
         try:
             fetched = self.backend.fetch_sync(target.full_key)  # type: ignore[union-attr]
         except BaseException:
             self._unprobe(target.full_key, abandoned=True)
             raise
         joined = self._unprobe(target.full_key)
-        done, got = self.lone_read(target, fetched, ticket, joined)
-        return got if done else run_sync(self._after_probe(target, loader, policy, got, joined))
+        done, got = self.lone_read(target, fetched, ticket, joined, started)
+        if done:
+            return got
+        return run_sync(self._after_probe(target, loader, policy, got, joined, started))
 
     async def read_async(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
         """``read`` carried out on the running loop, after the fast path's GET where it applies."""
         ticket = self.ticket(target)
         if ticket < 0:
             return await run_async(self.read(target, loader, policy))
+        started = self.clock()
         try:
             fetched = await self.backend.fetch_async(target.full_key)  # type: ignore[union-attr]
         except BaseException:
             self._unprobe(target.full_key, abandoned=True)
             raise
         joined = self._unprobe(target.full_key)
-        done, got = self.lone_read(target, fetched, ticket, joined)
+        done, got = self.lone_read(target, fetched, ticket, joined, started)
         if done:
             return got
-        return await run_async(self._after_probe(target, loader, policy, got, joined))
+        return await run_async(self._after_probe(target, loader, policy, got, joined, started))
 
     def _refresh(
         self,
