@@ -537,7 +537,9 @@ def _text(name: bytes | str) -> str:
 
 
 class Listener:
-    """One subscription to the namespace's event channel per ``Cache``, in a daemon thread.
+    """One subscription per ``Cache``, in a daemon thread, to the namespace's event channels:
+    its own (``inbox``), where other processes send their events while the registry of
+    listeners is complete, and the shared one, where they send them otherwise.
 
     It wakes the callers waiting for another process' fill (no polling of Redis), applies other
     processes' invalidations to this process' L1, and reports a reset when the subscription

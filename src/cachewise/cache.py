@@ -187,7 +187,12 @@ class Cache:
         if isinstance(keys, str):
             raise ConfigTypeError("keys must be an iterable of str, not a single str")
         keys = list(keys)
-        if set(map(type, keys)) - {str} or "" in keys:  # C-speed checks for the common case
+        try:
+            "".join(keys)  # C-speed checks for the common case: all str, none empty
+            good = "" not in keys
+        except TypeError:
+            good = False
+        if not good:
             for key in keys:
                 _validate.cache_key(key)  # raises the error that names the bad one
         return keys
