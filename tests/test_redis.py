@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import decimal
 import threading
@@ -256,6 +257,56 @@ def test_a_failed_load_wakes_the_waiters_of_other_processes(make_cache: MakeCach
     thread.join(10)
     assert got == ["b's"] and b.stats()["loads"] == 1
     assert time.monotonic() - failed_at < 1.0  # told the lease is back, not waiting 30 s
+
+
+@pytest.mark.parametrize("outcome", ["fills", "fails"])
+def test_a_flight_waiting_on_a_lease_of_its_own_process_is_woken(
+    make_cache: MakeCache, namespace: str, outcome: str
+) -> None:
+    """A late invalidation event detaches a running load from its key, and the next read of
+    the key waits on that load's lease. Events do not come back to their sender, so the load's
+    own process wakes that waiter itself (it waited the lease out, 5 s here, before)."""
+    cache = listening(make_cache(lease_ttl=5))
+    slow = Gate("first")
+
+    def load() -> str:
+        value = slow()
+        if outcome == "fails":
+            raise LookupError("db")
+        return str(value)
+
+    def first() -> None:
+        with contextlib.suppress(LookupError):
+            cache.get_or_load("k", load, ttl=30)
+
+    thread, _ = in_thread(first)
+    assert slow.started.wait(10)
+    # The invalidation was made in Redis before this load took its lease; its event is late.
+    cache._engine._on_event(["i", "another-process", [f"{namespace}:k"], []])
+    waiter, got = in_thread(lambda: cache.get_or_load("k", lambda: "second", ttl=30))
+    wait_until(lambda: cache.stats()["lease_waits"] >= 1)
+    released = time.monotonic()
+    slow.release.set()
+    waiter.join(10)
+    thread.join(10)
+    assert got == (["first"] if outcome == "fills" else ["second"])
+    assert time.monotonic() - released < 1.0
+
+
+def test_waiters_look_again_when_the_key_is_invalidated(make_cache: MakeCache) -> None:
+    """An invalidation deletes the lease a waiter waits on: no fill will come, so it loads."""
+    holder, waiting = make_cache(lease_ttl=5), listening(make_cache(lease_ttl=5))
+    slow = Gate("old")
+    thread, _ = in_thread(lambda: holder.get_or_load("k", slow, ttl=30))
+    assert slow.started.wait(10)
+    waiter, got = in_thread(lambda: waiting.get_or_load("k", lambda: "new", ttl=30))
+    wait_until(lambda: waiting.stats()["lease_waits"] >= 1)
+    invalidated = time.monotonic()
+    holder.invalidate("k")
+    waiter.join(10)
+    assert got == ["new"] and time.monotonic() - invalidated < 1.0
+    slow.release.set()
+    thread.join(10)
 
 
 def test_invalidation_reaches_other_l1s(make_cache: MakeCache) -> None:

@@ -663,6 +663,8 @@ class Engine:
         self.load_latency.add(took)
         try:
             stored = yield from self._script(*store)
+            if stored:
+                self._wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
             stored = stored if store[0] == "store" else 1  # too large to share: kept here
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
@@ -688,6 +690,8 @@ class Engine:
             yield from self._script(*self._release_call(lease, token))
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
+            return
+        self._wake_waiters([self.backend.key_of_lease(lease)])  # type: ignore[union-attr]
 
     def _give_back_all(self, leases: list[tuple[str, str]]) -> Plan[None]:
         """``_give_back`` for the ``(lease, token)`` pairs of a bulk load, in one round trip."""
@@ -697,6 +701,19 @@ class Engine:
             yield RunPipeline(self.backend, [self._release_call(*pair) for pair in leases])  # type: ignore[arg-type]
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
+            return
+        self._wake_waiters([self.backend.key_of_lease(lease) for lease, _ in leases])  # type: ignore[union-attr]
+
+    def _wake_waiters(self, keys: Iterable[str], payload: Any = None) -> None:
+        """Wake this process' callers waiting for a fill of ``keys``: the events of a fill, a
+        lease given back or an invalidation do not come back to the process that sent them,
+        and a flight of this process may wait on the lease of another flight of its own (one
+        that an invalidation or a reset detached from its key). ``payload``: the envelope
+        bytes of a fill; None makes them ask Redis again."""
+        listener = self.backend.listener if self.backend is not None else None
+        if listener is not None:
+            for key in keys:
+                listener.wake(key, payload)
 
     def _maybe_orphaned(self, exc: BaseException, leases: list[tuple[str, str]]) -> Plan[None]:
         """After a failed ``ACQUIRE``: give its leases back in the background, unless the
@@ -714,6 +731,7 @@ class Engine:
         while time.monotonic() < deadline:
             try:
                 yield RunPipeline(self.backend, calls)  # type: ignore[arg-type]
+                self._wake_waiters([self.backend.key_of_lease(lease) for lease, _ in leases])  # type: ignore[union-attr]
                 return
             except REDIS_ERRORS:
                 yield Sleep(0.05)
@@ -1260,6 +1278,10 @@ class Engine:
                     key: int(reply) if call[0] == "store" else 1
                     for key, call, reply in zip(entries, calls, replies, strict=True)
                 }
+                for key, call, reply in zip(entries, calls, replies, strict=True):
+                    if reply:
+                        packed = call[2][1] if call[0] == "store" else None
+                        self._wake_waiters([targets[key].full_key], packed)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
         for key, flight in flights.items():
@@ -1410,6 +1432,7 @@ class Engine:
         if enqueue is not None:
             assert store is not None
             reply = yield from self._script(*enqueue(store))
+            self._wake_waiters([target.full_key], store[2][1])
             store = None
         with self.lock:
             self.epoch += 1
@@ -1421,6 +1444,7 @@ class Engine:
         if store is not None:
             try:
                 yield from self._script(*store)
+                self._wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
                 self._remember([target.full_key])  # L2 and other L1s may hold an older value
@@ -1464,6 +1488,7 @@ class Engine:
                 yield from self._ensure_backend()
                 extra = yield from self._script(*self._drop_call(list(keys), list(tags)))
                 keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
+                self._wake_waiters(keys)  # their leases are gone: load instead of waiting
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
                 self._remember(keys, tags)

@@ -740,4 +740,7 @@ class Listener:
             self.wake(event[2], event[3] if len(event) > 3 else None)
         elif event[0] == "l":
             self.wake(event[2], None)  # a load gave its lease back: its waiters look again
+        elif event[0] == "i" and isinstance(event[2], list):
+            for key in event[2]:  # their leases are gone with them: no fill will come
+                self.wake(key, None)
         self.on_event(event)
