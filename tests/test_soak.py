@@ -13,8 +13,9 @@ def test_sixty_seconds_of_mixed_load_with_faults_keeps_every_invariant() -> None
     assert len(figures["faults"]) >= 8 and figures["breaker_opens"] >= 1
     assert figures["max_l1_size"] <= figures["l1_maxsize"]
     assert figures["max_rss_growth_mb"] < 50
-    # Every call returns within a few Redis timeouts, whatever Redis is doing.
-    assert figures["latency_max_ms"] < 3000
+    # Every call returns within a few Redis timeouts (0.25 s), whatever Redis is doing: a call
+    # of 2 s (the lease_ttl) waited out a lease whose fill or release it was never told of.
+    assert figures["latency_max_ms"] < 2000
     assert figures["operations"] > 10_000
 
 
