@@ -216,6 +216,27 @@ def test_invalidation_during_a_load_wins(cache: Cache) -> None:
     assert cache.get_or_load("k", lambda: "new", ttl=60) == "new"
 
 
+def test_a_tag_invalidation_during_a_load_wins(cache: Cache) -> None:
+    """The same race through a tag: the loading entry is held nowhere yet, so no tag index
+    names it; the flight knows the tags its entry will carry."""
+    old_value = Gate("old")
+
+    @cache.cached(ttl=60, tags=lambda team: [f"team:{team}"])
+    def members(team: int) -> str:
+        return str(old_value())
+
+    thread, result = in_thread(lambda: members(9))
+    assert old_value.started.wait(10)
+    cache.invalidate_tags("team:9")
+    old_value.release.set()
+    thread.join(10)
+    assert result == ["old"]
+    assert cache.stats()["l1_size"] == 0  # not stored
+    old_value.value = "new"
+    old_value.release.set()
+    assert members(9) == "new"
+
+
 def test_set_during_a_load_wins(cache: Cache) -> None:
     old_value = Gate("old")
     thread, _ = in_thread(lambda: cache.get_or_load("k", old_value, ttl=60))

@@ -92,6 +92,40 @@ def test_invalidation_during_a_load_wins_across_processes(make_cache: MakeCache)
     assert a.get_or_load("k", lambda: "wrong", ttl=30) == "new"
 
 
+def test_a_tag_invalidation_during_a_load_wins_across_processes(make_cache: MakeCache) -> None:
+    """A tag invalidated in one process while another loads an entry carrying it: the load's
+    lease joined the tag's index, so the invalidation deleted it and the fill is refused."""
+    a, b = make_cache(), listening(make_cache())
+    a.set("unrelated", 1, ttl=30)  # a tag index and a listener exist before the load
+    listening(a)
+    db = {"row": "old"}
+    gate = Gate()
+
+    def load() -> str:
+        row = db["row"]
+        gate()
+        return row
+
+    @a.cached(ttl=30, tags=lambda team: [f"team:{team}"])
+    def members_a(team: int) -> str:
+        return load()
+
+    @b.cached(ttl=30, tags=lambda team: [f"team:{team}"])
+    def members_b(team: int) -> str:
+        return db["row"]
+
+    thread, result = in_thread(lambda: members_a(9))
+    assert gate.started.wait(10)
+    db["row"] = "new"
+    b.invalidate_tags("team:9")
+    gate.release.set()
+    thread.join(10)
+    assert result == ["old"]
+    assert a.stats()["fills_refused"] == 1
+    assert members_b(9) == "new"
+    wait_until(lambda: members_a(9) == "new")
+
+
 def test_a_write_during_a_load_wins(make_cache: MakeCache) -> None:
     a, b = make_cache(), make_cache()
     old = Gate("old")
@@ -293,16 +327,26 @@ def test_a_flight_waiting_on_a_lease_of_its_own_process_is_woken(
     assert time.monotonic() - released < 1.0
 
 
-def test_waiters_look_again_when_the_key_is_invalidated(make_cache: MakeCache) -> None:
+@pytest.mark.parametrize("by", ["key", "tag"])
+def test_waiters_look_again_when_the_key_is_invalidated(make_cache: MakeCache, by: str) -> None:
     """An invalidation deletes the lease a waiter waits on: no fill will come, so it loads."""
     holder, waiting = make_cache(lease_ttl=5), listening(make_cache(lease_ttl=5))
+    holder.set("other", 1, ttl=30)  # a tag index exists before the load
     slow = Gate("old")
-    thread, _ = in_thread(lambda: holder.get_or_load("k", slow, ttl=30))
+
+    @holder.cached(ttl=30, tags=["t"], key=lambda: "k")
+    def tagged() -> str:
+        return str(slow())
+
+    thread, _ = in_thread(tagged)
     assert slow.started.wait(10)
     waiter, got = in_thread(lambda: waiting.get_or_load("k", lambda: "new", ttl=30))
     wait_until(lambda: waiting.stats()["lease_waits"] >= 1)
     invalidated = time.monotonic()
-    holder.invalidate("k")
+    if by == "key":
+        holder.invalidate("k")
+    else:
+        holder.invalidate_tags("t")
     waiter.join(10)
     assert got == ["new"] and time.monotonic() - invalidated < 1.0
     slow.release.set()

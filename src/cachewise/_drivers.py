@@ -48,7 +48,7 @@ class Flight:
     wait, and a future per waiting task, woken together per event loop.
     """
 
-    __slots__ = ("_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated")
+    __slots__ = ("_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "tags")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -60,6 +60,9 @@ class Flight:
         #: Set when the key was invalidated or written while this load ran: its result is still
         #: handed to the callers that joined it, but never stored (no stale set).
         self.invalidated = False
+        #: The tags the loaded entry will carry, known once the load is led: invalidating one
+        #: of them invalidates the load too, though its key is in no tag index yet.
+        self.tags: tuple[str, ...] = ()
 
     def done(self) -> bool:
         return self._done

@@ -292,6 +292,12 @@ class Engine:
 
     # -- entries --------------------------------------------------------------------------------
 
+    def _tag_keys(self, flight: Flight) -> list[str]:
+        """The Redis indexes of the tags a flight's entry will carry."""
+        backend = self.backend
+        assert backend is not None
+        return [backend.tag_key(tag) for tag in flight.tags]
+
     def _tags(self, target: Target) -> tuple[str, ...]:
         if target.tags is None:
             return ()
@@ -438,6 +444,7 @@ class Engine:
         what the leader already read from Redis, if it did.
         """
         try:
+            flight.tags = self._tags(target)
             if self.backend is None:
                 yield from self._load_here(flight, target, loader, policy)
             elif raw is _NO_REDIS:
@@ -590,7 +597,7 @@ class Engine:
             # Listen before asking, so a fill that lands in between is not missed.
             waiter = listener.wait_for(key)
             try:
-                keys = [key, lease, backend.pending_key(key)]
+                keys = [key, lease, backend.pending_key(key), *self._tag_keys(flight)]
                 reply = yield RunScript(backend, "acquire", keys, [token, lease_ms, mode])
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
@@ -651,7 +658,9 @@ class Engine:
         try:
             value, took = yield from self._invoke(
                 loader,
-                renew=_Renewal(backend, [("renew", [lease], [token, lease_ms])]),
+                renew=_Renewal(
+                    backend, [("renew", [lease, *self._tag_keys(flight)], [token, lease_ms])]
+                ),
                 every=self.lease_ttl / 3,
             )
             entry = self._entry(target, policy, value, took, self._tags(target))
@@ -1146,6 +1155,8 @@ class Engine:
         """The work of the flights one bulk caller leads. Never raises."""
         backend = self.backend
         try:
+            for key, flight in flights.items():
+                flight.tags = self._tags(targets[key])
             mine = dict(flights)
             tokens: dict[str, str] = {}
             if backend is not None:
@@ -1169,7 +1180,10 @@ class Engine:
                 lease_ms = int(self.lease_ttl * 1000)
                 renew = _Renewal(
                     backend,
-                    [("renew", [lease], [token, lease_ms]) for lease, token in leases.values()],
+                    [
+                        ("renew", [lease, *self._tag_keys(mine[key])], [token, lease_ms])
+                        for key, (lease, token) in leases.items()
+                    ],
                 )
             try:
                 result, took = yield from self._invoke(
@@ -1211,7 +1225,12 @@ class Engine:
         calls = [
             (
                 "acquire",
-                [t.full_key, backend.lease_key(t.full_key), backend.pending_key(t.full_key)],
+                [
+                    t.full_key,
+                    backend.lease_key(t.full_key),
+                    backend.pending_key(t.full_key),
+                    *self._tag_keys(flights[k]),
+                ],
                 [tokens[k], lease_ms, "load"],
             )
             for k, t in ((k, targets[k]) for k in flights)
@@ -1467,6 +1486,13 @@ class Engine:
             self.epoch += 1
             if tags:
                 keys.extend(k for k in self.l1.tagged(tags) if k not in keys)
+                # And the running loads whose entry will carry one of them (not held yet).
+                wanted = set(tags)
+                keys.extend(
+                    k
+                    for k, f in self.flights.items()
+                    if not wanted.isdisjoint(f.tags) and k not in keys
+                )
             dropped = []
             for key in keys:
                 flight = self.flights.pop(key, None)

@@ -67,8 +67,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: value, lease, pending write. ARGV: token, lease_ms, mode ("load": return the value if
-# there is one; "refresh": take the lease even though a (stale) value exists).
+# KEYS: value, lease, pending write, then the indexes of the tags the value will carry.
+# ARGV: token, lease_ms, mode ("load": return the value if there is one; "refresh": take the
+# lease even though a (stale) value exists).
+# With the lease, the value's key joins its tags' indexes (for at least the lease's life): an
+# invalidation of one of those tags during the load then deletes the lease, so the load's fill
+# is refused, as for an invalidation of the key itself.
 # Returns {1, value} | {2, value or "", pending or ""} (lease taken; a refresh checks that value:
 # another process may have refreshed between its read and this call; a write-behind value not yet
 # in the store is the pending one, which the caller must use instead of loading the store's old
@@ -77,14 +81,26 @@ ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if v and ARGV[3] == 'load' then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  for i = 4, #KEYS do
+    redis.call('SADD', KEYS[i], KEYS[1])
+    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    end
+  end
   return {2, v or '', redis.call('HGET', KEYS[3], 'v') or ''}
 end
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 
-# KEYS: lease. ARGV: token, lease_ms. Extends the lease only if the caller still holds it.
+# KEYS: lease, then the indexes of the load's tags. ARGV: token, lease_ms. Extends the lease
+# only if the caller still holds it, and the tag indexes to outlive it (see ACQUIRE).
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  for i = 2, #KEYS do
+    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    end
+  end
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0

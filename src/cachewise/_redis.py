@@ -743,4 +743,6 @@ class Listener:
         elif event[0] == "i" and isinstance(event[2], list):
             for key in event[2]:  # their leases are gone with them: no fill will come
                 self.wake(key, None)
+            if len(event) > 3 and event[3]:
+                self._wake_all()  # and so are those of the tags' members, which it does not name
         self.on_event(event)
