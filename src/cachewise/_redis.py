@@ -637,12 +637,6 @@ class Listener:
         if pubsub is not None:
             with contextlib.suppress(*REDIS_ERRORS):
                 pubsub.close()
-        if self._register_due != math.inf and self.backend.breaker.state is Breaker.CLOSED:
-            # Leave the registry (it holds few entries before events go to the shared channel);
-            # a process that dies without this is forgotten after REGISTER_KEEP_MS. Any error:
-            # redis-py can raise a bare ValueError from a connect that timed out half-way.
-            with contextlib.suppress(Exception):
-                self.backend.sync_client().zrem(self.backend.channel, self.backend.origin)
 
     #: How often a listener renews its entry in the registry of listeners (``_lua.REGISTER``),
     #: and how long an entry lasts without renewal.
@@ -664,6 +658,18 @@ class Listener:
             log.debug("cachewise: could not register the event listener: %r", exc)
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            # Leave the registry (it holds few entries before events go to the shared channel),
+            # from this thread: ``stop`` may be called on an event loop's thread. A process
+            # that dies without this is forgotten after REGISTER_KEEP_MS. Any error: redis-py
+            # can raise a bare ValueError from a connect that timed out half-way.
+            if self._register_due != math.inf and self.backend.breaker.state is Breaker.CLOSED:
+                with contextlib.suppress(Exception):
+                    self.backend.sync_client().zrem(self.backend.channel, self.backend.origin)
+
+    def _listen(self) -> None:
         backoff = 0.05
         connected_before = False
         inbox = self.backend.inbox
