@@ -654,7 +654,7 @@ class Listener:
             self.backend.sync_script("register")(
                 keys=[self.backend.channel], args=[self.backend.origin, self.REGISTER_KEEP_MS]
             )
-        except REDIS_ERRORS as exc:
+        except Exception as exc:  # best effort (redis-py can raise a bare ValueError here)
             log.debug("cachewise: could not register the event listener: %r", exc)
 
     def _run(self) -> None:
