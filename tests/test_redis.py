@@ -32,6 +32,19 @@ def listening(cache: Cache) -> Cache:
     return cache
 
 
+def woken_after(
+    cache: Cache, read: Callable[[], Any], event: Callable[[], None]
+) -> tuple[list[Any], float]:
+    """Run ``read`` in a thread until it waits on a lease, then ``event()``: what ``read``
+    returned, and how long after ``event`` it did."""
+    waiter, got = in_thread(read)
+    wait_until(lambda: cache.stats()["lease_waits"] >= 1)
+    at = time.monotonic()
+    event()
+    waiter.join(10)
+    return got, time.monotonic() - at
+
+
 def test_a_value_loaded_in_one_process_is_an_l2_hit_in_another(make_cache: MakeCache) -> None:
     a, b = make_cache(), make_cache()
     calls: list[str] = []
@@ -144,14 +157,11 @@ def test_waiters_in_another_process_are_woken_by_the_fill(make_cache: MakeCache)
     loads_in_b: list[str] = []
     thread, _ = in_thread(lambda: a.get_or_load("k", slow, ttl=30))
     assert slow.started.wait(10)
-    waiter, got = in_thread(lambda: b.get_or_load("k", lambda: loads_in_b.append("b"), ttl=30))
-    wait_until(lambda: b.stats()["lease_waits"] >= 1)
-    woken_at = time.monotonic()
-    slow.release.set()
-    waiter.join(10)
+    read = lambda: b.get_or_load("k", lambda: loads_in_b.append("b"), ttl=30)  # noqa: E731
+    got, after = woken_after(b, read, slow.release.set)
     thread.join(10)
     assert got == ["v"] and slow.calls == 1 and loads_in_b == []
-    assert time.monotonic() - woken_at < 1.0  # woken by the event, not by the lease expiring
+    assert after < 1.0  # woken by the event, not by the lease expiring
 
 
 def test_a_dead_lease_holder_is_taken_over(
@@ -283,14 +293,12 @@ def test_a_failed_load_wakes_the_waiters_of_other_processes(make_cache: MakeCach
 
     thread, _ = in_thread(load_in_a)
     assert failing.started.wait(10)
-    waiter, got = in_thread(lambda: b.get_or_load("k", lambda: "b's", ttl=30))
-    wait_until(lambda: b.stats()["lease_waits"] >= 1)
-    failed_at = time.monotonic()
-    failing.release.set()
-    waiter.join(10)
+    got, after = woken_after(
+        b, lambda: b.get_or_load("k", lambda: "b's", ttl=30), failing.release.set
+    )
     thread.join(10)
     assert got == ["b's"] and b.stats()["loads"] == 1
-    assert time.monotonic() - failed_at < 1.0  # told the lease is back, not waiting 30 s
+    assert after < 1.0  # told the lease is back, not waiting 30 s
 
 
 @pytest.mark.parametrize("outcome", ["fills", "fails"])
@@ -317,14 +325,11 @@ def test_a_flight_waiting_on_a_lease_of_its_own_process_is_woken(
     assert slow.started.wait(10)
     # The invalidation was made in Redis before this load took its lease; its event is late.
     cache._engine._on_event(["i", "another-process", [f"{namespace}:k"], []])
-    waiter, got = in_thread(lambda: cache.get_or_load("k", lambda: "second", ttl=30))
-    wait_until(lambda: cache.stats()["lease_waits"] >= 1)
-    released = time.monotonic()
-    slow.release.set()
-    waiter.join(10)
+    read = lambda: cache.get_or_load("k", lambda: "second", ttl=30)  # noqa: E731
+    got, after = woken_after(cache, read, slow.release.set)
     thread.join(10)
     assert got == (["first"] if outcome == "fills" else ["second"])
-    assert time.monotonic() - released < 1.0
+    assert after < 1.0
 
 
 @pytest.mark.parametrize("by", ["key", "tag"])
@@ -340,15 +345,13 @@ def test_waiters_look_again_when_the_key_is_invalidated(make_cache: MakeCache, b
 
     thread, _ = in_thread(tagged)
     assert slow.started.wait(10)
-    waiter, got = in_thread(lambda: waiting.get_or_load("k", lambda: "new", ttl=30))
-    wait_until(lambda: waiting.stats()["lease_waits"] >= 1)
-    invalidated = time.monotonic()
-    if by == "key":
-        holder.invalidate("k")
-    else:
-        holder.invalidate_tags("t")
-    waiter.join(10)
-    assert got == ["new"] and time.monotonic() - invalidated < 1.0
+    invalidate = (
+        (lambda: holder.invalidate("k")) if by == "key" else lambda: holder.invalidate_tags("t")
+    )
+    got, after = woken_after(
+        waiting, lambda: waiting.get_or_load("k", lambda: "new", ttl=30), invalidate
+    )
+    assert got == ["new"] and after < 1.0
     slow.release.set()
     thread.join(10)
 
