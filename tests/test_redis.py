@@ -518,6 +518,48 @@ def test_get_or_load_many_loads_only_what_no_tier_has(make_cache: MakeCache) -> 
     assert c.get_many(["k2", "k3"]) == {"k2": "K2", "k3": "K3"}
 
 
+def test_a_bulk_load_costs_three_round_trips(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MGET, the leases, the fills: each one round trip (a pipeline of script objects would
+    ask SCRIPT EXISTS first, every time)."""
+    import redis.connection
+
+    cache = make_cache()
+    cache.get("~warm-up")  # set up: clock, scripts, listener
+    sent: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+    me = threading.get_ident()
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        if threading.get_ident() == me:
+            sent.append(b"".join(command) if isinstance(command, list) else command)
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    loaded = cache.get_or_load_many(["a", "b", "c"], lambda keys: {k: k for k in keys}, ttl=30)
+    assert loaded == {"a": "a", "b": "b", "c": "c"}
+    assert len(sent) == 3, [command[:40] for command in sent]
+
+
+@pytest.mark.parametrize("how", ["one", "bulk"])
+def test_scripts_flushed_from_the_server_are_loaded_again(
+    make_cache: MakeCache, redis_server: Any, how: str
+) -> None:
+    cache = make_cache()
+    cache.get("~warm-up")
+    redis_server.client().script_flush()
+    if how == "one":
+        assert cache.get_or_load("k", lambda: "v", ttl=30) == "v"
+    else:
+        loaded = cache.get_or_load_many(["a", "b"], lambda keys: {k: k for k in keys}, ttl=30)
+        assert loaded == {"a": "a", "b": "b"}
+    assert cache.stats()["redis_errors"] == 0
+    assert make_cache().get_many(["k", "a", "b"]) == (
+        {"k": "v"} if how == "one" else {"a": "a", "b": "b"}
+    )
+
+
 def test_undecodable_bytes_are_a_counted_miss_and_get_overwritten(
     make_cache: MakeCache, redis_server: Any, namespace: str
 ) -> None:
