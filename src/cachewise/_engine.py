@@ -700,7 +700,7 @@ class Engine:
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return
-        self._wake_waiters([self.backend.key_of_lease(lease)])  # type: ignore[union-attr]
+        self._released([(lease, token)])
 
     def _give_back_all(self, leases: list[tuple[str, str]]) -> Plan[None]:
         """``_give_back`` for the ``(lease, token)`` pairs of a bulk load, in one round trip."""
@@ -711,7 +711,13 @@ class Engine:
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return
-        self._wake_waiters([self.backend.key_of_lease(lease) for lease, _ in leases])  # type: ignore[union-attr]
+        self._released(leases)
+
+    def _released(self, leases: list[tuple[str, str]]) -> None:
+        """Leases given back: wake this process' callers waiting on them."""
+        backend = self.backend
+        assert backend is not None
+        self._wake_waiters([backend.key_of_lease(lease) for lease, _ in leases])
 
     def _wake_waiters(self, keys: Iterable[str], payload: Any = None) -> None:
         """Wake this process' callers waiting for a fill of ``keys``: the events of a fill, a
@@ -740,7 +746,7 @@ class Engine:
         while time.monotonic() < deadline:
             try:
                 yield RunPipeline(self.backend, calls)  # type: ignore[arg-type]
-                self._wake_waiters([self.backend.key_of_lease(lease) for lease, _ in leases])  # type: ignore[union-attr]
+                self._released(leases)
                 return
             except REDIS_ERRORS:
                 yield Sleep(0.05)
