@@ -419,8 +419,10 @@ def cold_key_fleet(url: str, rounds: int, processes: int = 4, callers: int = 25)
 def _expiry_worker(
     variant: str, url: str, ns: str, rate: float, seconds: float, start: Any, out: Any
 ) -> None:
-    """Offer ``rate`` calls/s for ``seconds`` (open loop: calls start on schedule)."""
+    """Offer ``rate`` calls/s for ``seconds`` (open loop: calls start on schedule). Puts the
+    latencies and how many calls raised (a peer's bug must not end the whole run)."""
     count = int(rate * seconds)
+    errors = [0]
     if variant.endswith("tasks"):
 
         async def main() -> list[float]:
@@ -433,7 +435,10 @@ def _expiry_worker(
 
             async def one() -> None:
                 t0 = time.perf_counter()
-                await call()
+                try:
+                    await call()
+                except Exception:
+                    errors[0] += 1
                 latencies.append(time.perf_counter() - t0)
 
             tasks = []
@@ -445,7 +450,7 @@ def _expiry_worker(
             await asyncio.gather(*tasks)
             return latencies
 
-        out.put(asyncio.run(main()))
+        out.put((asyncio.run(main()), errors[0]))
         return
     call = _make_sync(variant, url, ns, 1.0, 0.1)
     call()
@@ -455,7 +460,11 @@ def _expiry_worker(
 
     def one() -> None:
         t0 = time.perf_counter()
-        call()
+        try:
+            call()
+        except Exception:
+            with lock:
+                errors[0] += 1
         with lock:
             latencies.append(time.perf_counter() - t0)
 
@@ -466,7 +475,7 @@ def _expiry_worker(
             if delay > 0:
                 time.sleep(delay)
             pool.submit(one)
-    out.put(latencies)
+    out.put((latencies, errors[0]))
 
 
 def _max_cluster(starts: list[float], window: float) -> int:
@@ -501,13 +510,15 @@ def expiry_under_load(
             p.start()
         start.wait()
         before = int(client.get(f"{ns}:loads") or 0)
-        latencies = [lat for _ in procs for lat in out.get(timeout=120)]
+        replies = [out.get(timeout=120) for _ in procs]
+        latencies = [lat for got, _ in replies for lat in got]
         for p in procs:
             p.join(30)
         loads = int(client.get(f"{ns}:loads") or 0) - before
         starts = sorted(float(t) for t in client.lrange(f"{ns}:starts", 0, -1))
         results[variant] = {
             "calls": len(latencies),
+            "errors": sum(n for _, n in replies),
             "loads": loads,
             "max_loads_per_expiry": _max_cluster(starts, 0.3),
             "p50_ms": percentile(latencies, 0.5) * 1e3,
