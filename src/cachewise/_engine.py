@@ -1019,22 +1019,22 @@ class Engine:
         target: Target,
         outcome: tuple[Any, BaseException | None],
         ticket: int,
-        joined: Flight | None,
         started: float,
-    ) -> tuple[bool, Any]:
-        """``(True, value)`` when the fast path's GET found a fresh entry (the ``joined``
-        flight is settled with it); otherwise ``(False, what to hand to read)``: the raw bytes,
-        or ``_NO_REDIS`` if Redis failed."""
+    ) -> tuple[bool, Any, Flight | None]:
+        """End the fast path's GET: ``(True, value, _)`` when it found a fresh entry (the
+        flight callers joined meanwhile is settled with it); otherwise ``(False, what to hand
+        to read, that flight)``: the raw bytes, or ``_NO_REDIS`` if Redis failed."""
+        joined = self._unprobe(target.full_key)
         raw, error = outcome
         if error is not None:
             self.redis_failed(error)
-            return False, _NO_REDIS
+            return False, _NO_REDIS, joined
         body = codec.body(raw) if raw is not None else None
         offset = self.backend.offset_ms  # type: ignore[union-attr]
         assert offset is not None
         # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
         if body is None or time.monotonic() * 1000 + offset >= body[codec.FRESH]:
-            return False, raw  # absent, undecodable (``read`` counts it) or stale
+            return False, raw, joined  # absent, undecodable (``read`` counts it) or stale
         self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
         self.miss_latency.add(self.clock() - started)
         value = body[codec.VALUE]
@@ -1047,7 +1047,7 @@ class Engine:
             with self.lock:
                 if self.epoch == ticket and target.full_key not in self.flights:
                     self.l1.put(target.table, entry)
-        return True, value
+        return True, value, joined
 
     def _after_probe(
         self,
@@ -1078,8 +1078,7 @@ class Engine:
         except BaseException:
             self._unprobe(target.full_key, abandoned=True)
             raise
-        joined = self._unprobe(target.full_key)
-        done, got = self.lone_read(target, fetched, ticket, joined, started)
+        done, got, joined = self.lone_read(target, fetched, ticket, started)
         if done:
             return got
         return run_sync(self._after_probe(target, loader, policy, got, joined, started))
@@ -1095,8 +1094,7 @@ class Engine:
         except BaseException:
             self._unprobe(target.full_key, abandoned=True)
             raise
-        joined = self._unprobe(target.full_key)
-        done, got = self.lone_read(target, fetched, ticket, joined, started)
+        done, got, joined = self.lone_read(target, fetched, ticket, started)
         if done:
             return got
         return await run_async(self._after_probe(target, loader, policy, got, joined, started))
