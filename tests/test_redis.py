@@ -238,7 +238,7 @@ def test_renewals_of_one_process_share_a_round_trip(
     make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sync loads of a process renew from one thread; the renewals due together go in one
-    pipeline, so a slow reply to one does not hold up the others."""
+    pipeline, so a slow Redis costs that thread one timeout a tick, not one per load."""
     from cachewise import _redis
 
     cache = make_cache(lease_ttl=0.3)  # renewed every 0.1 s

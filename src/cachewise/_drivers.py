@@ -299,7 +299,8 @@ class _Renewer:
                     self._changed.wait(None if soonest is None else soonest - now)
                     continue
             # Renewals of one group (the leases of one Redis) are run as one: a round trip per
-            # tick, however many loads run, so one slow reply delays no other renewal.
+            # tick however many loads run, so a slow Redis costs one timeout a tick, not one
+            # per load.
             groups: dict[Any, list[Callable[[], Plan[Any]]]] = {}
             for _, _, renew in due:
                 groups.setdefault(getattr(renew, "group", renew), []).append(renew)
