@@ -673,7 +673,7 @@ class Engine:
         try:
             stored = yield from self._script(*store)
             if stored:
-                self._wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
+                self.wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
             stored = stored if store[0] == "store" else 1  # too large to share: kept here
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
@@ -717,9 +717,9 @@ class Engine:
         """Leases given back: wake this process' callers waiting on them."""
         backend = self.backend
         assert backend is not None
-        self._wake_waiters([backend.key_of_lease(lease) for lease, _ in leases])
+        self.wake_waiters([backend.key_of_lease(lease) for lease, _ in leases])
 
-    def _wake_waiters(self, keys: Iterable[str], payload: Any = None) -> None:
+    def wake_waiters(self, keys: Iterable[str], payload: Any = None) -> None:
         """Wake this process' callers waiting for a fill of ``keys``: the events of a fill, a
         lease given back or an invalidation do not come back to the process that sent them,
         and a flight of this process may wait on the lease of another flight of its own (one
@@ -1304,7 +1304,7 @@ class Engine:
                 for key, call, reply in zip(entries, calls, replies, strict=True):
                     if reply:
                         packed = call[2][1] if call[0] == "store" else None
-                        self._wake_waiters([targets[key].full_key], packed)
+                        self.wake_waiters([targets[key].full_key], packed)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
         for key, flight in flights.items():
@@ -1455,7 +1455,7 @@ class Engine:
         if enqueue is not None:
             assert store is not None
             reply = yield from self._script(*enqueue(store))
-            self._wake_waiters([target.full_key], store[2][1])
+            self.wake_waiters([target.full_key], store[2][1])
             store = None
         with self.lock:
             self.epoch += 1
@@ -1467,7 +1467,7 @@ class Engine:
         if store is not None:
             try:
                 yield from self._script(*store)
-                self._wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
+                self.wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
                 self._remember([target.full_key])  # L2 and other L1s may hold an older value
@@ -1518,7 +1518,7 @@ class Engine:
                 yield from self._ensure_backend()
                 extra = yield from self._script(*self._drop_call(list(keys), list(tags)))
                 keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
-                self._wake_waiters(keys)  # their leases are gone: load instead of waiting
+                self.wake_waiters(keys)  # their leases are gone: load instead of waiting
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
                 self._remember(keys, tags)

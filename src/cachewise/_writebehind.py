@@ -739,6 +739,7 @@ class StreamQueue(WriteBehindQueue):
         """Acknowledge what landed, dead-letter what failed for good, in one round trip."""
         backend = self.backend
         calls: list[StoreCall] = []
+        dropped: list[str] = []
         for item, outcome, error in settled:
             if outcome == "retry":
                 continue
@@ -748,6 +749,7 @@ class StreamQueue(WriteBehindQueue):
             mode = "dead" if outcome == "dead" else "drop" if item.replay else "ok"
             if mode != "ok":
                 self.engine.drop_local([item.key])
+                dropped.append(item.key)
             calls.append(
                 (
                     "settle",
@@ -781,6 +783,8 @@ class StreamQueue(WriteBehindQueue):
         except REDIS_ERRORS as exc:
             # Not acknowledged: the entries stay pending and are written again (at least once).
             self.engine.redis_failed(exc)
+            return
+        self.engine.wake_waiters(dropped)  # their values and leases are gone: load instead
 
     def _retire(self) -> Plan[None]:
         if self.leading:
