@@ -463,7 +463,7 @@ class Engine:
     ) -> Plan[None]:
         """Load and keep the value in this process only (no Redis, or Redis unusable)."""
         value, took = yield from self._invoke(loader)
-        entry = self._entry(target, policy, value, took, self._tags(target))
+        entry = self._entry(target, policy, value, took, flight.tags)
         self.counts["loads"] += 1
         self.load_latency.add(took)
         self._settle(flight, target, entry, value)
@@ -663,7 +663,7 @@ class Engine:
                 ),
                 every=self.lease_ttl / 3,
             )
-            entry = self._entry(target, policy, value, took, self._tags(target))
+            entry = self._entry(target, policy, value, took, flight.tags)
             store = self._store_call(entry, token, target.where)
         except BaseException:
             yield from self._give_back(lease, token)
@@ -1286,7 +1286,7 @@ class Engine:
         entries = {}
         for key in flights:
             target = targets[key]
-            entries[key] = self._entry(target, policy, result[key], took, self._tags(target))
+            entries[key] = self._entry(target, policy, result[key], took, flights[key].tags)
         self.counts["loads"] += len(entries)
         self.load_latency.add(took)
         stored = {key: 1 for key in flights}
