@@ -160,10 +160,14 @@ class _Renewal:
         return self.merged([self])
 
     def merged(self, renewals: list[_Renewal]) -> Plan[Any]:
-        calls = [call for renewal in renewals for call in renewal.calls]
-        if len(calls) == 1:
-            return (yield RunScript(self.backend, *calls[0]))
-        return (yield RunPipeline(self.backend, calls))
+        return _run_calls(self.backend, [call for renewal in renewals for call in renewal.calls])
+
+
+def _run_calls(backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]) -> Plan[Any]:
+    """Script calls in one round trip: one ``EVALSHA``, or a pipeline of them."""
+    if len(calls) == 1:
+        return (yield RunScript(backend, *calls[0]))
+    return (yield RunPipeline(backend, calls))
 
 
 class Engine:
@@ -695,19 +699,14 @@ class Engine:
 
     def _give_back(self, lease: str, token: str) -> Plan[None]:
         """Release a lease we hold, so the others need not wait for it to expire."""
-        try:
-            yield from self._script(*self._release_call(lease, token))
-        except REDIS_ERRORS as exc:
-            self.redis_failed(exc)
-            return
-        self._released([(lease, token)])
+        return self._give_back_all([(lease, token)])
 
     def _give_back_all(self, leases: list[tuple[str, str]]) -> Plan[None]:
         """``_give_back`` for the ``(lease, token)`` pairs of a bulk load, in one round trip."""
         if not leases:
             return
         try:
-            yield RunPipeline(self.backend, [self._release_call(*pair) for pair in leases])  # type: ignore[arg-type]
+            yield from _run_calls(self.backend, [self._release_call(*pair) for pair in leases])  # type: ignore[arg-type]
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return
@@ -745,7 +744,7 @@ class Engine:
         calls = [self._release_call(lease, token) for lease, token in leases]
         while time.monotonic() < deadline:
             try:
-                yield RunPipeline(self.backend, calls)  # type: ignore[arg-type]
+                yield from _run_calls(self.backend, calls)  # type: ignore[arg-type]
                 self._released(leases)
                 return
             except REDIS_ERRORS:
@@ -1297,11 +1296,8 @@ class Engine:
             ]
             try:
                 replies = yield RunPipeline(backend, calls)
-                stored = {
-                    key: int(reply) if call[0] == "store" else 1
-                    for key, call, reply in zip(entries, calls, replies, strict=True)
-                }
                 for key, call, reply in zip(entries, calls, replies, strict=True):
+                    stored[key] = int(reply) if call[0] == "store" else 1
                     if reply:
                         packed = call[2][1] if call[0] == "store" else None
                         self.wake_waiters([targets[key].full_key], packed)
