@@ -581,9 +581,9 @@ class AwaitEvent(Op):
             return TIMED_OUT
 
 
-def _text(name: bytes | str) -> str:
-    """A channel name as redis-py reports it (bytes, unless the client decodes replies)."""
-    return name.decode() if isinstance(name, bytes) else name
+def text(value: Any) -> str:
+    """A reply of redis-py as text (bytes, unless the client decodes replies)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Listener:
@@ -736,7 +736,7 @@ class Listener:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        if _text(message["channel"]) != inbox:
+                        if text(message["channel"]) != inbox:
                             continue  # the shared channel's; the inbox is confirmed next
                         self._register()
                         # What was filled before now, while away or before the first

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import codec
 from ._drivers import Invoke, Op, Plan, Sleep, Spawn, run_async, run_sync
-from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript
+from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript, text
 from .errors import ConfigValueError, ValueTooLarge, WriteBehindFull
 
 if TYPE_CHECKING:
@@ -540,10 +540,6 @@ def unpack_call(raw: bytes) -> WriteCall:
     return WriteCall(tuple(args), dict(kwargs))
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class StreamQueue(WriteBehindQueue):
     """A writer's queue kept in a Redis Stream, flushed by whichever live process leads it."""
 
@@ -611,7 +607,7 @@ class StreamQueue(WriteBehindQueue):
         claim periods): each restart adds one, and the group would otherwise keep them all."""
         consumers = yield RedisCall(self.backend, "xinfo_consumers", self.stream, self.GROUP)
         for consumer in consumers:
-            name = _text(consumer["name"])
+            name = text(consumer["name"])
             if (
                 name != self.consumer
                 and int(consumer["pending"]) == 0
@@ -657,7 +653,7 @@ class StreamQueue(WriteBehindQueue):
         return {
             item.key
             for item, last in zip(mine, newest, strict=True)
-            if last is None or _text(last) != item.ids[-1]
+            if last is None or text(last) != item.ids[-1]
         }
 
     def _refill(self, version: int, wait: float) -> Plan[None]:
@@ -707,7 +703,7 @@ class StreamQueue(WriteBehindQueue):
                 start,
                 min(room, self.options.batch_size),
             )
-            start, entries = _text(reply[0]), reply[1]
+            start, entries = text(reply[0]), reply[1]
             if entries:
                 log.info("cachewise: %s claimed %d pending writes", self.where, len(entries))
             room -= self._take_entries(entries)
@@ -719,11 +715,11 @@ class StreamQueue(WriteBehindQueue):
         taken = 0
         with self.cond:
             for entry_id, fields in entries:
-                ident = _text(entry_id)
+                ident = text(entry_id)
                 if not fields or ident in self.known:
                     continue  # deleted meanwhile, or claimed back while it waits here
                 self.known.add(ident)
-                key = _text(fields[b"k"])
+                key = text(fields[b"k"])
                 raw = fields[b"a"]
                 try:
                     call = unpack_call(raw)
@@ -830,12 +826,12 @@ class StreamQueue(WriteBehindQueue):
             letters.append(
                 DeadLetter(
                     self.where,
-                    _text(fields[b"k"]),
+                    text(fields[b"k"]),
                     call.args,
                     call.kwargs,
                     int(fields[b"n"]),
-                    _text(fields[b"e"]),
-                    _text(entry_id),
+                    text(fields[b"e"]),
+                    text(entry_id),
                 )
             )
         return letters
