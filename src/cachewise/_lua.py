@@ -77,34 +77,42 @@ return 1
 # another process may have refreshed between its read and this call; a write-behind value not yet
 # in the store is the pending one, which the caller must use instead of loading the store's old
 # value) | {3, lease_pttl} (held elsewhere).
-ACQUIRE = """
+# KEYS[first..]: tag indexes a running load's key belongs to; each is kept alive for at least
+# ``ms`` (the lease's life).
+_OUTLIVE_FN = """
+local function outlive(first, ms)
+  for i = first, #KEYS do
+    if redis.call('PTTL', KEYS[i]) < tonumber(ms) then redis.call('PEXPIRE', KEYS[i], ms) end
+  end
+end
+"""
+
+ACQUIRE = (
+    _OUTLIVE_FN
+    + """
 local v = redis.call('GET', KEYS[1])
 if v and ARGV[3] == 'load' then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  for i = 4, #KEYS do
-    redis.call('SADD', KEYS[i], KEYS[1])
-    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
-      redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    end
-  end
+  for i = 4, #KEYS do redis.call('SADD', KEYS[i], KEYS[1]) end
+  outlive(4, ARGV[2])
   return {2, v or '', redis.call('HGET', KEYS[3], 'v') or ''}
 end
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
+)
 
 # KEYS: lease, then the indexes of the load's tags. ARGV: token, lease_ms. Extends the lease
 # only if the caller still holds it, and the tag indexes to outlive it (see ACQUIRE).
-RENEW = """
+RENEW = (
+    _OUTLIVE_FN
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  for i = 2, #KEYS do
-    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
-      redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    end
-  end
+  outlive(2, ARGV[2])
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
+)
 
 
 # KEYS: lease. ARGV: token, then optionally the sender's event channel and a message.
