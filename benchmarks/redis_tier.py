@@ -428,6 +428,88 @@ def cold_key_fleet(url: str, rounds: int, processes: int = 4, callers: int = 25)
     }
 
 
+# -- what waking a herd costs the machine, with no cache ----------------------------------------
+
+
+def _wake_threads(callers: int, instant: float) -> list[float]:
+    """One round of ``_wake_worker`` with threads: each one's delay from the set to waking."""
+    event, woke, ready = threading.Event(), [], threading.Barrier(callers + 1)
+
+    def one() -> None:
+        ready.wait()
+        event.wait()
+        woke.append(time.time())
+
+    threads = [threading.Thread(target=one) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    time.sleep(max(0.0, instant - time.time()))
+    set_at = time.time()
+    event.set()
+    for thread in threads:
+        thread.join()
+    return [w - set_at for w in woke]
+
+
+async def _wake_tasks(callers: int, instant: float) -> list[float]:
+    """``_wake_threads`` with tasks of one loop."""
+    event, woke = asyncio.Event(), []
+
+    async def one() -> None:
+        await event.wait()
+        woke.append(time.time())
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(callers)]
+    await asyncio.sleep(max(0.0, instant - time.time()))
+    set_at = time.time()
+    event.set()
+    await asyncio.gather(*tasks)
+    return [w - set_at for w in woke]
+
+
+def _wake_worker(kind: str, callers: int, rounds: int, sync: Any, base: Any, out: Any) -> None:
+    """Each round: ``callers`` threads (or tasks) of this process wait on one event, set at an
+    instant shared by every process. Puts each caller's delay from the set to its waking."""
+    sync.wait()  # the parent sets ``base`` once everyone is ready
+    sync.wait()
+    delays: list[float] = []
+    for i in range(rounds):
+        instant = base.value + 0.2 * i
+        if kind == "threads":
+            delays += _wake_threads(callers, instant)
+        else:
+            delays += asyncio.run(_wake_tasks(callers, instant))
+    out.put(delays)
+
+
+def wake_floor(rounds: int, processes: int = 4, callers: int = 25) -> dict[str, Any]:
+    """The cold-key scenario's share that no cache can avoid: ``processes`` × ``callers``
+    threads (or tasks) blocked on one event per process, all set at one instant. Its p99 over
+    the callers is the least any cache adds to the loader when its callers are woken
+    together on this machine."""
+    results: dict[str, Any] = {}
+    for kind in ("threads", "tasks"):
+        sync, base, out = ctx.Barrier(processes + 1), ctx.Value("d", 0.0), ctx.Queue()
+        procs = [ctx.Process(target=_wake_worker, args=(kind, callers, rounds, sync, base, out))
+                 for _ in range(processes)]  # fmt: skip
+        for p in procs:
+            p.start()
+        sync.wait()
+        base.value = time.time() + 0.3
+        sync.wait()
+        per_process = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        p99s = [
+            percentile([d[r * callers + c] for d in per_process for c in range(callers)], 0.99)
+            * 1e3
+            for r in range(rounds)
+        ]
+        results[f"no cache: waking the {kind}"] = {"rounds": rounds, "p99_ms": summarize(p99s)}
+    return results
+
+
 def _expiry_worker(
     variant: str, url: str, ns: str, rate: float, seconds: float, start: Any, out: Any
 ) -> None:
