@@ -191,6 +191,58 @@ async def test_threads_and_tasks_share_one_load(cache: Cache) -> None:
     assert thread_result == ["v"] and loads == [1]
 
 
+@pytest.mark.timeout(30)
+async def test_sync_code_on_the_loop_never_waits_for_a_load_of_that_loop(
+    cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sync code on the loop's thread (a sync cached function called in ``async def``) that
+    waited for a load running in a task of that loop would block the task, and so itself, for
+    ever: it loads by itself, keeps nothing, and says why."""
+    gate = AsyncGate("async")
+    task = asyncio.ensure_future(cache.aget_or_load("k", gate, ttl=60))
+    await await_until(lambda: gate.calls == 1)
+    assert cache.get_or_load("k", lambda: "sync", ttl=60) == "sync"
+    assert cache.stats()["sync_loads_on_loop"] == 1
+    assert "async API" in caplog.text
+    gate.release.set()
+    assert await task == "async"
+    assert cache.get_or_load("k", lambda: "other", ttl=60) == "async"  # the task's load is kept
+
+
+@pytest.mark.timeout(30)
+async def test_sync_bulk_code_on_the_loop_never_waits_for_a_load_of_that_loop(
+    cache: Cache,
+) -> None:
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def aload_many(keys: list[str]) -> dict[str, str]:
+        started.set()
+        await release.wait()
+        return dict.fromkeys(keys, "async")
+
+    task = asyncio.ensure_future(cache.aget_or_load_many(["a", "b"], aload_many, ttl=60))
+    await asyncio.wait_for(started.wait(), 10)
+    got = cache.get_or_load_many(["a", "c"], lambda keys: dict.fromkeys(keys, "sync"), ttl=60)
+    assert got == {"a": "sync", "c": "sync"}
+    assert cache.stats()["sync_loads_on_loop"] == 1  # "a"; "c" it led itself
+    release.set()
+    assert await task == {"a": "async", "b": "async"}
+
+
+async def test_a_thread_still_waits_for_a_load_led_by_a_task(cache: Cache) -> None:
+    """Only the loop's own thread must not wait: another thread joins the task's load."""
+    gate = AsyncGate("v")
+    task = asyncio.ensure_future(cache.aget_or_load("k", gate, ttl=60))
+    await await_until(lambda: gate.calls == 1)
+    thread, result = in_thread(lambda: cache.get_or_load("k", lambda: "own", ttl=60))
+    await await_until(lambda: cache.stats()["coalesced_waits"] == 1)
+    gate.release.set()
+    assert await task == "v"
+    await asyncio.to_thread(thread.join, 10)
+    assert result == ["v"] and gate.calls == 1
+    assert cache.stats()["sync_loads_on_loop"] == 0
+
+
 def test_waiter_past_wait_timeout_loads_itself(clock: Any) -> None:
     cache = Cache(clock=clock, wait_timeout=0.05)
     slow = Gate("slow")

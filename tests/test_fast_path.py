@@ -196,6 +196,27 @@ def test_callers_arriving_during_the_fast_get_wait_for_it(
     assert len(loads) == (0 if shared else 1)
 
 
+@pytest.mark.timeout(30)
+def test_sync_code_on_the_loop_never_waits_for_that_loops_fast_get(make_cache: MakeCache) -> None:
+    """A task's fast-path GET is under way; sync code on the loop's thread then reads the key.
+    Waiting for the GET's caller to settle it would block the loop, which must deliver the
+    reply: it loads by itself instead."""
+    writer, reader = make_cache(), make_cache()
+    writer.set("k", "shared", ttl=60)
+    _warm(reader)
+
+    async def main() -> list[Any]:
+        async def sync_beside() -> Any:
+            await asyncio.sleep(0)  # the task below has sent its GET and awaits the reply
+            assert reader._target("k").full_key in reader._engine.probing
+            return reader.get_or_load("k", lambda: "own", ttl=60)
+
+        return await asyncio.gather(reader.aget_or_load("k", _never, ttl=60), sync_beside())
+
+    assert asyncio.run(main()) == ["shared", "own"]
+    assert reader.stats()["sync_loads_on_loop"] == 1
+
+
 def test_callers_start_over_when_the_fast_get_is_abandoned(make_cache: MakeCache) -> None:
     class Interrupted(BaseException):
         pass

@@ -34,6 +34,9 @@ T = TypeVar("T")
 
 #: What a ``Wait`` returns when its timeout passed before the flight finished.
 TIMED_OUT: Any = object()
+#: What a sync ``Wait`` returns instead of waiting on an event loop's thread for a flight that
+#: a task of that very loop must settle: blocking the thread would block that task for ever.
+BLOCKS_LOOP: Any = object()
 
 Plan = Generator["Op", Any, T]
 
@@ -48,7 +51,9 @@ class Flight:
     wait, and a future per waiting task, woken together per event loop.
     """
 
-    __slots__ = ("_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "tags")
+    __slots__ = (
+        "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loop", "tags"
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -63,6 +68,9 @@ class Flight:
         #: The tags the loaded entry will carry, known once the load is led: invalidating one
         #: of them invalidates the load too, though its key is in no tag index yet.
         self.tags: tuple[str, ...] = ()
+        #: The event loop whose task settles this flight (None: a thread does), so that sync
+        #: code on that loop's thread does not wait for it (``BLOCKS_LOOP``).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def done(self) -> bool:
         return self._done
@@ -331,7 +339,8 @@ class Sleep(Op):
 
 
 class Wait(Op):
-    """Wait for a flight's result (re-raising its exception); ``TIMED_OUT`` after ``timeout``."""
+    """Wait for a flight's result (re-raising its exception); ``TIMED_OUT`` after ``timeout``;
+    ``BLOCKS_LOOP`` at once for sync code on the thread of the loop that must settle it."""
 
     __slots__ = ("flight", "timeout")
 
@@ -340,9 +349,16 @@ class Wait(Op):
         self.timeout = timeout
 
     def run_sync(self) -> Any:
-        if not self.flight.wait(self.timeout):
+        flight = self.flight
+        if (
+            flight.loop is not None
+            and not flight.done()
+            and flight.loop is asyncio._get_running_loop()  # public twin raises without a loop
+        ):
+            return BLOCKS_LOOP
+        if not flight.wait(self.timeout):
             return TIMED_OUT
-        return self.flight.result()
+        return flight.result()
 
     async def run_async(self) -> Any:
         if self.flight.done():  # settled already (an L2 hit, a sync leader)

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from . import codec, core
 from ._drivers import (
+    BLOCKS_LOOP,
     TIMED_OUT,
     Flight,
     Invoke,
@@ -221,7 +222,9 @@ class Engine:
         self.epoch = 0
         self.lone_hits = 0
         #: Keys a fast-path GET is reading now, with the flight other callers started meanwhile.
-        self.probing: dict[str, Flight | None] = {}
+        #: Keys whose fast-path GET is under way: the flight callers started meanwhile, or the
+        #: loop of the GET's caller (None: a thread) until one does.
+        self.probing: dict[str, Flight | asyncio.AbstractEventLoop | None] = {}
         if backend is not None:
             backend.breaker.on_recover = self._on_reset  # L1 missed events while Redis was away
         _ENGINES.add(self)
@@ -256,9 +259,14 @@ class Engine:
             if flight is not None:
                 return flight, False
             flight = self.flights[key] = Flight()
-            if join_probe and key in self.probing and self.probing[key] is None:
-                self.probing[key] = flight
-                return flight, False
+            if join_probe and key in self.probing:
+                probe = self.probing[key]
+                if not isinstance(probe, Flight):  # the GET's caller will settle this flight
+                    flight.loop = probe
+                    self.probing[key] = flight
+                    return flight, False
+            # Settled by this caller: on its loop's thread, in a task of that loop if it has one.
+            flight.loop = asyncio._get_running_loop()
             return flight, True
 
     def _settle(
@@ -935,7 +943,9 @@ class Engine:
                 value = yield Wait(flight, self.wait_timeout)
                 if value is _RETRY:  # the fast-path GET this flight waited for was abandoned
                     continue
-                if value is TIMED_OUT:
+                if value is BLOCKS_LOOP:
+                    value = yield from self._load_beside_loop(target.full_key, loader)
+                elif value is TIMED_OUT:
                     # The shared load outlived wait_timeout: load without it.
                     self.counts["wait_timeouts"] += 1
                     alone = Flight()
@@ -943,6 +953,23 @@ class Engine:
                     value = yield Wait(alone, None)
             self.miss_latency.add(self.clock() - started)
             return value
+
+    def _load_beside_loop(self, key: str, loader: Callable[[], Any]) -> Plan[Any]:
+        """Sync code on an event loop's thread found ``key`` being loaded by a task of that loop:
+        waiting would block the loop, and the load with it, for ever. It loads the value itself
+        and keeps it nowhere (the task's load fills the cache), and says why once a minute."""
+        self.counts["sync_loads_on_loop"] += 1
+        self._log_once(
+            key,
+            "a sync call on an event loop's thread found %s being loaded by a task of that "
+            "loop; waiting would block that load, so it loaded the value itself. Call the "
+            "async API (aget_or_load, an async def function) from async code.",
+            key,
+        )
+        value, took = yield from self._invoke(loader)
+        self.counts["loads"] += 1
+        self.load_latency.add(took)
+        return value
 
     def _lead(
         self,
@@ -982,7 +1009,8 @@ class Engine:
             return -1
         epoch = self._lone()
         if epoch >= 0:
-            self.probing.setdefault(key, None)  # never replaces a flight waiting on a probe
+            # The loop of the GET's caller, if any, which the flight it settles depends on.
+            self.probing.setdefault(key, asyncio._get_running_loop())
         return epoch
 
     def _unprobe(self, key: str, abandoned: bool = False) -> Flight | None:
@@ -990,7 +1018,8 @@ class Engine:
         now settles or leads. ``abandoned`` (the GET raised): that flight's callers start over.
         """
         with self.lock:
-            flight = self.probing.pop(key, None)
+            probe = self.probing.pop(key, None)
+            flight = probe if isinstance(probe, Flight) else None
             if flight is not None and abandoned:
                 if self.flights.get(key) is flight:
                     del self.flights[key]
@@ -1145,6 +1174,10 @@ class Engine:
                         self._resolve_many(targets, {key: flight}, load_many, policy), self.keep
                     )
                 value = yield Wait(flight, None)
+            if value is BLOCKS_LOOP:
+                value = yield from self._load_beside_loop(
+                    targets[key].full_key, functools.partial(_one_of, load_many, key)
+                )
             found[key] = value
         return {key: found[key] for key in targets}
 
@@ -1544,10 +1577,11 @@ class Engine:
             counts[name] = counts.get(name, 0) + self.lone_hits
         names = [
             "misses", "loads", "load_errors", "refreshes", "early_refreshes", "refresh_errors",
-            "stale_served", "coalesced_waits", "wait_timeouts", "sets", "invalidations",
-            "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused", "redis_errors",
-            "decode_errors", "invalidations_received", "l1_flushes", "pending_writes_read",
-            "loads_without_redis", "outage_invalidations_sent", "oversize_values",
+            "stale_served", "coalesced_waits", "wait_timeouts", "sync_loads_on_loop", "sets",
+            "invalidations", "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused",
+            "redis_errors", "decode_errors", "invalidations_received", "l1_flushes",
+            "pending_writes_read", "loads_without_redis", "outage_invalidations_sent",
+            "oversize_values",
         ]  # fmt: skip
         out: dict[str, Any] = {name: counts.get(name, 0) for name in names}
         out.update(
