@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -344,3 +346,99 @@ def test_close_drains_the_queue(clock: FakeClock) -> None:
         for i in range(20):
             save(i, str(i))
     assert len(store.rows) == 20
+
+
+def _async_saver(cache: Cache, rows: dict[int, str], blocked: list[bool]) -> Any:
+    """An ``async def`` writer that hangs while ``blocked[0]`` (until its loop ends)."""
+
+    @cache.cached(ttl=60)
+    async def get_user(user_id: int) -> str | None:
+        return rows.get(user_id)
+
+    @cache.write_behind(get_user, args=lambda u, d: u, value=lambda u, d: d)
+    async def save(user_id: int, data: str) -> None:
+        while blocked[0]:
+            await asyncio.sleep(0.01)
+        rows[user_id] = data
+
+    return save
+
+
+def test_close_drains_an_async_writers_queue_after_its_loop_ended(clock: FakeClock) -> None:
+    """The loop ended (``asyncio.run`` returned) with writes queued, one of them cut off in the
+    writer: sync ``close`` writes them all on a loop of its own."""
+    cache = wb_cache(clock)
+    rows: dict[int, str] = {}
+    blocked = [True]
+    save = _async_saver(cache, rows, blocked)
+
+    async def main() -> None:
+        for i in range(5):
+            await save(i, f"d{i}")
+        await asyncio.sleep(0.1)  # the flusher is now inside the writer, which hangs
+
+    asyncio.run(main())
+    assert rows == {} and cache.stats()["write_behind_pending"] == 5
+    blocked[0] = False
+    report = cache.close(timeout=10)
+    assert rows == {i: f"d{i}" for i in range(5)}
+    assert report.written == 5 and report.pending == 0
+
+
+def test_close_drains_an_async_writers_queue_on_its_loop_in_another_thread(
+    clock: FakeClock,
+) -> None:
+    cache = wb_cache(clock)
+    rows: dict[int, str] = {}
+    save = _async_saver(cache, rows, [False])
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    try:
+        for i in range(5):
+            asyncio.run_coroutine_threadsafe(save(i, f"d{i}"), loop).result(10)
+        report = cache.close(timeout=10)
+        assert rows == {i: f"d{i}" for i in range(5)} and report.pending == 0
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+
+
+async def test_sync_close_on_the_writers_own_loop_says_what_is_lost(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It cannot drain without blocking the loop the writes need: they are reported pending
+    and logged, never dropped in silence."""
+    cache = wb_cache(clock)
+    blocked = [True]
+    save = _async_saver(cache, {}, blocked)
+    for i in range(3):
+        await save(i, f"d{i}")
+    report = cache.close(timeout=1)
+    assert report.pending == 3 and report.errors
+    assert "3 write-behind writes" in caplog.text and "lost" in caplog.text
+    blocked[0] = False  # let the flusher task end before its loop does
+    queue = cache._queues[0]
+    await asyncio.wait_for(asyncio.shield(queue._task), 5)  # type: ignore[arg-type]
+
+
+def test_interpreter_exit_drains_an_async_writers_queue(tmp_path: Any) -> None:
+    out = tmp_path / "rows"
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from cachewise import Cache\n"
+        "cache = Cache(write_behind_interval=0.01)\n"
+        "@cache.cached(ttl=60)\n"
+        "async def get_row(k): return None\n"
+        "@cache.write_behind(get_row, args=lambda k, v: (k,), value=lambda k, v: v)\n"
+        "async def save(k, v):\n"
+        "    await asyncio.sleep(0.01)\n"
+        f"    with open({str(out)!r}, 'a') as f: f.write(f'{{k}}={{v}}\\n')\n"
+        "async def main():\n"
+        "    for i in range(5): await save(i, i)\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+    assert set(out.read_text().split()) == {f"{i}={i}" for i in range(5)}

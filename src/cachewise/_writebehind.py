@@ -368,7 +368,13 @@ class WriteBehindQueue:
                     yield from self._retire()
                     return
                 if batch:
-                    yield from self._write(batch)
+                    try:
+                        yield from self._write(batch)
+                    except BaseException:
+                        # Cancelled mid-batch (its event loop was closed): the next flusher,
+                        # on another loop, must find these writes, not wait for them for ever.
+                        self._put_back(batch)
+                        raise
                 else:
                     yield from self._refill(version, self._idle_wait(wait))
             except Exception:  # the flusher must outlive any one failure; nothing is dropped
@@ -412,6 +418,16 @@ class WriteBehindQueue:
         )
 
     # -- where the writes wait: hooks a durable queue replaces --------------------------------
+
+    def _put_back(self, batch: list[PendingWrite]) -> None:
+        """Return the writes of an unfinished batch to the queue (a newer queued write to the
+        same key stays and stands for them). Some may have reached the store already: delivery
+        is at least once."""
+        with self.cond:
+            for item in batch:
+                if self.busy.pop(item.key, None) is item and item.key not in self.pending:
+                    self.pending[item.key] = item
+            self.version += 1
 
     def _superseded(self, batch: list[PendingWrite]) -> Plan[set[str]]:
         """Keys of the batch whose write a newer queued write replaces (no store call needed).
@@ -475,6 +491,34 @@ class WriteBehindQueue:
         self.kick()
         yield QueueWait(self, lambda: self.drained_upto(upto), timeout, "progress")
         return self._end_flush()
+
+    def drain_from_sync(self, timeout: float | None) -> FlushReport:
+        """``flush`` for sync code (``Cache.close``, interpreter exit) of an ``async def``
+        writer's queue: on the writer's loop if it still runs in another thread, else on an
+        event loop of its own in a helper thread (the writer's loop is closed or stopped).
+        Raises when called on the thread of the writer's running loop, which it would block."""
+        loop, here = self._loop, asyncio._get_running_loop()  # public twin raises without one
+        if loop is not None and loop.is_running():
+            if loop is here:
+                raise RuntimeError(
+                    f"write-behind of {self.where} runs on this event loop: await cache.aclose()"
+                )
+            return asyncio.run_coroutine_threadsafe(run_async(self.flush(timeout)), loop).result()
+        reports: list[FlushReport] = []
+        failures: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                reports.append(asyncio.run(run_async(self.flush(timeout))))
+            except BaseException as exc:  # raised in the caller's thread below
+                failures.append(exc)
+
+        helper = threading.Thread(target=drain, name=f"cachewise-drain:{self.where}")
+        helper.start()
+        helper.join()
+        if failures:
+            raise failures[0]
+        return reports[0]
 
     def check_sync_flush(self) -> None:
         if self.is_async and (self.pending or self.busy):
@@ -545,6 +589,10 @@ class StreamQueue(WriteBehindQueue):
 
     durable = True
     GROUP = "cachewise"
+
+    def _put_back(self, batch: list[PendingWrite]) -> None:
+        """Nothing to do: an unfinished batch stays pending in the stream, where a flusher
+        claims it after ``write_behind_claim_idle``."""
 
     def _start(self) -> None:
         """Name the writer's Redis keys and start flushing: a process that only registered the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,8 @@ from ._writes import invalidates, write_behind, write_through
 from .decorators import CachedDecorator, make_cached
 from .errors import ConfigTypeError, ConfigValueError
 
+log = logging.getLogger("cachewise")
+
 T = TypeVar("T")
 Mapper = Callable[..., Any]
 
@@ -35,12 +38,11 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 @atexit.register
 def _drain_at_exit() -> None:
-    """Interpreter exit drains the in-memory write-behind queues of sync writers. Writes queued
-    in Redis are safe there: another process (or the next start) flushes them."""
+    """Interpreter exit drains the in-memory write-behind queues (those of ``async def``
+    writers on an event loop of their own, their own having ended). Writes queued in Redis are
+    safe there: another process (or the next start) flushes them."""
     for cache in list(_OPEN):
-        for queue in cache._queues:
-            if not queue.durable and not queue.is_async:
-                run_sync(queue.flush(10.0))
+        cache._drain(10.0, durable=False)
         cache._stop()
 
 
@@ -391,12 +393,33 @@ class Cache:
         return sum([await run_async(queue.replay(chosen)) for queue in self._queues])
 
     def close(self, timeout: float | None = None) -> FlushReport:
-        """Drain the write-behind queues of sync writers and stop their flushers."""
-        report = _merge(
-            [run_sync(queue.flush(timeout)) for queue in list(self._queues) if not queue.is_async]
-        )
+        """Drain the write-behind queues and stop their flushers. The in-memory queue of an
+        ``async def`` writer is drained on its event loop if that still runs in another thread,
+        else on a loop of its own; on its loop's own thread, use ``await cache.aclose()``."""
+        report = self._drain(timeout, durable=True)
         self._stop()
         return report
+
+    def _drain(self, timeout: float | None, durable: bool) -> FlushReport:
+        """Flush, from sync code, every in-memory queue (a process' end loses them), and with
+        ``durable`` the Redis ones of sync writers. What cannot be drained is reported as
+        pending and logged: never lost in silence."""
+        reports: list[FlushReport] = []
+        for queue in list(self._queues):
+            if not queue.is_async and (durable or not queue.durable):
+                reports.append(run_sync(queue.flush(timeout)))
+            elif not queue.durable and (queue.pending or queue.busy):
+                try:
+                    reports.append(queue.drain_from_sync(timeout))
+                except Exception as exc:
+                    left = len(queue.pending) + len(queue.busy)
+                    log.error(
+                        "cachewise: %d write-behind writes of %s were not written and are lost "
+                        "when this process ends: %s",
+                        left, queue.where, exc,
+                    )  # fmt: skip
+                    reports.append(FlushReport(pending=left, errors=[repr(exc)]))
+        return _merge(reports)
 
     async def aclose(self, timeout: float | None = None) -> FlushReport:
         report = await self.aflush(timeout)
