@@ -399,6 +399,8 @@ def test_close_drains_an_async_writers_queue_on_its_loop_in_another_thread(
             asyncio.run_coroutine_threadsafe(save(i, f"d{i}"), loop).result(10)
         report = cache.close(timeout=10)
         assert rows == {i: f"d{i}" for i in range(5)} and report.pending == 0
+        # The stopped flusher ends on its loop before the loop does.
+        asyncio.run_coroutine_threadsafe(cache._queues[0].join_async(5), loop).result(10)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
