@@ -364,9 +364,12 @@ def _async_saver(cache: Cache, rows: dict[int, str], blocked: list[bool]) -> Any
     return save
 
 
-def test_close_drains_an_async_writers_queue_after_its_loop_ended(clock: FakeClock) -> None:
+@pytest.mark.parametrize("how", ["close", "flush"])
+def test_close_drains_an_async_writers_queue_after_its_loop_ended(
+    clock: FakeClock, how: str
+) -> None:
     """The loop ended (``asyncio.run`` returned) with writes queued, one of them cut off in the
-    writer: sync ``close`` writes them all on a loop of its own."""
+    writer: sync ``close`` (or ``flush``) writes them all on a loop of its own."""
     cache = wb_cache(clock)
     rows: dict[int, str] = {}
     blocked = [True]
@@ -380,9 +383,10 @@ def test_close_drains_an_async_writers_queue_after_its_loop_ended(clock: FakeClo
     asyncio.run(main())
     assert rows == {} and cache.stats()["write_behind_pending"] == 5
     blocked[0] = False
-    report = cache.close(timeout=10)
+    report = cache.close(timeout=10) if how == "close" else cache.flush(timeout=10)
     assert rows == {i: f"d{i}" for i in range(5)}
     assert report.written == 5 and report.pending == 0
+    cache.close()
 
 
 def test_close_drains_an_async_writers_queue_on_its_loop_in_another_thread(

@@ -501,7 +501,8 @@ class WriteBehindQueue:
         if loop is not None and loop.is_running():
             if loop is here:
                 raise RuntimeError(
-                    f"write-behind of {self.where} runs on this event loop: await cache.aclose()"
+                    f"write-behind of {self.where} runs on this event loop: await "
+                    "cache.aflush() or cache.aclose() there"
                 )
             return asyncio.run_coroutine_threadsafe(run_async(self.flush(timeout)), loop).result()
         reports: list[FlushReport] = []
@@ -521,8 +522,16 @@ class WriteBehindQueue:
         return reports[0]
 
     def check_sync_flush(self) -> None:
-        if self.is_async and (self.pending or self.busy):
+        """Refuse a sync flush of an async writer's Redis queue: its flusher is a task."""
+        if self.durable and self.is_async and (self.pending or self.busy):
             raise RuntimeError(f"write-behind of {self.where} is async: use await cache.aflush()")
+
+    def flush_from_sync(self, timeout: float | None) -> FlushReport:
+        """``flush`` for sync code: an ``async def`` writer's in-memory queue that holds writes
+        is drained on an event loop (``drain_from_sync``)."""
+        if self.is_async and not self.durable and (self.pending or self.busy):
+            return self.drain_from_sync(timeout)
+        return run_sync(self.flush(timeout))
 
     def dead_letters(self) -> Plan[list[DeadLetter]]:
         return list(self.dead)

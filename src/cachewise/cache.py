@@ -364,10 +364,11 @@ class Cache:
     # -- write-behind control -------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> FlushReport:
-        """Wait until every write queued before this call is in the store (or dead-lettered)."""
+        """Wait until every write queued before this call is in the store (or dead-lettered).
+        An ``async def`` writer's in-memory queue is flushed as ``close`` drains it."""
         for queue in self._queues:
             queue.check_sync_flush()
-        return _merge([run_sync(queue.flush(timeout)) for queue in list(self._queues)])
+        return _merge([queue.flush_from_sync(timeout) for queue in list(self._queues)])
 
     async def aflush(self, timeout: float | None = None) -> FlushReport:
         return _merge([await run_async(queue.flush(timeout)) for queue in list(self._queues)])
@@ -408,9 +409,9 @@ class Cache:
         for queue in list(self._queues):
             if not queue.is_async and (durable or not queue.durable):
                 reports.append(run_sync(queue.flush(timeout)))
-            elif not queue.durable and (queue.pending or queue.busy):
+            elif not queue.durable:
                 try:
-                    reports.append(queue.drain_from_sync(timeout))
+                    reports.append(queue.flush_from_sync(timeout))
                 except Exception as exc:
                     left = len(queue.pending) + len(queue.busy)
                     log.error(
