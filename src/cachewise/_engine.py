@@ -221,7 +221,6 @@ class Engine:
         #: lone-caller fast path keeps what it read in L1 only if the epoch did not move.
         self.epoch = 0
         self.lone_hits = 0
-        #: Keys a fast-path GET is reading now, with the flight other callers started meanwhile.
         #: Keys whose fast-path GET is under way: the flight callers started meanwhile, or the
         #: loop of the GET's caller (None: a thread) until one does.
         self.probing: dict[str, Flight | asyncio.AbstractEventLoop | None] = {}
