@@ -492,11 +492,19 @@ class WriteBehindQueue:
         yield QueueWait(self, lambda: self.drained_upto(upto), timeout, "progress")
         return self._end_flush()
 
-    def drain_from_sync(self, timeout: float | None) -> FlushReport:
-        """``flush`` for sync code (``Cache.close``, interpreter exit) of an ``async def``
-        writer's queue: on the writer's loop if it still runs in another thread, else on an
-        event loop of its own in a helper thread (the writer's loop is closed or stopped).
-        Raises when called on the thread of the writer's running loop, which it would block."""
+    def check_sync_flush(self) -> None:
+        """Refuse a sync flush of an async writer's Redis queue: its flusher is a task."""
+        if self.durable and self.is_async and (self.pending or self.busy):
+            raise RuntimeError(f"write-behind of {self.where} is async: use await cache.aflush()")
+
+    def flush_from_sync(self, timeout: float | None) -> FlushReport:
+        """``flush`` for sync code (``Cache.flush``, ``close``, interpreter exit). An ``async
+        def`` writer's in-memory queue that holds writes is drained on the writer's loop if it
+        still runs in another thread, else on an event loop of its own in a helper thread (the
+        writer's loop is closed or stopped). Raises when called on the thread of the writer's
+        running loop, which it would block."""
+        if not (self.is_async and not self.durable and (self.pending or self.busy)):
+            return run_sync(self.flush(timeout))
         loop, here = self._loop, asyncio._get_running_loop()  # public twin raises without one
         if loop is not None and loop.is_running():
             if loop is here:
@@ -520,18 +528,6 @@ class WriteBehindQueue:
         if failures:
             raise failures[0]
         return reports[0]
-
-    def check_sync_flush(self) -> None:
-        """Refuse a sync flush of an async writer's Redis queue: its flusher is a task."""
-        if self.durable and self.is_async and (self.pending or self.busy):
-            raise RuntimeError(f"write-behind of {self.where} is async: use await cache.aflush()")
-
-    def flush_from_sync(self, timeout: float | None) -> FlushReport:
-        """``flush`` for sync code: an ``async def`` writer's in-memory queue that holds writes
-        is drained on an event loop (``drain_from_sync``)."""
-        if self.is_async and not self.durable and (self.pending or self.busy):
-            return self.drain_from_sync(timeout)
-        return run_sync(self.flush(timeout))
 
     def dead_letters(self) -> Plan[list[DeadLetter]]:
         return list(self.dead)
