@@ -725,7 +725,7 @@ class Listener:
         inbox = self.backend.inbox
         while not self._stopped.is_set():
             try:
-                self._pubsub = self.backend.sync_client().pubsub()  # type: ignore[no-untyped-call]
+                self._pubsub = self.backend.sync_client().pubsub()  # type: ignore[no-untyped-call,unused-ignore]
                 # Both in one command: a listener is on both channels or on neither, which
                 # ``_lua._PUBLISH_FN`` counts on.
                 self._pubsub.subscribe(self.backend.channel, inbox)
