@@ -52,7 +52,8 @@ class Flight:
     """
 
     __slots__ = (
-        "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loop", "tags"
+        "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loop", "stale",
+        "tags",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -71,6 +72,9 @@ class Flight:
         #: The event loop whose task settles this flight (None: a thread does), so that sync
         #: code on that loop's thread does not wait for it (``BLOCKS_LOOP``).
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: The entry a background refresh replaces: callers that find no copy of their own (L1
+        #: off, or another process' stale read) are served it while the refresh runs.
+        self.stale: Any = None
 
     def done(self) -> bool:
         return self._done

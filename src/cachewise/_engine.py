@@ -897,7 +897,7 @@ class Engine:
         if started is None:
             started = self.clock()
         while True:
-            entry = target.table.get(target.l1_key)
+            entry = target.table.get(target.l1_key) or self._being_refreshed(target.full_key)
             now = self.clock()
             decision = core.decide(
                 entry,
@@ -952,6 +952,16 @@ class Engine:
                     value = yield Wait(alone, None)
             self.miss_latency.add(self.clock() - started)
             return value
+
+    def _being_refreshed(self, key: str) -> Entry | None:
+        """The entry a running refresh of ``key`` replaces, unless an invalidation or a write
+        happened since: with L1 off it is the only copy a caller can be served while the
+        refresh runs (stale-while-revalidate in every configuration)."""
+        flight = self.flights.get(key)
+        if flight is None or flight.invalidated:
+            return None
+        stale: Entry | None = flight.stale
+        return stale
 
     def _load_beside_loop(self, key: str, loader: Callable[[], Any]) -> Plan[Any]:
         """Sync code on an event loop's thread found ``key`` being loaded by a task of that loop:
@@ -1138,6 +1148,7 @@ class Engine:
         flight, leader = self._claim(target.full_key)
         if not leader:
             return
+        flight.stale = entry
         self.counts["early_refreshes" if early else "refreshes"] += 1
         yield Spawn(
             self._resolve(flight, target, loader, policy, entry), self.keep, background=True
