@@ -29,11 +29,20 @@ values = st.recursive(
 
 @given(values, st.integers(0, 2**50), st.integers(0, 2**20), st.lists(st.text(), max_size=3))
 def test_round_trip(value: Any, fresh: int, load_ms: int, tags: list[str]) -> None:
-    env = Envelope(value, fresh, fresh + 5, load_ms, tuple(tags))
+    versions = tuple(f"v{i}" for i in range(len(tags)))
+    env = Envelope(value, fresh, fresh + 5, load_ms, tuple(tags), versions)
     back = unpack(pack(env, "k"))
     assert back is not None
     assert back.fresh_until_ms == fresh and back.tags == tuple(tags)
+    assert back.versions == versions
     assert msgpack.packb(back.value) == msgpack.packb(value)
+
+
+def test_tags_without_their_versions_are_a_miss() -> None:
+    """An entry must record one version per tag: one that does not could never be checked."""
+    assert unpack(pack(Envelope(1, 1, 2, 3, ("t",), ()), "k")) is None
+    assert unpack(pack(Envelope(1, 1, 2, 3, (), ("v",)), "k")) is None
+    assert unpack(pack(Envelope(1, 1, 2, 3, ("t",), ("v",)), "k")) is not None
 
 
 @given(st.binary(max_size=200))
@@ -50,8 +59,9 @@ def test_truncated_envelopes_are_misses(value: Any) -> None:
 
 
 def test_other_versions_are_misses() -> None:
-    assert unpack(msgpack.packb([FORMAT + 1, "v", 1, 2, 3, []])) is None
-    assert unpack(msgpack.packb([FORMAT, "v", 1, 2, 3, []])) is not None
+    assert unpack(msgpack.packb([FORMAT + 1, "v", 1, 2, 3, [], []])) is None
+    assert unpack(msgpack.packb([FORMAT, "v", 1, 2, 3, [], []])) is not None
+    assert unpack(msgpack.packb([1, "v", 1, 2, 3, []])) is None  # the format before versions
 
 
 def test_unsupported_values_name_their_type() -> None:
@@ -63,8 +73,9 @@ def test_unsupported_values_name_their_type() -> None:
 
 
 def test_other_shapes_are_misses() -> None:
-    for body in ({1: "v", 2: 1, 3: 2, 4: 3, 5: 4, 6: 5}, "abcdef", [FORMAT, "v", 1, 2, 3],
-                 [FORMAT, "v", 1.5, 2, 3, []], [FORMAT, "v", 1, 2, 3, [1]]):  # fmt: skip
+    for body in ({1: "v", 2: 1, 3: 2, 4: 3, 5: 4, 6: 5, 7: 6}, "abcdefg", [FORMAT, "v", 1, 2, 3],
+                 [FORMAT, "v", 1.5, 2, 3, [], []], [FORMAT, "v", 1, 2, 3, [1], ["v"]],
+                 [FORMAT, "v", 1, 2, 3, ["t"], [1]]):  # fmt: skip
         assert unpack(msgpack.packb(body)) is None
 
 
@@ -153,7 +164,7 @@ def test_a_dataclass_this_process_does_not_know_is_a_miss() -> None:
 
 @given(st.binary(max_size=60), st.integers(0, 127))
 def test_any_extension_bytes_decode_or_miss(data: bytes, code: int) -> None:
-    raw = msgpack.packb([FORMAT, msgpack.ExtType(code, data), 1, 2, 3, []])
+    raw = msgpack.packb([FORMAT, msgpack.ExtType(code, data), 1, 2, 3, [], []])
     result = unpack(raw)
     assert result is None or isinstance(result, Envelope)
 
@@ -166,7 +177,9 @@ def test_huge_integers_are_a_clear_error() -> None:
 # -- bulk decoding: one pass over an MGET reply, equal to decoding each value alone -----------
 
 envelopes = st.builds(
-    lambda value, fresh, tags: pack(Envelope(value, fresh, fresh + 5, 7, tuple(tags)), "k"),
+    lambda value, fresh, tags: pack(
+        Envelope(value, fresh, fresh + 5, 7, tuple(tags), tuple("v" for _ in tags)), "k"
+    ),
     values,
     st.integers(0, 2**50),
     st.lists(st.text(max_size=3), max_size=2),
@@ -176,7 +189,7 @@ replies = st.lists(
     | envelopes
     | st.binary(max_size=40)
     | envelopes.flatmap(lambda raw: st.integers(0, len(raw)).map(lambda cut: raw[:cut]))
-    | st.builds(lambda v: msgpack.packb([FORMAT, v, 1, 2, 3, [1]]), values),
+    | st.builds(lambda v: msgpack.packb([FORMAT, v, 1, 2, 3, [1], ["v"]]), values),
     max_size=12,
 )
 
@@ -238,4 +251,4 @@ def test_datetimes_in_a_named_zone_keep_it_in_gaps_and_folds() -> None:
         assert back is not None and back.value == value
         assert back.value.tzinfo is value.tzinfo and back.value.fold == value.fold
     escape = codec._packb(["2020-01-01T00:00:00", 0, "../../etc/passwd"])
-    assert unpack(msgpack.packb([FORMAT, msgpack.ExtType(11, escape), 1, 2, 3, []])) is None
+    assert unpack(msgpack.packb([FORMAT, msgpack.ExtType(11, escape), 1, 2, 3, [], []])) is None

@@ -174,20 +174,33 @@ def test_pending_value_is_read_when_the_cached_entry_is_gone(rows: Rows, namespa
     assert other.stats()["pending_writes_read"] == 1 and other.stats()["loads"] == 1
 
 
-def test_every_write_behind_key_has_a_ttl(rows: Rows) -> None:
+def test_queue_keys_are_data_without_ttl_and_the_rest_expires(rows: Rows) -> None:
+    """The queue (stream, pending records, newest writes, dead letters) carries no TTL, so no
+    ``volatile-*`` policy can evict it; everything else (entries, leases) expires."""
     cache, get_row, save = rows.cache(write_behind_retries=0)
     _workers._store["fail"].add(2)
     stop_flusher(cache)
     save(1, "a")
     save(2, "b")
     pending = f"{rows.ns}#wbpending:{get_row.key(1)[len(rows.ns) + 1 :]}"
+    assert rows.client.pttl(pending) == -1  # queued: kept until the store has it
     flusher, _, _ = rows.cache(write_behind_retries=0)
     flusher.flush(timeout=10)
     keys = [k.decode() for k in rows.client.scan_iter(f"{rows.ns}#*")]
+    queue = {
+        f"{rows.ns}#wb:tests._workers.store_row",
+        f"{rows.ns}#wbdead:tests._workers.store_row",
+        f"{rows.ns}#wbnewest:tests._workers.store_row",
+    }
     assert f"{rows.ns}#wbdead:tests._workers.store_row" in keys
     assert f"{rows.ns}#wbflusher:tests._workers.store_row" in keys
     assert pending not in keys  # flushed: removed
     for key in keys:
+        if key in queue:
+            assert rows.client.pttl(key) == -1, key
+        else:
+            assert rows.client.pttl(key) > 0, key
+    for key in rows.client.scan_iter(f"{rows.ns}:*"):
         assert rows.client.pttl(key) > 0, key
 
 

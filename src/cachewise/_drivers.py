@@ -26,7 +26,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import ConfigTypeError
+from .errors import ConfigTypeError, describe
 
 log = logging.getLogger("cachewise")
 
@@ -53,7 +53,7 @@ class Flight:
 
     __slots__ = (
         "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loop", "stale",
-        "tags",
+        "tags", "versions",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -69,6 +69,9 @@ class Flight:
         #: The tags the loaded entry will carry, known once the load is led: invalidating one
         #: of them invalidates the load too, though its key is in no tag index yet.
         self.tags: tuple[str, ...] = ()
+        #: The version of each of those tags when the load took its lease: its entry records
+        #: them, and the fill is refused if one moved meanwhile.
+        self.versions: tuple[str, ...] = ()
         #: The event loop whose task settles this flight (None: a thread does), so that sync
         #: code on that loop's thread does not wait for it (``BLOCKS_LOOP``).
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -244,7 +247,7 @@ class Invoke(Op):
             try:
                 await run_async(self.renew())
             except Exception as exc:
-                log.warning("cachewise: lease renewal failed: %r", exc)
+                log.warning("cachewise: lease renewal failed: %s", describe(exc))
 
 
 class _Renewer:
@@ -320,7 +323,7 @@ class _Renewer:
                 try:
                     run_sync(renews[0]() if len(renews) == 1 else renews[0].merged(renews))  # type: ignore[attr-defined]
                 except Exception as exc:  # the fill will be refused if the lease is lost
-                    log.warning("cachewise: lease renewal failed: %r", exc)
+                    log.warning("cachewise: lease renewal failed: %s", describe(exc))
 
 
 _RENEWER = _Renewer()

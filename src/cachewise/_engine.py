@@ -60,9 +60,10 @@ from ._redis import (
     RunPipeline,
     RunScript,
     ServerTime,
+    text,
 )
 from .core import Decision, Entry
-from .errors import ConfigTypeError, LoaderResultError, RedisUnavailable
+from .errors import ConfigTypeError, LoaderResultError, RedisUnavailable, describe
 from .keys import MAX_ARGS_CHARS
 from .keys import explicit as explicit_key
 
@@ -299,7 +300,7 @@ class Engine:
         now = time.monotonic()
         if now - self._last_redis_log > 1.0:
             self._last_redis_log = now
-            log.warning("cachewise: Redis call failed, serving without it: %r", exc)
+            log.warning("cachewise: Redis call failed, serving without it: %s", describe(exc))
 
     # -- entries --------------------------------------------------------------------------------
 
@@ -337,8 +338,9 @@ class Engine:
             tags=tags,
         )
 
-    def _envelope(self, entry: Entry) -> codec.Envelope:
-        """The shared form of a local entry: its deadlines moved onto the Redis server's clock."""
+    def _envelope(self, entry: Entry, versions: tuple[str, ...] = ()) -> codec.Envelope:
+        """The shared form of a local entry: its deadlines moved onto the Redis server's clock,
+        with the versions its tags had when it was made."""
         assert self.backend is not None
         shift = self.backend.server_now_ms() - self.clock() * 1000
         return codec.Envelope(
@@ -347,6 +349,7 @@ class Engine:
             stale_until_ms=int(entry.stale_until * 1000 + shift),
             load_time_ms=int(entry.load_time * 1000),
             tags=entry.tags,
+            versions=versions,
         )
 
     def _server_ms(self, local_time: float) -> float:
@@ -354,14 +357,19 @@ class Engine:
         assert self.backend is not None
         return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
 
-    def _store_call(self, entry: Entry, token: str, where: str) -> StoreCall:
-        """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally).
+    def _store_call(
+        self, entry: Entry, token: str, where: str, versions: tuple[str, ...] = ()
+    ) -> StoreCall:
+        """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally),
+        recording ``versions`` of its tags (refused by Redis if one moved since).
 
         Packs the value first, so a value msgpack refuses raises before anything is stored.
         """
         backend = self.backend
         assert backend is not None
-        env = self._envelope(entry)
+        if len(versions) != len(entry.tags):
+            raise AssertionError(f"{len(entry.tags)} tags but {len(versions)} versions")
+        env = self._envelope(entry, versions)
         packed = codec.pack(env, where)
         key = entry.full_key
         if len(packed) > self.max_value_bytes:
@@ -380,7 +388,7 @@ class Engine:
             if len(packed) <= EVENT_VALUE_LIMIT
             else backend.message("f", key)
         )
-        args = [token, packed, env.stale_until_ms, backend.inbox, event]
+        args = [token, packed, env.stale_until_ms, backend.inbox, event, *versions]
         return "store", keys, args
 
     def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:
@@ -389,7 +397,8 @@ class Engine:
         assert backend is not None
         tags = tags or []
         message = backend.message("i", keys, tags)
-        return "invalidate", keys, [backend.namespace, backend.inbox, message, *tags]
+        names = [*keys, *(backend.tag_key(tag) for tag in tags)]
+        return "invalidate", names, [backend.namespace, backend.inbox, message, len(keys)]
 
     def _log_once(self, key: str, message: str, *args: Any) -> None:
         """Log a warning about ``key`` at most once a minute (bounded memory)."""
@@ -427,6 +436,37 @@ class Engine:
                 key or "(unnamed)",
             )  # fmt: skip
         return env
+
+    def _current(
+        self, env: codec.Envelope | None, count: bool = True
+    ) -> Plan[codec.Envelope | None]:
+        """``env`` if each of its tags still has the version the entry recorded, else None (a
+        miss, counted): tag state invalidated, evicted, deleted or flushed never leaves a
+        tagged entry servable. One MGET for a tagged entry; none for an untagged one. Redis
+        failing here is a miss too."""
+        if env is None or not env.tags:
+            return env
+        backend = self.backend
+        assert backend is not None
+        try:
+            now = yield RedisCall(backend, "mget", [backend.tag_key(tag) for tag in env.tags])
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return None
+        if [None if v is None else text(v) for v in now] == list(env.versions):
+            return env
+        if count:
+            self.counts["tag_misses"] += 1
+        return None
+
+    def _tag_versions(self, tags: tuple[str, ...]) -> Plan[tuple[str, ...]]:
+        """The current versions of ``tags`` (made where a tag has none), for a write."""
+        backend = self.backend
+        assert backend is not None
+        keys = [backend.tag_key(tag) for tag in tags]
+        ms = int(self.lease_ttl * 1000)
+        got = yield RunScript(backend, "tag_versions", keys, [secrets.token_hex(8), ms])
+        return tuple(text(v) for v in got)
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -570,7 +610,7 @@ class Engine:
                 raise
         if raw is _NO_REDIS:
             return raw
-        env = self._decode(raw, key=target.full_key)
+        env = yield from self._current(self._decode(raw, key=target.full_key))
         if env is not None and not self._take_fresh(flight, target, env):
             yield from self._use_l2(flight, target, loader, policy, env)
         return raw
@@ -594,6 +634,7 @@ class Engine:
             yield from self._load_unshared(flight, target, loader, policy)
             return
         env = self._decode(raw, count=not prefetched, key=key)
+        env = yield from self._current(env, count=not prefetched)
         if (yield from self._use_l2(flight, target, loader, policy, env, refreshing)):
             return
         refresh = refreshing is not None
@@ -609,7 +650,7 @@ class Engine:
             waiter = listener.wait_for(key)
             try:
                 keys = [key, lease, backend.pending_key(key), *self._tag_keys(flight)]
-                reply = yield RunScript(backend, "acquire", keys, [token, lease_ms, mode])
+                reply = yield RunScript(backend, "acquire", keys, [token, lease_ms, mode, token])
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
                 self.redis_failed(exc)
@@ -619,7 +660,7 @@ class Engine:
             status, payload = int(reply[0]), reply[1]
             if status == 1:  # a value is there (it landed meanwhile)
                 listener.forget(key, waiter)
-                env = self._decode(payload)
+                env = yield from self._current(self._decode(payload))
                 if env is not None and backend.server_now_ms() < env.fresh_until_ms:
                     self.counts["l2_hits"] += 1
                     self._settle(flight, target, self._adopt(target, env), env.value)
@@ -628,7 +669,9 @@ class Engine:
                 continue
             if status == 2:  # the lease is ours: load, unless someone refreshed just before
                 listener.forget(key, waiter)
+                flight.versions = tuple(text(v) for v in reply[3])
                 env = self._decode(payload, count=False) if payload else None
+                env = yield from self._current(env, count=False)
                 if env is not None and self._take_fresh(flight, target, env, refreshing):
                     yield from self._give_back(lease, token)
                     return
@@ -675,7 +718,7 @@ class Engine:
                 every=self.lease_ttl / 3,
             )
             entry = self._entry(target, policy, value, took, flight.tags)
-            store = self._store_call(entry, token, target.where)
+            store = self._store_call(entry, token, target.where, flight.versions)
         except BaseException:
             yield from self._give_back(lease, token)
             raise
@@ -1070,8 +1113,14 @@ class Engine:
         offset = self.backend.offset_ms  # type: ignore[union-attr]
         assert offset is not None
         # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
-        if body is None or time.monotonic() * 1000 + offset >= body[codec.FRESH]:
-            return False, raw, joined  # absent, undecodable (``read`` counts it) or stale
+        if (
+            body is None
+            or time.monotonic() * 1000 + offset >= body[codec.FRESH]
+            or body[codec.TAGS]
+        ):
+            # Absent, undecodable (``read`` counts it), stale, or tagged: the full path checks
+            # its tags' versions.
+            return False, raw, joined
         self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
         self.miss_latency.add(self.clock() - started)
         value = body[codec.VALUE]
@@ -1277,7 +1326,7 @@ class Engine:
                     backend.pending_key(t.full_key),
                     *self._tag_keys(flights[k]),
                 ],
-                [tokens[k], lease_ms, "load"],
+                [tokens[k], lease_ms, "load", tokens[k]],
             )
             for k, t in ((k, targets[k]) for k in flights)
         ]
@@ -1306,6 +1355,7 @@ class Engine:
                 self._settle(flight, target, self._adopt(target, env), env.value)
             elif status == 2:
                 mine[key] = flight
+                flight.versions = tuple(text(v) for v in reply[3])
                 written = self._decode(reply[2]) if reply[2] else None
                 if written is not None:
                     self.counts["pending_writes_read"] += 1
@@ -1334,7 +1384,7 @@ class Engine:
         stored = {key: 1 for key in flights}
         if backend is not None and tokens:
             calls = [
-                self._store_call(entry, tokens[key], targets[key].where)
+                self._store_call(entry, tokens[key], targets[key].where, flights[key].versions)
                 for key, entry in entries.items()
             ]
             try:
@@ -1469,7 +1519,7 @@ class Engine:
         target: Target,
         value: Any,
         policy: Policy,
-        enqueue: Callable[[StoreCall], StoreCall] | None = None,
+        enqueue: Callable[[StoreCall], Plan[Any]] | None = None,
     ) -> Plan[Any]:
         """Store ``value``; a load of this key that is running now will not overwrite it.
 
@@ -1490,10 +1540,19 @@ class Engine:
                     raise
                 self.redis_failed(exc)
             if backend.offset_ms is not None:  # packed before anything is stored
-                store = self._store_call(entry, "", target.where)
+                versions: tuple[str, ...] = ()
+                if tags:
+                    try:
+                        versions = yield from self._tag_versions(tags)
+                    except REDIS_ERRORS as exc:
+                        if enqueue is not None:
+                            raise
+                        self.redis_failed(exc)
+                        versions = ("",) * len(tags)  # refused by Redis if it answers again
+                store = self._store_call(entry, "", target.where, versions)
         if enqueue is not None:
             assert store is not None
-            reply = yield from self._script(*enqueue(store))
+            reply = yield from enqueue(store)
             self.wake_waiters([target.full_key], store[2][1])
             store = None
         with self.lock:
@@ -1505,8 +1564,9 @@ class Engine:
         self.counts["sets"] += 1
         if store is not None:
             try:
-                yield from self._script(*store)
-                self.wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
+                stored = yield from self._script(*store)
+                fill = store[2][1] if store[0] == "store" and stored else None
+                self.wake_waiters([target.full_key], fill)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
                 self._remember([target.full_key])  # L2 and other L1s may hold an older value
@@ -1591,7 +1651,7 @@ class Engine:
             "invalidations", "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused",
             "redis_errors", "decode_errors", "invalidations_received", "l1_flushes",
             "pending_writes_read", "loads_without_redis", "outage_invalidations_sent",
-            "oversize_values",
+            "oversize_values", "tag_misses",
         ]  # fmt: skip
         out: dict[str, Any] = {name: counts.get(name, 0) for name in names}
         out.update(

@@ -2,14 +2,16 @@
 
 Key layout for namespace ``ns`` (namespaces are restricted to ``[A-Za-z0-9_.-]``, so no
 namespace's keys can reach into another's): values live at ``ns:<key>``; what the library keeps
-about them lives under ``ns#``: the lease of a value at ``ns#lease:<key>``, the index of a tag at
-``ns#tag:<tag>``, a write-behind write not yet in the store at ``ns#wbpending:<key>``; a
+about them lives under ``ns#``: the lease of a value at ``ns#lease:<key>``, the version of a tag at
+``ns#tagv:<tag>``, a write-behind write not yet in the store at ``ns#wbpending:<key>``; a
 write-behind writer's queue is the stream ``ns#wb:<writer>``, its dead letters
 ``ns#wbdead:<writer>``, the lease of the process that flushes it ``ns#wbflusher:<writer>``, its
 newest write per key ``ns#wbnewest:<writer>``;
 events go to each listening process' own channel ``ns#events:<listener id>``, or to the
 channel every listener also hears, ``ns#events``, when the registry of listeners, the sorted set
-``ns#events``, is not known to be complete (see ``_PUBLISH_FN``). Every key written has an expiry.
+``ns#events``, is not known to be complete (see ``_PUBLISH_FN``). Every key written has an expiry
+but the write-behind queue's (stream, pending records, newest writes, dead letters): those are
+data, not cache.
 
 These scripts build lease keys from value keys, which a Redis Cluster would refuse (a script must
 declare its keys); the cluster variant is not written yet.
@@ -67,18 +69,18 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: value, lease, pending write, then the indexes of the tags the value will carry.
+# KEYS: value, lease, pending write, then the version keys of the tags the value will carry.
 # ARGV: token, lease_ms, mode ("load": return the value if there is one; "refresh": take the
-# lease even though a (stale) value exists).
-# With the lease, the value's key joins its tags' indexes (for at least the lease's life): an
-# invalidation of one of those tags during the load then deletes the lease, so the load's fill
-# is refused, as for an invalidation of the key itself.
-# Returns {1, value} | {2, value or "", pending or ""} (lease taken; a refresh checks that value:
-# another process may have refreshed between its read and this call; a write-behind value not yet
-# in the store is the pending one, which the caller must use instead of loading the store's old
-# value) | {3, lease_pttl} (held elsewhere).
-# KEYS[first..]: tag indexes a running load's key belongs to; each is kept alive for at least
-# ``ms`` (the lease's life).
+# lease even though a (stale) value exists), a nonce for tag versions made here.
+# With the lease, the load learns the current version of each of its tags (made now if the tag
+# has none): its entry records them, and a fill whose tag versions moved meanwhile (an
+# invalidation of one of those tags) is refused, as for an invalidation of the key itself.
+# Returns {1, value} | {2, value or "", pending or "", versions} (lease taken; a refresh checks
+# that value: another process may have refreshed between its read and this call; a write-behind
+# value not yet in the store is the pending one, which the caller must use instead of loading the
+# store's old value) | {3, lease_pttl} (held elsewhere).
+# KEYS[first..]: tag version keys a running load depends on; each is kept alive for at least
+# ``ms`` (the lease's life), so that it does not expire under the load.
 _OUTLIVE_FN = """
 local function outlive(first, ms)
   for i = first, #KEYS do
@@ -87,22 +89,46 @@ local function outlive(first, ms)
 end
 """
 
+# The current version of each tag of KEYS[first..]; a tag without one gets a new version made
+# of ``nonce`` (random per call) and its position, which no earlier version of it can equal: an
+# entry that recorded a version of a tag whose state was lost (evicted, deleted, flushed) stays
+# a miss for ever, even after the tag gets a version again.
+_VERSIONS_FN = """
+local function versions(first, nonce, ms)
+  local out = {}
+  for i = first, #KEYS do
+    local v = redis.call('GET', KEYS[i])
+    if not v then
+      v = nonce .. '.' .. i
+      redis.call('SET', KEYS[i], v, 'PX', ms)
+    elseif redis.call('PTTL', KEYS[i]) < tonumber(ms) then
+      redis.call('PEXPIRE', KEYS[i], ms)
+    end
+    out[#out + 1] = v
+  end
+  return out
+end
+"""
+
 ACQUIRE = (
-    _OUTLIVE_FN
+    _VERSIONS_FN
     + """
 local v = redis.call('GET', KEYS[1])
 if v and ARGV[3] == 'load' then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  for i = 4, #KEYS do redis.call('SADD', KEYS[i], KEYS[1]) end
-  outlive(4, ARGV[2])
-  return {2, v or '', redis.call('HGET', KEYS[3], 'v') or ''}
+  local tags = versions(4, ARGV[4], ARGV[2])
+  return {2, v or '', redis.call('HGET', KEYS[3], 'v') or '', tags}
 end
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 )
 
-# KEYS: lease, then the indexes of the load's tags. ARGV: token, lease_ms. Extends the lease
-# only if the caller still holds it, and the tag indexes to outlive it (see ACQUIRE).
+# KEYS: tag version keys. ARGV: nonce, ms. The current versions (made if missing), kept alive
+# for at least ``ms``: what an unconditional write of a tagged entry records.
+TAG_VERSIONS = _VERSIONS_FN + "return versions(1, ARGV[1], ARGV[2])"
+
+# KEYS: lease, then the version keys of the load's tags. ARGV: token, lease_ms. Extends the
+# lease only if the caller still holds it, and the tag versions to outlive it (see ACQUIRE).
 RENEW = (
     _OUTLIVE_FN
     + """
@@ -113,7 +139,6 @@ end
 return 0
 """
 )
-
 
 # KEYS: lease. ARGV: token, then optionally the sender's event channel and a message.
 # Gives the lease back if the caller still holds it (a failed load), and then publishes the
@@ -132,21 +157,29 @@ return 0
 )
 
 # The store of one envelope, shared by STORE and ENQUEUE: KEYS[o+1] value, KEYS[o+2] lease,
-# KEYS[o+3..] tag indexes; ARGV: token ("" = unconditional write), envelope, expire_at_ms (server
-# clock), the sender's event channel, message.
+# KEYS[o+3..] tag version keys; ARGV: token ("" = unconditional write), envelope, expire_at_ms
+# (server clock), the sender's event channel, message; ARGV[v+1..]: the tag versions the envelope
+# records, in the order of the keys.
 # A fill (token given) is stored only while the caller's lease holds: an invalidation deletes the
 # lease, so a load that began before it can never write its old value back. An unconditional
 # write deletes the lease for the same reason: a write wins over a load that is running.
+# Either is refused when one of its tags moved to another version since the envelope's were read
+# (a tag invalidation came in between): the key is dropped, since any value there is older.
 _STORE_FN = (
     _PUBLISH_FN
     + """
-local function store(o)
+local function store(o, v)
   if ARGV[1] ~= '' and redis.call('GET', KEYS[o + 2]) ~= ARGV[1] then return 0 end
+  for i = o + 3, #KEYS do
+    if redis.call('GET', KEYS[i]) ~= ARGV[v + i - o - 2] then
+      redis.call('DEL', KEYS[o + 1], KEYS[o + 2])
+      return 0
+    end
+  end
   redis.call('SET', KEYS[o + 1], ARGV[2], 'PXAT', ARGV[3])
   redis.call('DEL', KEYS[o + 2])
   local expire_at = tonumber(ARGV[3])
   for i = o + 3, #KEYS do
-    redis.call('SADD', KEYS[i], KEYS[o + 1])
     if redis.call('PEXPIRETIME', KEYS[i]) < expire_at then
       redis.call('PEXPIREAT', KEYS[i], expire_at)
     end
@@ -157,23 +190,23 @@ end
 """
 )
 
-STORE = _STORE_FN + "return store(0)"
+STORE = _STORE_FN + "return store(0, 5)"
 
 # A write-behind call, atomically: append the write to the writer's stream, record it as the
 # key's pending write (readers use it until the store has it) and as this writer's newest write
 # to the key (its flusher skips older ones), then STORE the new value.
 # KEYS: stream, pending, newest (the writer's hash of key -> entry id), then STORE's keys.
-# ARGV: STORE's five, cache key, packed call, retention_ms (the stream, the pending record and
-# the hash expire after it; each write renews it). Returns the pending record's id.
+# ARGV: STORE's five, cache key, packed call, retention_ms (unused here), then STORE's tag
+# versions. Returns the pending record's id.
+# The queue's keys carry no expiry: they are data, not cache (no ``volatile-*`` eviction policy
+# can pick them, and none ends them while a write waits). The stream's entries are deleted once
+# settled; the pending record and the newest-write field of a key once its write lands.
 _ENQUEUE_BODY = """
 local id = redis.call('XADD', KEYS[1], '*', 'k', ARGV[6], 'a', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
 local mine = KEYS[1] .. '|' .. id
 redis.call('HSET', KEYS[2], 'id', mine, 'v', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
 redis.call('HSET', KEYS[3], ARGV[6], id)
-redis.call('PEXPIRE', KEYS[3], ARGV[8])
-store(3)
+store(3, 8)
 return mine
 """
 ENQUEUE = _STORE_FN + _ENQUEUE_BODY
@@ -198,8 +231,11 @@ if #ids > 0 then
   if redis.call('HGET', KEYS[6], ARGV[7]) == ids[#ids] then redis.call('HDEL', KEYS[6], ARGV[7]) end
 end
 if ARGV[3] == 'dead' then
+  -- Dead letters are kept for retention_ms (trimmed by age here), not expired as a whole.
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 - tonumber(ARGV[6])
   redis.call('XADD', KEYS[5], '*', 'k', ARGV[7], 'a', ARGV[8], 'e', ARGV[9], 'n', ARGV[10])
-  redis.call('PEXPIRE', KEYS[5], ARGV[6])
+  if oldest > 0 then redis.call('XTRIM', KEYS[5], 'MINID', oldest) end
 end
 local mine = redis.call('HGET', KEYS[2], 'id') == ARGV[2]
 if mine then redis.call('DEL', KEYS[2]) end
@@ -211,11 +247,11 @@ return 1
 """
 )
 
-# KEYS: stream. ARGV: group, retention_ms. Creates the consumer group (and the stream) if
-# missing; a stream made here gets the retention expiry like every other key.
+# KEYS: stream. ARGV: group, retention_ms (unused). Creates the consumer group (and the stream)
+# if missing; an expiry an older release set on the stream is removed (queue keys are data).
 GROUP = """
-local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+redis.call('PERSIST', KEYS[1])
 return 1
 """
 
@@ -234,32 +270,26 @@ for i = 2, #ARGV do
     moved = moved + 1
   end
 end
-if moved > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return moved
 """
 
-# KEYS: values to drop. ARGV: namespace, the sender's event channel, message, tags...
-# Drops each value and its lease, then every member of each tag and the tag index itself, and
-# publishes one event. Returns the keys dropped through tags.
+# KEYS: values to drop, then the version keys of tags to drop. ARGV: namespace, the sender's
+# event channel, message, how many of KEYS are values.
+# Drops each value and its lease, and each tag's version: every entry that recorded a version of
+# that tag is a miss from now on, whatever the number of entries (versioned tags, as Symfony's
+# TagAwareAdapter); the next write of a tagged entry gives the tag a new version. Then publishes
+# one event.
 INVALIDATE = (
     _PUBLISH_FN
     + """
 local ns = ARGV[1]
 local skip = #ns + 2
-local function drop(key)
-  redis.call('DEL', key, ns .. '#lease:' .. string.sub(key, skip))
+local values = tonumber(ARGV[4])
+for i = 1, values do
+  redis.call('DEL', KEYS[i], ns .. '#lease:' .. string.sub(KEYS[i], skip))
 end
-for i = 1, #KEYS do drop(KEYS[i]) end
-local dropped = {}
-for i = 4, #ARGV do
-  local index = ns .. '#tag:' .. ARGV[i]
-  for _, key in ipairs(redis.call('SMEMBERS', index)) do
-    drop(key)
-    table.insert(dropped, key)
-  end
-  redis.call('DEL', index)
-end
+for i = values + 1, #KEYS do redis.call('DEL', KEYS[i]) end
 publish(ARGV[2], ARGV[3])
-return dropped
+return {}
 """
 )

@@ -31,7 +31,7 @@ from redis.commands.core import AsyncScript, Script
 
 from . import _lua
 from ._drivers import TIMED_OUT, Op
-from .errors import ConfigTypeError, ConfigValueError
+from .errors import ConfigTypeError, ConfigValueError, describe
 
 log = logging.getLogger("cachewise")
 
@@ -131,6 +131,7 @@ _SCRIPTS = {
     "store": _lua.STORE,
     "invalidate": _lua.INVALIDATE,
     "enqueue": _lua.ENQUEUE,
+    "tag_versions": _lua.TAG_VERSIONS,
     "settle": _lua.SETTLE,
     "group": _lua.GROUP,
     "replay": _lua.REPLAY,
@@ -241,7 +242,7 @@ class RedisBackend:
         return f"{self.namespace}#wbpending:{full_key[len(self.namespace) + 1 :]}"
 
     def tag_key(self, tag: str) -> str:
-        return f"{self.namespace}#tag:{tag}"
+        return f"{self.namespace}#tagv:{tag}"
 
     # -- clients ----------------------------------------------------------------------------
 
@@ -559,6 +560,54 @@ class RunPipeline(RedisOp):
         return self._checked(replies)
 
 
+class RunReplicated(RunPipeline):
+    """One script, then ``WAIT 1 <ms>`` on the same connection (one round trip): the reply comes
+    once a replica has what the script wrote, or when ``ms`` passed. Returns the script's reply
+    and how many replicas acknowledged. On NOSCRIPT (the refused call wrote nothing) the script
+    is loaded and both are sent again, so the WAIT still follows the write on its connection."""
+
+    __slots__ = ("wait_ms",)
+
+    def __init__(
+        self, backend: RedisBackend, call: tuple[str, list[str], list[Any]], wait_ms: int
+    ) -> None:
+        super().__init__(backend, [call])
+        self.wait_ms = wait_ms
+
+    def _queue(self, pipe: Any, shas: list[str]) -> Any:
+        super()._queue(pipe, shas)
+        pipe.execute_command("WAIT", 1, self.wait_ms)
+        return pipe
+
+    def call_sync(self) -> list[Any]:
+        script = self.backend.sync_script(self.calls[0][0])
+        client = self.backend.sync_client()
+        replies = self._queue(client.pipeline(transaction=False), [script.sha]).execute(
+            raise_on_error=False
+        )
+        if self._unknown(replies):
+            client.script_load(script.script)
+            replies = self._queue(client.pipeline(transaction=False), [script.sha]).execute(
+                raise_on_error=False
+            )
+        reply, acked = self._checked(replies)
+        return [reply, int(acked)]
+
+    async def call_async(self) -> list[Any]:
+        script = self.backend.async_script(self.calls[0][0])
+        client = self.backend.async_client()
+        replies = await self._queue(client.pipeline(transaction=False), [script.sha]).execute(
+            raise_on_error=False
+        )
+        if self._unknown(replies):
+            await client.script_load(script.script)
+            replies = await self._queue(
+                client.pipeline(transaction=False), [script.sha]
+            ).execute(raise_on_error=False)
+        reply, acked = self._checked(replies)
+        return [reply, int(acked)]
+
+
 class AwaitEvent(Op):
     """Wait for a fill of a key announced by another process, or ``TIMED_OUT``."""
 
@@ -705,7 +754,7 @@ class Listener:
                 keys=[self.backend.channel], args=[self.backend.origin, self.REGISTER_KEEP_MS]
             )
         except Exception as exc:  # best effort (redis-py can raise a bare ValueError here)
-            log.debug("cachewise: could not register the event listener: %r", exc)
+            log.debug("cachewise: could not register the event listener: %s", describe(exc))
 
     def _run(self) -> None:
         try:
@@ -777,7 +826,10 @@ class Listener:
                     # Once per loss, not once per reconnection attempt.
                     level = logging.WARNING if backoff <= 0.05 else logging.DEBUG
                     log.log(
-                        level, "cachewise: event channel %s lost: %r", self.backend.channel, exc
+                        level,
+                        "cachewise: event channel %s lost: %s",
+                        self.backend.channel,
+                        describe(exc),
                     )
                 else:  # a bug must not end coherence silently
                     log.exception("cachewise: event listener failed; restarting")

@@ -34,8 +34,22 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import codec
 from ._drivers import Invoke, Op, Plan, Sleep, Spawn, run_async, run_sync
-from ._redis import REDIS_ERRORS, RedisBackend, RedisCall, RunPipeline, RunScript, text
-from .errors import ConfigValueError, ValueTooLarge, WriteBehindFull
+from ._redis import (
+    REDIS_ERRORS,
+    RedisBackend,
+    RedisCall,
+    RunPipeline,
+    RunReplicated,
+    RunScript,
+    text,
+)
+from .errors import (
+    ConfigValueError,
+    ValueTooLarge,
+    WriteBehindFull,
+    WriteBehindNotDurable,
+    describe,
+)
 
 if TYPE_CHECKING:
     from ._engine import Engine, StoreCall
@@ -100,6 +114,12 @@ class WriteBehindOptions:
     backoff: float = 0.1
     claim_idle: float = 5.0
     retention: float = 7 * 24 * 3600.0
+    #: Queue writes on a Redis whose eviction policy may evict them (``allkeys-*``): refused
+    #: unless this says the user accepts that a write may then be lost (and reported lost).
+    allow_eviction: bool = False
+    #: With replicas, how long an enqueue waits for one of them to have the write (``WAIT``); 0
+    #: returns at once (faster; a failover may then lose writes acknowledged just before it).
+    replica_wait: float = 0.2
 
     def __post_init__(self) -> None:
         if self.when_full not in ("block", "raise"):
@@ -109,6 +129,15 @@ class WriteBehindOptions:
         for name in ("maxsize", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigValueError(f"write_behind {name} must be >= 1")
+        if not isinstance(self.allow_eviction, bool):
+            raise ConfigValueError(
+                f"write_behind_allow_eviction must be a bool, got {self.allow_eviction!r}"
+            )
+        if not (isinstance(self.replica_wait, (int, float)) and 0 <= self.replica_wait < 60):
+            raise ConfigValueError(
+                "write_behind_replica_wait must be seconds from 0 (off) to below 60, got "
+                f"{self.replica_wait!r}"
+            )
         if self.retention < self.claim_idle * 10:
             raise ConfigValueError(
                 "write_behind_retention must be at least ten times write_behind_claim_idle"
@@ -617,26 +646,80 @@ class StreamQueue(WriteBehindQueue):
         self.claimed = 0.0
         self.retention_ms = int(self.options.retention * 1000)
         self.lease_ms = int(self.options.claim_idle * 1000)
+        self.replicas = 0  # of the queue's Redis, as last seen by ``check_server``
+        self.unreplicated = 0  # enqueues acknowledged before a replica had them
+        self._unreplicated_logged = 0.0
+        self._checked_opens = -1
+        self._check_due = 0.0
         self.ensure_flusher()  # a process that only registered the writer flushes too
 
-    def enqueue(self, key: str, call: WriteCall) -> Callable[[StoreCall], StoreCall]:
-        """The ENQUEUE script made from the STORE call of the new value (one round trip)."""
+    def enqueue(self, key: str, call: WriteCall) -> Callable[[StoreCall], Plan[Any]]:
+        """The plan that runs the ENQUEUE script made from the STORE call of the new value (one
+        round trip), after the queue's Redis was found fit to hold it; with replicas, the reply
+        comes once one of them has the write too (or ``replica_wait`` passed, counted)."""
         packed = pack_call(call, self.where)  # raises before anything is stored
 
-        def build(store: StoreCall) -> StoreCall:
+        def run(store: StoreCall) -> Plan[Any]:
             name, keys, args = store
             if name != "store":
                 raise ValueTooLarge(
                     f"the value written behind by {self.where} is over max_value_bytes: a "
                     "durable write needs it in Redis until the store has it; nothing was queued"
                 )
-            return (
+            yield from self.check_server()
+            script = (
                 "enqueue",
                 [self.stream, self.backend.pending_key(key), self.newest, *keys],
-                [*args, key, packed, self.retention_ms],
+                [*args[:5], key, packed, self.retention_ms, *args[5:]],
             )
+            if not self.replicas or not self.options.replica_wait:
+                return (yield RunScript(self.backend, *script))
+            wait_ms = max(1, int(min(self.options.replica_wait, self.backend.block_limit) * 1000))
+            reply, acked = yield RunReplicated(self.backend, script, wait_ms)
+            if acked < 1:
+                self.unreplicated += 1
+                now = time.monotonic()
+                if now - self._unreplicated_logged > 60:
+                    self._unreplicated_logged = now
+                    log.warning(
+                        "cachewise: a write-behind write of %s was acknowledged before any of "
+                        "the %d replicas had it (write_behind_replica_wait=%ss): a failover now "
+                        "could lose it",
+                        self.where, self.replicas, self.options.replica_wait,
+                    )  # fmt: skip
+            return reply
 
-        return build
+        return run
+
+    #: How often the queue's Redis is looked at again (its policy, its replicas): a failover or a
+    #: reconfiguration changes them, and a reconnect (the breaker opened and closed) too.
+    CHECK_EVERY = 30.0
+
+    def check_server(self) -> Plan[None]:
+        """Refuse to queue on a Redis that may evict the queue; learn how many replicas it has.
+
+        Read from ``INFO`` (managed services allow it where ``CONFIG GET`` is refused). Done
+        before the first enqueue, again after the breaker reopened and closed, and every
+        ``CHECK_EVERY`` seconds."""
+        backend = self.backend
+        now = time.monotonic()
+        if self._checked_opens == backend.breaker.opens and now < self._check_due:
+            return
+        info = yield RedisCall(backend, "info", "all")
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if policy.startswith("allkeys-") and not self.options.allow_eviction:
+            raise WriteBehindNotDurable(
+                f"the Redis holding the write-behind queue of {self.where} evicts any key under "
+                f"memory pressure (maxmemory-policy {policy}), so queued writes could vanish "
+                "before they reach the store; nothing was queued. Either give the queue a Redis "
+                "that does not evict (maxmemory-policy noeviction or volatile-*; cachewise's "
+                "queue keys carry no TTL, so volatile-* never picks them), or pass "
+                "write_behind_allow_eviction=True to accept the risk (a loss is then detected, "
+                "logged and counted, not prevented)"
+            )
+        self.replicas = int(info.get("connected_slaves", 0) or 0)
+        self._checked_opens = backend.breaker.opens
+        self._check_due = now + self.CHECK_EVERY
 
     # -- leading the stream -------------------------------------------------------------------
 
@@ -863,7 +946,7 @@ class StreamQueue(WriteBehindQueue):
             left = yield RedisCall(self.backend, "xlen", self.stream)
         except REDIS_ERRORS as exc:
             self.engine.redis_failed(exc)
-            errors.append(f"Redis failed while flushing {self.where}: {exc!r}")
+            errors.append(f"Redis failed while flushing {self.where}: {describe(exc)}")
         report = self._end_flush(pending=left)
         report.errors.extend(errors)
         return report

@@ -24,7 +24,7 @@ from ._writebehind import (
     stream_name,
 )
 from .decorators import Spec, _shell, spec_of
-from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable
+from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable, describe
 
 Mapper = Callable[..., Any]
 
@@ -144,7 +144,8 @@ def write_behind(
                     )
                 except REDIS_ERRORS as exc:
                     raise WriteBehindUnavailable(
-                        f"Redis failed while queueing a write of {queue.where} ({exc!r}): the "
+                        f"Redis failed while queueing a write of {queue.where} "
+                        f"({describe(exc)}): the "
                         "write is not confirmed; the cache of this process is unchanged"
                     ) from exc
                 return

@@ -73,6 +73,8 @@ class Cache:
         write_behind_backoff: float = 0.1,
         write_behind_claim_idle: float = 5.0,
         write_behind_retention: float = 7 * 24 * 3600.0,
+        write_behind_allow_eviction: bool = False,
+        write_behind_replica_wait: float = 0.2,
         lease_ttl: float = 2.0,
         lease_wait_timeout: float = 10.0,
         socket_timeout: float = 0.5,
@@ -142,6 +144,8 @@ class Cache:
             backoff=write_behind_backoff,
             claim_idle=float(write_behind_claim_idle),
             retention=float(write_behind_retention),
+            allow_eviction=write_behind_allow_eviction,
+            replica_wait=write_behind_replica_wait,
         )
         self._queues: list[WriteBehindQueue] = []
         self._policies: dict[tuple[Any, ...], Policy] = {}
@@ -478,6 +482,9 @@ class Cache:
             )
         out["write_behind_pending"] = sum(len(q.pending) + len(q.busy) for q in self._queues)
         out["write_behind_dead_lettered"] = sum(q.totals.dead_lettered for q in self._queues)
+        out["write_behind_unreplicated"] = sum(
+            getattr(q, "unreplicated", 0) for q in self._queues
+        )
         return out
 
 

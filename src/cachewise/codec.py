@@ -1,10 +1,13 @@
 """Entry <-> bytes: one versioned msgpack envelope per value stored in Redis.
 
-``[FORMAT, value, fresh_until_ms, stale_until_ms, load_time_ms, tags]``: the times are on the
-Redis server's clock (``stale_until_ms`` is also the key's own ``PXAT`` expiry), so every host
-decides freshness from the same clock whatever its own wall clock says. Bytes that do not decode,
-a wrong shape or an unknown version are a miss (``None``), never an error: the next load
-overwrites them. No pickle: a shared Redis must not be a path to code execution.
+``[FORMAT, value, fresh_until_ms, stale_until_ms, load_time_ms, tags, versions]``: the times
+are on the Redis server's clock (``stale_until_ms`` is also the key's own ``PXAT`` expiry), so
+every host decides freshness from the same clock whatever its own wall clock says. Bytes that
+do not decode, a wrong shape or an unknown version are a miss (``None``), never an error: the
+next load overwrites them. No pickle: a shared Redis must not be a path to code execution.
+
+``versions[i]`` is the version ``tags[i]`` had when the entry was written (versioned tags): a read
+whose tag versions are no longer the current ones is a miss, so a lost tag is never a stale hit.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import msgpack
 
 from .errors import CacheError
 
-FORMAT = 1
+FORMAT = 2  # 2: tag versions added; entries of format 1 are misses
 
 
 class SerializationError(CacheError, TypeError):
@@ -36,6 +39,7 @@ class Envelope(NamedTuple):
     stale_until_ms: int
     load_time_ms: int
     tags: tuple[str, ...]
+    versions: tuple[str, ...] = ()  # the version of each tag when the entry was written
 
 
 # -- the types beyond msgpack's own, as extension types -----------------------------------------
@@ -203,6 +207,7 @@ def pack(envelope: Envelope, where: str) -> bytes:
         envelope.stale_until_ms,
         envelope.load_time_ms,
         list(envelope.tags),
+        list(envelope.versions),
     ]
     try:
         return _packb(body)
@@ -242,8 +247,8 @@ def body(raw: bytes) -> list[Any] | None:
     """
     try:
         got = _unpackb_raw(raw, ext_hook=_decode, strict_map_key=False)
-        version, _, fresh, stale, load_ms, tags = got
-    except Exception:  # malformed, or not six items: a miss
+        version, _, fresh, stale, load_ms, tags, versions = got
+    except Exception:  # malformed, or not seven items: a miss
         return None
     if (
         type(got) is _list
@@ -252,15 +257,16 @@ def body(raw: bytes) -> list[Any] | None:
         and type(stale) is _int
         and type(load_ms) is _int
         and type(tags) is _list
+        and type(versions) is _list
         and (not tags or _checked(got) is not None)
     ):
         return got
     return None
 
 
-#: Where a checked body (``body``, ``fresh_values``) holds the value, and the server time it
-#: is fresh until.
-VALUE, FRESH = 1, 2
+#: Where a checked body (``body``, ``fresh_values``) holds the value, the server time it is
+#: fresh until, and its tags.
+VALUE, FRESH, TAGS = 1, 2, 5
 
 
 def fresh_values(
@@ -297,11 +303,11 @@ def fresh_values(
             got = next_body()
             if tell() != end:
                 raise ValueError("a value ran into its neighbour's bytes")
-            # body(), inlined: a call per value would cost a tenth of the whole bulk read. Six
+            # body(), inlined: a call per value would cost a tenth of the whole bulk read. Seven
             # names unpack from a list, a tuple, a dict, a str or bytes; only a list can end
             # with a list.
             try:
-                version, value, fresh, stale, load_ms, tags = got
+                version, value, fresh, stale, load_ms, tags, versions = got
             except (TypeError, ValueError):
                 bad.append(key)
                 continue
@@ -311,6 +317,7 @@ def fresh_values(
                 and type(stale) is int_
                 and type(load_ms) is int_
                 and type(tags) is list_
+                and type(versions) is list_
                 and (not tags or _checked(got) is not None)
             ):
                 if now_ms < fresh:
@@ -339,25 +346,30 @@ def fresh_values(
 
 def envelope(body: list[Any]) -> Envelope:
     """The ``Envelope`` of a checked body (``body``, ``fresh_values``)."""
-    return _new(Envelope, (body[1], body[2], body[3], body[4], tuple(body[5])))
+    return _new(Envelope, (body[1], body[2], body[3], body[4], tuple(body[5]), tuple(body[6])))
 
 
 def _checked(body: Any) -> Envelope | None:
     """The envelope a decoded body holds, or None when its shape or types are wrong."""
-    if type(body) is not _list or len(body) != 6:
+    if type(body) is not _list or len(body) != 7:
         return None
-    version, value, fresh, stale, load_ms, tags = body
+    version, value, fresh, stale, load_ms, tags, versions = body
     if (
         version != FORMAT
         or type(fresh) is not _int
         or type(stale) is not _int
         or type(load_ms) is not _int
         or type(tags) is not _list
+        or type(versions) is not _list
     ):
         return None
     if tags:
-        for tag in tags:
-            if type(tag) is not str:
+        if len(versions) != len(tags):
+            return None
+        for tag, ver in zip(tags, versions, strict=True):
+            if type(tag) is not str or type(ver) is not str:
                 return None
-        return _new(Envelope, (value, fresh, stale, load_ms, tuple(tags)))
-    return _new(Envelope, (value, fresh, stale, load_ms, ()))
+        return _new(Envelope, (value, fresh, stale, load_ms, tuple(tags), tuple(versions)))
+    if versions:
+        return None
+    return _new(Envelope, (value, fresh, stale, load_ms, (), ()))

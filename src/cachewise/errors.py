@@ -16,6 +16,7 @@ __all__ = [
     "RedisUnavailable",
     "ValueTooLarge",
     "WriteBehindFull",
+    "WriteBehindNotDurable",
     "WriteBehindUnavailable",
 ]
 
@@ -56,9 +57,21 @@ class WriteBehindUnavailable(CacheError):
     """
 
 
+class WriteBehindNotDurable(ConfigValueError):
+    """The Redis holding the write-behind queue may evict it (an ``allkeys-*`` policy): no write
+    is queued there unless the cache was told to accept that risk."""
+
+
 class RedisUnavailable(CacheError):
     """Redis could not be reached and the call is fail-closed: nothing was loaded or cached."""
 
 
 class ValueTooLarge(CacheError, ValueError):
     """A value over ``max_value_bytes`` where it must be shared (a durable write-behind)."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a log line shows it: its type and the server's own message (``NOGROUP
+    …``, ``OOM …``, ``NOSCRIPT …``). redis-py's ``repr`` of a server error names only its type."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

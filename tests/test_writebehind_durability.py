@@ -1,0 +1,187 @@
+"""The write-behind durability contract on real redis-server processes: a queue Redis that may
+evict is refused before a write is accepted; queue keys survive a ``volatile-*`` policy under
+memory pressure; with a replica, an enqueue returns once the replica has it, and a master killed
+after the acknowledgement loses nothing when the replica is promoted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from cachewise import Cache, WriteBehindNotDurable, WriteBehindUnavailable
+from cachewise.testing import RedisServer
+
+from . import _workers
+from .test_writebehind_redis import stop_flusher
+
+WRITER = "tests._workers.store_row"
+
+
+@pytest.fixture
+def store(redis_server: Any, namespace: str) -> Iterator[redis.Redis]:
+    """The store the writer writes to, on the shared test server (apart from the queue's)."""
+    yield _workers.use_store(redis_server.url, namespace)
+
+
+def rows(store: redis.Redis, namespace: str) -> dict[int, str]:
+    found = store.hgetall(f"{namespace}-store:rows")
+    return {int(k): v.decode() for k, v in found.items()}
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
+def test_a_queue_redis_that_evicts_any_key_is_refused_before_a_write(
+    store: redis.Redis, namespace: str, policy: str
+) -> None:
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", policy) as server:
+        cache, get_row, save = _workers.rows_cache(server.url, namespace)
+        try:
+            with pytest.raises(WriteBehindNotDurable) as caught:
+                save(1, "a")
+            message = str(caught.value)
+            assert policy in message and "write_behind_allow_eviction=True" in message
+            assert "noeviction" in message  # the other way out
+            assert isinstance(caught.value, ValueError)
+            client = server.client()
+            assert client.xlen(f"{namespace}#wb:{WRITER}") == 0  # nothing queued
+            assert get_row(1) is None  # and the cache unchanged
+        finally:
+            cache.close(timeout=5)
+        accepting, _, save = _workers.rows_cache(
+            server.url, namespace, write_behind_allow_eviction=True
+        )
+        try:
+            save(1, "a")  # the user accepted the risk
+            assert accepting.flush(timeout=10).pending == 0
+            assert rows(store, namespace) == {1: "a"}
+        finally:
+            accepting.close(timeout=5)
+
+
+def test_the_policy_is_checked_again_when_the_server_changes(
+    store: redis.Redis, namespace: str
+) -> None:
+    with RedisServer("--maxmemory", "64mb") as server:
+        cache, _, save = _workers.rows_cache(server.url, namespace)
+        try:
+            save(1, "a")
+            server.client().config_set("maxmemory-policy", "allkeys-lru")
+            for queue in cache._queues:
+                queue._check_due = 0.0  # as when CHECK_EVERY passed, or after a reconnect
+            with pytest.raises(WriteBehindNotDurable):
+                save(2, "b")
+        finally:
+            cache.close(timeout=5)
+
+
+def test_queue_keys_survive_memory_pressure_under_a_volatile_policy(
+    store: redis.Redis, namespace: str
+) -> None:
+    """The issue's scenario with an evicting policy that spares keys without a TTL: the cache's
+    own entries are evicted, the queue is not; a write Redis cannot take raises (loud), and every
+    acknowledged write reaches the store."""
+    with RedisServer("--maxmemory", "8mb", "--maxmemory-policy", "volatile-lru") as server:
+        filler = Cache(server.url, namespace=f"{namespace}-fill")
+        cache, _, save = _workers.rows_cache(server.url, namespace)
+        try:
+            blob = "x" * 4000
+            for i in range(3000):  # about 12 MB of ordinary cache entries, with TTLs
+                filler.set(f"k{i}", blob, ttl=600)
+            acknowledged: dict[int, str] = {}
+            refused = 0
+            for i in range(2000):
+                try:
+                    save(i, f"v{i}")
+                    acknowledged[i] = f"v{i}"
+                except WriteBehindUnavailable:
+                    refused += 1
+            assert len(acknowledged) > 1000
+            report = cache.flush(timeout=60)
+            assert report.pending == 0 and not report.errors
+            stored = rows(store, namespace)
+            assert {k: stored.get(k) for k in acknowledged} == acknowledged
+        finally:
+            cache.close(timeout=5)
+            filler.close(timeout=5)
+
+
+@pytest.fixture
+def replicated() -> Iterator[tuple[RedisServer, RedisServer]]:
+    master = RedisServer()
+    replica = RedisServer("--replicaof", "127.0.0.1", str(master.port))
+    try:
+        deadline = time.monotonic() + 20
+        while replica.client().info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+        yield master, replica
+    finally:
+        replica.stop()
+        master.stop()
+
+
+def test_an_enqueue_returns_once_a_replica_has_it_and_survives_a_failover(
+    store: redis.Redis, namespace: str, replicated: tuple[RedisServer, RedisServer]
+) -> None:
+    master, replica = replicated
+    cache, _, save = _workers.rows_cache(master.url, namespace, write_behind_replica_wait=2.0)
+    stop_flusher(cache)
+    on_replica = replica.client()
+    for i in range(20):
+        save(i, f"v{i}")
+        # Acknowledged: the replica has the entry already, no waiting for it here.
+        assert on_replica.xlen(f"{namespace}#wb:{WRITER}") == i + 1
+    assert cache.stats()["write_behind_unreplicated"] == 0
+    master.kill()  # kill -9 after the acknowledgements, before any flush
+    cache.close(timeout=1)
+    on_replica.execute_command("REPLICAOF", "NO", "ONE")
+    promoted, _, _ = _workers.rows_cache(replica.url, namespace, write_behind_claim_idle=0.5)
+    try:
+        report = promoted.flush(timeout=30)
+        assert report.pending == 0
+        assert rows(store, namespace) == {i: f"v{i}" for i in range(20)}
+    finally:
+        promoted.close(timeout=5)
+
+
+def test_a_replica_that_does_not_answer_is_waited_for_boundedly_and_counted(
+    store: redis.Redis, namespace: str, replicated: tuple[RedisServer, RedisServer]
+) -> None:
+    master, replica = replicated
+    cache, _, save = _workers.rows_cache(master.url, namespace, write_behind_replica_wait=0.1)
+    try:
+        save(1, "a")
+        replica.pause()
+        began = time.monotonic()
+        save(2, "b")  # returns after the wait, acknowledged, counted
+        assert time.monotonic() - began < 5
+        assert cache.stats()["write_behind_unreplicated"] == 1
+        replica.resume()
+        assert cache.flush(timeout=10).pending == 0
+        assert rows(store, namespace) == {1: "a", 2: "b"}
+    finally:
+        replica.resume()
+        cache.close(timeout=5)
+
+
+def test_replica_wait_can_be_turned_off(
+    store: redis.Redis, namespace: str, replicated: tuple[RedisServer, RedisServer]
+) -> None:
+    master, replica = replicated
+    cache, _, save = _workers.rows_cache(master.url, namespace, write_behind_replica_wait=0)
+    try:
+        replica.pause()
+        save(1, "a")  # no WAIT at all: not counted as unreplicated either
+        assert cache.stats()["write_behind_unreplicated"] == 0
+    finally:
+        replica.resume()
+        cache.close(timeout=5)
+
+
+@pytest.mark.parametrize("bad", [-1, 60, "0.1", None])
+def test_a_bad_replica_wait_is_a_clear_error(bad: Any) -> None:
+    with pytest.raises(ValueError, match="write_behind_replica_wait"):
+        Cache(write_behind_replica_wait=bad)
