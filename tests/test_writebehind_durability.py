@@ -43,7 +43,7 @@ def test_a_queue_redis_that_evicts_any_key_is_refused_before_a_write(
                 save(1, "a")
             message = str(caught.value)
             assert policy in message and "write_behind_allow_eviction=True" in message
-            assert "noeviction" in message  # the other way out
+            assert "noeviction" in message and "write_behind_redis=" in message  # ways out
             assert isinstance(caught.value, ValueError)
             client = server.client()
             assert client.xlen(f"{namespace}#wb:{WRITER}") == 0  # nothing queued
@@ -185,3 +185,109 @@ def test_replica_wait_can_be_turned_off(
 def test_a_bad_replica_wait_is_a_clear_error(bad: Any) -> None:
     with pytest.raises(ValueError, match="write_behind_replica_wait"):
         Cache(write_behind_replica_wait=bad)
+
+
+# -- a lost queue is detected, reported and queued again ------------------------------------
+
+
+def test_flushall_before_a_flush_is_reported_and_held_writes_are_queued_again(
+    store: redis.Redis, namespace: str, redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with RedisServer() as server:
+        holder, _, save = _workers.rows_cache(server.url, namespace)
+        flusher, _, _ = _workers.rows_cache(server.url, namespace, write_behind_claim_idle=0.5)
+        try:
+            stop_flusher(holder)
+            stop_flusher(flusher)
+            for i in range(50):
+                save(i, f"v{i}")
+            server.client().flushall()
+            flusher._queues[0].stopped = False
+            flusher._queues[0].ensure_flusher()
+            with caplog.at_level("ERROR", logger="cachewise"):
+                report = holder.flush(timeout=30)
+            assert report.requeued == 50 and report.lost == 0
+            assert report.pending == 0
+            assert any("was lost" in e and "50 were queued again" in e for e in report.errors)
+            assert any("was lost" in r.getMessage() for r in caplog.records)
+            assert rows(store, namespace) == {i: f"v{i}" for i in range(50)}
+            stats = holder.stats()
+            assert stats["write_behind_losses"] == 1 and stats["write_behind_requeued"] == 50
+            assert holder.flush(timeout=5).requeued == 0  # reported once
+        finally:
+            holder.close(timeout=5)
+            flusher.close(timeout=5)
+
+
+@pytest.mark.parametrize("fault", ["flushall", "group destroyed", "stream deleted"])
+def test_a_queue_lost_during_flushing_is_noticed_by_the_flusher(
+    store: redis.Redis, namespace: str, fault: str
+) -> None:
+    """The flusher notices by itself (no flush() call): every acknowledged write lands."""
+    with RedisServer() as server:
+        cache, _, save = _workers.rows_cache(server.url, namespace, write_behind_claim_idle=0.5)
+        try:
+            entered, release = __import__("threading").Event(), __import__("threading").Event()
+            _workers._store["blocking"] = {"v0": (entered, release)}
+            save(0, "v0")
+            assert entered.wait(10)  # the flusher is inside the store write of row 0
+            for i in range(1, 30):
+                save(i, f"v{i}")
+            client = server.client()
+            stream = f"{namespace}#wb:{WRITER}"
+            if fault == "flushall":
+                client.flushall()
+            elif fault == "group destroyed":
+                client.xgroup_destroy(stream, "cachewise")
+            else:
+                client.delete(stream)
+            release.set()
+            deadline = time.monotonic() + 30
+            want = {i: f"v{i}" for i in range(30)}
+            while rows(store, namespace) != want:
+                assert time.monotonic() < deadline, rows(store, namespace)
+                time.sleep(0.05)
+            assert cache.stats()["write_behind_losses"] >= 1
+            assert cache.flush(timeout=10).pending == 0
+        finally:
+            cache.close(timeout=5)
+
+
+# -- a queue of its own: write_behind_redis= -----------------------------------------------
+
+
+def test_a_non_evicting_queue_redis_beside_an_evicting_cache(
+    store: redis.Redis, namespace: str
+) -> None:
+    """The first way out the refusal names: the cache on an ``allkeys-lru`` Redis, the queue on
+    one that does not evict. The queue's keys are on the queue's Redis only; the cached value
+    and its pending record on the cache's; every write lands, and a lost queue is still
+    detected and queued again with its pending records."""
+    with RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as cache_server, \
+            RedisServer() as queue_server:  # fmt: skip
+        cache, get_row, save = _workers.rows_cache(
+            cache_server.url, namespace, write_behind_redis=queue_server.url
+        )
+        try:
+            stop_flusher(cache)
+            for i in range(10):
+                save(i, f"v{i}")
+            on_cache, on_queue = cache_server.client(), queue_server.client()
+            stream = f"{namespace}#wb:{WRITER}"
+            assert on_queue.xlen(stream) == 10 and not on_cache.exists(stream)
+            pending = f"{namespace}#wbpending:{get_row.key(3)[len(namespace) + 1 :]}"
+            assert on_cache.exists(pending) and not on_queue.exists(pending)
+            assert get_row(3) == "v3"  # the cache has the new value already
+            on_queue.flushall()  # the queue is lost; this process still holds the writes
+            cache._queues[0].stopped = False
+            report = cache.flush(timeout=30)
+            assert report.requeued == 10 and report.lost == 0 and report.pending == 0
+            assert rows(store, namespace) == {i: f"v{i}" for i in range(10)}
+            assert not on_cache.exists(pending)  # settled: the pending record is gone
+        finally:
+            cache.close(timeout=5)
+
+
+def test_write_behind_redis_needs_a_cache_redis() -> None:
+    with pytest.raises(ValueError, match="write_behind_redis"):
+        Cache(write_behind_redis="redis://127.0.0.1:1/0")

@@ -191,6 +191,7 @@ def test_queue_keys_are_data_without_ttl_and_the_rest_expires(rows: Rows) -> Non
         f"{rows.ns}#wb:tests._workers.store_row",
         f"{rows.ns}#wbdead:tests._workers.store_row",
         f"{rows.ns}#wbnewest:tests._workers.store_row",
+        f"{rows.ns}#wbepoch:tests._workers.store_row",
     }
     assert f"{rows.ns}#wbdead:tests._workers.store_row" in keys
     assert f"{rows.ns}#wbflusher:tests._workers.store_row" in keys

@@ -185,6 +185,7 @@ class Engine:
         early_refresh_beta: float,
         wait_timeout: float | None,
         backend: RedisBackend | None = None,
+        queue_backend: RedisBackend | None = None,
         lease_ttl: float = 2.0,
         lease_wait_timeout: float = 10.0,
         max_value_bytes: int = 1_000_000,
@@ -196,6 +197,8 @@ class Engine:
         self.beta = early_refresh_beta
         self.wait_timeout = wait_timeout
         self.backend = backend
+        #: The Redis of write-behind queues, when not the cache's own (``write_behind_redis``).
+        self.queue_backend = queue_backend
         self.lease_ttl = lease_ttl
         self.lease_wait_timeout = lease_wait_timeout
         self.l1 = L1(l1_maxsize)
@@ -840,7 +843,7 @@ class Engine:
     def backlog_due(self) -> bool:
         return bool(self.backlog_keys or self.backlog_tags or self.backlog_overflow)
 
-    def _remember(self, keys: Iterable[str], tags: Iterable[str] = ()) -> None:
+    def remember(self, keys: Iterable[str], tags: Iterable[str] = ()) -> None:
         """An invalidation that did not reach Redis: keep it for when Redis answers again."""
         with self.lock:
             self.backlog_keys.update(keys)
@@ -865,7 +868,7 @@ class Engine:
                 yield RunScript(backend, *self._drop_call(keys, tags))
             self.counts["outage_invalidations_sent"] += len(keys) + len(tags)
         except REDIS_ERRORS:
-            self._remember(keys, tags)  # try again with the next call
+            self.remember(keys, tags)  # try again with the next call
             if overflow:
                 self.backlog_overflow = True
             raise
@@ -1569,9 +1572,9 @@ class Engine:
                 self.wake_waiters([target.full_key], fill)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
-                self._remember([target.full_key])  # L2 and other L1s may hold an older value
+                self.remember([target.full_key])  # L2 and other L1s may hold an older value
         elif backend is not None and enqueue is None:
-            self._remember([target.full_key])
+            self.remember([target.full_key])
         return reply
 
     def pin(self, target: Target, value: Any, policy: Policy) -> None:
@@ -1620,7 +1623,7 @@ class Engine:
                 self.wake_waiters(keys)  # their leases are gone: load instead of waiting
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
-                self._remember(keys, tags)
+                self.remember(keys, tags)
         self.notify(InvalidationEvent(tuple(dict.fromkeys(keys)), tags, "local"))
         return len(dropped)
 
@@ -1634,6 +1637,8 @@ class Engine:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+        if self.queue_backend is not None:
+            self.queue_backend.close()
 
     # -- stats ----------------------------------------------------------------------------------
 

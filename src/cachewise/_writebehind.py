@@ -43,6 +43,7 @@ from ._redis import (
     RunScript,
     text,
 )
+from ._wbloss import Held, HeldWrites
 from .errors import (
     ConfigValueError,
     ValueTooLarge,
@@ -102,6 +103,10 @@ class FlushReport:
     dead_lettered: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
+    #: The queue in Redis was lost (``FLUSHALL``, eviction, failover): writes this process still
+    #: held were queued again; the ones it could not were lost (logged at ERROR, never silent).
+    requeued: int = 0
+    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -508,9 +513,11 @@ class WriteBehindQueue:
                 retried=now.retried - before.retried,
                 dead_lettered=now.dead_lettered - before.dead_lettered,
                 pending=len(self.pending) + len(self.busy) if pending is None else pending,
-                errors=self.errors[before.dead_lettered :],
+                errors=self.errors[before.dead_lettered :] + now.errors[len(before.errors) :],
+                requeued=now.requeued - before.requeued,
+                lost=now.lost - before.lost,
             )
-            self._reported = FlushReport(**{**now.__dict__, "errors": []})
+            self._reported = FlushReport(**{**now.__dict__, "errors": list(now.errors)})
             return report
 
     def flush(self, timeout: float | None) -> Plan[FlushReport]:
@@ -631,14 +638,25 @@ class StreamQueue(WriteBehindQueue):
     def _start(self) -> None:
         """Name the writer's Redis keys and start flushing: a process that only registered the
         writer flushes too."""
-        backend = self.engine.backend
-        assert backend is not None
-        self.backend: RedisBackend = backend
-        ns = backend.namespace
+        cache_backend = self.engine.backend
+        assert cache_backend is not None
+        #: Where cached values, their pending records and leases live, and events go.
+        self.cache_backend: RedisBackend = cache_backend
+        #: Where the queue lives: ``write_behind_redis``, else the cache's own Redis. Apart, a
+        #: call, a settle and a requeue are each two scripts (queue first), not one.
+        self.backend: RedisBackend = self.engine.queue_backend or cache_backend
+        self.split = self.backend is not cache_backend
+        self._cache_backlog: list[StoreCall] = []  # cache halves of settles Redis refused
+        ns = cache_backend.namespace
         self.stream = f"{ns}#wb:{self.where}"
         self.dead_stream = f"{ns}#wbdead:{self.where}"
         self.lease = f"{ns}#wbflusher:{self.where}"
         self.newest = f"{ns}#wbnewest:{self.where}"
+        self.epoch_key = f"{ns}#wbepoch:{self.where}"
+        self.held = HeldWrites(max(1_000, 10 * self.options.maxsize))
+        self.losses = 0  # times this process found the queue lost
+        self._loss_check_due = 0.0
+        self._nogroup: str | None = None  # the error that said the consumer group vanished
         self.token = secrets.token_hex(8)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
         self.leading = False
@@ -667,15 +685,35 @@ class StreamQueue(WriteBehindQueue):
                     "durable write needs it in Redis until the store has it; nothing was queued"
                 )
             yield from self.check_server()
-            script = (
-                "enqueue",
-                [self.stream, self.backend.pending_key(key), self.newest, *keys],
-                [*args[:5], key, packed, self.retention_ms, *args[5:]],
+            pending = self.cache_backend.pending_key(key)
+            nonce = secrets.token_hex(8)
+            script: StoreCall = (
+                ("enqueue_queue", [self.stream, self.newest, self.epoch_key], [key, packed, nonce])
+                if self.split
+                else (
+                    "enqueue",
+                    [self.stream, pending, self.newest, self.epoch_key, *keys],
+                    [*args[:5], key, packed, self.retention_ms, nonce, *args[5:]],
+                )
             )
+            acked = 1
             if not self.replicas or not self.options.replica_wait:
-                return (yield RunScript(self.backend, *script))
-            wait_ms = max(1, int(min(self.options.replica_wait, self.backend.block_limit) * 1000))
-            reply, acked = yield RunReplicated(self.backend, script, wait_ms)
+                reply = yield RunScript(self.backend, *script)
+            else:
+                wait_ms = max(
+                    1, int(min(self.options.replica_wait, self.backend.block_limit) * 1000)
+                )
+                reply, acked = yield RunReplicated(self.backend, script, wait_ms)
+            mine = self._enqueued(key, packed, args[1], reply)
+            if self.split:  # queued: now the cache half, which may fail open like any set
+                try:
+                    yield RunScript(
+                        self.cache_backend, "pending_store", [pending, *keys],
+                        [*args[:5], mine, *args[5:]],
+                    )  # fmt: skip
+                except REDIS_ERRORS as exc:
+                    self.engine.redis_failed(exc)
+                    self.engine.remember([key])
             if acked < 1:
                 self.unreplicated += 1
                 now = time.monotonic()
@@ -690,6 +728,98 @@ class StreamQueue(WriteBehindQueue):
             return reply
 
         return run
+
+    def _enqueued(self, key: str, packed: bytes, envelope: bytes, reply: Any) -> str:
+        """Hold a write just queued until it is seen settled (``_wbloss``); its pending id."""
+        mine, epoch = text(reply[0]), text(reply[1])
+        with self.cond:
+            self.held.add(mine.split("|", 1)[1], Held(key, packed, envelope, epoch))
+            lost = bool(self.held.epochs() - {epoch})
+        if lost:  # this write went into a new epoch: older held writes' queue was lost
+            self._loss_check_due = 0.0
+            self.kick()
+        return mine
+
+    # -- loss detection -----------------------------------------------------------------------
+
+    def check_loss(self) -> Plan[None]:
+        """Learn whether the queue was lost since this process last looked, and if so queue
+        again every write it still holds from before (see ``_wbloss``); forget the held writes
+        that were settled. Logs the loss at ERROR with its cause, counts it, and reports it in
+        the next ``flush()``."""
+        cause = self._nogroup
+        reply = yield RunScript(
+            self.backend,
+            "wb_state",
+            [self.stream, self.epoch_key],
+            [self.GROUP, secrets.token_hex(8), "1" if cause else ""],
+        )
+        self._nogroup = None
+        epoch, first = text(reply[0]), text(reply[1]) or None
+        with self.cond:
+            if not self.held.epochs() - {epoch}:
+                self.held.settled_before(epoch, first)
+                return
+            again, older, forgotten = self.held.lost(epoch)
+            self.pending.clear()  # their stream entries are gone; what is queued again returns
+            self.known.clear()
+        if int(reply[2]) and not cause:
+            cause = "the queue's stream or its epoch key vanished"
+        replies = (yield from self._requeue(again, epoch)) if again else []
+        requeued = replaced = 0
+        with self.cond:
+            for (ident, held), got in zip(again, replies, strict=True):
+                if got == -1:  # the epoch moved again meanwhile: the next check retries it
+                    self.held.add(ident, held)
+                elif got == 0:
+                    replaced += 1  # a newer write to the key is queued: it lands instead
+                else:
+                    self.held.add(text(got), Held(held.key, held.packed, held.envelope, epoch))
+                    requeued += 1
+            self.losses += 1
+            self.totals.requeued += requeued
+            self.totals.lost += forgotten
+            message = (
+                f"write-behind queue of {self.where} in Redis was lost "
+                f"({cause or 'its epoch changed: FLUSHALL, eviction or a failover'}): "
+                f"of the writes this process still held, {requeued} were queued again and "
+                f"{replaced} had a newer write to their key queued already (together standing "
+                f"for {older} older writes to the same keys); {forgotten} could not be and are "
+                "lost; writes queued by processes that are gone are lost uncounted"
+            )
+            self.totals.errors.append(message)
+        log.error("cachewise: %s", message)
+        self.kick()
+
+    def _requeue(self, again: list[tuple[str, Held]], epoch: str) -> Plan[list[Any]]:
+        """Queue writes again (see ``check_loss``), with their pending records."""
+        pending = self.cache_backend.pending_key
+        calls: list[StoreCall]
+        if not self.split:
+            calls = [
+                ("requeue", [self.stream, pending(h.key), self.newest, self.epoch_key],
+                 [h.key, h.packed, h.envelope, epoch, ident])
+                for ident, h in again
+            ]  # fmt: skip
+            combined: list[Any] = yield RunPipeline(self.backend, calls)
+            return combined
+        calls = [
+            ("requeue_queue", [self.stream, self.newest, self.epoch_key],
+             [h.key, h.packed, epoch, ident])
+            for ident, h in again
+        ]  # fmt: skip
+        replies: list[Any] = yield RunPipeline(self.backend, calls)
+        records: list[StoreCall] = [
+            ("pending_set", [pending(h.key)], [f"{self.stream}|{text(got)}", h.envelope])
+            for (_, h), got in zip(again, replies, strict=True)
+            if isinstance(got, bytes | str)
+        ]
+        if records:
+            try:
+                yield RunPipeline(self.cache_backend, records)
+            except REDIS_ERRORS as exc:  # queued all the same; reads may load the store's
+                self.engine.redis_failed(exc)
+        return replies
 
     #: How often the queue's Redis is looked at again (its policy, its replicas): a failover or a
     #: reconfiguration changes them, and a reconnect (the breaker opened and closed) too.
@@ -712,10 +842,11 @@ class StreamQueue(WriteBehindQueue):
                 f"the Redis holding the write-behind queue of {self.where} evicts any key under "
                 f"memory pressure (maxmemory-policy {policy}), so queued writes could vanish "
                 "before they reach the store; nothing was queued. Either give the queue a Redis "
-                "that does not evict (maxmemory-policy noeviction or volatile-*; cachewise's "
-                "queue keys carry no TTL, so volatile-* never picks them), or pass "
-                "write_behind_allow_eviction=True to accept the risk (a loss is then detected, "
-                "logged and counted, not prevented)"
+                "of its own that does not evict (write_behind_redis=<URL or client> with "
+                "maxmemory-policy noeviction or volatile-*: cachewise's queue keys carry no TTL, "
+                "so volatile-* never picks them), or change this Redis' policy to one of those, "
+                "or pass write_behind_allow_eviction=True to accept the risk (a loss is then "
+                "detected, logged and counted, not prevented)"
             )
         self.replicas = int(info.get("connected_slaves", 0) or 0)
         self._checked_opens = backend.breaker.opens
@@ -796,6 +927,9 @@ class StreamQueue(WriteBehindQueue):
         """Lead the stream, claim what a dead flusher left, and read new writes (blocking in
         Redis for up to ``wait``)."""
         try:
+            if time.monotonic() >= self._loss_check_due and not self.stopped:
+                self._loss_check_due = time.monotonic() + self.options.claim_idle / 2
+                yield from self.check_loss()
             if self.stopped or not (yield from self._lead()):
                 yield Sleep(min(self.options.claim_idle / 4, max(wait, self.options.interval)))
                 return
@@ -819,7 +953,11 @@ class StreamQueue(WriteBehindQueue):
         except REDIS_ERRORS as exc:
             self.engine.redis_failed(exc)
             if "NOGROUP" in str(exc):
-                self.leading = False  # the stream expired or was deleted: make the group again
+                # The stream or its group was deleted, evicted or flushed: its writes are lost
+                # unless queued again. Checked at once (the group is made again there).
+                self.leading = False
+                self._nogroup = describe(exc)
+                self._loss_check_due = 0.0
             yield Sleep(min(1.0, self.options.claim_idle / 4))  # Redis is in trouble: slow down
             return
         for _, entries in reply or []:
@@ -868,55 +1006,69 @@ class StreamQueue(WriteBehindQueue):
     def _settle(
         self, settled: list[tuple[PendingWrite, Outcome, BaseException | None]]
     ) -> Plan[None]:
-        """Acknowledge what landed, dead-letter what failed for good, in one round trip."""
-        backend = self.backend
-        calls: list[StoreCall] = []
+        """Acknowledge what landed, dead-letter what failed for good: one round trip (two when
+        the queue has a Redis of its own: the queue's half first)."""
+        cache = self.cache_backend
+        queue_calls: list[StoreCall] = []
+        cache_calls: list[StoreCall] = []
         dropped: list[str] = []
+        acked: list[str] = []
         for item, outcome, error in settled:
             if outcome == "retry":
                 continue
             if outcome == "superseded":
                 continue  # its entries are acknowledged with the newer write
             self.known.difference_update(item.ids)
+            acked.extend(item.ids)
             mode = "dead" if outcome == "dead" else "drop" if item.replay else "ok"
             if mode != "ok":
                 self.engine.drop_local([item.key])
                 dropped.append(item.key)
-            calls.append(
-                (
-                    "settle",
-                    [
-                        self.stream,
-                        backend.pending_key(item.key),
-                        item.key,
-                        backend.lease_key(item.key),
-                        self.dead_stream,
-                        self.newest,
-                    ],
-                    [
-                        self.GROUP,
-                        f"{self.stream}|{item.ids[-1]}" if item.ids else "",
-                        mode,
-                        backend.inbox,
-                        backend.message("i", [item.key], []) if mode != "ok" else "",
-                        self.retention_ms,
-                        item.key,
-                        item.packed,
-                        repr(error) if error is not None else "",
-                        item.attempts + 1,
-                        *item.ids,
-                    ],
-                )
-            )
-        if not calls:
+            queue_keys = [self.stream, self.dead_stream, self.newest]
+            queue_args = [
+                self.GROUP, mode, self.retention_ms, item.key, item.packed,
+                repr(error) if error is not None else "", item.attempts + 1, *item.ids,
+            ]  # fmt: skip
+            cache_keys = [cache.pending_key(item.key), item.key, cache.lease_key(item.key)]
+            cache_args = [
+                f"{self.stream}|{item.ids[-1]}" if item.ids else "", mode, cache.inbox,
+                cache.message("i", [item.key], []) if mode != "ok" else "",
+            ]  # fmt: skip
+            if self.split:
+                queue_calls.append(("settle_queue", queue_keys, queue_args))
+                cache_calls.append(("settle_cache", cache_keys, cache_args))
+            else:
+                keys = [self.stream, cache_keys[0], item.key, cache_keys[2], self.dead_stream,
+                        self.newest]  # fmt: skip
+                args = [self.GROUP, cache_args[0], mode, cache_args[2], cache_args[3],
+                        self.retention_ms, item.key, item.packed, queue_args[5],
+                        item.attempts + 1, *item.ids]  # fmt: skip
+                queue_calls.append(("settle", keys, args))
+        if not queue_calls:
             return
         try:
-            yield RunPipeline(backend, calls)
+            yield RunPipeline(self.backend, queue_calls)
         except REDIS_ERRORS as exc:
             # Not acknowledged: the entries stay pending and are written again (at least once).
             self.engine.redis_failed(exc)
             return
+        with self.cond:
+            self.held.settled(acked)
+        yield from self._settle_cache(cache_calls)
         self.engine.wake_waiters(dropped)  # their values and leases are gone: load instead
+
+    def _settle_cache(self, calls: list[StoreCall]) -> Plan[None]:
+        """The cache halves of settled writes (a queue of its own), with any the cache's Redis
+        refused before: a pending record left behind would be read instead of the store."""
+        calls = self._cache_backlog + calls
+        self._cache_backlog = []
+        if not calls:
+            return
+        try:
+            yield RunPipeline(self.cache_backend, calls)
+        except REDIS_ERRORS as exc:
+            self.engine.redis_failed(exc)
+            self._cache_backlog = calls[-10_000:]
 
     def _retire(self) -> Plan[None]:
         if self.leading:
@@ -935,6 +1087,7 @@ class StreamQueue(WriteBehindQueue):
         errors: list[str] = []
         left = 0
         try:
+            yield from self.check_loss()  # a lost queue is reported, never a silent pending=0
             last = yield RedisCall(self.backend, "xrevrange", self.stream, "+", "-", 1)
             while last:
                 if not (yield RedisCall(self.backend, "xrange", self.stream, "-", last[0][0], 1)):

@@ -74,6 +74,7 @@ class Cache:
         write_behind_claim_idle: float = 5.0,
         write_behind_retention: float = 7 * 24 * 3600.0,
         write_behind_allow_eviction: bool = False,
+        write_behind_redis: Any = None,
         write_behind_replica_wait: float = 0.2,
         lease_ttl: float = 2.0,
         lease_wait_timeout: float = 10.0,
@@ -113,6 +114,21 @@ class Cache:
                 ),
                 breaker_reset=float(breaker_reset),
             )
+        queue_backend = None
+        if write_behind_redis is not None:
+            if backend is None:
+                raise ConfigValueError(
+                    "write_behind_redis= gives write-behind queues a Redis of their own beside "
+                    "the cache's; without redis= the cache is in-process and its queue in memory"
+                )
+            queue_backend = RedisBackend(
+                write_behind_redis,
+                namespace,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+                breaker_threshold=backend.breaker.threshold,
+                breaker_reset=float(breaker_reset),
+            )
         if not isinstance(fail_closed, bool):
             raise ConfigTypeError(f"fail_closed must be a bool, not {type(fail_closed).__name__}")
         self._fail_closed = fail_closed
@@ -131,6 +147,7 @@ class Cache:
             ),
             wait_timeout=wait_timeout,
             backend=backend,
+            queue_backend=queue_backend,
             lease_ttl=float(lease_ttl),
             lease_wait_timeout=float(lease_wait_timeout),
             max_value_bytes=max(1, _validate.non_negative_int(max_value_bytes, "max_value_bytes")),
@@ -485,6 +502,9 @@ class Cache:
         out["write_behind_unreplicated"] = sum(
             getattr(q, "unreplicated", 0) for q in self._queues
         )
+        out["write_behind_losses"] = sum(getattr(q, "losses", 0) for q in self._queues)
+        out["write_behind_requeued"] = sum(q.totals.requeued for q in self._queues)
+        out["write_behind_lost"] = sum(q.totals.lost for q in self._queues)
         return out
 
 
@@ -498,4 +518,6 @@ def _merge(reports: list[FlushReport]) -> FlushReport:
         total.dead_lettered += report.dead_lettered
         total.pending += report.pending
         total.errors.extend(report.errors)
+        total.requeued += report.requeued
+        total.lost += report.lost
     return total
