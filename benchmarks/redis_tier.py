@@ -510,46 +510,12 @@ def wake_floor(rounds: int, processes: int = 4, callers: int = 25) -> dict[str, 
     return results
 
 
-def _expiry_worker(
-    variant: str, url: str, ns: str, rate: float, seconds: float, start: Any, out: Any
-) -> None:
-    """Offer ``rate`` calls/s for ``seconds`` (open loop: calls start on schedule). Puts the
-    latencies and how many calls raised (a peer's bug must not end the whole run)."""
-    count = int(rate * seconds)
-    errors = [0]
-    if variant.endswith("tasks"):
-
-        async def main() -> list[float]:
-            warm, call = _make_async(variant, url, ns, 1.0, 0.1)
-            await warm()
-            await call()  # the key exists before the clock starts
-            await asyncio.to_thread(start.wait)
-            began = time.perf_counter()
-            latencies: list[float] = []
-
-            async def one() -> None:
-                t0 = time.perf_counter()
-                try:
-                    await call()
-                except Exception:
-                    errors[0] += 1
-                latencies.append(time.perf_counter() - t0)
-
-            tasks = []
-            for i in range(count):
-                delay = began + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.ensure_future(one()))
-            await asyncio.gather(*tasks)
-            return latencies
-
-        out.put((asyncio.run(main()), errors[0]))
-        return
-    call = _make_sync(variant, url, ns, 1.0, 0.1)
-    call()
-    start.wait()
+def offer_sync(call: Callable[[], Any], rate: float, count: int) -> tuple[list[float], int]:
+    """Offer ``count`` calls at ``rate`` calls/s from a pool of threads (open loop: calls start
+    on schedule, whatever the earlier ones do). Returns the latencies and how many raised (a
+    peer's bug must not end the whole run)."""
     latencies: list[float] = []
+    errors = [0]
     lock = threading.Lock()
 
     def one() -> None:
@@ -569,7 +535,55 @@ def _expiry_worker(
             if delay > 0:
                 time.sleep(delay)
             pool.submit(one)
-    out.put((latencies, errors[0]))
+    return latencies, errors[0]
+
+
+async def offer_async(
+    call: Callable[[], Awaitable[Any]], rate: float, count: int
+) -> tuple[list[float], int]:
+    """``offer_sync`` with a task per call."""
+    latencies: list[float] = []
+    errors = [0]
+
+    async def one() -> None:
+        t0 = time.perf_counter()
+        try:
+            await call()
+        except Exception:
+            errors[0] += 1
+        latencies.append(time.perf_counter() - t0)
+
+    began = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        delay = began + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    return latencies, errors[0]
+
+
+def _expiry_worker(
+    variant: str, url: str, ns: str, rate: float, seconds: float, start: Any, out: Any
+) -> None:
+    """Offer ``rate`` calls/s for ``seconds``; puts the latencies and how many calls raised."""
+    count = int(rate * seconds)
+    if variant.endswith("tasks"):
+
+        async def main() -> tuple[list[float], int]:
+            warm, call = _make_async(variant, url, ns, 1.0, 0.1)
+            await warm()
+            await call()  # the key exists before the clock starts
+            await asyncio.to_thread(start.wait)
+            return await offer_async(call, rate, count)
+
+        out.put(asyncio.run(main()))
+        return
+    call = _make_sync(variant, url, ns, 1.0, 0.1)
+    call()
+    start.wait()
+    out.put(offer_sync(call, rate, count))
 
 
 def _max_cluster(starts: list[float], window: float) -> int:

@@ -19,9 +19,7 @@ import json
 import multiprocessing
 import random
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,10 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from _method import percentile  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise.testing import RedisServer  # noqa: E402
+from redis_tier import _max_cluster, offer_async, offer_sync  # noqa: E402
 
 ctx = multiprocessing.get_context("spawn")
 TTL, STALE_TTL, LOAD_S, RATE, SECONDS = 1.0, 30.0, 0.1, 500.0, 3.0
@@ -90,24 +90,7 @@ def _worker(row: tuple[str, str, bool, bool], url: str, ns: str, rate: float, st
         async def main() -> tuple[list[float], int]:
             await afn(1)  # the key exists before the clock starts
             await asyncio.to_thread(start.wait)
-            began, latencies, errors = time.perf_counter(), [], [0]
-
-            async def one() -> None:
-                t0 = time.perf_counter()
-                try:
-                    await afn(1)
-                except Exception:
-                    errors[0] += 1
-                latencies.append(time.perf_counter() - t0)
-
-            tasks = []
-            for i in range(count):
-                delay = began + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.ensure_future(one()))
-            await asyncio.gather(*tasks)
-            return latencies, errors[0]
+            return await offer_async(lambda: afn(1), rate, count)
 
         out.put(asyncio.run(main()))
         cache.close(timeout=5)
@@ -121,40 +104,8 @@ def _worker(row: tuple[str, str, bool, bool], url: str, ns: str, rate: float, st
 
     fn(1)
     start.wait()
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-
-    def call() -> None:
-        t0 = time.perf_counter()
-        try:
-            fn(1)
-        except Exception:
-            with lock:
-                errors[0] += 1
-        with lock:
-            latencies.append(time.perf_counter() - t0)
-
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        began = time.perf_counter()
-        for i in range(count):
-            delay = began + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(call)
-    out.put((latencies, errors[0]))
+    out.put(offer_sync(lambda: fn(1), rate, count))
     cache.close(timeout=5)
-
-
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-
-def _max_cluster(starts: list[float], window: float) -> int:
-    """The most loads that began within ``window`` s of each other (one expiry's herd)."""
-    return max((sum(1 for t in starts[i:] if t - first <= window)
-                for i, first in enumerate(starts)), default=0)  # fmt: skip
 
 
 def run(url: str) -> dict[str, Any]:
@@ -183,8 +134,8 @@ def run(url: str) -> dict[str, Any]:
             "errors": sum(n for _, n in replies),
             "loads": len(starts),
             "max_loads_per_expiry": _max_cluster(starts, 0.3),
-            "p50_ms": _pct(latencies, 0.5) * 1e3,
-            "p99_ms": _pct(latencies, 0.99) * 1e3,
+            "p50_ms": percentile(latencies, 0.5) * 1e3,
+            "p99_ms": percentile(latencies, 0.99) * 1e3,
         }
         print(name(*row), results[name(*row)], flush=True)
     return results

@@ -86,6 +86,19 @@ class Counter:
                 self.row.calls += 1
 
 
+def every(interval: float, until: float, action: Callable[[], None]) -> Callable[[], None]:
+    """A thread body that runs ``action`` every ``interval`` seconds until ``until``; a Redis
+    error of the fault itself is ignored."""
+
+    def run() -> None:
+        while time.monotonic() < until:
+            with contextlib.suppress(redis.RedisError):
+                action()
+            time.sleep(interval)
+
+    return run
+
+
 def run_threads(targets: list[Callable[[], None]]) -> None:
     """Run each target in a thread of its own, and wait for all of them."""
     pool = [threading.Thread(target=t, daemon=True) for t in targets]
@@ -331,13 +344,14 @@ def tag_state_deleted(seconds: float) -> Row:
             fns.append(value)
         until = time.monotonic() + seconds
 
-        def chaos() -> None:
-            admin = server.client()
-            while time.monotonic() < until:
-                keys = list(admin.scan_iter(f"{ns}#tagv:*"))
-                if keys:
-                    admin.delete(*keys[: len(keys) // 2 + 1])
-                time.sleep(0.05)
+        admin = server.client()
+
+        def delete_tags() -> None:
+            keys = list(admin.scan_iter(f"{ns}#tagv:*"))
+            if keys:
+                admin.delete(*keys[: len(keys) // 2 + 1])
+
+        chaos = every(0.05, until, delete_tags)
 
         try:
             targets = [reads.reader(counter, f, until) for f in fns]
@@ -367,12 +381,8 @@ def pubsub_killed(seconds: float) -> Row:
 
             return get
 
-        def chaos() -> None:
-            admin = server.client()
-            while time.monotonic() < until:
-                time.sleep(0.3)
-                with contextlib.suppress(redis.RedisError):
-                    admin.client_kill_filter(_type="pubsub")
+        admin = server.client()
+        chaos = every(0.3, until, lambda: admin.client_kill_filter(_type="pubsub"))
 
         try:
             targets = [

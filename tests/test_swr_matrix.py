@@ -19,32 +19,11 @@ from cachewise import Cache
 
 from .conftest import caches
 from .test_concurrency import wait_until
+from .test_swr import Source
 
 TTL = 0.3
 STALE_TTL = 30.0
 CALLS = 20
-
-
-class Origin:
-    """The store behind the cached function: counts loads, blocks them on a gate, may fail."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.calls = 0
-        self.gate = threading.Event()
-        self.gate.set()
-        self.fail = False
-        self.lock = threading.Lock()
-
-    def load(self, x: int) -> str:
-        with self.lock:
-            self.calls += 1
-        assert self.gate.wait(20)
-        if self.fail:
-            raise ConnectionError("origin down")
-        with self.lock:
-            self.version += 1
-            return f"v{self.version}:{x}"
 
 
 def configurations() -> Iterator[Any]:
@@ -77,7 +56,7 @@ def test_no_caller_waits_for_a_refresh_and_one_refresh_runs(
     beta: float,
     failing: bool,
 ) -> None:
-    origin = Origin()
+    origin = Source()
     if tier == "in-process":
         fleet = [Cache(namespace="swr", ttl_jitter=0, early_refresh_beta=beta)]
     else:
@@ -86,7 +65,7 @@ def test_no_caller_waits_for_a_refresh_and_one_refresh_runs(
     try:
         functions = [decorate(cache, origin, mode) for cache in fleet]
         call = caller(mode)
-        assert [call(f, 1) for f in functions] == ["v1:1"] * len(fleet)
+        assert [call(f, 1) for f in functions] == ["v1"] * len(fleet)
         assert origin.calls == 1  # the other processes read it from Redis
 
         time.sleep(TTL + 0.05)  # stale now, well inside stale_ttl
@@ -94,7 +73,7 @@ def test_no_caller_waits_for_a_refresh_and_one_refresh_runs(
         origin.fail = failing
         before = origin.calls
         served = run_bounded(lambda: [call(f, 1) for _ in range(CALLS) for f in functions])
-        assert served == ["v1:1"] * CALLS * len(fleet)  # every caller got the stale value
+        assert served == ["v1"] * CALLS * len(fleet)  # every caller got the stale value
         wait_until(lambda: origin.calls == before + 1)
         time.sleep(0.05)
         assert origin.calls == before + 1  # one refresh fleet-wide
@@ -105,10 +84,10 @@ def test_no_caller_waits_for_a_refresh_and_one_refresh_runs(
         if failing:
             wait_until(lambda: sum(c.stats()["refresh_errors"] for c in fleet) >= 1)
             # The stale value keeps being served, and the next caller may retry.
-            assert run_bounded(lambda: [call(f, 1) for f in functions]) == ["v1:1"] * len(fleet)
+            assert run_bounded(lambda: [call(f, 1) for f in functions]) == ["v1"] * len(fleet)
             origin.fail = False
         wait_until(
-            lambda: all(call(f, 1).startswith("v") and call(f, 1) != "v1:1" for f in functions)
+            lambda: all(call(f, 1).startswith("v") and call(f, 1) != "v1" for f in functions)
         )
     finally:
         origin.gate.set()
@@ -116,18 +95,18 @@ def test_no_caller_waits_for_a_refresh_and_one_refresh_runs(
             cache.close(timeout=5)
 
 
-def decorate(cache: Cache, origin: Origin, mode: str) -> Callable[..., Any]:
+def decorate(cache: Cache, origin: Source, mode: str) -> Callable[..., Any]:
     if mode == "sync":
 
         @cache.cached(ttl=TTL, stale_ttl=STALE_TTL)
         def get(x: int) -> str:
-            return origin.load(x)
+            return origin()
 
         return get
 
     @cache.cached(ttl=TTL, stale_ttl=STALE_TTL)
     async def aget(x: int) -> str:
-        return await asyncio.to_thread(origin.load, x)
+        return await asyncio.to_thread(origin)
 
     return aget
 
