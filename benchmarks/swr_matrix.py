@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import multiprocessing
 import random
 import sys
 import time
@@ -31,9 +30,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from _method import percentile  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise.testing import RedisServer  # noqa: E402
-from redis_tier import _max_cluster, offer_async, offer_sync  # noqa: E402
+from redis_tier import _max_cluster, offer_async, offer_sync, run_fleet  # noqa: E402
 
-ctx = multiprocessing.get_context("spawn")
 TTL, STALE_TTL, LOAD_S, RATE, SECONDS = 1.0, 30.0, 0.1, 500.0, 3.0
 TIERS = ("in-process", "redis-only", "two-tier")
 MARK, END = "<!-- swr-matrix -->", "<!-- /swr-matrix -->"
@@ -116,17 +114,8 @@ def run(url: str) -> dict[str, Any]:
     for row in rows:
         processes = 1 if row[1] == "in-process" else 4
         ns = f"swr-{random.randrange(10**9)}"
-        start, out = ctx.Barrier(processes + 1), ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(row, url, ns, RATE / processes, start, out))
-                 for _ in range(processes)]  # fmt: skip
-        for p in procs:
-            p.start()
-        start.wait()
-        before = client.llen(f"{ns}:starts")
-        replies = [out.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(30)
-        starts = sorted(float(t) for t in client.lrange(f"{ns}:starts", before, -1))
+        args = (row, url, ns, RATE / processes)
+        replies, starts = run_fleet(_worker, args, processes, client, ns)
         latencies = [lat for got, _ in replies for lat in got]
         results[name(*row)] = {
             "processes": processes,
