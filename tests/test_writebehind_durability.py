@@ -283,3 +283,31 @@ def test_a_non_evicting_queue_redis_beside_an_evicting_cache(
 def test_write_behind_redis_needs_a_cache_redis() -> None:
     with pytest.raises(ValueError, match="write_behind_redis"):
         Cache(write_behind_redis="redis://127.0.0.1:1/0")
+
+
+def test_a_queue_redis_that_refuses_info_is_refused_unless_the_risk_is_accepted(
+    store: redis.Redis, namespace: str, redis_server: Any
+) -> None:
+    """A user whose ACL denies INFO cannot learn the eviction policy: not durable for sure."""
+    admin = redis_server.client()
+    user = f"noinfo-{namespace}"[:60]
+    admin.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=[f"{namespace}*"],
+        channels=[f"{namespace}*"], commands=["+@all", "-info"],
+    )  # fmt: skip
+    url = f"redis://{user}:pw@127.0.0.1:{redis_server.port}/0"
+    made = []
+    try:
+        cache, _, save = _workers.rows_cache(url, namespace)
+        made.append(cache)
+        with pytest.raises(WriteBehindNotDurable, match="INFO refused.*no permissions"):
+            save(1, "a")
+        accepting, _, save = _workers.rows_cache(url, namespace, write_behind_allow_eviction=True)
+        made.append(accepting)
+        save(1, "a")
+        assert accepting.flush(timeout=10).pending == 0
+        assert rows(store, namespace) == {1: "a"}
+    finally:
+        for cache in made:
+            cache.close(timeout=5)
+        admin.acl_deluser(user)

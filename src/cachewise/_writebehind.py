@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+import redis.exceptions
+
 from . import codec
 from ._drivers import Invoke, Op, Plan, Sleep, Spawn, run_async, run_sync
 from ._redis import (
@@ -835,7 +837,19 @@ class StreamQueue(WriteBehindQueue):
         now = time.monotonic()
         if self._checked_opens == backend.breaker.opens and now < self._check_due:
             return
-        info = yield RedisCall(backend, "info", "all")
+        try:
+            info = yield RedisCall(backend, "info", "all")
+        except redis.exceptions.NoPermissionError as exc:
+            # A Redis that will not say whether it evicts cannot be trusted with the queue.
+            if not self.options.allow_eviction:
+                raise WriteBehindNotDurable(
+                    f"cachewise could not read the eviction policy of the Redis holding the "
+                    f"write-behind queue of {self.where} (INFO refused: {describe(exc)}), so it "
+                    "cannot tell whether queued writes could be evicted; nothing was queued. "
+                    "Allow the INFO command for this user, give the queue a Redis of its own "
+                    "(write_behind_redis=), or pass write_behind_allow_eviction=True"
+                ) from None
+            info = {}
         policy = str(info.get("maxmemory_policy", "noeviction"))
         if policy.startswith("allkeys-") and not self.options.allow_eviction:
             raise WriteBehindNotDurable(
