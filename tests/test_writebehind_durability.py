@@ -300,7 +300,7 @@ def test_a_queue_redis_that_refuses_info_is_refused_unless_the_risk_is_accepted(
     try:
         cache, _, save = _workers.rows_cache(url, namespace)
         made.append(cache)
-        with pytest.raises(WriteBehindNotDurable, match="INFO refused.*no permissions"):
+        with pytest.raises(WriteBehindNotDurable, match=r"INFO refused.*no permissions"):
             save(1, "a")
         accepting, _, save = _workers.rows_cache(url, namespace, write_behind_allow_eviction=True)
         made.append(accepting)
