@@ -1,8 +1,8 @@
-"""The pure bookkeeping of write-behind loss detection (``cachewise._wbloss``)."""
+"""The pure bookkeeping of write-behind loss detection (``cachewise.writebehind.loss``)."""
 
 from __future__ import annotations
 
-from cachewise._wbloss import Held, HeldWrites, stream_order
+from cachewise.writebehind.loss import Held, HeldWrites, stream_order
 
 
 def held(key: str, epoch: str = "e1") -> Held:

@@ -14,11 +14,11 @@ from typing import Any
 
 from . import errors
 from ._engine import InvalidationEvent
-from ._writebehind import DeadLetter, FlushReport, WriteCall
 from ._writes import WriterArgumentError
 from .cache import Cache
 from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
 from .errors import *  # noqa: F403  (every error type is public; errors.__all__ lists them)
+from .writebehind import DeadLetter, FlushReport, WriteCall
 
 __all__ = [
     "AsyncCachedFunction",

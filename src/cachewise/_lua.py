@@ -201,7 +201,7 @@ STORE = _STORE_FN + "return store(0, 5)"
 # settled; the pending record and the newest-write field of a key once its write lands.
 
 # Appends a write to the writer's stream and records it as the writer's newest write to the key
-# (its flusher skips older ones); the queue's epoch (made if missing: see ``_wbloss``).
+# (its flusher skips older ones); the queue's epoch (made if missing: see ``writebehind.loss``).
 _ENQUEUE_QUEUE_FN = """
 local function enqueue(stream, newest, epochkey, key, packed, nonce)
   local epoch = redis.call('GET', epochkey)
@@ -335,7 +335,7 @@ return 1
 """
 
 # KEYS: stream, epoch. ARGV: group, nonce, "1" to declare the queue lost (its consumer group
-# vanished). The queue's state for loss detection (see ``_wbloss``): a queue whose epoch or
+# vanished). The queue's state for loss detection (see ``writebehind.loss``): a queue whose epoch or
 # stream is gone, or declared lost, gets a new epoch (and its stream and group again), so that
 # every process holding writes of the old one queues them again. Returns {epoch, the oldest
 # entry's id or "", 1 if the epoch changed here}.

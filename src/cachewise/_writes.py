@@ -15,7 +15,9 @@ from typing import Any
 from ._drivers import Invoke, Plan
 from ._engine import Engine
 from ._redis import REDIS_ERRORS
-from ._writebehind import (
+from .decorators import Spec, _shell, spec_of
+from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable, describe
+from .writebehind import (
     QueueWait,
     StreamQueue,
     WriteBehindOptions,
@@ -23,8 +25,6 @@ from ._writebehind import (
     WriteCall,
     stream_name,
 )
-from .decorators import Spec, _shell, spec_of
-from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable, describe
 
 Mapper = Callable[..., Any]
 

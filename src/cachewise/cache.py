@@ -16,16 +16,18 @@ from ._clock import Clock, monotonic
 from ._drivers import Plan, run_async, run_sync
 from ._engine import Engine, InvalidationEvent, Policy, Target
 from ._redis import RedisBackend
-from ._writebehind import (
-    DeadLetter,
-    FlushReport,
-    WriteBehindOptions,
-    WriteBehindQueue,
-    WriteCall,
-)
 from ._writes import invalidates, write_behind, write_through
 from .decorators import CachedDecorator, make_cached
 from .errors import ConfigTypeError, ConfigValueError
+from .writebehind import (
+    DeadLetter,
+    FlushReport,
+    StreamQueue,
+    WriteBehindOptions,
+    WriteBehindQueue,
+    WriteCall,
+    drain,
+)
 
 log = logging.getLogger("cachewise")
 
@@ -388,8 +390,8 @@ class Cache:
         """Wait until every write queued before this call is in the store (or dead-lettered).
         An ``async def`` writer's in-memory queue is flushed as ``close`` drains it."""
         for queue in self._queues:
-            queue.check_sync_flush()
-        return _merge([queue.flush_from_sync(timeout) for queue in list(self._queues)])
+            drain.check_sync_flush(queue)
+        return _merge([drain.flush_from_sync(queue, timeout) for queue in list(self._queues)])
 
     async def aflush(self, timeout: float | None = None) -> FlushReport:
         return _merge([await run_async(queue.flush(timeout)) for queue in list(self._queues)])
@@ -432,7 +434,7 @@ class Cache:
                 reports.append(run_sync(queue.flush(timeout)))
             elif not queue.durable:
                 try:
-                    reports.append(queue.flush_from_sync(timeout))
+                    reports.append(drain.flush_from_sync(queue, timeout))
                 except Exception as exc:
                     left = len(queue.pending) + len(queue.busy)
                     log.error(
@@ -499,10 +501,9 @@ class Cache:
             )
         out["write_behind_pending"] = sum(len(q.pending) + len(q.busy) for q in self._queues)
         out["write_behind_dead_lettered"] = sum(q.totals.dead_lettered for q in self._queues)
-        out["write_behind_unreplicated"] = sum(
-            getattr(q, "unreplicated", 0) for q in self._queues
-        )
-        out["write_behind_losses"] = sum(getattr(q, "losses", 0) for q in self._queues)
+        streams = [q for q in self._queues if isinstance(q, StreamQueue)]
+        out["write_behind_unreplicated"] = sum(q.server.unreplicated for q in streams)
+        out["write_behind_losses"] = sum(q.loss.losses for q in streams)
         out["write_behind_requeued"] = sum(q.totals.requeued for q in self._queues)
         out["write_behind_lost"] = sum(q.totals.lost for q in self._queues)
         return out

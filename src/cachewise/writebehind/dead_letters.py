@@ -1,0 +1,52 @@
+"""A Redis stream queue's dead letters: read them, send them back to the queue."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._drivers import Plan
+from .._redis import (
+    RedisCall,
+    RunScript,
+    text,
+)
+from .types import DeadLetter, WriteCall, unpack_call
+
+if TYPE_CHECKING:
+    from .stream import StreamQueue
+
+
+def read(queue: StreamQueue) -> Plan[list[DeadLetter]]:
+    """The dead letters of a writer, from its dead-letter stream."""
+    found = yield RedisCall(queue.backend, "xrange", queue.dead_stream, "-", "+")
+    letters = []
+    for entry_id, fields in found:
+        try:
+            call = unpack_call(fields[b"a"])
+        except Exception:
+            call = WriteCall((), {})
+        letters.append(
+            DeadLetter(
+                queue.where,
+                text(fields[b"k"]),
+                call.args,
+                call.kwargs,
+                int(fields[b"n"]),
+                text(fields[b"e"]),
+                text(entry_id),
+            )
+        )
+    return letters
+
+
+def replay(queue: StreamQueue, letters: list[DeadLetter]) -> Plan[int]:
+    """Move dead letters back to the writer's stream, marked as replays; how many moved."""
+    ids = [dead.id for dead in letters if dead.writer == queue.where and dead.id]
+    if not ids:
+        return 0
+    moved = yield RunScript(
+        queue.backend, "replay", [queue.stream, queue.dead_stream], [queue.retention_ms, *ids]
+    )
+    queue.kick()
+    return int(moved)
+
