@@ -233,7 +233,7 @@ def test_a_lease_whose_reply_was_lost_is_given_back(
     """A timeout does not say the lease script did not run: Redis may hold the lease after
     all. It is given back, so another process does not wait it out (lease_ttl) for a fill that
     never comes."""
-    from cachewise import _redis
+    from cachewise import redis as _redis
 
     with caches(redis_server.url, namespace=namespace, lease_ttl=5) as make:
         a, b = make(), make()

@@ -239,7 +239,7 @@ def test_renewals_of_one_process_share_a_round_trip(
 ) -> None:
     """The sync loads of a process renew from one thread; the renewals due together go in one
     pipeline, so a slow Redis costs that thread one timeout a tick, not one per load."""
-    from cachewise import _redis
+    from cachewise import redis as _redis
 
     cache = make_cache(lease_ttl=0.3)  # renewed every 0.1 s
     trips: list[int] = []  # RENEW calls per round trip, from the renewal thread

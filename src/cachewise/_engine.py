@@ -11,7 +11,8 @@ Rules of this module:
    the L1 tables without it (a dict read is atomic under the GIL).
 2. A fill is stored only if its flight was not invalidated while it ran, checked under the same
    lock as the invalidation: an invalidation that happened during a load always wins. With
-   Redis, the shared fill is also refused unless the loader's lease still holds (``_lua.STORE``).
+   Redis, the shared fill is also refused unless the loader's lease still holds
+   (``redis.lua.STORE``).
 3. A plan started with ``Spawn`` (a load, a refresh) never raises: its outcome goes to its flight.
 4. Redis trouble is counted and logged, never raised to a caller: the value comes from L1, from
    a load, or from the origin; single-flight in the process still holds.
@@ -49,7 +50,11 @@ from ._drivers import (
     start_renewals,
 )
 from ._l1 import L1, Table
-from ._redis import (
+from .core import Decision, Entry
+from .errors import ConfigTypeError, LoaderResultError, RedisUnavailable, describe
+from .keys import MAX_ARGS_CHARS
+from .keys import explicit as explicit_key
+from .redis import (
     REDIS_ERRORS,
     AwaitEvent,
     Breaker,
@@ -62,14 +67,10 @@ from ._redis import (
     ServerTime,
     text,
 )
-from .core import Decision, Entry
-from .errors import ConfigTypeError, LoaderResultError, RedisUnavailable, describe
-from .keys import MAX_ARGS_CHARS
-from .keys import explicit as explicit_key
 
 log = logging.getLogger("cachewise")
 
-#: A script call: its name in ``_lua``, its keys, its arguments.
+#: A script call: its name in ``redis.scripts``, its keys, its arguments.
 StoreCall = tuple[str, list[str], list[Any]]
 
 #: Values up to this size travel with their fill event; larger ones are read from Redis.

@@ -14,9 +14,9 @@ from typing import Any
 
 from ._drivers import Invoke, Plan
 from ._engine import Engine
-from ._redis import REDIS_ERRORS
 from .decorators import Spec, _shell, spec_of
 from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable, describe
+from .redis import REDIS_ERRORS
 from .writebehind import (
     QueueWait,
     StreamQueue,

@@ -15,10 +15,10 @@ from . import _validate
 from ._clock import Clock, monotonic
 from ._drivers import Plan, run_async, run_sync
 from ._engine import Engine, InvalidationEvent, Policy, Target
-from ._redis import RedisBackend
 from ._writes import invalidates, write_behind, write_through
 from .decorators import CachedDecorator, make_cached
 from .errors import ConfigTypeError, ConfigValueError
+from .redis import RedisBackend
 from .writebehind import (
     DeadLetter,
     FlushReport,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._drivers import Plan
-from .._redis import (
+from ..redis import (
     RedisCall,
     RunScript,
     text,

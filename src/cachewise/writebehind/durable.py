@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import redis.exceptions
 
 from .._drivers import Plan
-from .._redis import RedisCall
 from ..errors import WriteBehindNotDurable, describe
+from ..redis import RedisCall
 
 if TYPE_CHECKING:
     from .stream import StreamQueue

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._drivers import Plan
-from .._redis import (
+from ..redis import (
     REDIS_ERRORS,
     RunPipeline,
     RunScript,

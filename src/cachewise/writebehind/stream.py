@@ -17,7 +17,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._drivers import Plan, Sleep, Spawn
-from .._redis import (
+from ..errors import (
+    ValueTooLarge,
+    describe,
+)
+from ..redis import (
     REDIS_ERRORS,
     RedisBackend,
     RedisCall,
@@ -25,10 +29,6 @@ from .._redis import (
     RunReplicated,
     RunScript,
     text,
-)
-from ..errors import (
-    ValueTooLarge,
-    describe,
 )
 from . import dead_letters
 from .durable import ServerCheck

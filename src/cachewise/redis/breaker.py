@@ -1,0 +1,104 @@
+"""What Redis may raise, and the circuit breaker that stops calling it while it is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio
+
+log = logging.getLogger("cachewise")
+
+
+#: What a Redis call may raise when Redis is slow, gone or confused: never the caller's problem.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.RedisError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+#: Errors that mean Redis cannot be reached in time (as opposed to a reply it refused): what the
+#: circuit breaker counts.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class CircuitOpen(redis.exceptions.ConnectionError):
+    """Redis was not called: the circuit breaker is open after repeated failures."""
+
+
+class Breaker:
+    """A circuit breaker per ``Cache``: after ``threshold`` outage errors in a row it opens, and
+    Redis calls fail at once instead of each paying a timeout; after ``reset`` seconds one call
+    goes through as a probe (half-open) and closes it if it succeeds.
+
+    Hand-written: a few fields on the hot path (closed is one attribute read per call), which
+    the breaker libraries on PyPI (pybreaker, aiobreaker) do not offer for sync and async alike.
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+    def __init__(self, threshold: int, reset: float, on_recover: Callable[[], None]) -> None:
+        self.threshold = threshold
+        self.reset = reset
+        self.on_recover = on_recover
+        self.state = self.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self.opens = 0
+        self.short_circuits = 0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise ``CircuitOpen`` unless Redis may be called now."""
+        if self.state is self.CLOSED:
+            return
+        with self._lock:
+            now = time.monotonic()
+            # One probe per ``reset``: a probe that never reported back does not wedge it.
+            if self.state is not self.CLOSED and now - self.opened_at >= self.reset:
+                self.state = self.HALF_OPEN
+                self.opened_at = now
+                return
+            if self.state is self.CLOSED:
+                return
+            self.short_circuits += 1
+        raise CircuitOpen("Redis is not called: the circuit breaker is open")
+
+    def passed(self, result: Any) -> Any:
+        """Record a call Redis answered; returns ``result``."""
+        if self.failures or self.state is not self.CLOSED:
+            with self._lock:
+                recovered = self.state is not self.CLOSED
+                self.state = self.CLOSED
+                self.failures = 0
+            if recovered:
+                log.warning("cachewise: Redis is back; the circuit breaker is closed")
+                self.on_recover()
+        return result
+
+    def failed(self) -> None:
+        """Record a call that could not reach Redis."""
+        with self._lock:
+            self.failures += 1
+            if self.state is self.HALF_OPEN or (
+                self.state is self.CLOSED and self.failures >= self.threshold
+            ):
+                if self.state is self.CLOSED:
+                    self.opens += 1
+                    log.warning(
+                        "cachewise: %d Redis failures in a row; circuit breaker open for %.1f s",
+                        self.failures,
+                        self.reset,
+                    )
+                self.state = self.OPEN
+                self.opened_at = time.monotonic()

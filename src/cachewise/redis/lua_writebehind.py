@@ -1,0 +1,225 @@
+"""The Lua scripts of write-behind queues (see ``lua`` for the key layout and the shared
+functions they reuse)."""
+
+from __future__ import annotations
+
+from .lua import _PUBLISH_FN, _STORE_FN
+
+# -- write-behind -------------------------------------------------------------------------------
+# A writer's queue lives on the queue's Redis (the cache's own, or ``write_behind_redis``); the
+# cached value and its pending record on the cache's. Each script comes as its two halves, and,
+# when one Redis holds both, as one script that runs both halves atomically.
+# The queue's keys carry no expiry: they are data, not cache (no ``volatile-*`` eviction policy
+# can pick them, and none ends them while a write waits). The stream's entries are deleted once
+# settled; the pending record and the newest-write field of a key once its write lands.
+
+# Appends a write to the writer's stream and records it as the writer's newest write to the key
+# (its flusher skips older ones); the queue's epoch (made if missing: see ``writebehind.loss``).
+_ENQUEUE_QUEUE_FN = """
+local function enqueue(stream, newest, epochkey, key, packed, nonce)
+  local epoch = redis.call('GET', epochkey)
+  if not epoch then
+    epoch = nonce
+    redis.call('SET', epochkey, epoch)
+  end
+  local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)
+  redis.call('HSET', newest, key, id)
+  return stream .. '|' .. id, epoch
+end
+"""
+
+# A write-behind call on one Redis, atomically: the queue half, then the write's pending record
+# (readers use it until the store has it) and the STORE of the new value.
+# KEYS: stream, pending, newest, epoch, then STORE's keys. ARGV: STORE's five, cache key, packed
+# call, retention_ms (unused), a nonce for a new epoch, then STORE's tag versions.
+# Returns the pending record's id and the queue's epoch.
+ENQUEUE = (
+    _STORE_FN
+    + _ENQUEUE_QUEUE_FN
+    + """
+local mine, epoch = enqueue(KEYS[1], KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[9])
+redis.call('HSET', KEYS[2], 'id', mine, 'v', ARGV[2])
+store(4, 9)
+return {mine, epoch}
+"""
+)
+
+# The queue half alone. KEYS: stream, newest, epoch. ARGV: cache key, packed call, nonce.
+ENQUEUE_QUEUE = (
+    _ENQUEUE_QUEUE_FN
+    + """
+local mine, epoch = enqueue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+return {mine, epoch}
+"""
+)
+
+# The cache half alone, after the queue half: the pending record, then STORE.
+# KEYS: pending, then STORE's keys. ARGV: STORE's five, the pending id, then STORE's versions.
+PENDING_STORE = (
+    _STORE_FN
+    + """
+redis.call('HSET', KEYS[1], 'id', ARGV[6], 'v', ARGV[2])
+return store(1, 6)
+"""
+)
+
+# After a flush of one coalesced write, the queue half: acks and deletes the stream ids the write
+# stands for, forgets it as the key's newest write, and a dead write goes to the dead letters
+# (trimmed by age, retention_ms, not expired as a whole).
+_SETTLE_QUEUE_FN = """
+local function settle_queue(stream, dead, newest, group, outcome, retention, key, packed, err,
+                            attempts, ids)
+  if #ids > 0 then
+    redis.call('XACK', stream, group, unpack(ids))
+    redis.call('XDEL', stream, unpack(ids))
+    if redis.call('HGET', newest, key) == ids[#ids] then redis.call('HDEL', newest, key) end
+  end
+  if outcome == 'dead' then
+    local now = redis.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 - tonumber(retention)
+    redis.call('XADD', dead, '*', 'k', key, 'a', packed, 'e', err, 'n', attempts)
+    if oldest > 0 then redis.call('XTRIM', dead, 'MINID', oldest) end
+  end
+end
+"""
+
+# The cache half: the pending record is removed if it is still this write's; the cached value
+# is dropped everywhere when the store does not hold it ("dead", unless a newer write is
+# pending) or may hold something newer than the cache ("drop": a replayed write landed).
+_SETTLE_CACHE_FN = (
+    _PUBLISH_FN
+    + """
+local function settle_cache(pending, value, lease, pid, outcome, inbox, msg)
+  local mine = redis.call('HGET', pending, 'id') == pid
+  if mine then redis.call('DEL', pending) end
+  if outcome == 'drop' or (outcome == 'dead' and mine) then
+    redis.call('DEL', value, lease)
+    publish(inbox, msg)
+  end
+end
+"""
+)
+
+# Both halves on one Redis. KEYS: stream, pending, value, lease, dead-letter stream, newest.
+# ARGV: group, pending id, outcome ("ok" | "dead" | "drop"), the sender's event channel,
+# message, retention_ms, cache key, packed call, error, attempts, then the stream ids.
+SETTLE = (
+    _SETTLE_QUEUE_FN
+    + _SETTLE_CACHE_FN
+    + """
+local ids = {}
+for i = 11, #ARGV do ids[#ids + 1] = ARGV[i] end
+settle_queue(KEYS[1], KEYS[5], KEYS[6], ARGV[1], ARGV[3], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+             ARGV[10], ids)
+settle_cache(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return 1
+"""
+)
+
+# The queue half alone. KEYS: stream, dead-letter stream, newest. ARGV: group, outcome,
+# retention_ms, cache key, packed call, error, attempts, then the stream ids.
+SETTLE_QUEUE = (
+    _SETTLE_QUEUE_FN
+    + """
+local ids = {}
+for i = 8, #ARGV do ids[#ids + 1] = ARGV[i] end
+settle_queue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+             ARGV[7], ids)
+return 1
+"""
+)
+
+# The cache half alone. KEYS: pending, value, lease. ARGV: pending id, outcome, the sender's
+# event channel, message.
+SETTLE_CACHE = (
+    _SETTLE_CACHE_FN
+    + """
+settle_cache(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return 1
+"""
+)
+
+# KEYS: stream. ARGV: group, retention_ms (unused). Creates the consumer group (and the stream)
+# if missing; an expiry an older release set on the stream is removed (queue keys are data).
+GROUP = """
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
+# KEYS: stream, epoch. ARGV: group, nonce, "1" to declare the queue lost (its consumer group
+# vanished). The queue's state for loss detection (see ``writebehind.loss``): a queue whose epoch or
+# stream is gone, or declared lost, gets a new epoch (and its stream and group again), so that
+# every process holding writes of the old one queues them again. Returns {epoch, the oldest
+# entry's id or "", 1 if the epoch changed here}.
+WB_STATE = """
+local epoch = redis.call('GET', KEYS[2])
+local changed = 0
+if not epoch or redis.call('EXISTS', KEYS[1]) == 0 or ARGV[3] == '1' then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+  changed = 1
+end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+return {epoch, first[1] and first[1][1] or '', changed}
+"""
+
+# Queues again a write held by a process when the queue it went into was lost, unless the epoch
+# moved again (-1: tried at the next check) or another write to that key is the newest (0: that
+# one lands instead). Returns the new entry's id.
+_REQUEUE_QUEUE_FN = """
+local function requeue(stream, newest, epochkey, key, packed, epoch, old)
+  if redis.call('GET', epochkey) ~= epoch then return -1 end
+  local last = redis.call('HGET', newest, key)
+  if last and last ~= old then return 0 end
+  local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)
+  redis.call('HSET', newest, key, id)
+  return id
+end
+"""
+
+# On one Redis, with the write's pending record again. KEYS: stream, pending, newest, epoch.
+# ARGV: cache key, packed call, envelope, epoch, the write's id in the lost queue.
+REQUEUE = (
+    _REQUEUE_QUEUE_FN
+    + """
+local id = requeue(KEYS[1], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[4], ARGV[5])
+if type(id) == 'string' then
+  redis.call('HSET', KEYS[2], 'id', KEYS[1] .. '|' .. id, 'v', ARGV[3])
+end
+return id
+"""
+)
+
+# The queue half alone. KEYS: stream, newest, epoch. ARGV: cache key, packed call, epoch, old id.
+REQUEUE_QUEUE = (
+    _REQUEUE_QUEUE_FN
+    + """
+return requeue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+)
+
+# The cache half alone: a requeued write's pending record. KEYS: pending. ARGV: id, envelope.
+PENDING_SET = """
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'v', ARGV[2])
+return 1
+"""
+
+# KEYS: stream, dead-letter stream. ARGV: retention_ms, dead-letter ids...
+# Moves dead letters back to the writer's stream, marked as replays. Returns how many moved.
+REPLAY = """
+local moved = 0
+for i = 2, #ARGV do
+  local found = redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i])
+  if #found == 1 then
+    local f = found[1][2]
+    local fields = {}
+    for j = 1, #f, 2 do fields[f[j]] = f[j + 1] end
+    redis.call('XADD', KEYS[1], '*', 'k', fields['k'], 'a', fields['a'], 'r', '1')
+    redis.call('XDEL', KEYS[2], ARGV[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""

@@ -1,0 +1,279 @@
+"""The Redis operations plans yield (a command, a script, a pipeline, a wait for an event); the
+drivers carry them out on the sync client or on the running loop's async client, through the
+backend's circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio
+
+from .._drivers import TIMED_OUT, Op
+from .breaker import OUTAGE_ERRORS
+from .scripts import SCRIPTS as _SCRIPTS
+
+if TYPE_CHECKING:
+    from .backend import RedisBackend
+
+log = logging.getLogger("cachewise")
+
+
+class RedisOp(Op):
+    """A Redis operation, guarded by the backend's circuit breaker: refused at once while it is
+    open (``CircuitOpen``, which callers handle as any Redis trouble), and reporting each
+    outcome to it."""
+
+    __slots__ = ("backend",)
+
+    backend: RedisBackend
+
+    def call_sync(self) -> Any:
+        raise NotImplementedError
+
+    async def call_async(self) -> Any:
+        raise NotImplementedError
+
+    def run_sync(self) -> Any:
+        breaker = self.backend.breaker
+        breaker.check()
+        try:
+            return breaker.passed(self.call_sync())
+        except OUTAGE_ERRORS:
+            breaker.failed()
+            raise
+
+    async def run_async(self) -> Any:
+        breaker = self.backend.breaker
+        breaker.check()
+        try:
+            return breaker.passed(await self.call_async())
+        except OUTAGE_ERRORS:
+            breaker.failed()
+            raise
+
+
+class RedisCall(RedisOp):
+    """One Redis command, on the sync client or on the running loop's async client."""
+
+    __slots__ = ("args", "method")
+
+    def __init__(self, backend: RedisBackend, method: str, *args: Any) -> None:
+        self.backend = backend
+        self.method = method
+        self.args = args
+
+    def call_sync(self) -> Any:
+        return getattr(self.backend.sync_client(), self.method)(*self.args)
+
+    async def call_async(self) -> Any:
+        return await getattr(self.backend.async_client(), self.method)(*self.args)
+
+
+class ServerTime(RedisOp):
+    """Measure the offset between the local monotonic clock and the Redis server's clock, and
+    on a client's first use load every script in one round trip (otherwise the first lease of
+    a herd would pay EVALSHA, NOSCRIPT and SCRIPT LOAD while everyone waits)."""
+
+    __slots__ = ()
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+
+    def _pipeline(self, client: Any) -> tuple[Any, bool]:
+        """TIME, plus SCRIPT LOAD of every script if this client has not had them."""
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        fresh = client not in self.backend.preloaded
+        if fresh:
+            for source in _SCRIPTS.values():
+                pipe.script_load(source)
+        return pipe, fresh
+
+    def _done(self, client: Any, fresh: bool, before: float, reply: list[Any]) -> None:
+        self.backend.record_time(before, reply[0], time.monotonic())
+        if fresh:
+            self.backend.preloaded.add(client)
+
+    def call_sync(self) -> None:
+        client = self.backend.sync_client()
+        pipe, fresh = self._pipeline(client)
+        before = time.monotonic()
+        self._done(client, fresh, before, pipe.execute())
+
+    async def call_async(self) -> None:
+        client = self.backend.async_client()
+        pipe, fresh = self._pipeline(client)
+        before = time.monotonic()
+        self._done(client, fresh, before, await pipe.execute())
+
+
+class RunScript(RedisOp):
+    """One of ``lua``'s scripts (EVALSHA, loaded on first use by redis-py)."""
+
+    __slots__ = ("args", "keys", "name")
+
+    def __init__(self, backend: RedisBackend, name: str, keys: list[str], args: list[Any]) -> None:
+        self.backend = backend
+        self.name = name
+        self.keys = keys
+        self.args = args
+
+    # EVALSHA is sent directly, and redis-py's script object is called only when the server
+    # does not know the script (it loads it and runs it again): ``Script.__call__`` imports
+    # and rebuilds its arguments on every call, which measured a tenth of a round trip.
+
+    def call_sync(self) -> Any:
+        script = self.backend.sync_script(self.name)
+        try:
+            return script.registered_client.evalsha(
+                script.sha, len(self.keys), *self.keys, *self.args
+            )
+        except redis.exceptions.NoScriptError:
+            return script(keys=self.keys, args=self.args)
+
+    async def call_async(self) -> Any:
+        script = self.backend.async_script(self.name)
+        try:
+            return await script.registered_client.evalsha(
+                script.sha, len(self.keys), *self.keys, *self.args
+            )
+        except redis.exceptions.NoScriptError:
+            return await script(keys=self.keys, args=self.args)
+
+
+class RunPipeline(RedisOp):
+    """Several scripts in one round trip (a non-transactional pipeline of EVALSHA).
+
+    Not through redis-py's script objects: a pipeline holding them first sends SCRIPT EXISTS,
+    a second round trip on every call. A call whose script the server does not know (it
+    restarted, or its scripts were flushed) fails alone with NOSCRIPT and is run again through
+    its script object, which loads it; the others ran once. The first other error is raised,
+    as ``execute()`` would."""
+
+    __slots__ = ("calls",)
+
+    def __init__(
+        self, backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]
+    ) -> None:
+        self.backend = backend
+        self.calls = calls
+
+    def _queue(self, pipe: Any, shas: list[str]) -> Any:
+        for sha, (_, keys, args) in zip(shas, self.calls, strict=True):
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return pipe
+
+    @staticmethod
+    def _unknown(replies: list[Any]) -> list[int]:
+        return [
+            i
+            for i, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+
+    @staticmethod
+    def _checked(replies: list[Any]) -> list[Any]:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def call_sync(self) -> list[Any]:
+        scripts = [self.backend.sync_script(name) for name, _, _ in self.calls]
+        pipe = self._queue(
+            self.backend.sync_client().pipeline(transaction=False), [s.sha for s in scripts]
+        )
+        replies = pipe.execute(raise_on_error=False)
+        for i in self._unknown(replies):
+            replies[i] = scripts[i](keys=self.calls[i][1], args=self.calls[i][2])
+        return self._checked(replies)
+
+    async def call_async(self) -> list[Any]:
+        scripts = [self.backend.async_script(name) for name, _, _ in self.calls]
+        pipe = self._queue(
+            self.backend.async_client().pipeline(transaction=False), [s.sha for s in scripts]
+        )
+        replies = await pipe.execute(raise_on_error=False)
+        for i in self._unknown(replies):
+            replies[i] = await scripts[i](keys=self.calls[i][1], args=self.calls[i][2])
+        return self._checked(replies)
+
+
+class RunReplicated(RunPipeline):
+    """One script, then ``WAIT 1 <ms>`` on the same connection (one round trip): the reply comes
+    once a replica has what the script wrote, or when ``ms`` passed. Returns the script's reply
+    and how many replicas acknowledged. On NOSCRIPT (the refused call wrote nothing) the script
+    is loaded and both are sent again, so the WAIT still follows the write on its connection."""
+
+    __slots__ = ("wait_ms",)
+
+    def __init__(
+        self, backend: RedisBackend, call: tuple[str, list[str], list[Any]], wait_ms: int
+    ) -> None:
+        super().__init__(backend, [call])
+        self.wait_ms = wait_ms
+
+    def _queue(self, pipe: Any, shas: list[str]) -> Any:
+        super()._queue(pipe, shas)
+        pipe.execute_command("WAIT", 1, self.wait_ms)
+        return pipe
+
+    def call_sync(self) -> list[Any]:
+        script = self.backend.sync_script(self.calls[0][0])
+        client = self.backend.sync_client()
+        replies = self._queue(client.pipeline(transaction=False), [script.sha]).execute(
+            raise_on_error=False
+        )
+        if self._unknown(replies):
+            client.script_load(script.script)
+            replies = self._queue(client.pipeline(transaction=False), [script.sha]).execute(
+                raise_on_error=False
+            )
+        reply, acked = self._checked(replies)
+        return [reply, int(acked)]
+
+    async def call_async(self) -> list[Any]:
+        script = self.backend.async_script(self.calls[0][0])
+        client = self.backend.async_client()
+        replies = await self._queue(client.pipeline(transaction=False), [script.sha]).execute(
+            raise_on_error=False
+        )
+        if self._unknown(replies):
+            await client.script_load(script.script)
+            replies = await self._queue(
+                client.pipeline(transaction=False), [script.sha]
+            ).execute(raise_on_error=False)
+        reply, acked = self._checked(replies)
+        return [reply, int(acked)]
+
+
+class AwaitEvent(Op):
+    """Wait for a fill of a key announced by another process, or ``TIMED_OUT``."""
+
+    __slots__ = ("future", "timeout")
+
+    def __init__(self, future: concurrent.futures.Future[Any], timeout: float) -> None:
+        self.future = future
+        self.timeout = timeout
+
+    def run_sync(self) -> Any:
+        try:
+            return self.future.result(max(self.timeout, 0.0))
+        except concurrent.futures.TimeoutError:
+            return TIMED_OUT
+
+    async def run_async(self) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.future), max(self.timeout, 0.0))
+        except (asyncio.TimeoutError, TimeoutError):
+            return TIMED_OUT
+
+
+def text(value: Any) -> str:
+    """A reply of redis-py as text (bytes, unless the client decodes replies)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
