@@ -311,3 +311,27 @@ def test_a_queue_redis_that_refuses_info_is_refused_unless_the_risk_is_accepted(
         for cache in made:
             cache.close(timeout=5)
         admin.acl_deluser(user)
+
+
+def test_a_lost_record_of_newest_writes_never_makes_writes_look_superseded(
+    store: redis.Redis, namespace: str
+) -> None:
+    """Evicted or deleted, the hash of newest writes must not turn every queued write into an
+    "older" one acknowledged without a store call (a silent loss)."""
+    with RedisServer() as server:
+        cache, _, save = _workers.rows_cache(server.url, namespace, write_behind_claim_idle=0.5)
+        try:
+            stop_flusher(cache)
+            for i in range(10):
+                save(i, f"v{i}")
+            server.client().delete(f"{namespace}#wbnewest:{WRITER}")
+            flusher, _, _ = _workers.rows_cache(
+                server.url, namespace, write_behind_claim_idle=0.5
+            )
+            try:
+                assert flusher.flush(timeout=30).pending == 0
+                assert rows(store, namespace) == {i: f"v{i}" for i in range(10)}
+            finally:
+                flusher.close(timeout=5)
+        finally:
+            cache.close(timeout=5)

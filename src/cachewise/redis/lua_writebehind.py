@@ -15,6 +15,9 @@ from .lua import _PUBLISH_FN, _STORE_FN
 
 # Appends a write to the writer's stream and records it as the writer's newest write to the key
 # (its flusher skips older ones); the queue's epoch (made if missing: see ``writebehind.loss``).
+# The newest-write hash keeps a field ``~`` (no cache key is named so) besides the keys' own, so
+# that it never empties: a missing hash means it was lost (evicted, flushed), never "every write
+# landed", and the flusher then writes what it holds instead of taking it all as superseded.
 _ENQUEUE_QUEUE_FN = """
 local function enqueue(stream, newest, epochkey, key, packed, nonce)
   local epoch = redis.call('GET', epochkey)
@@ -23,7 +26,7 @@ local function enqueue(stream, newest, epochkey, key, packed, nonce)
     redis.call('SET', epochkey, epoch)
   end
   local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)
-  redis.call('HSET', newest, key, id)
+  redis.call('HSET', newest, key, id, '~', '1')
   return stream .. '|' .. id, epoch
 end
 """
@@ -174,7 +177,7 @@ local function requeue(stream, newest, epochkey, key, packed, epoch, old)
   local last = redis.call('HGET', newest, key)
   if last and last ~= old then return 0 end
   local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)
-  redis.call('HSET', newest, key, id)
+  redis.call('HSET', newest, key, id, '~', '1')
   return id
 end
 """

@@ -199,9 +199,18 @@ class StreamQueue(WriteBehindQueue):
         if not mine:
             return set()
         try:
-            newest = yield RedisCall(self.backend, "hmget", self.newest, [i.key for i in mine])
+            newest = yield RedisCall(
+                self.backend, "hmget", self.newest, [*(i.key for i in mine), "~"]
+            )
         except REDIS_ERRORS as exc:
             self.engine.redis_failed(exc)
+            return set()
+        if newest.pop() is None:
+            # The record of newest writes was lost (eviction, a flush): nothing tells an older
+            # write from the newest, so all are written (at least once), and the loss is looked
+            # into at once (the holders queue their writes again).
+            self.loss.nogroup = "the queue's record of newest writes vanished"
+            self.loss.check_due = 0.0
             return set()
         return {
             item.key
