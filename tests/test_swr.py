@@ -104,7 +104,7 @@ def test_early_refresh_uses_the_measured_load_time(clock: FakeClock, monkeypatch
     # draw -> 1 - random(): make ln(draw) = -1, so XFetch fires when 2 s from expiry.
     import math
 
-    monkeypatch.setattr("cachewise._engine.random.random", lambda: 1 - math.exp(-1))
+    monkeypatch.setattr("cachewise.engine.read.random.random", lambda: 1 - math.exp(-1))
     clock.advance(entry.fresh_until - clock() - 2.5)
     assert cache.get_or_load("k", load, ttl=100) == "v1"  # 2.5 s left: no refresh
     assert len(calls) == 1

@@ -97,7 +97,7 @@ def test_a_fill_whose_tag_moved_during_the_load_is_refused(
 
 
 def _policy() -> Any:
-    from cachewise._engine import Policy
+    from cachewise.engine import Policy
 
     return Policy(ttl=60, stale_ttl=0, fail_closed=False)
 

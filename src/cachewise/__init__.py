@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import errors
-from ._engine import InvalidationEvent
 from ._writes import WriterArgumentError
 from .cache import Cache
 from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
+from .engine import InvalidationEvent
 from .errors import *  # noqa: F403  (every error type is public; errors.__all__ lists them)
 from .writebehind import DeadLetter, FlushReport, WriteCall
 

@@ -1,6 +1,6 @@
 """The two drivers, and the only place where sync and async code differ.
 
-A cache operation is written once, as a generator ("plan") in ``_engine.py`` that yields the
+A cache operation is written once, as a generator ("plan") in ``engine/`` that yields the
 operations it needs done (run a loader, wait for a flight) and receives their results. The sync
 driver carries those out with threads and blocking waits, the async driver with tasks and
 ``await``; each operation below holds its pair of implementations side by side, in the manner of
@@ -11,7 +11,7 @@ Rules of this module:
 1. A waiter never owns the load: loads run inline only for a sync leader (a thread cannot be
    cancelled), and in their own task for async code, so cancelling or timing out any caller,
    including the one that started it, never cancels the load for the others.
-2. Nothing here decides anything about freshness or keys; that lives in ``core`` and ``_engine``.
+2. Nothing here decides anything about freshness or keys; that lives in ``core`` and ``engine``.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._drivers import Invoke, Plan
-from ._engine import Engine
 from .decorators import Spec, _shell, spec_of
+from .engine import Engine
 from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable, describe
 from .redis import REDIS_ERRORS
 from .writebehind import (

@@ -14,9 +14,9 @@ from typing import Any, Literal, TypeVar
 from . import _validate
 from ._clock import Clock, monotonic
 from ._drivers import Plan, run_async, run_sync
-from ._engine import Engine, InvalidationEvent, Policy, Target
 from ._writes import invalidates, write_behind, write_through
 from .decorators import CachedDecorator, make_cached
+from .engine import Engine, InvalidationEvent, Policy, Target
 from .errors import ConfigTypeError, ConfigValueError
 from .redis import RedisBackend
 from .writebehind import (

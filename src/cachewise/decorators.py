@@ -1,6 +1,6 @@
 """``@cache.cached`` and the writer decorators, for ``def`` and ``async def`` alike.
 
-Every decorated function is a thin shell around a plan from ``_engine``: the sync shell runs it
+Every decorated function is a thin shell around a plan from ``engine``: the sync shell runs it
 with ``run_sync``, the async one with ``await run_async`` (``_shell`` makes both from one plan
 factory). Only the cached read has a hand-inlined fast path in front: an L1 hit on plain
 ``int``/``str`` arguments costs a tuple-typed dict lookup and one clock read.
@@ -16,7 +16,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 from . import _validate
 from ._codegen import make_wrapper
 from ._drivers import Plan, run_async, run_sync
-from ._engine import Engine, Policy, Target
+from .engine import Engine, Policy, Target
 from .errors import ConfigTypeError
 from .keys import ArgKeyer
 

@@ -1,6 +1,6 @@
 """The Redis tier's I/O: clients, scripts, the server clock, and the event listener.
 
-The only package that imports ``redis``. Plans in ``_engine`` yield the operations of ``ops``
+The only package that imports ``redis``. Plans in ``engine`` yield the operations of ``ops``
 (``RedisCall``, ``RunScript``, ``RunPipeline``, ``AwaitEvent``) and the drivers carry them out on
 the sync client or on the asyncio client of the running loop.
 

@@ -31,7 +31,7 @@ from ..redis import (
 )
 
 if TYPE_CHECKING:
-    from .._engine import StoreCall
+    from ..engine import StoreCall
     from .stream import StreamQueue
 
 log = logging.getLogger("cachewise")

@@ -30,7 +30,7 @@ from .types import (
 from .wait import QueueWait
 
 if TYPE_CHECKING:
-    from .._engine import Engine
+    from ..engine import Engine
 
 log = logging.getLogger("cachewise")
 

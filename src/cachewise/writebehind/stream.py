@@ -45,7 +45,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .._engine import StoreCall
+    from ..engine import StoreCall
 
 log = logging.getLogger("cachewise")
 

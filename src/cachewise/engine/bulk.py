@@ -1,0 +1,354 @@
+"""Many keys at once: ``get_many`` (L1, then one MGET) and ``get_or_load_many`` (one lease
+pipeline, one ``load_many`` call, one fill pipeline; per-key single-flight throughout)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .. import codec
+from .._drivers import (
+    BLOCKS_LOOP,
+    Flight,
+    Plan,
+    Spawn,
+    Wait,
+    run_async,
+    run_sync,
+)
+from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
+from ..keys import MAX_ARGS_CHARS
+from ..keys import explicit as explicit_key
+from ..redis import (
+    REDIS_ERRORS,
+    RedisCall,
+    RunPipeline,
+    text,
+)
+from .read import Reads
+from .values import (
+    _RETRY,
+    Policy,
+    Target,
+    _one_of,
+    _Renewal,
+)
+
+log = logging.getLogger("cachewise")
+
+
+class Bulk(Reads):
+    """Many keys in one round trip each way, with per-key single-flight. A layer of ``Engine``."""
+
+    def read_many(
+        self,
+        targets: Mapping[str, Target],
+        load_many: Callable[[list[str]], Any],
+        policy: Policy,
+    ) -> Plan[dict[str, Any]]:
+        """Bulk cache-aside: L1, one MGET, then one ``load_many`` call for the keys this caller
+        leads; per-key single-flight throughout."""
+        found = yield from self.get_many(list(targets))
+        waiting: dict[str, Flight] = {}
+        leading: dict[str, Flight] = {}
+        for key, target in targets.items():
+            if key in found:
+                continue
+            self.counts["misses"] += 1
+            flight, leader = self._claim(target.full_key)
+            (leading if leader else waiting)[key] = flight
+        if leading:
+            yield Spawn(self._resolve_many(targets, leading, load_many, policy), self.keep)
+        for key, flight in {**leading, **waiting}.items():
+            if key in waiting:
+                self.counts["coalesced_waits"] += 1
+            value = yield Wait(flight, None)
+            while value is _RETRY:  # joined a fast-path GET that was abandoned: lead or join anew
+                flight, leader = self._claim(targets[key].full_key)
+                if leader:
+                    yield Spawn(
+                        self._resolve_many(targets, {key: flight}, load_many, policy), self.keep
+                    )
+                value = yield Wait(flight, None)
+            if value is BLOCKS_LOOP:
+                value = yield from self._load_beside_loop(
+                    targets[key].full_key, functools.partial(_one_of, load_many, key)
+                )
+            found[key] = value
+        return {key: found[key] for key in targets}
+
+    def _resolve_many(
+        self,
+        targets: Mapping[str, Target],
+        flights: dict[str, Flight],
+        load_many: Callable[[list[str]], Any],
+        policy: Policy,
+    ) -> Plan[None]:
+        """The work of the flights one bulk caller leads. Never raises."""
+        backend = self.backend
+        try:
+            for key, flight in flights.items():
+                flight.tags = self._tags(targets[key])
+            mine = dict(flights)
+            tokens: dict[str, str] = {}
+            if backend is not None:
+                mine, tokens, pending = yield from self._acquire_many(
+                    targets, flights, load_many, policy
+                )
+                if pending:  # write-behind values the store does not have yet: use them
+                    served = {key: mine.pop(key) for key in pending}
+                    yield from self._fill_many(targets, served, tokens, policy, pending, 0.0)
+            if not mine:
+                return
+            keys = list(mine)
+            leases: dict[str, tuple[str, str]] = {}
+            renew = None
+            if backend is not None and tokens:
+                leases = {
+                    key: (backend.lease_key(targets[key].full_key), tokens[key])
+                    for key in keys
+                    if key in tokens
+                }
+                lease_ms = int(self.lease_ttl * 1000)
+                renew = _Renewal(
+                    backend,
+                    [
+                        ("renew", [lease, *self._tag_keys(mine[key])], [token, lease_ms])
+                        for key, (lease, token) in leases.items()
+                    ],
+                )
+            try:
+                result, took = yield from self._invoke(
+                    lambda: load_many(keys), renew, self.lease_ttl / 3
+                )
+                if not isinstance(result, Mapping):
+                    raise ConfigTypeError(
+                        f"load_many must return a mapping, not {type(result).__name__}"
+                    )
+            except BaseException:
+                yield from self._give_back_all(list(leases.values()))
+                raise
+            lost = [key for key in keys if key not in result]
+            if lost:
+                yield from self._give_back_all([leases[key] for key in lost if key in leases])
+                self._fail_flights(
+                    targets,
+                    {key: mine.pop(key) for key in lost},
+                    LoaderResultError(f"load_many returned no value for {lost!r}"),
+                )
+            yield from self._fill_many(targets, mine, tokens, policy, result, took)
+        except BaseException as exc:
+            self._fail_flights(targets, flights, exc)
+
+    def _acquire_many(
+        self,
+        targets: Mapping[str, Target],
+        flights: dict[str, Flight],
+        load_many: Callable[[list[str]], Any],
+        policy: Policy,
+    ) -> Plan[tuple[dict[str, Flight], dict[str, str], dict[str, Any]]]:
+        """Take the leases of ``flights``' keys in one round trip; keys whose lease someone else
+        holds are resolved one by one (they wait for that fill). Returns the flights to load,
+        the lease tokens, and the pending write-behind values of leased keys."""
+        backend = self.backend
+        assert backend is not None
+        tokens = {key: secrets.token_hex(8) for key in flights}
+        lease_ms = int(self.lease_ttl * 1000)
+        calls = [
+            (
+                "acquire",
+                [
+                    t.full_key,
+                    backend.lease_key(t.full_key),
+                    backend.pending_key(t.full_key),
+                    *self._tag_keys(flights[k]),
+                ],
+                [tokens[k], lease_ms, "load", tokens[k]],
+            )
+            for k, t in ((k, targets[k]) for k in flights)
+        ]
+        try:
+            yield from self._ensure_backend()
+            replies = yield RunPipeline(backend, calls)
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            taken = [(backend.lease_key(targets[k].full_key), tokens[k]) for k in flights]
+            yield from self._maybe_orphaned(exc, taken)
+            if policy.fail_closed:
+                raise RedisUnavailable(
+                    "Redis is unavailable and this bulk load is fail-closed: not loading "
+                    "without the shared leases"
+                ) from None
+            self.counts["loads_without_redis"] += len(flights)
+            return dict(flights), {}, {}
+        mine: dict[str, Flight] = {}
+        pending: dict[str, Any] = {}
+        for (key, flight), reply in zip(flights.items(), replies, strict=True):
+            target = targets[key]
+            status, payload = int(reply[0]), reply[1]
+            env = self._decode(payload) if status == 1 else None
+            if env is not None and backend.server_now_ms() < env.fresh_until_ms:
+                self.counts["l2_hits"] += 1
+                self._settle(flight, target, self._adopt(target, env), env.value)
+            elif status == 2:
+                mine[key] = flight
+                flight.versions = tuple(text(v) for v in reply[3])
+                written = self._decode(reply[2]) if reply[2] else None
+                if written is not None:
+                    self.counts["pending_writes_read"] += 1
+                    pending[key] = written.value
+            else:
+                one = functools.partial(_one_of, load_many, key)
+                yield Spawn(self._resolve(flight, target, one, policy), self.keep, background=True)
+        return mine, tokens, pending
+
+    def _fill_many(
+        self,
+        targets: Mapping[str, Target],
+        flights: dict[str, Flight],
+        tokens: dict[str, str],
+        policy: Policy,
+        result: Mapping[str, Any],
+        took: float,
+    ) -> Plan[None]:
+        backend = self.backend
+        entries = {}
+        for key in flights:
+            target = targets[key]
+            entries[key] = self._entry(target, policy, result[key], took, flights[key].tags)
+        self.counts["loads"] += len(entries)
+        self.load_latency.add(took)
+        stored = {key: 1 for key in flights}
+        if backend is not None and tokens:
+            calls = [
+                self._store_call(entry, tokens[key], targets[key].where, flights[key].versions)
+                for key, entry in entries.items()
+            ]
+            try:
+                replies = yield RunPipeline(backend, calls)
+                for key, call, reply in zip(entries, calls, replies, strict=True):
+                    stored[key] = int(reply) if call[0] == "store" else 1
+                    if reply:
+                        packed = call[2][1] if call[0] == "store" else None
+                        self.wake_waiters([targets[key].full_key], packed)
+            except REDIS_ERRORS as exc:
+                self.redis_failed(exc)
+        for key, flight in flights.items():
+            if not stored[key]:
+                self.counts["fills_refused"] += 1
+            self._settle(flight, targets[key], entries[key] if stored[key] else None, result[key])
+
+    def _fail_flights(
+        self, targets: Mapping[str, Target], flights: dict[str, Flight], exc: BaseException
+    ) -> None:
+        for key, flight in flights.items():
+            self._fail(flight, targets[key], exc)
+
+    def get_many(self, keys: list[str]) -> Plan[dict[str, Any]]:
+        """Fresh values of explicit keys: L1 first, then one MGET for the rest.
+
+        Works on the key strings themselves (no ``Target`` per key until one is kept in L1):
+        per-key work is what separates a bulk read from the raw ``MGET`` it wraps.
+        """
+        found, rest = self._local_many(keys)
+        backend = self.backend
+        if not rest or backend is None:
+            return found
+        try:
+            if self._setup_due(backend):
+                yield from self._ensure_backend()
+            names = self._names(rest)
+            epoch = self.epoch  # what is read is kept in L1 only if nothing changed meanwhile
+            if len(rest) == 1:  # GET: a one-key MGET costs redis-py noticeably more
+                raws = [(yield RedisCall(backend, "get", names[0]))]
+            else:
+                raws = yield RedisCall(backend, "mget", names)
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return found
+        self._found_many(found, rest, names, (raws, None), epoch)
+        return found
+
+    def get_many_sync(self, keys: list[str]) -> dict[str, Any]:
+        """``get_many`` carried out in this thread; without its plan when Redis is set up."""
+        epoch = self._lone()
+        if epoch < 0:
+            return run_sync(self.get_many(keys))
+        found, rest = self._local_many(keys)
+        if rest:
+            names = self._names(rest)
+            fetched = self.backend.fetch_sync(names)  # type: ignore[union-attr]
+            self._found_many(found, rest, names, fetched, epoch)
+        return found
+
+    async def get_many_async(self, keys: list[str]) -> dict[str, Any]:
+        """``get_many`` carried out on the running loop; without its plan when Redis is set up."""
+        epoch = self._lone()
+        if epoch < 0:
+            return await run_async(self.get_many(keys))
+        found, rest = self._local_many(keys)
+        if rest:
+            names = self._names(rest)
+            fetched = await self.backend.fetch_async(names)  # type: ignore[union-attr]
+            self._found_many(found, rest, names, fetched, epoch)
+        return found
+
+    def _local_many(self, keys: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """The fresh values L1 holds, and the keys it does not."""
+        found: dict[str, Any] = {}
+        table = self.explicit
+        if not table:  # no L1, or an empty one: nothing to look up
+            return found, keys
+        now = self.clock()
+        rest: list[str] = []
+        for key in keys:
+            entry = table.get(key)
+            if entry is not None and now < entry.fresh_until:
+                entry.hits += 1
+                found[key] = entry.value
+            else:
+                rest.append(key)
+        return found, rest
+
+    def _names(self, keys: list[str]) -> list[str]:
+        """The Redis names of explicit keys (``explicit_key``, inlined for the common case)."""
+        prefix = self.prefix
+        return [
+            prefix + (k if len(k) <= MAX_ARGS_CHARS and k[0] != "#" else explicit_key(k))
+            for k in keys
+        ]
+
+    def _found_many(
+        self,
+        found: dict[str, Any],
+        keys: list[str],
+        names: list[str],
+        fetched: tuple[Any, BaseException | None],
+        epoch: int,
+    ) -> None:
+        """Add to ``found`` the fresh values of what was read for ``keys``; keep them in L1
+        unless something changed since ``epoch``."""
+        raws, error = fetched
+        if error is not None:
+            self.redis_failed(error)
+            return
+        now_ms = self.backend.server_now_ms()  # type: ignore[union-attr]
+        before = len(found)
+        kept: list[tuple[str, list[Any]]] | None = [] if self.l1.maxsize else None
+        for key in codec.fresh_values(keys, raws, now_ms, found, kept):
+            at = keys.index(key)  # a key given twice was read twice: same name, same bytes
+            self._decode(raws[at], key=names[at])  # counts and logs it
+        self.counts["l2_hits"] += len(found) - before
+        if kept:
+            entries = [
+                self._adopt(self.explicit_target(key), codec.envelope(body)) for key, body in kept
+            ]
+            with self.lock:
+                if self.epoch == epoch:
+                    for entry in entries:
+                        if entry.full_key not in self.flights:
+                            self.l1.put(self.explicit, entry)
+

@@ -1,0 +1,199 @@
+"""Keeping this process coherent with the others: setting up the Redis tier (server clock,
+the event listener), the backlog of invalidations Redis missed, and the events of other
+processes (fills, invalidations, resets) applied to L1."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .. import codec
+from .._drivers import (
+    TIMED_OUT,
+    Plan,
+    start_renewals,
+)
+from ..redis import (
+    REDIS_ERRORS,
+    AwaitEvent,
+    Listener,
+    RedisBackend,
+    RedisCall,
+    RunScript,
+    ServerTime,
+)
+from .state import EngineState
+from .values import (
+    InvalidationEvent,
+    Target,
+)
+
+log = logging.getLogger("cachewise")
+
+
+class Coherence(EngineState):
+    """This process kept coherent with the others: the Redis tier set up, events applied to L1.
+    A layer of ``Engine``."""
+
+    def wake_waiters(self, keys: Iterable[str], payload: Any = None) -> None:
+        """Wake this process' callers waiting for a fill of ``keys``: the events of a fill, a
+        lease given back or an invalidation do not come back to the process that sent them,
+        and a flight of this process may wait on the lease of another flight of its own (one
+        that an invalidation or a reset detached from its key). ``payload``: the envelope
+        bytes of a fill; None makes them ask Redis again."""
+        listener = self.backend.listener if self.backend is not None else None
+        if listener is not None:
+            for key in keys:
+                listener.wake(key, payload)
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Plan[Any]:
+        assert self.backend is not None
+        return (yield RunScript(self.backend, name, keys, args))
+
+    def _ensure_backend(self) -> Plan[None]:
+        """On first use: measure the server clock and start listening to the event channel.
+        After an outage: send the invalidations that could not be sent."""
+        backend = self.backend
+        assert backend is not None
+        if backend.setup_due():
+            yield ServerTime(backend)
+        if backend.listener is None:
+            with self.lock:
+                if backend.listener is None:
+                    backend.listener = Listener(
+                        backend, self._on_event, self._on_reset, self._on_refused
+                    )
+                    start_renewals()  # loads under a lease renew it from there
+        listener = backend.listener
+        if listener.first_due:
+            # The first reads wait for the subscription (once; about a round trip): what they
+            # keep in L1 must not miss an invalidation sent meanwhile. Past the wait, the first
+            # subscription empties L1 instead, and later reads do not wait.
+            first = listener.first_subscription()
+            if (yield AwaitEvent(first, min(1.0, backend.block_limit * 2))) is TIMED_OUT:
+                listener.gave_up = True
+        if self.backlog_due():
+            yield from self._send_backlog()
+
+    def _setup_due(self, backend: RedisBackend) -> bool:
+        """Whether ``_ensure_backend`` has work before Redis is read."""
+        listener = backend.listener
+        return listener is None or listener.first_due or backend.setup_due() or self.backlog_due()
+
+    def backlog_due(self) -> bool:
+        return bool(self.backlog_keys or self.backlog_tags or self.backlog_overflow)
+
+    def remember(self, keys: Iterable[str], tags: Iterable[str] = ()) -> None:
+        """An invalidation that did not reach Redis: keep it for when Redis answers again."""
+        with self.lock:
+            self.backlog_keys.update(keys)
+            self.backlog_tags.update(tags)
+            if len(self.backlog_keys) + len(self.backlog_tags) > self.BACKLOG_LIMIT:
+                # Too many to keep: tell every process to empty its L1 instead.
+                self.backlog_keys.clear()
+                self.backlog_tags.clear()
+                self.backlog_overflow = True
+
+    def _send_backlog(self) -> Plan[None]:
+        backend = self.backend
+        assert backend is not None
+        with self.lock:
+            keys, tags = list(self.backlog_keys), list(self.backlog_tags)
+            overflow = self.backlog_overflow
+            self.backlog_keys, self.backlog_tags, self.backlog_overflow = set(), set(), False
+        try:
+            if overflow:
+                yield RedisCall(backend, "publish", backend.channel, backend.message("r"))
+            if keys or tags:
+                yield RunScript(backend, *self._drop_call(keys, tags))
+            self.counts["outage_invalidations_sent"] += len(keys) + len(tags)
+        except REDIS_ERRORS:
+            self.remember(keys, tags)  # try again with the next call
+            if overflow:
+                self.backlog_overflow = True
+            raise
+
+    # -- events from other processes ------------------------------------------------------------
+
+    def _on_event(self, event: list[Any]) -> None:
+        assert self.backend is not None
+        kind, origin = event[0], event[1]
+        if origin == self.backend.origin:
+            return
+        if kind == "f" and len(event) >= 3:
+            # Another process filled or wrote a key: a copy held here is replaced in place (or
+            # dropped, when the value was too large to travel with the event).
+            env = codec.unpack(event[3]) if len(event) >= 4 else None
+            with self.lock:
+                self.epoch += 1  # a fast-path read of this key may have got the older value
+                held = self.l1.held(event[2])
+                if held is not None:
+                    table, old = held
+                    target = Target(table, old.l1_key, old.full_key, old.full_key)
+                    if env is not None:
+                        self.l1.put(table, self._adopt(target, env))
+                    else:
+                        self.l1.drop(event[2])
+        elif kind == "r":
+            self._on_reset()  # another process lost track of its invalidations during an outage
+        elif kind == "i" and len(event) >= 4:
+            keys, tags = list(event[2]), tuple(event[3])
+            self.counts["invalidations_received"] += 1
+            self._drop_local(keys, tags)
+            self.notify(InvalidationEvent(tuple(keys), tags, "remote"))
+
+    BACKLOG_LIMIT = 10_000
+
+    def _on_refused(self, refused: bool) -> None:
+        """Redis refused (or granted again) the event channel: L1 holds nothing meanwhile."""
+        with self.lock:
+            self.l1.accepting = not refused
+            self.epoch += 1
+            self.l1.clear()
+
+    def _on_reset(self, lost: bool = True) -> None:
+        """The event channel dropped or came back (``lost``), or was first made: L1 cannot
+        know what it missed. Loads running through a loss are not kept either; at the first
+        subscription, loads waited for it before reading Redis."""
+        with self.lock:
+            self.epoch += 1
+            self.l1.clear()
+            if lost:
+                for flight in self.flights.values():
+                    flight.invalidated = True
+        if lost:
+            self.counts["l1_flushes"] += 1
+
+    def drop_local(self, keys: Iterable[str]) -> None:
+        """Drop keys from this process only (Redis is dealt with by the caller)."""
+        self._drop_local(list(keys), ())
+
+    def _drop_local(self, keys: list[str], tags: tuple[str, ...]) -> list[str]:
+        with self.lock:
+            self.epoch += 1
+            if tags:
+                keys.extend(k for k in self.l1.tagged(tags) if k not in keys)
+                # And the running loads whose entry will carry one of them (not held yet).
+                wanted = set(tags)
+                keys.extend(
+                    k
+                    for k, f in self.flights.items()
+                    if not wanted.isdisjoint(f.tags) and k not in keys
+                )
+            dropped = []
+            for key in keys:
+                flight = self.flights.pop(key, None)
+                if flight is not None:
+                    flight.invalidated = True
+                if self.l1.drop(key) is not None:
+                    dropped.append(key)
+        return dropped
+
+    def notify(self, event: InvalidationEvent) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not break invalidation
+                log.exception("cachewise: on_invalidate listener %r failed", listener)
+

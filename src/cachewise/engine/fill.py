@@ -1,0 +1,215 @@
+"""The work of one flight: L2 first, then a load (here only, or shared under the lease), and
+the background refresh of a stale entry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import codec
+from .._drivers import (
+    Flight,
+    Invoke,
+    Plan,
+    Spawn,
+)
+from ..core import Entry
+from ..errors import RedisUnavailable
+from ..redis import (
+    REDIS_ERRORS,
+    RedisCall,
+)
+from .values import (
+    _NO_REDIS,
+    _UNREAD,
+    Policy,
+    Target,
+)
+from .writes import Writes
+
+log = logging.getLogger("cachewise")
+
+
+class Fills(Writes):
+    """One flight resolved: L2 first, then a load here or under the lease; refreshes. A layer
+    of ``Engine``."""
+
+    if TYPE_CHECKING:  # defined by the ``lease`` layer, above this one
+
+        def _resolve_shared(
+            self,
+            flight: Flight,
+            target: Target,
+            loader: Callable[[], Any],
+            policy: Policy,
+            refreshing: Entry | None,
+            raw: Any = _UNREAD,
+        ) -> Plan[None]: ...
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _invoke(
+        self,
+        loader: Callable[[], Any],
+        renew: Callable[[], Plan[Any]] | None = None,
+        every: float = 0.0,
+    ) -> Plan[tuple[Any, float]]:
+        started = self.clock()
+        value = yield Invoke(loader, renew, every)
+        return value, self.clock() - started
+
+    def _resolve(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        refreshing: Entry | None = None,
+        raw: Any = _UNREAD,
+    ) -> Plan[None]:
+        """The work of one flight: L2, the lease, the load, the fill. Never raises.
+
+        ``refreshing`` is the entry a background refresh replaces (None for a load); ``raw``
+        what the leader already read from Redis, if it did.
+        """
+        try:
+            flight.tags = self._tags(target)
+            if self.backend is None:
+                yield from self._load_here(flight, target, loader, policy)
+            elif raw is _NO_REDIS:
+                yield from self._load_unshared(flight, target, loader, policy)
+            else:
+                yield from self._resolve_shared(flight, target, loader, policy, refreshing, raw)
+        except BaseException as exc:  # delivered to every caller that joined, never cached
+            if refreshing is not None and not isinstance(exc, asyncio.CancelledError):
+                log.warning("cachewise: background refresh of %s failed: %r", target.full_key, exc)
+            self._fail(
+                flight, target, exc, "load_errors" if refreshing is None else "refresh_errors"
+            )
+
+    def _load_here(
+        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
+    ) -> Plan[None]:
+        """Load and keep the value in this process only (no Redis, or Redis unusable)."""
+        value, took = yield from self._invoke(loader)
+        entry = self._entry(target, policy, value, took, flight.tags)
+        self.counts["loads"] += 1
+        self.load_latency.add(took)
+        self._settle(flight, target, entry, value)
+
+    def _load_unshared(
+        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
+    ) -> Plan[None]:
+        """Redis failed: load in this process (single-flight here still holds), unless the
+        policy is fail-closed."""
+        if policy.fail_closed:
+            raise RedisUnavailable(
+                f"Redis is unavailable and {target.where} is fail-closed: not loading it "
+                "without the shared lease"
+            )
+        self.counts["loads_without_redis"] += 1
+        yield from self._load_here(flight, target, loader, policy)
+
+    def _read_l2(self, target: Target) -> Plan[Any]:
+        """GET the shared entry: its raw bytes, or ``_NO_REDIS`` when Redis failed (counted)."""
+        backend = self.backend
+        assert backend is not None
+        try:
+            if self._setup_due(backend):
+                yield from self._ensure_backend()
+            return (yield RedisCall(backend, "get", target.full_key))
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return _NO_REDIS
+
+    def _use_l2(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        env: codec.Envelope | None,
+        refreshing: Entry | None = None,
+    ) -> Plan[bool]:
+        """Settle the flight from the shared entry if it can serve; True when it did."""
+        backend = self.backend
+        if env is None or backend is None:
+            return False
+        if self._take_fresh(flight, target, env, refreshing):
+            return True
+        if refreshing is None and backend.server_now_ms() < env.stale_until_ms:
+            # Shared and stale: serve it now, refresh under the lease in the background.
+            self.counts["stale_served"] += 1
+            entry = self._adopt(target, env)
+            self._settle(flight, target, entry, env.value)
+            yield from self._refresh(target, loader, policy, entry)
+            return True
+        return False
+
+    def _take_fresh(
+        self, flight: Flight, target: Target, env: codec.Envelope, refreshing: Entry | None = None
+    ) -> bool:
+        """Settle the flight with a fresh shared entry; True when it was fresh."""
+        backend = self.backend
+        assert backend is not None
+        if backend.server_now_ms() >= env.fresh_until_ms:
+            return False
+        # A refresh takes a shared value only if someone already refreshed it: an early
+        # refresh still finds the very entry it is replacing, fresh, in Redis.
+        if refreshing is not None and env.fresh_until_ms <= (
+            self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
+        ):
+            return False
+        self.counts["l2_hits"] += 1
+        self._settle(
+            flight, target, self._adopt(target, env) if self.l1.maxsize else None, env.value
+        )
+        return True
+
+    def _lookup(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        raw: Any = _UNREAD,
+    ) -> Plan[Any]:
+        """The leader's first look at Redis, in its own task: an L1 miss is most often an L2 hit,
+        and a detached task per hit would cost more than the hit. Returns the raw bytes read (the
+        flight is settled if they served) or ``_NO_REDIS``. ``raw``: what the fast path read."""
+        if raw is _UNREAD:
+            try:
+                raw = yield from self._read_l2(target)
+            except BaseException:
+                # The leader was cancelled mid-read: the callers that joined still get a value.
+                yield Spawn(
+                    self._resolve(flight, target, loader, policy), self.keep, background=True
+                )
+                raise
+        if raw is _NO_REDIS:
+            return raw
+        env = yield from self._current(self._decode(raw, key=target.full_key))
+        if env is not None and not self._take_fresh(flight, target, env):
+            yield from self._use_l2(flight, target, loader, policy, env)
+        return raw
+
+    def _refresh(
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        entry: Entry,
+        early: bool = False,
+    ) -> Plan[None]:
+        """Start one background refresh of ``target`` unless one is running."""
+        flight, leader = self._claim(target.full_key)
+        if not leader:
+            return
+        flight.stale = entry
+        self.counts["early_refreshes" if early else "refreshes"] += 1
+        yield Spawn(
+            self._resolve(flight, target, loader, policy, entry), self.keep, background=True
+        )
+

@@ -1,0 +1,223 @@
+"""The shared lease of a load: who loads (ACQUIRE: filled, won, or busy and waited for), the
+load under the lease with its renewal, the fill refused when the lease was lost, and leases
+given back, also when their reply was lost."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._drivers import (
+    TIMED_OUT,
+    Flight,
+    Plan,
+    Sleep,
+    Spawn,
+)
+from ..core import Entry
+from ..redis import (
+    REDIS_ERRORS,
+    AwaitEvent,
+    CircuitOpen,
+    RunScript,
+    text,
+)
+from .fill import Fills
+from .values import (
+    _NO_REDIS,
+    _UNREAD,
+    Policy,
+    Target,
+    _Renewal,
+    _run_calls,
+    _same,
+)
+
+log = logging.getLogger("cachewise")
+
+
+class Leases(Fills):
+    """The shared lease of a load: taken, waited for, renewed, filled under, given back.
+    A layer of ``Engine``."""
+
+    def _resolve_shared(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        refreshing: Entry | None,
+        raw: Any = _UNREAD,
+    ) -> Plan[None]:
+        backend = self.backend
+        assert backend is not None
+        key = target.full_key
+        prefetched = raw is not _UNREAD  # then decoded (and counted) by the leader already
+        if not prefetched:
+            raw = yield from self._read_l2(target)
+        if raw is _NO_REDIS:
+            yield from self._load_unshared(flight, target, loader, policy)
+            return
+        env = self._decode(raw, count=not prefetched, key=key)
+        env = yield from self._current(env, count=not prefetched)
+        if (yield from self._use_l2(flight, target, loader, policy, env, refreshing)):
+            return
+        refresh = refreshing is not None
+        token = secrets.token_hex(8)
+        lease = backend.lease_key(key)
+        lease_ms = int(self.lease_ttl * 1000)
+        mode = "load" if raw is None and not refresh else "refresh"
+        deadline = time.monotonic() + self.lease_wait_timeout
+        listener = backend.listener
+        assert listener is not None
+        while True:
+            # Listen before asking, so a fill that lands in between is not missed.
+            waiter = listener.wait_for(key)
+            try:
+                keys = [key, lease, backend.pending_key(key), *self._tag_keys(flight)]
+                reply = yield RunScript(backend, "acquire", keys, [token, lease_ms, mode, token])
+            except REDIS_ERRORS as exc:
+                listener.forget(key, waiter)
+                self.redis_failed(exc)
+                yield from self._maybe_orphaned(exc, [(lease, token)])
+                yield from self._load_unshared(flight, target, loader, policy)
+                return
+            status, payload = int(reply[0]), reply[1]
+            if status == 1:  # a value is there (it landed meanwhile)
+                listener.forget(key, waiter)
+                env = yield from self._current(self._decode(payload))
+                if env is not None and backend.server_now_ms() < env.fresh_until_ms:
+                    self.counts["l2_hits"] += 1
+                    self._settle(flight, target, self._adopt(target, env), env.value)
+                    return
+                mode = "refresh"
+                continue
+            if status == 2:  # the lease is ours: load, unless someone refreshed just before
+                listener.forget(key, waiter)
+                flight.versions = tuple(text(v) for v in reply[3])
+                env = self._decode(payload, count=False) if payload else None
+                env = yield from self._current(env, count=False)
+                if env is not None and self._take_fresh(flight, target, env, refreshing):
+                    yield from self._give_back(lease, token)
+                    return
+                pending = self._decode(reply[2]) if reply[2] else None
+                if pending is not None:
+                    # A write-behind value the store does not have yet: the store would answer
+                    # with the old one, so the pending value is the load's result.
+                    self.counts["pending_writes_read"] += 1
+                    loader = functools.partial(_same, pending.value)
+                break
+            # Someone else loads: wait to be woken by its fill, or for its lease to run out.
+            self.counts["lease_waits"] += 1
+            remaining = deadline - time.monotonic()
+            timeout = min(int(payload) / 1000 + 0.05, remaining)
+            if not listener.ready.is_set():
+                timeout = min(timeout, 0.05)  # not subscribed yet: look again soon
+            got = yield AwaitEvent(waiter, timeout)
+            listener.forget(key, waiter)
+            env = self._decode(got) if got is not TIMED_OUT else None
+            if env is not None:
+                self.counts["l2_hits"] += 1
+                self._settle(flight, target, self._adopt(target, env), env.value)
+                return
+            if time.monotonic() >= deadline:
+                self.counts["lease_wait_timeouts"] += 1
+                yield from self._load_here(flight, target, loader, policy)
+                return
+            mode = "load"  # the holder may have died: try again
+        yield from self._load_under_lease(flight, target, loader, policy, token)
+
+    def _load_under_lease(
+        self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy, token: str
+    ) -> Plan[None]:
+        backend = self.backend
+        assert backend is not None
+        lease = backend.lease_key(target.full_key)
+        lease_ms = int(self.lease_ttl * 1000)
+        try:
+            value, took = yield from self._invoke(
+                loader,
+                renew=_Renewal(
+                    backend, [("renew", [lease, *self._tag_keys(flight)], [token, lease_ms])]
+                ),
+                every=self.lease_ttl / 3,
+            )
+            entry = self._entry(target, policy, value, took, flight.tags)
+            store = self._store_call(entry, token, target.where, flight.versions)
+        except BaseException:
+            yield from self._give_back(lease, token)
+            raise
+        self.counts["loads"] += 1
+        self.load_latency.add(took)
+        try:
+            stored = yield from self._script(*store)
+            if stored:
+                self.wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
+            stored = stored if store[0] == "store" else 1  # too large to share: kept here
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            stored = 1  # fail open: keep it in this process
+        if not stored:
+            # The lease was taken away (an invalidation or a write happened during the load):
+            # the callers get what they asked for, but it is stored nowhere (no stale set).
+            self.counts["fills_refused"] += 1
+            self._settle(flight, target, None, value)
+            return
+        self._settle(flight, target, entry, value)
+
+    def _release_call(self, lease: str, token: str) -> tuple[str, list[str], list[Any]]:
+        """The RELEASE of a value's lease; it wakes the processes waiting for its fill."""
+        backend = self.backend
+        assert backend is not None
+        key = backend.key_of_lease(lease)
+        return "release", [lease], [token, backend.inbox, backend.message("l", key)]
+
+    def _give_back(self, lease: str, token: str) -> Plan[None]:
+        """Release a lease we hold, so the others need not wait for it to expire."""
+        return self._give_back_all([(lease, token)])
+
+    def _give_back_all(self, leases: list[tuple[str, str]]) -> Plan[None]:
+        """``_give_back`` for the ``(lease, token)`` pairs of a bulk load, in one round trip."""
+        if not leases:
+            return
+        try:
+            yield from _run_calls(self.backend, [self._release_call(*pair) for pair in leases])  # type: ignore[arg-type]
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return
+        self._released(leases)
+
+    def _released(self, leases: list[tuple[str, str]]) -> None:
+        """Leases given back: wake this process' callers waiting on them."""
+        backend = self.backend
+        assert backend is not None
+        self.wake_waiters([backend.key_of_lease(lease) for lease, _ in leases])
+
+    def _maybe_orphaned(self, exc: BaseException, leases: list[tuple[str, str]]) -> Plan[None]:
+        """After a failed ``ACQUIRE``: give its leases back in the background, unless the
+        breaker refused it before anything was sent (no thread or task for nothing)."""
+        if not isinstance(exc, CircuitOpen):
+            yield Spawn(self._give_back_later(leases), self.keep, background=True)
+
+    def _give_back_later(self, leases: list[tuple[str, str]]) -> Plan[None]:
+        """Give back ``(lease, token)`` pairs whose ``ACQUIRE`` lost its reply. A timeout does
+        not say the script did not run: Redis may hold the lease after all, and every process
+        would wait it out for nothing. Tried until Redis answers, for as long as the leases
+        could live. Never raises (it runs detached)."""
+        deadline = time.monotonic() + self.lease_ttl
+        calls = [self._release_call(lease, token) for lease, token in leases]
+        while time.monotonic() < deadline:
+            try:
+                yield from _run_calls(self.backend, calls)  # type: ignore[arg-type]
+                self._released(leases)
+                return
+            except REDIS_ERRORS:
+                yield Sleep(0.05)
+            except Exception as exc:  # a bug must not kill the thread or task silently
+                log.warning("cachewise: giving back leases failed: %r", exc)
+                return
+

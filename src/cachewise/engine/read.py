@@ -1,0 +1,307 @@
+"""The read of one key: L1, then single-flight (lead or join), stale-while-revalidate and early
+refresh; and the lone-caller fast path, one plain GET before the full plan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import codec, core
+from .._drivers import (
+    BLOCKS_LOOP,
+    TIMED_OUT,
+    Flight,
+    Plan,
+    Spawn,
+    Wait,
+    run_async,
+    run_sync,
+)
+from ..core import Decision, Entry
+from ..redis import (
+    Breaker,
+)
+from .lease import Leases
+from .values import (
+    _NO_REDIS,
+    _RETRY,
+    _UNREAD,
+    Policy,
+    Target,
+)
+
+log = logging.getLogger("cachewise")
+
+
+class Reads(Leases):
+    """The read of one key: L1, single-flight, stale-while-revalidate, the fast path.
+    A layer of ``Engine``."""
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def read(
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        prefetched: Any = _UNREAD,
+        started: float | None = None,
+    ) -> Plan[Any]:
+        """Cache-aside read of one key: L1, then single-flight load; SWR and early refresh.
+
+        ``prefetched``: what the lone-caller fast path got from Redis (raw bytes or
+        ``_NO_REDIS``), used if this caller leads the load instead of reading again; that
+        path's ``started`` time, so that ``miss_latency`` counts its GET.
+        """
+        if started is None:
+            started = self.clock()
+        while True:
+            entry = target.table.get(target.l1_key) or self._being_refreshed(target.full_key)
+            now = self.clock()
+            decision = core.decide(
+                entry,
+                now,
+                loading=target.full_key in self.flights,
+                beta=self.beta,
+                draw=1.0 - random.random(),
+            )
+            if entry is not None and decision is Decision.SERVE:
+                entry.hits += 1
+                return entry.value
+            if entry is not None and decision is Decision.SERVE_STALE:
+                self.counts["stale_served"] += 1
+                return entry.value
+            if entry is not None and decision is Decision.REFRESH:
+                if now >= entry.fresh_until:
+                    self.counts["stale_served"] += 1
+                else:
+                    entry.hits += 1
+                yield from self._refresh(
+                    target, loader, policy, entry, early=now < entry.fresh_until
+                )
+                return entry.value
+            pinned = self.pinned.get(target.full_key)
+            if pinned is not None:
+                yield from self.set(target, pinned[1], policy)
+                return pinned[1]
+            flight, leader = self._claim(target.full_key, join_probe=True)
+            if leader:
+                # Second look: a load may have landed between our read and the claim.
+                entry = target.table.get(target.l1_key)
+                if core.is_fresh(entry, self.clock()):
+                    assert entry is not None
+                    self._settle(flight, target, None, entry.value)
+                    entry.hits += 1
+                    return entry.value
+                self.counts["misses"] += 1
+                value = yield from self._lead(flight, target, loader, policy, prefetched)
+            else:
+                self.counts["misses"] += 1
+                self.counts["coalesced_waits"] += 1
+                value = yield Wait(flight, self.wait_timeout)
+                if value is _RETRY:  # the fast-path GET this flight waited for was abandoned
+                    continue
+                if value is BLOCKS_LOOP:
+                    value = yield from self._load_beside_loop(target.full_key, loader)
+                elif value is TIMED_OUT:
+                    # The shared load outlived wait_timeout: load without it.
+                    self.counts["wait_timeouts"] += 1
+                    alone = Flight()
+                    yield Spawn(self._resolve(alone, target, loader, policy), self.keep)
+                    value = yield Wait(alone, None)
+            self.miss_latency.add(self.clock() - started)
+            return value
+
+    def _being_refreshed(self, key: str) -> Entry | None:
+        """The entry a running refresh of ``key`` replaces, unless an invalidation or a write
+        happened since: with L1 off it is the only copy a caller can be served while the
+        refresh runs (stale-while-revalidate in every configuration)."""
+        flight = self.flights.get(key)
+        if flight is None or flight.invalidated:
+            return None
+        stale: Entry | None = flight.stale
+        return stale
+
+    def _load_beside_loop(self, key: str, loader: Callable[[], Any]) -> Plan[Any]:
+        """Sync code on an event loop's thread found ``key`` being loaded by a task of that loop:
+        waiting would block the loop, and the load with it, for ever. It loads the value itself
+        and keeps it nowhere (the task's load fills the cache), and says why once a minute."""
+        self.counts["sync_loads_on_loop"] += 1
+        self._log_once(
+            key,
+            "a sync call on an event loop's thread found %s being loaded by a task of that "
+            "loop; waiting would block that load, so it loaded the value itself. Call the "
+            "async API (aget_or_load, an async def function) from async code.",
+            key,
+        )
+        value, took = yield from self._invoke(loader)
+        self.counts["loads"] += 1
+        self.load_latency.add(took)
+        return value
+
+    def _lead(
+        self,
+        flight: Flight,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        prefetched: Any = _UNREAD,
+    ) -> Plan[Any]:
+        """Resolve the flight this caller leads: Redis first, then the load."""
+        raw = _UNREAD
+        if self.backend is not None:
+            raw = yield from self._lookup(flight, target, loader, policy, prefetched)
+        if not flight.done():  # not served by Redis: load (in its own task if async)
+            yield Spawn(self._resolve(flight, target, loader, policy, None, raw), self.keep)
+        return flight.result() if flight.done() else (yield Wait(flight, None))
+
+    # -- the lone-caller fast path --------------------------------------------------------------
+    # A read that finds nothing in L1 and no flight for its key is most often a shared-tier hit.
+    # The full plan (claim a flight, step the generator through a driver, settle the flight)
+    # costs a fifth of the GET itself, so such a read first tries one plain GET: it is served
+    # if that finds a fresh entry, and otherwise handed to ``read`` with what was found (so the
+    # leader does not read again). Callers of the key arriving during that GET start a flight
+    # and wait: the GET's caller settles it with what it found, or leads its load. A herd on a
+    # cold key costs one GET, as with the full path.
+
+    def ticket(self, target: Target) -> int:
+        """The epoch, when a read of ``target`` may try the fast path (the key is then marked
+        as probed until ``_unprobe``); -1 when it may not."""
+        key = target.full_key
+        if (
+            target.l1_key in target.table
+            or key in self.flights
+            or key in self.probing
+            or key in self.pinned
+        ):
+            return -1
+        epoch = self._lone()
+        if epoch >= 0:
+            # The loop of the GET's caller, if any, which the flight it settles depends on.
+            self.probing.setdefault(key, asyncio._get_running_loop())
+        return epoch
+
+    def _unprobe(self, key: str, abandoned: bool = False) -> Flight | None:
+        """End the fast-path GET of ``key``: the flight started meanwhile, which this caller
+        now settles or leads. ``abandoned`` (the GET raised): that flight's callers start over.
+        """
+        with self.lock:
+            probe = self.probing.pop(key, None)
+            flight = probe if isinstance(probe, Flight) else None
+            if flight is not None and abandoned:
+                if self.flights.get(key) is flight:
+                    del self.flights[key]
+                flight.set_result(_RETRY)
+                return None
+            return flight
+
+    def _lone(self) -> int:
+        """The epoch, when Redis may be read without a plan (set up, breaker closed, nothing
+        left to send); -1 when it may not."""
+        backend = self.backend
+        if (
+            backend is None
+            or backend.breaker.state is not Breaker.CLOSED
+            or backend.listener is None
+            or not backend.listener.heard
+            or backend.clock_due()
+            or self.backlog_due()
+        ):
+            return -1
+        return self.epoch
+
+    def lone_read(
+        self,
+        target: Target,
+        outcome: tuple[Any, BaseException | None],
+        ticket: int,
+        started: float,
+    ) -> tuple[bool, Any, Flight | None]:
+        """End the fast path's GET: ``(True, value, _)`` when it found a fresh entry (the
+        flight callers joined meanwhile is settled with it); otherwise ``(False, what to hand
+        to read, that flight)``: the raw bytes, or ``_NO_REDIS`` if Redis failed."""
+        joined = self._unprobe(target.full_key)
+        raw, error = outcome
+        if error is not None:
+            self.redis_failed(error)
+            return False, _NO_REDIS, joined
+        body = codec.body(raw) if raw is not None else None
+        offset = self.backend.offset_ms  # type: ignore[union-attr]
+        assert offset is not None
+        # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
+        if (
+            body is None
+            or time.monotonic() * 1000 + offset >= body[codec.FRESH]
+            or body[codec.TAGS]
+        ):
+            # Absent, undecodable (``read`` counts it), stale, or tagged: the full path checks
+            # its tags' versions.
+            return False, raw, joined
+        self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
+        self.miss_latency.add(self.clock() - started)
+        value = body[codec.VALUE]
+        entry = self._adopt(target, codec.envelope(body)) if self.l1.maxsize else None
+        # Kept in L1 only if no invalidation or write happened since the ticket: the bytes may
+        # be the older value.
+        if joined is not None:
+            self._settle(joined, target, entry, value, ticket)
+        elif entry is not None:
+            with self.lock:
+                if self.epoch == ticket and target.full_key not in self.flights:
+                    self.l1.put(target.table, entry)
+        return True, value, joined
+
+    def _after_probe(
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        got: Any,
+        joined: Flight | None,
+        started: float,
+    ) -> Plan[Any]:
+        """The full path, for a fast-path GET that did not serve: leading the flight callers
+        started meanwhile, if they did."""
+        if joined is None:
+            return (yield from self.read(target, loader, policy, got, started))
+        self.counts["misses"] += 1
+        value = yield from self._lead(joined, target, loader, policy, got)
+        self.miss_latency.add(self.clock() - started)
+        return value
+
+    def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
+        """``read`` carried out in this thread, after the fast path's GET where it applies."""
+        ticket = self.ticket(target)
+        if ticket < 0:
+            return run_sync(self.read(target, loader, policy))
+        started = self.clock()
+        try:
+            fetched = self.backend.fetch_sync(target.full_key)  # type: ignore[union-attr]
+        except BaseException:
+            self._unprobe(target.full_key, abandoned=True)
+            raise
+        done, got, joined = self.lone_read(target, fetched, ticket, started)
+        if done:
+            return got
+        return run_sync(self._after_probe(target, loader, policy, got, joined, started))
+
+    async def read_async(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
+        """``read`` carried out on the running loop, after the fast path's GET where it applies."""
+        ticket = self.ticket(target)
+        if ticket < 0:
+            return await run_async(self.read(target, loader, policy))
+        started = self.clock()
+        try:
+            fetched = await self.backend.fetch_async(target.full_key)  # type: ignore[union-attr]
+        except BaseException:
+            self._unprobe(target.full_key, abandoned=True)
+            raise
+        done, got, joined = self.lone_read(target, fetched, ticket, started)
+        if done:
+            return got
+        return await run_async(self._after_probe(target, loader, policy, got, joined, started))
+

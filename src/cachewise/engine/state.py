@@ -1,0 +1,362 @@
+"""The in-process state of one ``Cache`` (L1, flights, counters, the Redis tier) and the small
+helpers every part of the engine uses: flights claimed and settled, entries made, packed,
+adopted from Redis and checked against their tags' versions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import codec, core
+from .._drivers import (
+    Flight,
+    Plan,
+)
+from .._l1 import L1, Table
+from ..core import Entry
+from ..errors import ConfigTypeError, describe
+from ..keys import explicit as explicit_key
+from ..redis import (
+    REDIS_ERRORS,
+    CircuitOpen,
+    RedisBackend,
+    RedisCall,
+    RunScript,
+    text,
+)
+from .values import (
+    EVENT_VALUE_LIMIT,
+    InvalidationEvent,
+    Policy,
+    StoreCall,
+    Target,
+    _Latency,
+)
+
+log = logging.getLogger("cachewise")
+
+
+_ENGINES: weakref.WeakSet[EngineState] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for engine in list(_ENGINES):
+        engine.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class EngineState:
+    """The fields of an ``Engine`` and the helpers below every layer of it."""
+
+    if TYPE_CHECKING:  # defined by the ``coherence`` layer, wired to the breaker here
+
+        def _on_reset(self, lost: bool = True) -> None: ...
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        l1_maxsize: int,
+        clock: Callable[[], float],
+        ttl_jitter: float,
+        early_refresh_beta: float,
+        wait_timeout: float | None,
+        backend: RedisBackend | None = None,
+        queue_backend: RedisBackend | None = None,
+        lease_ttl: float = 2.0,
+        lease_wait_timeout: float = 10.0,
+        max_value_bytes: int = 1_000_000,
+    ) -> None:
+        self.namespace = namespace
+        self.prefix = f"{namespace}:" if namespace else ""
+        self.clock = clock
+        self.jitter = ttl_jitter
+        self.beta = early_refresh_beta
+        self.wait_timeout = wait_timeout
+        self.backend = backend
+        #: The Redis of write-behind queues, when not the cache's own (``write_behind_redis``).
+        self.queue_backend = queue_backend
+        self.lease_ttl = lease_ttl
+        self.lease_wait_timeout = lease_wait_timeout
+        self.l1 = L1(l1_maxsize)
+        self.explicit: Table = {}  # the L1 table of keys used with get/set/get_or_load
+        self.lock = threading.Lock()
+        self.flights: dict[str, Flight] = {}
+        self.counts: Counter[str] = Counter()
+        self.load_latency = _Latency()
+        self.miss_latency = _Latency()
+        self.listeners: list[Callable[[InvalidationEvent], None]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        #: Values written behind and not yet in the store: served on a miss, so a read never
+        #: falls back to the store's old value while the write is queued.
+        self.pinned: dict[str, tuple[Target, Any, Policy]] = {}
+        self._last_redis_log = 0.0
+        self._logged: dict[str, float] = {}
+        self.max_value_bytes = max_value_bytes
+        #: Invalidations (and writes, which invalidate) that could not reach Redis: sent when it
+        #: answers again, so other processes and L2 do not keep what this process dropped.
+        self.backlog_keys: set[str] = set()
+        self.backlog_tags: set[str] = set()
+        self.backlog_overflow = False
+        #: Bumped (under ``self.lock``) by every change a read racing it must not undo: the
+        #: lone-caller fast path keeps what it read in L1 only if the epoch did not move.
+        self.epoch = 0
+        self.lone_hits = 0
+        #: Keys whose fast-path GET is under way: the flight callers started meanwhile, or the
+        #: loop of the GET's caller (None: a thread) until one does.
+        self.probing: dict[str, Flight | asyncio.AbstractEventLoop | None] = {}
+        if backend is not None:
+            backend.breaker.on_recover = self._on_reset  # L1 missed events while Redis was away
+        _ENGINES.add(self)
+
+    # -- small helpers --------------------------------------------------------------------------
+
+    def explicit_target(self, key: str) -> Target:
+        return Target(self.explicit, key, self.prefix + explicit_key(key), key)
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a strong reference to a task the engine started until it ends."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: empty L1, forget the parent's flights, locks, tasks, connections."""
+        self.lock = threading.Lock()
+        self.flights = {}
+        self.probing = {}
+        self.tasks = set()
+        self.l1.clear()
+        self.l1.accepting = True  # the child's own listener says whether it may hold anything
+        if self.backend is not None:
+            self.backend.reset_after_fork()
+
+    def _claim(self, key: str, join_probe: bool = False) -> tuple[Flight, bool]:
+        """The key's flight, and whether this caller leads it. With ``join_probe``, a flight
+        started while a fast-path GET of the key is under way is left to that GET's caller,
+        which settles it or leads its load (see ``ticket``)."""
+        with self.lock:
+            flight = self.flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self.flights[key] = Flight()
+            if join_probe and key in self.probing:
+                probe = self.probing[key]
+                if not isinstance(probe, Flight):  # the GET's caller will settle this flight
+                    flight.loop = probe
+                    self.probing[key] = flight
+                    return flight, False
+            # Settled by this caller: on its loop's thread, in a task of that loop if it has one.
+            flight.loop = asyncio._get_running_loop()
+            return flight, True
+
+    def _settle(
+        self, flight: Flight, target: Target, entry: Entry | None, value: Any, epoch: int = -1
+    ) -> None:
+        """Store ``entry`` in L1 unless the flight was invalidated (or, given an ``epoch``,
+        anything changed since), end the flight, wake waiters."""
+        with self.lock:
+            if entry is not None and not flight.invalidated and epoch in (-1, self.epoch):
+                self.l1.put(target.table, entry)
+            if self.flights.get(target.full_key) is flight:
+                del self.flights[target.full_key]
+        if not flight.done():
+            flight.set_result(value)
+
+    def _fail(
+        self, flight: Flight, target: Target, exc: BaseException, counter: str = "load_errors"
+    ) -> None:
+        with self.lock:
+            if self.flights.get(target.full_key) is flight:
+                del self.flights[target.full_key]
+        self.counts[counter] += 1
+        if not flight.done():
+            flight.set_exception(exc)
+
+    def redis_failed(self, exc: BaseException) -> None:
+        """Count a Redis error and log it (at most once a second): it never reaches callers."""
+        if isinstance(exc, CircuitOpen):
+            return  # counted by the breaker; its opening was logged
+        self.counts["redis_errors"] += 1
+        now = time.monotonic()
+        if now - self._last_redis_log > 1.0:
+            self._last_redis_log = now
+            log.warning("cachewise: Redis call failed, serving without it: %s", describe(exc))
+
+    # -- entries --------------------------------------------------------------------------------
+
+    def _tag_keys(self, flight: Flight) -> list[str]:
+        """The Redis indexes of the tags a flight's entry will carry."""
+        backend = self.backend
+        assert backend is not None
+        return [backend.tag_key(tag) for tag in flight.tags]
+
+    def _tags(self, target: Target) -> tuple[str, ...]:
+        if target.tags is None:
+            return ()
+        tags = tuple(target.tags())
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise ConfigTypeError(
+                    f"tags= of {target.where} must return strings, got {type(tag).__name__}"
+                )
+        return tags
+
+    def _entry(
+        self, target: Target, policy: Policy, value: Any, load_time: float, tags: tuple[str, ...]
+    ) -> Entry:
+        return core.make_entry(
+            value,
+            now=self.clock(),
+            ttl=policy.ttl,
+            stale_ttl=policy.stale_ttl,
+            load_time=load_time,
+            jitter=self.jitter,
+            jitter_draw=random.random(),
+            beta=self.beta,
+            full_key=target.full_key,
+            l1_key=target.l1_key,
+            tags=tags,
+        )
+
+    def _envelope(self, entry: Entry, versions: tuple[str, ...] = ()) -> codec.Envelope:
+        """The shared form of a local entry: its deadlines moved onto the Redis server's clock,
+        with the versions its tags had when it was made."""
+        assert self.backend is not None
+        shift = self.backend.server_now_ms() - self.clock() * 1000
+        return codec.Envelope(
+            entry.value,
+            fresh_until_ms=int(entry.fresh_until * 1000 + shift),
+            stale_until_ms=int(entry.stale_until * 1000 + shift),
+            load_time_ms=int(entry.load_time * 1000),
+            tags=entry.tags,
+            versions=versions,
+        )
+
+    def _server_ms(self, local_time: float) -> float:
+        """A time of the engine's clock, on the Redis server's clock."""
+        assert self.backend is not None
+        return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
+
+    def _store_call(
+        self, entry: Entry, token: str, where: str, versions: tuple[str, ...] = ()
+    ) -> StoreCall:
+        """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally),
+        recording ``versions`` of its tags (refused by Redis if one moved since).
+
+        Packs the value first, so a value msgpack refuses raises before anything is stored.
+        """
+        backend = self.backend
+        assert backend is not None
+        if len(versions) != len(entry.tags):
+            raise AssertionError(f"{len(entry.tags)} tags but {len(versions)} versions")
+        env = self._envelope(entry, versions)
+        packed = codec.pack(env, where)
+        key = entry.full_key
+        if len(packed) > self.max_value_bytes:
+            # Too large to share: kept in this process only, and no older copy stays shared.
+            self.counts["oversize_values"] += 1
+            self._log_once(
+                key, "value of %s is %d bytes (max_value_bytes=%d): not stored in Redis",
+                key, len(packed), self.max_value_bytes,
+            )  # fmt: skip
+            return self._drop_call([key])
+        keys = [key, backend.lease_key(key), *(backend.tag_key(t) for t in entry.tags)]
+        # Other processes replace their copy from the event; past a size, they drop it instead
+        # (and read Redis if they need it), so large values do not flood every subscriber.
+        event = (
+            backend.message("f", key, packed)
+            if len(packed) <= EVENT_VALUE_LIMIT
+            else backend.message("f", key)
+        )
+        args = [token, packed, env.stale_until_ms, backend.inbox, event, *versions]
+        return "store", keys, args
+
+    def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:
+        """The INVALIDATE script call for full keys and tags."""
+        backend = self.backend
+        assert backend is not None
+        tags = tags or []
+        message = backend.message("i", keys, tags)
+        names = [*keys, *(backend.tag_key(tag) for tag in tags)]
+        return "invalidate", names, [backend.namespace, backend.inbox, message, len(keys)]
+
+    def _log_once(self, key: str, message: str, *args: Any) -> None:
+        """Log a warning about ``key`` at most once a minute (bounded memory)."""
+        now = time.monotonic()
+        if now - self._logged.get(key, -60.0) < 60.0:
+            return
+        if len(self._logged) > 1000:
+            self._logged.clear()
+        self._logged[key] = now
+        log.warning("cachewise: " + message, *args)
+
+    def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
+        """The local entry of a shared one: it never outlives the Redis key it came from."""
+        assert self.backend is not None
+        shift = self.clock() * 1000 - self.backend.server_now_ms() - self.backend.uncertainty_ms
+        fresh_until = (env.fresh_until_ms + shift) / 1000
+        load_time = env.load_time_ms / 1000
+        return Entry(
+            env.value,
+            fresh_until=fresh_until,
+            stale_until=(env.stale_until_ms + shift) / 1000,
+            early_at=core.early_window(self.clock(), fresh_until, load_time, self.beta),
+            load_time=load_time,
+            full_key=target.full_key,
+            l1_key=target.l1_key,
+            tags=env.tags,
+        )
+
+    def _decode(self, raw: Any, count: bool = True, key: str = "") -> codec.Envelope | None:
+        env = codec.unpack(raw)
+        if count and raw is not None and env is None:
+            self.counts["decode_errors"] += 1  # a miss; the next fill overwrites it
+            self._log_once(
+                key, "undecodable entry %s in Redis (a miss; the next load overwrites it)",
+                key or "(unnamed)",
+            )  # fmt: skip
+        return env
+
+    def _current(
+        self, env: codec.Envelope | None, count: bool = True
+    ) -> Plan[codec.Envelope | None]:
+        """``env`` if each of its tags still has the version the entry recorded, else None (a
+        miss, counted): tag state invalidated, evicted, deleted or flushed never leaves a
+        tagged entry servable. One MGET for a tagged entry; none for an untagged one. Redis
+        failing here is a miss too."""
+        if env is None or not env.tags:
+            return env
+        backend = self.backend
+        assert backend is not None
+        try:
+            now = yield RedisCall(backend, "mget", [backend.tag_key(tag) for tag in env.tags])
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return None
+        if [None if v is None else text(v) for v in now] == list(env.versions):
+            return env
+        if count:
+            self.counts["tag_misses"] += 1
+        return None
+
+    def _tag_versions(self, tags: tuple[str, ...]) -> Plan[tuple[str, ...]]:
+        """The current versions of ``tags`` (made where a tag has none), for a write."""
+        backend = self.backend
+        assert backend is not None
+        keys = [backend.tag_key(tag) for tag in tags]
+        ms = int(self.lease_ttl * 1000)
+        got = yield RunScript(backend, "tag_versions", keys, [secrets.token_hex(8), ms])
+        return tuple(text(v) for v in got)
+

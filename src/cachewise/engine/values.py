@@ -1,0 +1,131 @@
+"""The values the engine works with: targets, policies, events, script calls, and the lease
+renewal of a load."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .._drivers import (
+    Plan,
+)
+from .._l1 import Table
+from ..redis import (
+    RedisBackend,
+    RunPipeline,
+    RunScript,
+)
+
+log = logging.getLogger("cachewise")
+
+#: A script call: its name in ``redis.scripts``, its keys, its arguments.
+StoreCall = tuple[str, list[str], list[Any]]
+
+#: Values up to this size travel with their fill event; larger ones are read from Redis.
+EVENT_VALUE_LIMIT = 64 * 1024
+
+_UNREAD: Any = object()  # Redis not read yet
+_NO_REDIS: Any = object()  # Redis failed: go on without it
+_RETRY: Any = object()  # a flight's result telling its callers to start over
+
+
+@dataclass(frozen=True)
+class InvalidationEvent:
+    """What ``on_invalidate`` listeners receive: which full keys and tags were dropped, and where
+    the invalidation came from (``"local"``, or ``"remote"`` for another process)."""
+
+    keys: tuple[str, ...]
+    tags: tuple[str, ...]
+    origin: Literal["local", "remote"] = "local"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How entries of one function or one call live."""
+
+    ttl: float
+    stale_ttl: float = 0.0
+    #: Raise ``RedisUnavailable`` rather than load without the shared lease when Redis fails.
+    fail_closed: bool = False
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one entry lives: its L1 table and key, its full (namespaced) key, its tags."""
+
+    table: Table
+    l1_key: Hashable
+    full_key: str
+    where: str
+    tags: Callable[[], Iterable[str]] | None = None
+
+
+class _Latency:
+    """A bounded reservoir of recent durations, summarised as percentiles."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def summary(self) -> dict[str, float]:
+        data = sorted(self._samples)
+        if not data:
+            return {"count": 0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
+
+        def pct(p: float) -> float:
+            return data[min(len(data) - 1, int(p * len(data)))]
+
+        return {"count": len(data), "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99)}
+
+
+class _Renewal:
+    """The lease renewal of one load (RENEW script calls), run every third of the lease's life
+    while the load runs. The sync loads of a process renew from one thread, which merges the
+    renewals of one Redis that are due together into one pipeline."""
+
+    __slots__ = ("backend", "calls")
+
+    def __init__(self, backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]):
+        self.backend = backend
+        self.calls = calls
+
+    @property
+    def group(self) -> RedisBackend:
+        return self.backend
+
+    def __call__(self) -> Plan[Any]:
+        return self.merged([self])
+
+    def merged(self, renewals: list[_Renewal]) -> Plan[Any]:
+        return _run_calls(self.backend, [call for renewal in renewals for call in renewal.calls])
+
+
+def _run_calls(backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]) -> Plan[Any]:
+    """Script calls in one round trip: one ``EVALSHA``, or a pipeline of them."""
+    if len(calls) == 1:
+        return (yield RunScript(backend, *calls[0]))
+    return (yield RunPipeline(backend, calls))
+
+
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _one_of(load_many: Callable[[list[str]], Any], key: str) -> Any:
+    """Load one key through a bulk loader (a key whose lease another process held)."""
+    result = load_many([key])
+    if inspect.isawaitable(result):
+        return _one_of_async(result, key)
+    return result[key]
+
+
+async def _one_of_async(result: Any, key: str) -> Any:
+    return (await result)[key]

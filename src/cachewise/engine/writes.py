@@ -1,0 +1,123 @@
+"""Writes and invalidation: ``set`` (a write wins over a running load), pins of written-behind
+values, and invalidation by key and by tag, here and everywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .._drivers import (
+    Plan,
+)
+from ..redis import (
+    REDIS_ERRORS,
+)
+from .coherence import Coherence
+from .values import (
+    InvalidationEvent,
+    Policy,
+    StoreCall,
+    Target,
+)
+
+log = logging.getLogger("cachewise")
+
+
+class Writes(Coherence):
+    """Writes that win over running loads, pins of written-behind values, invalidation.
+    A layer of ``Engine``."""
+
+    # -- writes and invalidation ----------------------------------------------------------------
+
+    def set(
+        self,
+        target: Target,
+        value: Any,
+        policy: Policy,
+        enqueue: Callable[[StoreCall], Plan[Any]] | None = None,
+    ) -> Plan[Any]:
+        """Store ``value``; a load of this key that is running now will not overwrite it.
+
+        ``enqueue`` (a durable write-behind) turns the store into the script that also queues
+        the write; it runs before anything changes here, and if Redis fails, the error is raised
+        (a write that was not queued must not look done). Returns the script's reply.
+        """
+        tags = self._tags(target)
+        entry = self._entry(target, policy, value, 0.0, tags)
+        backend = self.backend
+        store = None
+        reply = None
+        if backend is not None:
+            try:
+                yield from self._ensure_backend()
+            except REDIS_ERRORS as exc:
+                if enqueue is not None:
+                    raise
+                self.redis_failed(exc)
+            if backend.offset_ms is not None:  # packed before anything is stored
+                versions: tuple[str, ...] = ()
+                if tags:
+                    try:
+                        versions = yield from self._tag_versions(tags)
+                    except REDIS_ERRORS as exc:
+                        if enqueue is not None:
+                            raise
+                        self.redis_failed(exc)
+                        versions = ("",) * len(tags)  # refused by Redis if it answers again
+                store = self._store_call(entry, "", target.where, versions)
+        if enqueue is not None:
+            assert store is not None
+            reply = yield from enqueue(store)
+            self.wake_waiters([target.full_key], store[2][1])
+            store = None
+        with self.lock:
+            self.epoch += 1
+            flight = self.flights.pop(target.full_key, None)
+            if flight is not None:
+                flight.invalidated = True
+            self.l1.put(target.table, entry)
+        self.counts["sets"] += 1
+        if store is not None:
+            try:
+                stored = yield from self._script(*store)
+                fill = store[2][1] if store[0] == "store" and stored else None
+                self.wake_waiters([target.full_key], fill)
+            except REDIS_ERRORS as exc:
+                self.redis_failed(exc)
+                self.remember([target.full_key])  # L2 and other L1s may hold an older value
+        elif backend is not None and enqueue is None:
+            self.remember([target.full_key])
+        return reply
+
+    def pin(self, target: Target, value: Any, policy: Policy) -> None:
+        self.pinned[target.full_key] = (target, value, policy)
+
+    def unpin(self, full_key: str) -> None:
+        self.pinned.pop(full_key, None)
+
+    def invalidate(self, full_keys: Iterable[str], tags: Iterable[str] = ()) -> Plan[int]:
+        """Drop entries by full key and by tag everywhere, stop running loads from storing."""
+        keys = list(dict.fromkeys(full_keys))
+        tags = tuple(tags)
+        dropped = self._drop_local(keys, tags)
+        self.counts["invalidations"] += len(keys)
+        backend = self.backend
+        if backend is not None:
+            try:
+                yield from self._ensure_backend()
+                extra = yield from self._script(*self._drop_call(list(keys), list(tags)))
+                keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
+                self.wake_waiters(keys)  # their leases are gone: load instead of waiting
+            except REDIS_ERRORS as exc:
+                self.redis_failed(exc)
+                self.remember(keys, tags)
+        self.notify(InvalidationEvent(tuple(dict.fromkeys(keys)), tags, "local"))
+        return len(dropped)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        if self.queue_backend is not None:
+            self.queue_backend.close()
+
