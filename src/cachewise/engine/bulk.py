@@ -108,7 +108,7 @@ class Bulk(Reads):
             renew = None
             if backend is not None and tokens:
                 leases = {
-                    key: (backend.lease_key(targets[key].full_key), tokens[key])
+                    key: (backend.keys.lease(targets[key].full_key), tokens[key])
                     for key in keys
                     if key in tokens
                 }
@@ -162,8 +162,8 @@ class Bulk(Reads):
                 "acquire",
                 [
                     t.full_key,
-                    backend.lease_key(t.full_key),
-                    backend.pending_key(t.full_key),
+                    backend.keys.lease(t.full_key),
+                    backend.keys.pending(t.full_key),
                     *self._tag_keys(flights[k]),
                 ],
                 [tokens[k], lease_ms, "load", tokens[k]],
@@ -175,7 +175,7 @@ class Bulk(Reads):
             replies = yield RunPipeline(backend, calls)
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
-            taken = [(backend.lease_key(targets[k].full_key), tokens[k]) for k in flights]
+            taken = [(backend.keys.lease(targets[k].full_key), tokens[k]) for k in flights]
             yield from self._maybe_orphaned(exc, taken)
             if policy.fail_closed:
                 raise RedisUnavailable(

@@ -104,7 +104,7 @@ class Coherence(EngineState):
             self.backlog_keys, self.backlog_tags, self.backlog_overflow = set(), set(), False
         try:
             if overflow:
-                yield RedisCall(backend, "publish", backend.channel, backend.message("r"))
+                yield RedisCall(backend, "publish", backend.keys.channel, backend.message("r"))
             if keys or tags:
                 yield RunScript(backend, *self._drop_call(keys, tags))
             self.counts["outage_invalidations_sent"] += len(keys) + len(tags)

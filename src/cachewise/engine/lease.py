@@ -68,7 +68,7 @@ class Leases(Fills):
             return
         refresh = refreshing is not None
         token = secrets.token_hex(8)
-        lease = backend.lease_key(key)
+        lease = backend.keys.lease(key)
         lease_ms = int(self.lease_ttl * 1000)
         mode = "load" if raw is None and not refresh else "refresh"
         deadline = time.monotonic() + self.lease_wait_timeout
@@ -78,7 +78,7 @@ class Leases(Fills):
             # Listen before asking, so a fill that lands in between is not missed.
             waiter = listener.wait_for(key)
             try:
-                keys = [key, lease, backend.pending_key(key), *self._tag_keys(flight)]
+                keys = [key, lease, backend.keys.pending(key), *self._tag_keys(flight)]
                 reply = yield RunScript(backend, "acquire", keys, [token, lease_ms, mode, token])
             except REDIS_ERRORS as exc:
                 listener.forget(key, waiter)
@@ -136,7 +136,7 @@ class Leases(Fills):
     ) -> Plan[None]:
         backend = self.backend
         assert backend is not None
-        lease = backend.lease_key(target.full_key)
+        lease = backend.keys.lease(target.full_key)
         lease_ms = int(self.lease_ttl * 1000)
         try:
             value, took = yield from self._invoke(
@@ -173,7 +173,7 @@ class Leases(Fills):
         """The RELEASE of a value's lease; it wakes the processes waiting for its fill."""
         backend = self.backend
         assert backend is not None
-        key = backend.key_of_lease(lease)
+        key = backend.keys.key_of_lease(lease)
         return "release", [lease], [token, backend.inbox, backend.message("l", key)]
 
     def _give_back(self, lease: str, token: str) -> Plan[None]:
@@ -195,7 +195,7 @@ class Leases(Fills):
         """Leases given back: wake this process' callers waiting on them."""
         backend = self.backend
         assert backend is not None
-        self.wake_waiters([backend.key_of_lease(lease) for lease, _ in leases])
+        self.wake_waiters([backend.keys.key_of_lease(lease) for lease, _ in leases])
 
     def _maybe_orphaned(self, exc: BaseException, leases: list[tuple[str, str]]) -> Plan[None]:
         """After a failed ``ACQUIRE``: give its leases back in the background, unless the

@@ -33,6 +33,7 @@ from ..redis import (
     RunScript,
     text,
 )
+from ..redis.keyspace import KeySpace
 from .values import (
     EVENT_VALUE_LIMIT,
     InvalidationEvent,
@@ -80,7 +81,7 @@ class EngineState:
         max_value_bytes: int = 1_000_000,
     ) -> None:
         self.namespace = namespace
-        self.prefix = f"{namespace}:" if namespace else ""
+        self.prefix = KeySpace(namespace).prefix
         self.clock = clock
         self.jitter = ttl_jitter
         self.beta = early_refresh_beta
@@ -200,7 +201,7 @@ class EngineState:
         """The Redis indexes of the tags a flight's entry will carry."""
         backend = self.backend
         assert backend is not None
-        return [backend.tag_key(tag) for tag in flight.tags]
+        return [backend.keys.tag(tag) for tag in flight.tags]
 
     def _tags(self, target: Target) -> tuple[str, ...]:
         if target.tags is None:
@@ -272,7 +273,7 @@ class EngineState:
                 key, len(packed), self.max_value_bytes,
             )  # fmt: skip
             return self._drop_call([key])
-        keys = [key, backend.lease_key(key), *(backend.tag_key(t) for t in entry.tags)]
+        keys = [key, backend.keys.lease(key), *(backend.keys.tag(t) for t in entry.tags)]
         # Other processes replace their copy from the event; past a size, they drop it instead
         # (and read Redis if they need it), so large values do not flood every subscriber.
         event = (
@@ -289,8 +290,9 @@ class EngineState:
         assert backend is not None
         tags = tags or []
         message = backend.message("i", keys, tags)
-        names = [*keys, *(backend.tag_key(tag) for tag in tags)]
-        return "invalidate", names, [backend.namespace, backend.inbox, message, len(keys)]
+        space = backend.keys
+        names = [*keys, *(space.lease(k) for k in keys), *(space.tag(tag) for tag in tags)]
+        return "invalidate", names, [backend.inbox, message]
 
     def _log_once(self, key: str, message: str, *args: Any) -> None:
         """Log a warning about ``key`` at most once a minute (bounded memory)."""
@@ -341,7 +343,7 @@ class EngineState:
         backend = self.backend
         assert backend is not None
         try:
-            now = yield RedisCall(backend, "mget", [backend.tag_key(tag) for tag in env.tags])
+            now = yield RedisCall(backend, "mget", [backend.keys.tag(tag) for tag in env.tags])
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return None
@@ -355,7 +357,7 @@ class EngineState:
         """The current versions of ``tags`` (made where a tag has none), for a write."""
         backend = self.backend
         assert backend is not None
-        keys = [backend.tag_key(tag) for tag in tags]
+        keys = [backend.keys.tag(tag) for tag in tags]
         ms = int(self.lease_ttl * 1000)
         got = yield RunScript(backend, "tag_versions", keys, [secrets.token_hex(8), ms])
         return tuple(text(v) for v in got)

@@ -24,6 +24,7 @@ from redis.commands.core import AsyncScript, Script
 
 from ..errors import ConfigTypeError, ConfigValueError
 from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker
+from .keyspace import KeySpace
 from .scripts import SCRIPTS as _SCRIPTS
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ class RedisBackend:
         self.namespace = namespace
         #: ``on_recover`` is set by the engine: L1 cannot be trusted after an outage.
         self.breaker = Breaker(breaker_threshold, breaker_reset, lambda: None)
-        self.channel = f"{namespace}#events"
+        #: Every key and channel name of the namespace.
+        self.keys = KeySpace(namespace)
         self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
         #: The longest a blocking read (XREADGROUP BLOCK) may wait within the socket timeout.
         self.block_limit = socket_timeout / 2
@@ -123,20 +125,6 @@ class RedisBackend:
         self.listener: Listener | None = None
         #: Clients whose connection has every script loaded already.
         self.preloaded: weakref.WeakSet[Any] = weakref.WeakSet()
-
-    # -- names ------------------------------------------------------------------------------
-
-    def lease_key(self, full_key: str) -> str:
-        return f"{self.namespace}#lease:{full_key[len(self.namespace) + 1 :]}"
-
-    def key_of_lease(self, lease: str) -> str:
-        return f"{self.namespace}:{lease[len(self.namespace) + len('#lease:') :]}"
-
-    def pending_key(self, full_key: str) -> str:
-        return f"{self.namespace}#wbpending:{full_key[len(self.namespace) + 1 :]}"
-
-    def tag_key(self, tag: str) -> str:
-        return f"{self.namespace}#tagv:{tag}"
 
     # -- clients ----------------------------------------------------------------------------
 
@@ -249,7 +237,7 @@ class RedisBackend:
     @property
     def inbox(self) -> str:
         """This ``Cache``'s own event channel: the events of other processes reach it there."""
-        return f"{self.channel}:{self.origin}"
+        return self.keys.inbox(self.origin)
 
     def message(self, kind: str, *fields: Any) -> bytes:
         return msgpack.packb([kind, self.origin, *fields], use_bin_type=True)  # type: ignore[no-any-return]

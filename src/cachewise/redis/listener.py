@@ -142,7 +142,7 @@ class Listener:
         self._register_due = time.monotonic() + self.REGISTER_EVERY
         try:
             self.backend.sync_script("register")(
-                keys=[self.backend.channel], args=[self.backend.origin, self.REGISTER_KEEP_MS]
+                keys=[self.backend.keys.channel], args=[self.backend.origin, self.REGISTER_KEEP_MS]
             )
         except Exception as exc:  # best effort (redis-py can raise a bare ValueError here)
             log.debug("cachewise: could not register the event listener: %s", describe(exc))
@@ -157,7 +157,7 @@ class Listener:
             # can raise a bare ValueError from a connect that timed out half-way.
             if self._register_due != math.inf and self.backend.breaker.state is Breaker.CLOSED:
                 with contextlib.suppress(Exception):
-                    self.backend.sync_client().zrem(self.backend.channel, self.backend.origin)
+                    self.backend.sync_client().zrem(self.backend.keys.channel, self.backend.origin)
 
     def _listen(self) -> None:
         backoff = 0.05
@@ -168,7 +168,7 @@ class Listener:
                 self._pubsub = self.backend.sync_client().pubsub()  # type: ignore[no-untyped-call,unused-ignore]
                 # Both in one command: a listener is on both channels or on neither, which
                 # ``lua._PUBLISH_FN`` counts on.
-                self._pubsub.subscribe(self.backend.channel, inbox)
+                self._pubsub.subscribe(self.backend.keys.channel, inbox)
                 while not self._stopped.is_set():
                     message = self._pubsub.get_message(timeout=1.0)
                     if time.monotonic() >= self._register_due:
@@ -210,7 +210,7 @@ class Listener:
                             "cachewise: Redis refuses this user the channel %s (ACL): other "
                             "processes' changes cannot reach this process, so nothing read from "
                             "Redis is kept in its L1 until the channel is granted",
-                            self.backend.channel,
+                            self.backend.keys.channel,
                         )
                     self._release_first()  # the first reads need not wait any longer
                 elif isinstance(exc, REDIS_ERRORS):
@@ -219,7 +219,7 @@ class Listener:
                     log.log(
                         level,
                         "cachewise: event channel %s lost: %s",
-                        self.backend.channel,
+                        self.backend.keys.channel,
                         describe(exc),
                     )
                 else:  # a bug must not end coherence silently
@@ -231,7 +231,7 @@ class Listener:
         try:
             event = msgpack.unpackb(data, raw=False)
         except Exception:
-            log.warning("cachewise: undecodable event on %s", self.backend.channel)
+            log.warning("cachewise: undecodable event on %s", self.backend.keys.channel)
             return
         if not isinstance(event, list) or len(event) < 3:
             return

@@ -192,8 +192,8 @@ end
 
 STORE = _STORE_FN + "return store(0, 5)"
 
-# KEYS: values to drop, then the version keys of tags to drop. ARGV: namespace, the sender's
-# event channel, message, how many of KEYS are values.
+# KEYS: values to drop, their leases, then the version keys of tags to drop. ARGV: the sender's
+# event channel, message.
 # Drops each value and its lease, and each tag's version: every entry that recorded a version of
 # that tag is a miss from now on, whatever the number of entries (versioned tags, as Symfony's
 # TagAwareAdapter); the next write of a tagged entry gives the tag a new version. Then publishes
@@ -201,14 +201,8 @@ STORE = _STORE_FN + "return store(0, 5)"
 INVALIDATE = (
     _PUBLISH_FN
     + """
-local ns = ARGV[1]
-local skip = #ns + 2
-local values = tonumber(ARGV[4])
-for i = 1, values do
-  redis.call('DEL', KEYS[i], ns .. '#lease:' .. string.sub(KEYS[i], skip))
-end
-for i = values + 1, #KEYS do redis.call('DEL', KEYS[i]) end
-publish(ARGV[2], ARGV[3])
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
+publish(ARGV[1], ARGV[2])
 return {}
 """
 )

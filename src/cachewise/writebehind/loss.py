@@ -183,7 +183,7 @@ class LossDetection:
     def requeue(self, again: list[tuple[str, Held]], epoch: str) -> Plan[list[Any]]:
         """Queue writes again (see ``check``), with their pending records."""
         q = self.queue
-        pending = q.cache_backend.pending_key
+        pending = q.cache_backend.keys.pending
         calls: list[StoreCall]
         if not q.split:
             calls = [

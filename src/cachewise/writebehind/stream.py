@@ -72,12 +72,12 @@ class StreamQueue(WriteBehindQueue):
         self.backend: RedisBackend = self.engine.queue_backend or cache_backend
         self.split = self.backend is not cache_backend
         self._cache_backlog: list[StoreCall] = []  # cache halves of settles Redis refused
-        ns = cache_backend.namespace
-        self.stream = f"{ns}#wb:{self.where}"
-        self.dead_stream = f"{ns}#wbdead:{self.where}"
-        self.lease = f"{ns}#wbflusher:{self.where}"
-        self.newest = f"{ns}#wbnewest:{self.where}"
-        self.epoch_key = f"{ns}#wbepoch:{self.where}"
+        space = cache_backend.keys
+        self.stream = space.writer("wb", self.where)
+        self.dead_stream = space.writer("wbdead", self.where)
+        self.lease = space.writer("wbflusher", self.where)
+        self.newest = space.writer("wbnewest", self.where)
+        self.epoch_key = space.writer("wbepoch", self.where)
         self.loss = LossDetection(self)
         self.token = secrets.token_hex(8)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
@@ -103,7 +103,7 @@ class StreamQueue(WriteBehindQueue):
                     "durable write needs it in Redis until the store has it; nothing was queued"
                 )
             yield from self.server.check()
-            pending = self.cache_backend.pending_key(key)
+            pending = self.cache_backend.keys.pending(key)
             nonce = secrets.token_hex(8)
             script: StoreCall = (
                 ("enqueue_queue", [self.stream, self.newest, self.epoch_key], [key, packed, nonce])
@@ -324,7 +324,7 @@ class StreamQueue(WriteBehindQueue):
                 self.GROUP, mode, self.retention_ms, item.key, item.packed,
                 repr(error) if error is not None else "", item.attempts + 1, *item.ids,
             ]  # fmt: skip
-            cache_keys = [cache.pending_key(item.key), item.key, cache.lease_key(item.key)]
+            cache_keys = [cache.keys.pending(item.key), item.key, cache.keys.lease(item.key)]
             cache_args = [
                 f"{self.stream}|{item.ids[-1]}" if item.ids else "", mode, cache.inbox,
                 cache.message("i", [item.key], []) if mode != "ok" else "",
