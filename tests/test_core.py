@@ -98,3 +98,19 @@ def test_no_early_refresh_in_the_first_half_of_the_fresh_life() -> None:
     assert e.early_at == 5.0
     assert decide(e, 4.9, loading=False, beta=3, draw=1e-12) is Decision.SERVE
     assert decide(e, 5.0, loading=False, beta=3, draw=1e-12) is Decision.REFRESH
+
+
+# -- the ACQUIRE reply, decoded once ----------------------------------------------------------
+
+
+def test_lease_replies_decode_into_what_they_mean() -> None:
+    from cachewise.core import Busy, Filled, Won, lease_reply
+
+    assert lease_reply([1, b"env"]) == Filled(b"env")
+    assert lease_reply([2, b"", b"", []]) == Won(None, None, ())
+    assert lease_reply([2, b"old", b"pending", [b"v1", "v2"]]) == Won(
+        b"old", b"pending", ("v1", "v2")
+    )
+    assert lease_reply([3, b"1500"]) == Busy(1500)
+    with pytest.raises(ValueError, match="status 7"):
+        lease_reply([7])

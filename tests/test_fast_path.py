@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import pytest
 import redis
 
 from cachewise import Cache, codec
 from cachewise.codec import Envelope
+from cachewise.events import Event, decode
 
 from .conftest import in_thread
 from .test_concurrency import wait_until
@@ -78,9 +80,11 @@ def _racing(cache: Cache, race: Callable[[], None]) -> None:
     backend.fetch_sync = fetch_then_race  # type: ignore[method-assign]
 
 
-def _event(kind: str, *fields: Any) -> list[Any]:
-    """An event as another process' listener would hand it over."""
-    return [kind, "another-process", *fields]
+def _event(kind: str, *fields: Any) -> Event:
+    """An event as another process' listener would hand it over (decoded from its wire form)."""
+    event = decode(msgpack.packb([kind, "another-process", *fields], use_bin_type=True))
+    assert event is not None
+    return event
 
 
 @pytest.mark.parametrize("race", ["invalidate", "set", "remote-invalidation", "remote-fill"])

@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 from cachewise import Cache, CacheError, ConfigTypeError, ConfigValueError, InvalidationEvent
+from cachewise.events import Invalidated
 
 from . import _workers
 from .conftest import Gate, in_thread
@@ -324,7 +325,7 @@ def test_a_flight_waiting_on_a_lease_of_its_own_process_is_woken(
     thread, _ = in_thread(first)
     assert slow.started.wait(10)
     # The invalidation was made in Redis before this load took its lease; its event is late.
-    cache._engine._on_event(["i", "another-process", [f"{namespace}:k"], []])
+    cache._engine._on_event(Invalidated("another-process", (f"{namespace}:k",)))
     read = lambda: cache.get_or_load("k", lambda: "second", ttl=30)  # noqa: E731
     got, after = woken_after(cache, read, slow.release.set)
     thread.join(10)

@@ -18,15 +18,20 @@ from .cache import Cache
 from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
 from .engine import InvalidationEvent
 from .errors import *  # noqa: F403  (every error type is public; errors.__all__ lists them)
+from .options import Connection, Freshness, Leases, WriteBehind
 from .writebehind import DeadLetter, FlushReport, WriteCall
 
 __all__ = [
     "AsyncCachedFunction",
     "Cache",
     "CachedFunction",
+    "Connection",
     "DeadLetter",
     "FlushReport",
+    "Freshness",
     "InvalidationEvent",
+    "Leases",
+    "WriteBehind",
     "WriteCall",
     "WriterArgumentError",
     "cached",

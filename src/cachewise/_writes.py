@@ -16,11 +16,11 @@ from ._drivers import Invoke, Plan
 from .decorators import Spec, _shell, spec_of
 from .engine import Engine
 from .errors import ConfigError, ConfigTypeError, WriteBehindUnavailable, describe
+from .options import WriteBehind
 from .redis import REDIS_ERRORS
 from .writebehind import (
     QueueWait,
     StreamQueue,
-    WriteBehindOptions,
     WriteBehindQueue,
     WriteCall,
     stream_name,
@@ -108,7 +108,7 @@ def write_behind(
     args: Mapper | None,
     value: Mapper | None,
     batch: Callable[[list[WriteCall]], Any] | None,
-    options: WriteBehindOptions,
+    options: WriteBehind,
     queues: list[WriteBehindQueue],
 ) -> Callable[[Any], Any]:
     """Decorator: set the cache and queue the store write, then return; a flusher writes later.

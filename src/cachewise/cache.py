@@ -9,7 +9,7 @@ import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from . import _validate
 from ._clock import Clock, monotonic
@@ -18,12 +18,12 @@ from ._writes import invalidates, write_behind, write_through
 from .decorators import CachedDecorator, make_cached
 from .engine import Engine, InvalidationEvent, Policy, Target
 from .errors import ConfigTypeError, ConfigValueError
+from .options import Connection, Freshness, Leases, WriteBehind, group_options
 from .redis import RedisBackend
 from .writebehind import (
     DeadLetter,
     FlushReport,
     StreamQueue,
-    WriteBehindOptions,
     WriteBehindQueue,
     WriteCall,
     drain,
@@ -64,112 +64,75 @@ class Cache:
         namespace: str = "cachewise",
         l1_maxsize: int = 10_000,
         clock: Clock | None = None,
-        ttl_jitter: float = 0.1,
-        early_refresh_beta: float = 1.0,
-        wait_timeout: float | None = None,
-        write_behind_maxsize: int = 10_000,
-        write_behind_when_full: Literal["block", "raise"] = "block",
-        write_behind_batch_size: int = 100,
-        write_behind_interval: float = 0.05,
-        write_behind_retries: int = 5,
-        write_behind_backoff: float = 0.1,
-        write_behind_claim_idle: float = 5.0,
-        write_behind_retention: float = 7 * 24 * 3600.0,
-        write_behind_allow_eviction: bool = False,
-        write_behind_redis: Any = None,
-        write_behind_replica_wait: float = 0.2,
-        lease_ttl: float = 2.0,
-        lease_wait_timeout: float = 10.0,
-        socket_timeout: float = 0.5,
-        connect_timeout: float = 0.5,
-        breaker_threshold: int = 5,
-        breaker_reset: float = 1.0,
         fail_closed: bool = False,
-        max_value_bytes: int = 1_000_000,
+        freshness: Freshness | None = None,
+        leases: Leases | None = None,
+        connection: Connection | None = None,
+        write_behind: WriteBehind | None = None,
+        **flat: Any,
     ) -> None:
+        """``redis``, ``namespace`` and ``l1_maxsize`` as DESIGN's public face says; the rest in
+        option groups (``cachewise.options``). The flat keywords of earlier releases
+        (``ttl_jitter=``, ``lease_ttl=``, ``socket_timeout=``, ``write_behind_retries=``…) are
+        accepted too, each filling its group's field."""
         if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
             raise ConfigValueError(
                 "namespace must be 1-64 characters from A-Z a-z 0-9 _ . - (so that no "
                 f"namespace's keys can collide with another's), got {namespace!r}"
             )
-        for name, value in (
-            ("lease_ttl", lease_ttl),
-            ("lease_wait_timeout", lease_wait_timeout),
-            ("socket_timeout", socket_timeout),
-            ("connect_timeout", connect_timeout),
-            ("write_behind_interval", write_behind_interval),
-            ("write_behind_backoff", write_behind_backoff),
-            ("write_behind_claim_idle", write_behind_claim_idle),
-            ("write_behind_retention", write_behind_retention),
-            ("breaker_reset", breaker_reset),
-        ):
-            _validate.ttl_seconds(value, "Cache", name=name)
-        backend = None
+        given = {"freshness": freshness, "leases": leases, "connection": connection,
+                 "write_behind": write_behind}  # fmt: skip
+        groups = group_options(given, flat)
+        fresh: Freshness = groups["freshness"]
+        lease: Leases = groups["leases"]
+        conn: Connection = groups["connection"]
+        writes: WriteBehind = groups["write_behind"]
+        backend = queue_backend = None
         if redis is not None:
-            backend = RedisBackend(
-                redis,
-                namespace,
-                socket_timeout=socket_timeout,
-                connect_timeout=connect_timeout,
-                breaker_threshold=max(
-                    1, _validate.non_negative_int(breaker_threshold, "breaker_threshold")
-                ),
-                breaker_reset=float(breaker_reset),
-            )
-        queue_backend = None
-        if write_behind_redis is not None:
+            backend = self._backend(redis, namespace, conn)
+        if writes.redis is not None:
             if backend is None:
                 raise ConfigValueError(
                     "write_behind_redis= gives write-behind queues a Redis of their own beside "
                     "the cache's; without redis= the cache is in-process and its queue in memory"
                 )
-            queue_backend = RedisBackend(
-                write_behind_redis,
-                namespace,
-                socket_timeout=socket_timeout,
-                connect_timeout=connect_timeout,
-                breaker_threshold=backend.breaker.threshold,
-                breaker_reset=float(breaker_reset),
-            )
+            queue_backend = self._backend(writes.redis, namespace, conn)
         if not isinstance(fail_closed, bool):
             raise ConfigTypeError(f"fail_closed must be a bool, not {type(fail_closed).__name__}")
         self._fail_closed = fail_closed
         if clock is not None:
             _validate.callable_(clock, "clock")
-        if wait_timeout is not None:
-            wait_timeout = _validate.ttl_seconds(wait_timeout, "Cache", name="wait_timeout")
         self.namespace = namespace
         self._engine = Engine(
             namespace=namespace,
             l1_maxsize=_validate.non_negative_int(l1_maxsize, "l1_maxsize"),
             clock=clock or monotonic,
-            ttl_jitter=_validate.fraction(ttl_jitter, "ttl_jitter", upper=0.5),
-            early_refresh_beta=_validate.fraction(
-                early_refresh_beta, "early_refresh_beta", upper=100.0
-            ),
-            wait_timeout=wait_timeout,
+            ttl_jitter=fresh.ttl_jitter,
+            early_refresh_beta=fresh.early_refresh_beta,
+            wait_timeout=fresh.wait_timeout,
             backend=backend,
             queue_backend=queue_backend,
-            lease_ttl=float(lease_ttl),
-            lease_wait_timeout=float(lease_wait_timeout),
-            max_value_bytes=max(1, _validate.non_negative_int(max_value_bytes, "max_value_bytes")),
+            lease_ttl=lease.ttl,
+            lease_wait_timeout=lease.wait_timeout,
+            max_value_bytes=conn.max_value_bytes,
         )
-        self._write_options = WriteBehindOptions(
-            maxsize=write_behind_maxsize,
-            when_full=write_behind_when_full,
-            batch_size=write_behind_batch_size,
-            interval=write_behind_interval,
-            retries=write_behind_retries,
-            backoff=write_behind_backoff,
-            claim_idle=float(write_behind_claim_idle),
-            retention=float(write_behind_retention),
-            allow_eviction=write_behind_allow_eviction,
-            replica_wait=write_behind_replica_wait,
-        )
+        self._groups = groups  # the option groups this cache runs on
+        self._write_options = writes
         self._queues: list[WriteBehindQueue] = []
         self._policies: dict[tuple[Any, ...], Policy] = {}
         self._closed = False
         _OPEN.add(self)
+
+    @staticmethod
+    def _backend(redis: Any, namespace: str, conn: Connection) -> RedisBackend:
+        return RedisBackend(
+            redis,
+            namespace,
+            socket_timeout=conn.socket_timeout,
+            connect_timeout=conn.connect_timeout,
+            breaker_threshold=conn.breaker_threshold,
+            breaker_reset=conn.breaker_reset,
+        )
 
     def __repr__(self) -> str:
         tier = "redis" if self._engine.backend is not None else "in-process"

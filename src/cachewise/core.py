@@ -19,10 +19,22 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["XFETCH_HORIZON", "Decision", "Entry", "decide", "make_entry"]
+__all__ = [
+    "XFETCH_HORIZON",
+    "Busy",
+    "Decision",
+    "Entry",
+    "Filled",
+    "LeaseReply",
+    "Won",
+    "decide",
+    "lease_reply",
+    "make_entry",
+]
 
 #: XFetch refreshes early with probability ``exp(-(fresh_until - now) / (load_time * beta))``.
 #: Further than ``HORIZON`` of those units before expiry that is below ``exp(-20)`` (2e-9), so
@@ -156,3 +168,49 @@ def decide(entry: Entry | None, now: float, *, loading: bool, beta: float, draw:
 def is_fresh(entry: Entry | None, now: float) -> bool:
     """Whether ``entry`` may be returned by a plain ``get`` (no loader, so no stale serving)."""
     return entry is not None and now < entry.fresh_until
+
+
+# -- the lease of a load: what the ACQUIRE script answered ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Filled:
+    """A value is there (it may be stale): the lease was not taken."""
+
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Won:
+    """The lease is this caller's. ``current``: the value there was, if any (a refresh checks
+    whether someone refreshed just before); ``pending``: a write-behind value the store does not
+    have yet (the load's result instead of the store's older one); ``versions``: the current
+    versions of the load's tags, which its entry records."""
+
+    current: bytes | None
+    pending: bytes | None
+    versions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another process holds the lease, for ``wait_ms`` more at most."""
+
+    wait_ms: int
+
+
+LeaseReply = Filled | Won | Busy
+
+
+def lease_reply(reply: Sequence[Any]) -> LeaseReply:
+    """The ACQUIRE script's reply (``{1, value}``, ``{2, value or "", pending or "", versions}``
+    or ``{3, pttl}``), decoded once into what it means."""
+    status = int(reply[0])
+    if status == 1:
+        return Filled(reply[1])
+    if status == 2:
+        versions = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in reply[3])
+        return Won(reply[1] or None, reply[2] or None, versions)
+    if status == 3:
+        return Busy(int(reply[1]))
+    raise ValueError(f"unknown ACQUIRE reply status {status!r}")

@@ -132,6 +132,8 @@ class WriteBehind:
             )
 
 
+_CONNECTION = [f.name for f in dataclasses.fields(Connection)]
+
 #: Each flat keyword of earlier releases: the group (a keyword of ``Cache``) and the field it fills.
 FLAT: dict[str, tuple[str, str]] = {
     "ttl_jitter": ("freshness", "ttl_jitter"),
@@ -139,13 +141,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "wait_timeout": ("freshness", "wait_timeout"),
     "lease_ttl": ("leases", "ttl"),
     "lease_wait_timeout": ("leases", "wait_timeout"),
-    **{
-        name: ("connection", name)
-        for name in (
-            "socket_timeout", "connect_timeout", "breaker_threshold", "breaker_reset",
-            "max_value_bytes",
-        )
-    },  # fmt: skip
+    **{name: ("connection", name) for name in _CONNECTION},
     **{f"write_behind_{f.name}": ("write_behind", f.name) for f in dataclasses.fields(WriteBehind)},
 }
 

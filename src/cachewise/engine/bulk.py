@@ -19,6 +19,7 @@ from .._drivers import (
     run_async,
     run_sync,
 )
+from ..core import Filled, Won, lease_reply
 from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 from ..keys import MAX_ARGS_CHARS
 from ..keys import explicit as explicit_key
@@ -26,7 +27,6 @@ from ..redis import (
     REDIS_ERRORS,
     RedisCall,
     RunPipeline,
-    text,
 )
 from .read import Reads
 from .values import (
@@ -188,15 +188,15 @@ class Bulk(Reads):
         pending: dict[str, Any] = {}
         for (key, flight), reply in zip(flights.items(), replies, strict=True):
             target = targets[key]
-            status, payload = int(reply[0]), reply[1]
-            env = self._decode(payload) if status == 1 else None
+            got = lease_reply(reply)
+            env = self._decode(got.raw) if isinstance(got, Filled) else None
             if env is not None and backend.server_now_ms() < env.fresh_until_ms:
                 self.counts["l2_hits"] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
-            elif status == 2:
+            elif isinstance(got, Won):
                 mine[key] = flight
-                flight.versions = tuple(text(v) for v in reply[3])
-                written = self._decode(reply[2]) if reply[2] else None
+                flight.versions = got.versions
+                written = self._decode(got.pending) if got.pending else None
                 if written is not None:
                     self.counts["pending_writes_read"] += 1
                     pending[key] = written.value

@@ -14,6 +14,7 @@ from .._drivers import (
     Plan,
     start_renewals,
 )
+from ..events import Event, Fill, Invalidated, Reset, encode
 from ..redis import (
     REDIS_ERRORS,
     AwaitEvent,
@@ -104,7 +105,8 @@ class Coherence(EngineState):
             self.backlog_keys, self.backlog_tags, self.backlog_overflow = set(), set(), False
         try:
             if overflow:
-                yield RedisCall(backend, "publish", backend.keys.channel, backend.message("r"))
+                reset = encode(Reset(backend.origin))
+                yield RedisCall(backend, "publish", backend.keys.channel, reset)
             if keys or tags:
                 yield RunScript(backend, *self._drop_call(keys, tags))
             self.counts["outage_invalidations_sent"] += len(keys) + len(tags)
@@ -116,32 +118,30 @@ class Coherence(EngineState):
 
     # -- events from other processes ------------------------------------------------------------
 
-    def _on_event(self, event: list[Any]) -> None:
+    def _on_event(self, event: Event) -> None:
         assert self.backend is not None
-        kind, origin = event[0], event[1]
-        if origin == self.backend.origin:
+        if event.origin == self.backend.origin:
             return
-        if kind == "f" and len(event) >= 3:
+        if isinstance(event, Fill):
             # Another process filled or wrote a key: a copy held here is replaced in place (or
             # dropped, when the value was too large to travel with the event).
-            env = codec.unpack(event[3]) if len(event) >= 4 else None
+            env = codec.unpack(event.value) if event.value is not None else None
             with self.lock:
                 self.epoch += 1  # a fast-path read of this key may have got the older value
-                held = self.l1.held(event[2])
+                held = self.l1.held(event.key)
                 if held is not None:
                     table, old = held
                     target = Target(table, old.l1_key, old.full_key, old.full_key)
                     if env is not None:
                         self.l1.put(table, self._adopt(target, env))
                     else:
-                        self.l1.drop(event[2])
-        elif kind == "r":
+                        self.l1.drop(event.key)
+        elif isinstance(event, Reset):
             self._on_reset()  # another process lost track of its invalidations during an outage
-        elif kind == "i" and len(event) >= 4:
-            keys, tags = list(event[2]), tuple(event[3])
+        elif isinstance(event, Invalidated):
             self.counts["invalidations_received"] += 1
-            self._drop_local(keys, tags)
-            self.notify(InvalidationEvent(tuple(keys), tags, "remote"))
+            self._drop_local(list(event.keys), event.tags)
+            self.notify(InvalidationEvent(event.keys, event.tags, "remote"))
 
     BACKLOG_LIMIT = 10_000
 

@@ -18,13 +18,13 @@ from .._drivers import (
     Sleep,
     Spawn,
 )
-from ..core import Entry
+from ..core import Entry, Filled, Won, lease_reply
+from ..events import Released, encode
 from ..redis import (
     REDIS_ERRORS,
     AwaitEvent,
     CircuitOpen,
     RunScript,
-    text,
 )
 from .fill import Fills
 from .values import (
@@ -86,40 +86,40 @@ class Leases(Fills):
                 yield from self._maybe_orphaned(exc, [(lease, token)])
                 yield from self._load_unshared(flight, target, loader, policy)
                 return
-            status, payload = int(reply[0]), reply[1]
-            if status == 1:  # a value is there (it landed meanwhile)
+            got = lease_reply(reply)
+            if isinstance(got, Filled):  # a value is there (it landed meanwhile)
                 listener.forget(key, waiter)
-                env = yield from self._current(self._decode(payload))
+                env = yield from self._current(self._decode(got.raw))
                 if env is not None and backend.server_now_ms() < env.fresh_until_ms:
                     self.counts["l2_hits"] += 1
                     self._settle(flight, target, self._adopt(target, env), env.value)
                     return
                 mode = "refresh"
                 continue
-            if status == 2:  # the lease is ours: load, unless someone refreshed just before
+            if isinstance(got, Won):  # the lease is ours: load, unless someone refreshed first
                 listener.forget(key, waiter)
-                flight.versions = tuple(text(v) for v in reply[3])
-                env = self._decode(payload, count=False) if payload else None
+                flight.versions = got.versions
+                env = self._decode(got.current, count=False) if got.current else None
                 env = yield from self._current(env, count=False)
                 if env is not None and self._take_fresh(flight, target, env, refreshing):
                     yield from self._give_back(lease, token)
                     return
-                pending = self._decode(reply[2]) if reply[2] else None
+                pending = self._decode(got.pending) if got.pending else None
                 if pending is not None:
                     # A write-behind value the store does not have yet: the store would answer
                     # with the old one, so the pending value is the load's result.
                     self.counts["pending_writes_read"] += 1
                     loader = functools.partial(_same, pending.value)
                 break
-            # Someone else loads: wait to be woken by its fill, or for its lease to run out.
+            # Busy: someone else loads. Wait to be woken by its fill, or for its lease to run out.
             self.counts["lease_waits"] += 1
             remaining = deadline - time.monotonic()
-            timeout = min(int(payload) / 1000 + 0.05, remaining)
+            timeout = min(got.wait_ms / 1000 + 0.05, remaining)
             if not listener.ready.is_set():
                 timeout = min(timeout, 0.05)  # not subscribed yet: look again soon
-            got = yield AwaitEvent(waiter, timeout)
+            filled = yield AwaitEvent(waiter, timeout)
             listener.forget(key, waiter)
-            env = self._decode(got) if got is not TIMED_OUT else None
+            env = self._decode(filled) if filled is not TIMED_OUT else None
             if env is not None:
                 self.counts["l2_hits"] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
@@ -174,7 +174,7 @@ class Leases(Fills):
         backend = self.backend
         assert backend is not None
         key = backend.keys.key_of_lease(lease)
-        return "release", [lease], [token, backend.inbox, backend.message("l", key)]
+        return "release", [lease], [token, backend.inbox, encode(Released(backend.origin, key))]
 
     def _give_back(self, lease: str, token: str) -> Plan[None]:
         """Release a lease we hold, so the others need not wait for it to expire."""

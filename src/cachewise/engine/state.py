@@ -24,6 +24,7 @@ from .._drivers import (
 from .._l1 import L1, Table
 from ..core import Entry
 from ..errors import ConfigTypeError, describe
+from ..events import Fill, Invalidated, encode
 from ..keys import explicit as explicit_key
 from ..redis import (
     REDIS_ERRORS,
@@ -277,9 +278,9 @@ class EngineState:
         # Other processes replace their copy from the event; past a size, they drop it instead
         # (and read Redis if they need it), so large values do not flood every subscriber.
         event = (
-            backend.message("f", key, packed)
+            encode(Fill(backend.origin, key, packed))
             if len(packed) <= EVENT_VALUE_LIMIT
-            else backend.message("f", key)
+            else encode(Fill(backend.origin, key))
         )
         args = [token, packed, env.stale_until_ms, backend.inbox, event, *versions]
         return "store", keys, args
@@ -289,7 +290,7 @@ class EngineState:
         backend = self.backend
         assert backend is not None
         tags = tags or []
-        message = backend.message("i", keys, tags)
+        message = encode(Invalidated(backend.origin, tuple(keys), tuple(tags)))
         space = backend.keys
         names = [*keys, *(space.lease(k) for k in keys), *(space.tag(tag) for tag in tags)]
         return "invalidate", names, [backend.inbox, message]

@@ -17,7 +17,6 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import redis
 import redis.asyncio
 from redis.commands.core import AsyncScript, Script
@@ -238,9 +237,6 @@ class RedisBackend:
     def inbox(self) -> str:
         """This ``Cache``'s own event channel: the events of other processes reach it there."""
         return self.keys.inbox(self.origin)
-
-    def message(self, kind: str, *fields: Any) -> bytes:
-        return msgpack.packb([kind, self.origin, *fields], use_bin_type=True)  # type: ignore[no-any-return]
 
     def reset_after_fork(self) -> None:
         """In a forked child: no listener thread, no connections or scripts of the parent's."""

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import redis
 import redis.asyncio
 
+from .. import events
 from ..errors import describe
 from .breaker import REDIS_ERRORS, Breaker
 from .ops import text
@@ -41,7 +41,7 @@ class Listener:
     def __init__(
         self,
         backend: RedisBackend,
-        on_event: Callable[[list[Any]], None],
+        on_event: Callable[[events.Event], None],
         on_reset: Callable[[bool], None],
         on_refused: Callable[[bool], None] = lambda refused: None,
     ) -> None:
@@ -228,20 +228,17 @@ class Listener:
                 backoff = min(backoff * 2, 2.0)
 
     def _dispatch(self, data: bytes) -> None:
-        try:
-            event = msgpack.unpackb(data, raw=False)
-        except Exception:
+        event = events.decode(data)
+        if event is None:
             log.warning("cachewise: undecodable event on %s", self.backend.keys.channel)
             return
-        if not isinstance(event, list) or len(event) < 3:
-            return
-        if event[0] == "f":
-            self.wake(event[2], event[3] if len(event) > 3 else None)
-        elif event[0] == "l":
-            self.wake(event[2], None)  # a load gave its lease back: its waiters look again
-        elif event[0] == "i" and isinstance(event[2], list):
-            for key in event[2]:  # their leases are gone with them: no fill will come
+        if isinstance(event, events.Fill):
+            self.wake(event.key, event.value)
+        elif isinstance(event, events.Released):
+            self.wake(event.key, None)  # a load gave its lease back: its waiters look again
+        elif isinstance(event, events.Invalidated):
+            for key in event.keys:  # their leases are gone with them: no fill will come
                 self.wake(key, None)
-            if len(event) > 3 and event[3]:
+            if event.tags:
                 self._wake_all()  # and so are those of the tags' members, which it does not name
         self.on_event(event)

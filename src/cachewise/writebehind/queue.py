@@ -19,12 +19,12 @@ from .._drivers import Invoke, Plan, Sleep, run_async, run_sync
 from ..errors import (
     WriteBehindFull,
 )
+from ..options import WriteBehind
 from .types import (
     DeadLetter,
     FlushReport,
     Outcome,
     PendingWrite,
-    WriteBehindOptions,
     WriteCall,
 )
 from .wait import QueueWait
@@ -45,7 +45,7 @@ class WriteBehindQueue:
         fn: Callable[..., Any],
         batch_fn: Callable[[list[WriteCall]], Any] | None,
         where: str,
-        options: WriteBehindOptions,
+        options: WriteBehind,
         engine: Engine,
     ) -> None:
         self.fn = fn

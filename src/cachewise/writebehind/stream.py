@@ -21,6 +21,7 @@ from ..errors import (
     ValueTooLarge,
     describe,
 )
+from ..events import Invalidated, encode
 from ..redis import (
     REDIS_ERRORS,
     RedisBackend,
@@ -327,7 +328,7 @@ class StreamQueue(WriteBehindQueue):
             cache_keys = [cache.keys.pending(item.key), item.key, cache.keys.lease(item.key)]
             cache_args = [
                 f"{self.stream}|{item.ids[-1]}" if item.ids else "", mode, cache.inbox,
-                cache.message("i", [item.key], []) if mode != "ok" else "",
+                encode(Invalidated(cache.origin, (item.key,))) if mode != "ok" else "",
             ]  # fmt: skip
             if self.split:
                 queue_calls.append(("settle_queue", queue_keys, queue_args))

@@ -67,46 +67,6 @@ class FlushReport:
     lost: int = 0
 
 
-@dataclass(frozen=True)
-class WriteBehindOptions:
-    maxsize: int = 10_000
-    when_full: Literal["block", "raise"] = "block"
-    batch_size: int = 100
-    interval: float = 0.05
-    retries: int = 5
-    backoff: float = 0.1
-    claim_idle: float = 5.0
-    retention: float = 7 * 24 * 3600.0
-    #: Queue writes on a Redis whose eviction policy may evict them (``allkeys-*``): refused
-    #: unless this says the user accepts that a write may then be lost (and reported lost).
-    allow_eviction: bool = False
-    #: With replicas, how long an enqueue waits for one of them to have the write (``WAIT``); 0
-    #: returns at once (faster; a failover may then lose writes acknowledged just before it).
-    replica_wait: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.when_full not in ("block", "raise"):
-            raise ConfigValueError(
-                f"write_behind_when_full must be 'block' or 'raise', got {self.when_full!r}"
-            )
-        for name in ("maxsize", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigValueError(f"write_behind {name} must be >= 1")
-        if not isinstance(self.allow_eviction, bool):
-            raise ConfigValueError(
-                f"write_behind_allow_eviction must be a bool, got {self.allow_eviction!r}"
-            )
-        if not (isinstance(self.replica_wait, (int, float)) and 0 <= self.replica_wait < 60):
-            raise ConfigValueError(
-                "write_behind_replica_wait must be seconds from 0 (off) to below 60, got "
-                f"{self.replica_wait!r}"
-            )
-        if self.retention < self.claim_idle * 10:
-            raise ConfigValueError(
-                "write_behind_retention must be at least ten times write_behind_claim_idle"
-            )
-
-
 Outcome = Literal["written", "retry", "superseded", "dead"]
 
 
