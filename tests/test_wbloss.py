@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cachewise.writebehind.loss import Held, HeldWrites, stream_order
 
 
@@ -56,3 +59,29 @@ def test_writes_of_the_current_epoch_are_not_lost() -> None:
     writes.add("2-0", held("b", "e2"))
     again, _, _ = writes.lost("e2")
     assert [h.key for _, h in again] == ["a"] and list(writes.items) == ["2-0"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "settle", "before", "lost"]), st.integers(0, 30),
+                  st.sampled_from(["e1", "e2", "e3"])),
+        max_size=60,
+    )
+)  # fmt: skip
+def test_the_epochs_kept_for_every_enqueue_match_the_writes_held(
+    ops: list[tuple[str, int, str]],
+) -> None:
+    """``epochs()`` runs on every enqueue, so it is counted as writes come and go, not computed
+    over them: whatever happens, it says what a scan would."""
+    writes = HeldWrites(limit=8)
+    for op, n, epoch in ops:
+        if op == "add":
+            writes.add(f"{n}-0", held(f"k{n % 5}", epoch))
+        elif op == "settle":
+            writes.settled([f"{n}-0"])
+        elif op == "before":
+            writes.settled_before(epoch, f"{n}-0")
+        else:
+            writes.lost(epoch)
+        assert writes.epochs() == {h.epoch for h in writes.items.values()}
+        assert sum(writes.per_epoch.values()) == len(writes.items)

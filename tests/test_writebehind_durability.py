@@ -70,7 +70,7 @@ def test_the_policy_is_checked_again_when_the_server_changes(
             save(1, "a")
             server.client().config_set("maxmemory-policy", "allkeys-lru")
             for queue in cache._queues:
-                queue.server.due = 0.0  # as when CHECK_EVERY passed, or after a reconnect
+                queue.server.due_at = 0.0  # as when CHECK_EVERY passed, or after a reconnect
             with pytest.raises(WriteBehindNotDurable):
                 save(2, "b")
         finally:

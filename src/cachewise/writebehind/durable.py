@@ -28,11 +28,16 @@ class ServerCheck:
         self.unreplicated = 0  # enqueues acknowledged before a replica had them
         self.logged = 0.0
         self.checked_opens = -1  # the breaker's openings when last checked (a reconnect since?)
-        self.due = 0.0
+        self.due_at = 0.0
 
     #: How often the queue's Redis is looked at again (its policy, its replicas): a failover or a
     #: reconfiguration changes them, and a reconnect (the breaker opened and closed) too.
     CHECK_EVERY = 30.0
+
+    def due(self) -> bool:
+        """Whether ``check`` has work: on the path of every enqueue, so no generator for it."""
+        opens = self.queue.backend.breaker.opens
+        return self.checked_opens != opens or time.monotonic() >= self.due_at
 
     def check(self) -> Plan[None]:
         """Refuse to queue on a Redis that may evict the queue; learn how many replicas it has.
@@ -43,8 +48,6 @@ class ServerCheck:
         queue = self.queue
         backend = queue.backend
         now = time.monotonic()
-        if self.checked_opens == backend.breaker.opens and now < self.due:
-            return
         try:
             info = yield RedisCall(backend, "info", "all")
         except redis.exceptions.NoPermissionError as exc:
@@ -72,7 +75,7 @@ class ServerCheck:
             )
         self.replicas = int(info.get("connected_slaves", 0) or 0)
         self.checked_opens = backend.breaker.opens
-        self.due = now + self.CHECK_EVERY
+        self.due_at = now + self.CHECK_EVERY
 
     def unreplicated_write(self) -> None:
         """An enqueue was acknowledged at ``replica_wait`` before a replica had it: counted, and

@@ -8,6 +8,7 @@ concepts (policy check, replicas) and ``loss`` (a lost queue)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -81,6 +82,7 @@ class StreamQueue(WriteBehindQueue):
         self.epoch_key = space.writer("wbepoch", self.where)
         self.loss = LossDetection(self)
         self.token = secrets.token_hex(8)
+        self._nonces = itertools.count()
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
         self.leading = False
         self.known: set[str] = set()  # stream ids held here (queued or being written)
@@ -103,9 +105,11 @@ class StreamQueue(WriteBehindQueue):
                     f"the value written behind by {self.where} is over max_value_bytes: a "
                     "durable write needs it in Redis until the store has it; nothing was queued"
                 )
-            yield from self.server.check()
+            if self.server.due():
+                yield from self.server.check()
             pending = self.cache_backend.keys.pending(key)
-            nonce = secrets.token_hex(8)
+            # Used only if the queue has no epoch: unique without a random draw per call.
+            nonce = f"{self.token}.{next(self._nonces)}"
             script: StoreCall = (
                 ("enqueue_queue", [self.stream, self.newest, self.epoch_key], [key, packed, nonce])
                 if self.split
