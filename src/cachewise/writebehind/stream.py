@@ -1,23 +1,15 @@
-"""A writer's queue kept in a Redis Stream, flushed by whichever live process leads it.
-
-A stream per namespace and writer, read through a consumer group: the process holding the
-writer's flusher lease reads it (one reader keeps each key's writes in order), claims what a dead
-holder left pending (``XAUTOCLAIM``) and acknowledges a write only once the store has it. The
-queue may live on a Redis of its own (``write_behind_redis``). Durability: see ``durable`` in
-concepts (policy check, replicas) and ``loss`` (a lost queue)."""
+"""A writer's queue kept in a Redis Stream, flushed by whichever live process leads it: the
+caller's enqueue (the durable write, with the server check and the wait for a replica) and the
+flusher's settle (ack, forget or dead-letter), on one Redis or on a queue Redis of its own."""
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._drivers import Plan, Sleep, Spawn
+from .._drivers import Plan, Sleep
 from ..errors import (
     ValueTooLarge,
     describe,
@@ -25,17 +17,15 @@ from ..errors import (
 from ..events import Invalidated, encode
 from ..redis import (
     REDIS_ERRORS,
-    RedisBackend,
     RedisCall,
     RunPipeline,
     RunReplicated,
     RunScript,
-    text,
 )
 from . import dead_letters
 from .durable import ServerCheck
 from .loss import LossDetection
-from .queue import WriteBehindQueue
+from .reader import StreamReader
 from .types import (
     DeadLetter,
     FlushReport,
@@ -43,7 +33,6 @@ from .types import (
     PendingWrite,
     WriteCall,
     pack_call,
-    unpack_call,
 )
 
 if TYPE_CHECKING:
@@ -52,45 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("cachewise")
 
 
-class StreamQueue(WriteBehindQueue):
+class StreamQueue(StreamReader):
     """A writer's queue kept in a Redis Stream, flushed by whichever live process leads it."""
 
-    durable = True
-    GROUP = "cachewise"
-
-    def _put_back(self, batch: list[PendingWrite]) -> None:
-        """Nothing to do: an unfinished batch stays pending in the stream, where a flusher
-        claims it after ``write_behind_claim_idle``."""
-
-    def _start(self) -> None:
-        """Name the writer's Redis keys and start flushing: a process that only registered the
-        writer flushes too."""
-        cache_backend = self.engine.backend
-        assert cache_backend is not None
-        #: Where cached values, their pending records and leases live, and events go.
-        self.cache_backend: RedisBackend = cache_backend
-        #: Where the queue lives: ``write_behind_redis``, else the cache's own Redis. Apart, a
-        #: call, a settle and a requeue are each two scripts (queue first), not one.
-        self.backend: RedisBackend = self.engine.queue_backend or cache_backend
-        self.split = self.backend is not cache_backend
-        self._cache_backlog: list[StoreCall] = []  # cache halves of settles Redis refused
-        space = cache_backend.keys
-        self.stream = space.writer("wb", self.where)
-        self.dead_stream = space.writer("wbdead", self.where)
-        self.lease = space.writer("wbflusher", self.where)
-        self.newest = space.writer("wbnewest", self.where)
-        self.epoch_key = space.writer("wbepoch", self.where)
+    def _components(self) -> None:
         self.loss = LossDetection(self)
-        self.token = secrets.token_hex(8)
-        self._nonces = itertools.count()
-        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
-        self.leading = False
-        self.known: set[str] = set()  # stream ids held here (queued or being written)
-        self.claimed = 0.0
-        self.retention_ms = int(self.options.retention * 1000)
-        self.lease_ms = int(self.options.claim_idle * 1000)
         self.server = ServerCheck(self)
-        self.ensure_flusher()  # a process that only registered the writer flushes too
 
     def enqueue(self, key: str, call: WriteCall) -> Callable[[StoreCall], Plan[Any]]:
         """The plan that runs the ENQUEUE script made from the STORE call of the new value (one
@@ -142,166 +98,6 @@ class StreamQueue(WriteBehindQueue):
             return reply
 
         return run
-
-    # -- leading the stream -------------------------------------------------------------------
-
-    def _lead(self) -> Plan[bool]:
-        """True while this process leads the stream; takes the flusher lease when it is free."""
-        if self.leading:
-            return True
-        backend = self.backend
-        # SET lease token PX lease_ms NX
-        taken = yield RedisCall(backend, "set", self.lease, self.token, None, self.lease_ms, True)
-        if taken:
-            yield RunScript(backend, "group", [self.stream], [self.GROUP, self.retention_ms])
-            self.leading = True
-            self.claimed = 0.0
-            yield Spawn(self._keep_lease(), self.engine.keep, background=True)
-            yield from self._prune_consumers()
-        return self.leading
-
-    def _prune_consumers(self) -> Plan[None]:
-        """Remove the group's consumers of processes long gone (nothing pending, idle for ten
-        claim periods): each restart adds one, and the group would otherwise keep them all."""
-        consumers = yield RedisCall(self.backend, "xinfo_consumers", self.stream, self.GROUP)
-        for consumer in consumers:
-            name = text(consumer["name"])
-            if (
-                name != self.consumer
-                and int(consumer["pending"]) == 0
-                and int(consumer["idle"]) > 10 * self.lease_ms
-            ):
-                yield RedisCall(self.backend, "xgroup_delconsumer", self.stream, self.GROUP, name)
-
-    def _keep_lease(self) -> Plan[None]:
-        """Renew the flusher lease while this process leads, beside the flusher (a thread or a
-        task of its own): a slow store call is not a dead flusher, and its writes must not be
-        claimed by another process meanwhile."""
-        while self.leading and not self.stopped:
-            yield Sleep(self.options.claim_idle / 3)
-            try:
-                held = yield RunScript(
-                    self.backend, "renew", [self.lease], [self.token, self.lease_ms]
-                )
-            except REDIS_ERRORS as exc:
-                self.engine.redis_failed(exc)
-                continue  # the lease may still hold; the next renewal tells
-            if not held and self.leading:
-                self._lost_lease()
-
-    def _lost_lease(self) -> None:
-        self.leading = False
-        with self.cond:
-            self.pending.clear()  # still pending in the group: the new leader claims them
-            self.known = {i for item in self.busy.values() for i in item.ids}
-        log.warning("cachewise: lost the write-behind lease of %s", self.where)
-
-    def _superseded(self, batch: list[PendingWrite]) -> Plan[set[str]]:
-        """Keys whose write is not this writer's newest to that key: a newer one is queued (and
-        will land), or has landed already (this one was claimed late, or delivered again). They
-        are acknowledged without a store call, so a key's store never goes back in time."""
-        mine = [item for item in batch if item.ids and not item.replay]
-        if not mine:
-            return set()
-        try:
-            newest = yield RedisCall(
-                self.backend, "hmget", self.newest, [*(i.key for i in mine), "~"]
-            )
-        except REDIS_ERRORS as exc:
-            self.engine.redis_failed(exc)
-            return set()
-        if newest.pop() is None:
-            # The record of newest writes was lost (eviction, a flush): nothing tells an older
-            # write from the newest, so all are written (at least once), and the loss is looked
-            # into at once (the holders queue their writes again).
-            self.loss.nogroup = "the queue's record of newest writes vanished"
-            self.loss.check_due = 0.0
-            return set()
-        return {
-            item.key
-            for item, last in zip(mine, newest, strict=True)
-            if last is None or text(last) != item.ids[-1]
-        }
-
-    def _refill(self, version: int, wait: float) -> Plan[None]:
-        """Lead the stream, claim what a dead flusher left, and read new writes (blocking in
-        Redis for up to ``wait``)."""
-        try:
-            if time.monotonic() >= self.loss.check_due and not self.stopped:
-                self.loss.check_due = time.monotonic() + self.options.claim_idle / 2
-                yield from self.loss.check()
-            if self.stopped or not (yield from self._lead()):
-                yield Sleep(min(self.options.claim_idle / 4, max(wait, self.options.interval)))
-                return
-            room = self.options.maxsize - len(self.pending) - len(self.busy)
-            if room <= 0:
-                yield Sleep(wait)
-                return
-            if time.monotonic() - self.claimed > self.options.claim_idle / 2:
-                yield from self._claim(room)
-                return
-            block = max(1, int(min(wait, self.backend.block_limit) * 1000))
-            reply = yield RedisCall(
-                self.backend,
-                "xreadgroup",
-                self.GROUP,
-                self.consumer,
-                {self.stream: ">"},
-                min(room, self.options.batch_size),
-                block,
-            )
-        except REDIS_ERRORS as exc:
-            self.engine.redis_failed(exc)
-            if "NOGROUP" in str(exc):
-                # The stream or its group was deleted, evicted or flushed: its writes are lost
-                # unless queued again. Checked at once (the group is made again there).
-                self.leading = False
-                self.loss.nogroup = describe(exc)
-                self.loss.check_due = 0.0
-            yield Sleep(min(1.0, self.options.claim_idle / 4))  # Redis is in trouble: slow down
-            return
-        for _, entries in reply or []:
-            self._take_entries(entries)
-
-    def _claim(self, room: int) -> Plan[None]:
-        """Claim the entries other consumers left pending for ``claim_idle`` (a dead flusher)."""
-        start = "0-0"
-        while room > 0:
-            reply = yield RedisCall(
-                self.backend,
-                "xautoclaim",
-                self.stream,
-                self.GROUP,
-                self.consumer,
-                self.lease_ms,
-                start,
-                min(room, self.options.batch_size),
-            )
-            start, entries = text(reply[0]), reply[1]
-            if entries:
-                log.info("cachewise: %s claimed %d pending writes", self.where, len(entries))
-            room -= self._take_entries(entries)
-            if start == "0-0":
-                break
-        self.claimed = time.monotonic()
-
-    def _take_entries(self, entries: list[Any]) -> int:
-        taken = 0
-        with self.cond:
-            for entry_id, fields in entries:
-                ident = text(entry_id)
-                if not fields or ident in self.known:
-                    continue  # deleted meanwhile, or claimed back while it waits here
-                self.known.add(ident)
-                key = text(fields[b"k"])
-                raw = fields[b"a"]
-                try:
-                    call = unpack_call(raw)
-                except Exception:
-                    call = WriteCall((), {})  # undecodable: the call fails and is dead-lettered
-                self._add(key, call, [ident], raw, replay=b"r" in fields)
-                taken += 1
-        return taken
 
     def _settle(
         self, settled: list[tuple[PendingWrite, Outcome, BaseException | None]]
@@ -369,14 +165,6 @@ class StreamQueue(WriteBehindQueue):
         except REDIS_ERRORS as exc:
             self.engine.redis_failed(exc)
             self._cache_backlog = calls[-10_000:]
-
-    def _retire(self) -> Plan[None]:
-        if self.leading:
-            self.leading = False
-            try:
-                yield RunScript(self.backend, "release", [self.lease], [self.token])
-            except REDIS_ERRORS as exc:
-                self.engine.redis_failed(exc)
 
     # -- flush, dead letters ------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from .._drivers import Op
 
 if TYPE_CHECKING:
-    from .queue import WriteBehindQueue
+    from .core import QueueCore
 
 
 class QueueWait(Op):
@@ -23,7 +23,7 @@ class QueueWait(Op):
 
     def __init__(
         self,
-        queue: WriteBehindQueue,
+        queue: QueueCore,
         ready: Callable[[], bool],
         timeout: float | None,
         event: Literal["kick", "progress"],
