@@ -31,6 +31,7 @@ from ..redis import (
 from .read import Reads
 from .values import (
     _RETRY,
+    Count,
     Policy,
     Target,
     _one_of,
@@ -57,14 +58,14 @@ class Bulk(Reads):
         for key, target in targets.items():
             if key in found:
                 continue
-            self.counts["misses"] += 1
+            self.counts[Count.MISSES] += 1
             flight, leader = self._claim(target.full_key)
             (leading if leader else waiting)[key] = flight
         if leading:
             yield Spawn(self._resolve_many(targets, leading, load_many, policy), self.keep)
         for key, flight in {**leading, **waiting}.items():
             if key in waiting:
-                self.counts["coalesced_waits"] += 1
+                self.counts[Count.COALESCED_WAITS] += 1
             value = yield Wait(flight, None)
             while value is _RETRY:  # joined a fast-path GET that was abandoned: lead or join anew
                 flight, leader = self._claim(targets[key].full_key)
@@ -182,7 +183,7 @@ class Bulk(Reads):
                     "Redis is unavailable and this bulk load is fail-closed: not loading "
                     "without the shared leases"
                 ) from None
-            self.counts["loads_without_redis"] += len(flights)
+            self.counts[Count.LOADS_WITHOUT_REDIS] += len(flights)
             return dict(flights), {}, {}
         mine: dict[str, Flight] = {}
         pending: dict[str, Any] = {}
@@ -191,14 +192,14 @@ class Bulk(Reads):
             got = lease_reply(reply)
             env = self._decode(got.raw) if isinstance(got, Filled) else None
             if env is not None and backend.server_now_ms() < env.fresh_until_ms:
-                self.counts["l2_hits"] += 1
+                self.counts[Count.L2_HITS] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
             elif isinstance(got, Won):
                 mine[key] = flight
                 flight.versions = got.versions
                 written = self._decode(got.pending) if got.pending else None
                 if written is not None:
-                    self.counts["pending_writes_read"] += 1
+                    self.counts[Count.PENDING_WRITES_READ] += 1
                     pending[key] = written.value
             else:
                 one = functools.partial(_one_of, load_many, key)
@@ -219,7 +220,7 @@ class Bulk(Reads):
         for key in flights:
             target = targets[key]
             entries[key] = self._entry(target, policy, result[key], took, flights[key].tags)
-        self.counts["loads"] += len(entries)
+        self.counts[Count.LOADS] += len(entries)
         self.load_latency.add(took)
         stored = {key: 1 for key in flights}
         if backend is not None and tokens:
@@ -238,7 +239,7 @@ class Bulk(Reads):
                 self.redis_failed(exc)
         for key, flight in flights.items():
             if not stored[key]:
-                self.counts["fills_refused"] += 1
+                self.counts[Count.FILLS_REFUSED] += 1
             self._settle(flight, targets[key], entries[key] if stored[key] else None, result[key])
 
     def _fail_flights(
@@ -341,7 +342,7 @@ class Bulk(Reads):
         for key in codec.fresh_values(keys, raws, now_ms, found, kept):
             at = keys.index(key)  # a key given twice was read twice: same name, same bytes
             self._decode(raws[at], key=names[at])  # counts and logs it
-        self.counts["l2_hits"] += len(found) - before
+        self.counts[Count.L2_HITS] += len(found) - before
         if kept:
             entries = [
                 self._adopt(self.explicit_target(key), codec.envelope(body)) for key, body in kept

@@ -26,6 +26,7 @@ from ..redis import (
 )
 from .state import EngineState
 from .values import (
+    Count,
     InvalidationEvent,
     Target,
 )
@@ -109,7 +110,7 @@ class Coherence(EngineState):
                 yield RedisCall(backend, "publish", backend.keys.channel, reset)
             if keys or tags:
                 yield RunScript(backend, *self._drop_call(keys, tags))
-            self.counts["outage_invalidations_sent"] += len(keys) + len(tags)
+            self.counts[Count.OUTAGE_INVALIDATIONS_SENT] += len(keys) + len(tags)
         except REDIS_ERRORS:
             self.remember(keys, tags)  # try again with the next call
             if overflow:
@@ -139,7 +140,7 @@ class Coherence(EngineState):
         elif isinstance(event, Reset):
             self._on_reset()  # another process lost track of its invalidations during an outage
         elif isinstance(event, Invalidated):
-            self.counts["invalidations_received"] += 1
+            self.counts[Count.INVALIDATIONS_RECEIVED] += 1
             self._drop_local(list(event.keys), event.tags)
             self.notify(InvalidationEvent(event.keys, event.tags, "remote"))
 
@@ -163,7 +164,7 @@ class Coherence(EngineState):
                 for flight in self.flights.values():
                     flight.invalidated = True
         if lost:
-            self.counts["l1_flushes"] += 1
+            self.counts[Count.L1_FLUSHES] += 1
 
     def drop_local(self, keys: Iterable[str]) -> None:
         """Drop keys from this process only (Redis is dealt with by the caller)."""

@@ -24,6 +24,7 @@ from ..redis import (
 from .values import (
     _NO_REDIS,
     _UNREAD,
+    Count,
     Policy,
     Target,
 )
@@ -85,9 +86,8 @@ class Fills(Writes):
         except BaseException as exc:  # delivered to every caller that joined, never cached
             if refreshing is not None and not isinstance(exc, asyncio.CancelledError):
                 log.warning("cachewise: background refresh of %s failed: %r", target.full_key, exc)
-            self._fail(
-                flight, target, exc, "load_errors" if refreshing is None else "refresh_errors"
-            )
+            counter = Count.LOAD_ERRORS if refreshing is None else Count.REFRESH_ERRORS
+            self._fail(flight, target, exc, counter)
 
     def _load_here(
         self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
@@ -95,7 +95,7 @@ class Fills(Writes):
         """Load and keep the value in this process only (no Redis, or Redis unusable)."""
         value, took = yield from self._invoke(loader)
         entry = self._entry(target, policy, value, took, flight.tags)
-        self.counts["loads"] += 1
+        self.counts[Count.LOADS] += 1
         self.load_latency.add(took)
         self._settle(flight, target, entry, value)
 
@@ -109,7 +109,7 @@ class Fills(Writes):
                 f"Redis is unavailable and {target.where} is fail-closed: not loading it "
                 "without the shared lease"
             )
-        self.counts["loads_without_redis"] += 1
+        self.counts[Count.LOADS_WITHOUT_REDIS] += 1
         yield from self._load_here(flight, target, loader, policy)
 
     def _read_l2(self, target: Target) -> Plan[Any]:
@@ -141,7 +141,7 @@ class Fills(Writes):
             return True
         if refreshing is None and backend.server_now_ms() < env.stale_until_ms:
             # Shared and stale: serve it now, refresh under the lease in the background.
-            self.counts["stale_served"] += 1
+            self.counts[Count.STALE_SERVED] += 1
             entry = self._adopt(target, env)
             self._settle(flight, target, entry, env.value)
             yield from self._refresh(target, loader, policy, entry)
@@ -162,7 +162,7 @@ class Fills(Writes):
             self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
         ):
             return False
-        self.counts["l2_hits"] += 1
+        self.counts[Count.L2_HITS] += 1
         self._settle(
             flight, target, self._adopt(target, env) if self.l1.maxsize else None, env.value
         )
@@ -208,7 +208,7 @@ class Fills(Writes):
         if not leader:
             return
         flight.stale = entry
-        self.counts["early_refreshes" if early else "refreshes"] += 1
+        self.counts[Count.EARLY_REFRESHES if early else Count.REFRESHES] += 1
         yield Spawn(
             self._resolve(flight, target, loader, policy, entry), self.keep, background=True
         )

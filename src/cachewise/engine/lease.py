@@ -30,6 +30,7 @@ from .fill import Fills
 from .values import (
     _NO_REDIS,
     _UNREAD,
+    Count,
     Policy,
     Target,
     _Renewal,
@@ -91,7 +92,7 @@ class Leases(Fills):
                 listener.forget(key, waiter)
                 env = yield from self._current(self._decode(got.raw))
                 if env is not None and backend.server_now_ms() < env.fresh_until_ms:
-                    self.counts["l2_hits"] += 1
+                    self.counts[Count.L2_HITS] += 1
                     self._settle(flight, target, self._adopt(target, env), env.value)
                     return
                 mode = "refresh"
@@ -108,11 +109,11 @@ class Leases(Fills):
                 if pending is not None:
                     # A write-behind value the store does not have yet: the store would answer
                     # with the old one, so the pending value is the load's result.
-                    self.counts["pending_writes_read"] += 1
+                    self.counts[Count.PENDING_WRITES_READ] += 1
                     loader = functools.partial(_same, pending.value)
                 break
             # Busy: someone else loads. Wait to be woken by its fill, or for its lease to run out.
-            self.counts["lease_waits"] += 1
+            self.counts[Count.LEASE_WAITS] += 1
             remaining = deadline - time.monotonic()
             timeout = min(got.wait_ms / 1000 + 0.05, remaining)
             if not listener.ready.is_set():
@@ -121,11 +122,11 @@ class Leases(Fills):
             listener.forget(key, waiter)
             env = self._decode(filled) if filled is not TIMED_OUT else None
             if env is not None:
-                self.counts["l2_hits"] += 1
+                self.counts[Count.L2_HITS] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
                 return
             if time.monotonic() >= deadline:
-                self.counts["lease_wait_timeouts"] += 1
+                self.counts[Count.LEASE_WAIT_TIMEOUTS] += 1
                 yield from self._load_here(flight, target, loader, policy)
                 return
             mode = "load"  # the holder may have died: try again
@@ -151,7 +152,7 @@ class Leases(Fills):
         except BaseException:
             yield from self._give_back(lease, token)
             raise
-        self.counts["loads"] += 1
+        self.counts[Count.LOADS] += 1
         self.load_latency.add(took)
         try:
             stored = yield from self._script(*store)
@@ -164,7 +165,7 @@ class Leases(Fills):
         if not stored:
             # The lease was taken away (an invalidation or a write happened during the load):
             # the callers get what they asked for, but it is stored nowhere (no stale set).
-            self.counts["fills_refused"] += 1
+            self.counts[Count.FILLS_REFUSED] += 1
             self._settle(flight, target, None, value)
             return
         self._settle(flight, target, entry, value)

@@ -30,6 +30,7 @@ from .values import (
     _NO_REDIS,
     _RETRY,
     _UNREAD,
+    Count,
     Policy,
     Target,
 )
@@ -73,11 +74,11 @@ class Reads(Leases):
                 entry.hits += 1
                 return entry.value
             if entry is not None and decision is Decision.SERVE_STALE:
-                self.counts["stale_served"] += 1
+                self.counts[Count.STALE_SERVED] += 1
                 return entry.value
             if entry is not None and decision is Decision.REFRESH:
                 if now >= entry.fresh_until:
-                    self.counts["stale_served"] += 1
+                    self.counts[Count.STALE_SERVED] += 1
                 else:
                     entry.hits += 1
                 yield from self._refresh(
@@ -97,11 +98,11 @@ class Reads(Leases):
                     self._settle(flight, target, None, entry.value)
                     entry.hits += 1
                     return entry.value
-                self.counts["misses"] += 1
+                self.counts[Count.MISSES] += 1
                 value = yield from self._lead(flight, target, loader, policy, prefetched)
             else:
-                self.counts["misses"] += 1
-                self.counts["coalesced_waits"] += 1
+                self.counts[Count.MISSES] += 1
+                self.counts[Count.COALESCED_WAITS] += 1
                 value = yield Wait(flight, self.wait_timeout)
                 if value is _RETRY:  # the fast-path GET this flight waited for was abandoned
                     continue
@@ -109,7 +110,7 @@ class Reads(Leases):
                     value = yield from self._load_beside_loop(target.full_key, loader)
                 elif value is TIMED_OUT:
                     # The shared load outlived wait_timeout: load without it.
-                    self.counts["wait_timeouts"] += 1
+                    self.counts[Count.WAIT_TIMEOUTS] += 1
                     alone = Flight()
                     yield Spawn(self._resolve(alone, target, loader, policy), self.keep)
                     value = yield Wait(alone, None)
@@ -130,7 +131,7 @@ class Reads(Leases):
         """Sync code on an event loop's thread found ``key`` being loaded by a task of that loop:
         waiting would block the loop, and the load with it, for ever. It loads the value itself
         and keeps it nowhere (the task's load fills the cache), and says why once a minute."""
-        self.counts["sync_loads_on_loop"] += 1
+        self.counts[Count.SYNC_LOADS_ON_LOOP] += 1
         self._log_once(
             key,
             "a sync call on an event loop's thread found %s being loaded by a task of that "
@@ -139,7 +140,7 @@ class Reads(Leases):
             key,
         )
         value, took = yield from self._invoke(loader)
-        self.counts["loads"] += 1
+        self.counts[Count.LOADS] += 1
         self.load_latency.add(took)
         return value
 
@@ -268,7 +269,7 @@ class Reads(Leases):
         started meanwhile, if they did."""
         if joined is None:
             return (yield from self.read(target, loader, policy, got, started))
-        self.counts["misses"] += 1
+        self.counts[Count.MISSES] += 1
         value = yield from self._lead(joined, target, loader, policy, got)
         self.miss_latency.add(self.clock() - started)
         return value

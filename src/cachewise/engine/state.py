@@ -37,6 +37,7 @@ from ..redis import (
 from ..redis.keyspace import KeySpace
 from .values import (
     EVENT_VALUE_LIMIT,
+    Count,
     InvalidationEvent,
     Policy,
     StoreCall,
@@ -177,7 +178,7 @@ class EngineState:
             flight.set_result(value)
 
     def _fail(
-        self, flight: Flight, target: Target, exc: BaseException, counter: str = "load_errors"
+        self, flight: Flight, target: Target, exc: BaseException, counter: Count = Count.LOAD_ERRORS
     ) -> None:
         with self.lock:
             if self.flights.get(target.full_key) is flight:
@@ -190,7 +191,7 @@ class EngineState:
         """Count a Redis error and log it (at most once a second): it never reaches callers."""
         if isinstance(exc, CircuitOpen):
             return  # counted by the breaker; its opening was logged
-        self.counts["redis_errors"] += 1
+        self.counts[Count.REDIS_ERRORS] += 1
         now = time.monotonic()
         if now - self._last_redis_log > 1.0:
             self._last_redis_log = now
@@ -268,7 +269,7 @@ class EngineState:
         key = entry.full_key
         if len(packed) > self.max_value_bytes:
             # Too large to share: kept in this process only, and no older copy stays shared.
-            self.counts["oversize_values"] += 1
+            self.counts[Count.OVERSIZE_VALUES] += 1
             self._log_once(
                 key, "value of %s is %d bytes (max_value_bytes=%d): not stored in Redis",
                 key, len(packed), self.max_value_bytes,
@@ -325,7 +326,7 @@ class EngineState:
     def _decode(self, raw: Any, count: bool = True, key: str = "") -> codec.Envelope | None:
         env = codec.unpack(raw)
         if count and raw is not None and env is None:
-            self.counts["decode_errors"] += 1  # a miss; the next fill overwrites it
+            self.counts[Count.DECODE_ERRORS] += 1  # a miss; the next fill overwrites it
             self._log_once(
                 key, "undecodable entry %s in Redis (a miss; the next load overwrites it)",
                 key or "(unnamed)",
@@ -351,7 +352,7 @@ class EngineState:
         if [None if v is None else text(v) for v in now] == list(env.versions):
             return env
         if count:
-            self.counts["tag_misses"] += 1
+            self.counts[Count.TAG_MISSES] += 1
         return None
 
     def _tag_versions(self, tags: tuple[str, ...]) -> Plan[tuple[str, ...]]:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from .state import EngineState
+from .values import Count
 
 log = logging.getLogger("cachewise")
 
@@ -21,17 +22,9 @@ class Stats(EngineState):
             size = len(self.l1)
             evictions = self.l1.evictions
         counts = dict(self.counts)
-        for name in ("misses", "l2_hits"):
+        for name in (Count.MISSES, Count.L2_HITS):
             counts[name] = counts.get(name, 0) + self.lone_hits
-        names = [
-            "misses", "loads", "load_errors", "refreshes", "early_refreshes", "refresh_errors",
-            "stale_served", "coalesced_waits", "wait_timeouts", "sync_loads_on_loop", "sets",
-            "invalidations", "l2_hits", "lease_waits", "lease_wait_timeouts", "fills_refused",
-            "redis_errors", "decode_errors", "invalidations_received", "l1_flushes",
-            "pending_writes_read", "loads_without_redis", "outage_invalidations_sent",
-            "oversize_values", "tag_misses",
-        ]  # fmt: skip
-        out: dict[str, Any] = {name: counts.get(name, 0) for name in names}
+        out: dict[str, Any] = {name.value: counts.get(name, 0) for name in Count}
         out.update(
             l1_hits=hits,
             l1_size=size,

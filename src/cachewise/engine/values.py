@@ -3,6 +3,7 @@ renewal of a load."""
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 from collections import deque
@@ -31,6 +32,37 @@ EVENT_VALUE_LIMIT = 64 * 1024
 _UNREAD: Any = object()  # Redis not read yet
 _NO_REDIS: Any = object()  # Redis failed: go on without it
 _RETRY: Any = object()  # a flight's result telling its callers to start over
+
+
+class Count(str, enum.Enum):
+    """Every counter ``stats()`` reports, by name: the one list of them. A member is its name
+    (``Count.LOADS == "loads"``), so the counter table and ``stats()`` agree by construction."""
+
+    MISSES = "misses"
+    LOADS = "loads"
+    LOAD_ERRORS = "load_errors"
+    REFRESHES = "refreshes"
+    EARLY_REFRESHES = "early_refreshes"
+    REFRESH_ERRORS = "refresh_errors"
+    STALE_SERVED = "stale_served"
+    COALESCED_WAITS = "coalesced_waits"
+    WAIT_TIMEOUTS = "wait_timeouts"
+    SYNC_LOADS_ON_LOOP = "sync_loads_on_loop"
+    SETS = "sets"
+    INVALIDATIONS = "invalidations"
+    L2_HITS = "l2_hits"
+    LEASE_WAITS = "lease_waits"
+    LEASE_WAIT_TIMEOUTS = "lease_wait_timeouts"
+    FILLS_REFUSED = "fills_refused"
+    REDIS_ERRORS = "redis_errors"
+    DECODE_ERRORS = "decode_errors"
+    INVALIDATIONS_RECEIVED = "invalidations_received"
+    L1_FLUSHES = "l1_flushes"
+    PENDING_WRITES_READ = "pending_writes_read"
+    LOADS_WITHOUT_REDIS = "loads_without_redis"
+    OUTAGE_INVALIDATIONS_SENT = "outage_invalidations_sent"
+    OVERSIZE_VALUES = "oversize_values"
+    TAG_MISSES = "tag_misses"
 
 
 @dataclass(frozen=True)

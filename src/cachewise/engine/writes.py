@@ -15,6 +15,7 @@ from ..redis import (
 )
 from .coherence import Coherence
 from .values import (
+    Count,
     InvalidationEvent,
     Policy,
     StoreCall,
@@ -77,7 +78,7 @@ class Writes(Coherence):
             if flight is not None:
                 flight.invalidated = True
             self.l1.put(target.table, entry)
-        self.counts["sets"] += 1
+        self.counts[Count.SETS] += 1
         if store is not None:
             try:
                 stored = yield from self._script(*store)
@@ -101,7 +102,7 @@ class Writes(Coherence):
         keys = list(dict.fromkeys(full_keys))
         tags = tuple(tags)
         dropped = self._drop_local(keys, tags)
-        self.counts["invalidations"] += len(keys)
+        self.counts[Count.INVALIDATIONS] += len(keys)
         backend = self.backend
         if backend is not None:
             try:
