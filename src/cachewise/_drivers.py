@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._flight import Flight
 from .errors import ConfigTypeError, describe
 
 log = logging.getLogger("cachewise")
@@ -39,115 +40,6 @@ TIMED_OUT: Any = object()
 BLOCKS_LOOP: Any = object()
 
 Plan = Generator["Op", Any, T]
-
-
-class Flight:
-    """One running load of one key, shared by every thread and task that wants its result.
-
-    Written by hand rather than on ``concurrent.futures.Future``: that one builds a
-    ``threading.Condition`` per instance and runs several Python-level calls per state change,
-    which on a shared-tier hit (one flight per L1 miss) cost more than the rest of the hit. Here
-    a flight is a lock and a few fields; a ``threading.Event`` is made only when a thread has to
-    wait, and a future per waiting task, woken together per event loop.
-    """
-
-    __slots__ = (
-        "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loop", "stale",
-        "tags", "versions",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._done = False
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._event: threading.Event | None = None
-        self._loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[Any]]] | None = None
-        #: Set when the key was invalidated or written while this load ran: its result is still
-        #: handed to the callers that joined it, but never stored (no stale set).
-        self.invalidated = False
-        #: The tags the loaded entry will carry, known once the load is led: invalidating one
-        #: of them invalidates the load too, though its key is in no tag index yet.
-        self.tags: tuple[str, ...] = ()
-        #: The version of each of those tags when the load took its lease: its entry records
-        #: them, and the fill is refused if one moved meanwhile.
-        self.versions: tuple[str, ...] = ()
-        #: The event loop whose task settles this flight (None: a thread does), so that sync
-        #: code on that loop's thread does not wait for it (``BLOCKS_LOOP``).
-        self.loop: asyncio.AbstractEventLoop | None = None
-        #: The entry a background refresh replaces: callers that find no copy of their own (L1
-        #: off, or another process' stale read) are served it while the refresh runs.
-        self.stale: Any = None
-
-    def done(self) -> bool:
-        return self._done
-
-    def result(self) -> Any:
-        """The value, or the loader's exception raised again (call only once ``done``)."""
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def set_result(self, value: Any) -> None:
-        self._finish(value, None)
-
-    def set_exception(self, error: BaseException) -> None:
-        self._finish(None, error)
-
-    def _finish(self, value: Any, error: BaseException | None) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._value, self._error, self._done = value, error, True
-            event, loops = self._event, self._loops
-        if event is not None:
-            event.set()
-        for loop, waiters in (loops or {}).items():
-            _deliver(self, loop, waiters)
-
-    def wait(self, timeout: float | None) -> bool:
-        """Block this thread until done (True) or ``timeout`` passed (False)."""
-        with self._lock:
-            if self._done:
-                return True
-            if self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        return event.wait(timeout)
-
-    def waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        """A future of ``loop`` for one waiting task, its own: cancelling it (a cancelled or
-        timed-out caller) touches no one else, so no ``asyncio.shield`` is needed. All the
-        waiters of one loop are woken by one callback (one ``call_soon_threadsafe`` at most)."""
-        future = loop.create_future()
-        with self._lock:
-            if not self._done:
-                if self._loops is None:
-                    self._loops = {}
-                self._loops.setdefault(loop, []).append(future)
-                return future
-        _copy(self, [future])
-        return future
-
-
-def _copy(source: Flight, targets: list[asyncio.Future[Any]]) -> None:
-    error = source._error
-    for target in targets:
-        if target.done():  # a waiter that was cancelled or timed out
-            continue
-        if error is not None:
-            target.set_exception(error)
-        else:
-            target.set_result(source._value)
-
-
-def _deliver(
-    source: Flight, loop: asyncio.AbstractEventLoop, targets: list[asyncio.Future[Any]]
-) -> None:
-    if asyncio._get_running_loop() is loop:  # public twin raises when no loop runs here
-        _copy(source, targets)
-    elif not loop.is_closed():
-        loop.call_soon_threadsafe(_copy, source, targets)
 
 
 class Op:

@@ -12,13 +12,13 @@ from typing import Any
 from .. import codec
 from .._drivers import (
     BLOCKS_LOOP,
-    Flight,
     Plan,
     Spawn,
     Wait,
     run_async,
     run_sync,
 )
+from .._flight import Flight
 from ..core import Filled, Won, lease_reply
 from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 from ..keys import MAX_ARGS_CHARS

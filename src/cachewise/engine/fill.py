@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from .._drivers import (
-    Flight,
     Invoke,
     Plan,
     Spawn,
 )
+from .._flight import Flight
 from ..core import Entry
 from ..errors import RedisUnavailable
 from ..redis import (

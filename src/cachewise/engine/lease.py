@@ -13,11 +13,11 @@ from typing import Any
 
 from .._drivers import (
     TIMED_OUT,
-    Flight,
     Plan,
     Sleep,
     Spawn,
 )
+from .._flight import Flight
 from ..core import Entry, Filled, Won, lease_reply
 from ..events import Released, encode
 from ..redis import (

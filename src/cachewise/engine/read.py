@@ -14,13 +14,13 @@ from .. import codec, core
 from .._drivers import (
     BLOCKS_LOOP,
     TIMED_OUT,
-    Flight,
     Plan,
     Spawn,
     Wait,
     run_async,
     run_sync,
 )
+from .._flight import Flight
 from ..core import Decision, Entry
 from ..redis import (
     Breaker,

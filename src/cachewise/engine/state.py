@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import codec, core
 from .._drivers import (
-    Flight,
     Plan,
 )
+from .._flight import Flight
 from .._l1 import L1, Table
 from ..core import Entry
 from ..errors import ConfigTypeError, describe
