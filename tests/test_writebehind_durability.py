@@ -17,6 +17,7 @@ from cachewise.testing import RedisServer
 
 from . import _workers
 from .test_writebehind_redis import stop_flusher
+from .test_writebehind_redis import stored_rows as rows
 
 WRITER = "tests._workers.store_row"
 
@@ -25,11 +26,6 @@ WRITER = "tests._workers.store_row"
 def store(redis_server: Any, namespace: str) -> Iterator[redis.Redis]:
     """The store the writer writes to, on the shared test server (apart from the queue's)."""
     yield _workers.use_store(redis_server.url, namespace)
-
-
-def rows(store: redis.Redis, namespace: str) -> dict[int, str]:
-    found = store.hgetall(f"{namespace}-store:rows")
-    return {int(k): v.decode() for k, v in found.items()}
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])

@@ -25,6 +25,12 @@ from .test_concurrency import wait_until
 ctx = multiprocessing.get_context("spawn")
 
 
+def stored_rows(store: redis.Redis, namespace: str) -> dict[int, str]:
+    """What ``_workers.store_row`` wrote for this test: row -> its last value."""
+    found = store.hgetall(f"{namespace}-store:rows")
+    return {int(k): v.decode() for k, v in found.items()}
+
+
 class Rows:
     """This test's view of the shared store and of the writer's Redis keys."""
 
@@ -42,8 +48,7 @@ class Rows:
         return made  # type: ignore[no-any-return]
 
     def rows(self) -> dict[int, str]:
-        found = self.client.hgetall(f"{self.ns}-store:rows")
-        return {int(k): v.decode() for k, v in found.items()}
+        return stored_rows(self.client, self.ns)
 
     def log(self, row: int) -> list[str]:
         return [v.decode() for v in self.client.lrange(f"{self.ns}-store:log:{row}", 0, -1)]
