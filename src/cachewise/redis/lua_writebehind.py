@@ -104,18 +104,17 @@ end
 """
 )
 
-# Both halves on one Redis. KEYS: stream, pending, value, lease, dead-letter stream, newest.
-# ARGV: group, pending id, outcome ("ok" | "dead" | "drop"), the sender's event channel,
-# message, retention_ms, cache key, packed call, error, attempts, then the stream ids.
+# Both halves on one Redis, atomically: KEYS are the queue half's then the cache half's, ARGV
+# the cache half's four then the queue half's (its stream ids last).
 SETTLE = (
     _SETTLE_QUEUE_FN
     + _SETTLE_CACHE_FN
     + """
 local ids = {}
-for i = 11, #ARGV do ids[#ids + 1] = ARGV[i] end
-settle_queue(KEYS[1], KEYS[5], KEYS[6], ARGV[1], ARGV[3], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
-             ARGV[10], ids)
-settle_cache(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+for i = 12, #ARGV do ids[#ids + 1] = ARGV[i] end
+settle_queue(KEYS[1], KEYS[2], KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10],
+             ARGV[11], ids)
+settle_cache(KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 )

@@ -133,13 +133,10 @@ class StreamQueue(StreamReader):
             if self.split:
                 queue_calls.append(("settle_queue", queue_keys, queue_args))
                 cache_calls.append(("settle_cache", cache_keys, cache_args))
-            else:
-                keys = [self.stream, cache_keys[0], item.key, cache_keys[2], self.dead_stream,
-                        self.newest]  # fmt: skip
-                args = [self.GROUP, cache_args[0], mode, cache_args[2], cache_args[3],
-                        self.retention_ms, item.key, item.packed, queue_args[5],
-                        item.attempts + 1, *item.ids]  # fmt: skip
-                queue_calls.append(("settle", keys, args))
+            else:  # both halves in one script
+                queue_calls.append(
+                    ("settle", [*queue_keys, *cache_keys], [*cache_args, *queue_args])
+                )
         if not queue_calls:
             return
         try:
