@@ -34,16 +34,16 @@ end
 # A write-behind call on one Redis, atomically: the queue half, then the write's pending record
 # (readers use it until the store has it) and the STORE of the new value.
 # KEYS: stream, pending, newest, epoch, then STORE's keys. ARGV: STORE's five, cache key, packed
-# call, retention_ms (unused), a nonce for a new epoch, then STORE's tag versions.
+# call, a nonce for a new epoch, then STORE's tag versions.
 # Returns the pending record's id and the queue's epoch, as one string "<id> <epoch>" (a single
 # reply parses faster than an array on the path of every call; neither part holds a space).
 ENQUEUE = (
     _STORE_FN
     + _ENQUEUE_QUEUE_FN
     + """
-local mine, epoch = enqueue(KEYS[1], KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[9])
+local mine, epoch = enqueue(KEYS[1], KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[2], 'id', mine, 'v', ARGV[2])
-store(4, 9)
+store(4, 8)
 return mine .. ' ' .. epoch
 """
 )
@@ -142,7 +142,7 @@ return 1
 """
 )
 
-# KEYS: stream. ARGV: group, retention_ms (unused). Creates the consumer group (and the stream)
+# KEYS: stream. ARGV: group. Creates the consumer group (and the stream)
 # if missing; an expiry an older release set on the stream is removed (queue keys are data).
 GROUP = """
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
@@ -209,11 +209,11 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'v', ARGV[2])
 return 1
 """
 
-# KEYS: stream, dead-letter stream. ARGV: retention_ms, dead-letter ids...
+# KEYS: stream, dead-letter stream. ARGV: dead-letter ids...
 # Moves dead letters back to the writer's stream, marked as replays. Returns how many moved.
 REPLAY = """
 local moved = 0
-for i = 2, #ARGV do
+for i = 1, #ARGV do
   local found = redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i])
   if #found == 1 then
     local f = found[1][2]

@@ -44,9 +44,7 @@ def replay(queue: StreamQueue, letters: list[DeadLetter]) -> Plan[int]:
     ids = [dead.id for dead in letters if dead.writer == queue.where and dead.id]
     if not ids:
         return 0
-    moved = yield RunScript(
-        queue.backend, "replay", [queue.stream, queue.dead_stream], [queue.retention_ms, *ids]
-    )
+    moved = yield RunScript(queue.backend, "replay", [queue.stream, queue.dead_stream], ids)
     queue.kick()
     return int(moved)
 

@@ -96,7 +96,7 @@ class StreamReader(WriteBehindQueue):
         # SET lease token PX lease_ms NX
         taken = yield RedisCall(backend, "set", self.lease, self.token, None, self.lease_ms, True)
         if taken:
-            yield RunScript(backend, "group", [self.stream], [self.GROUP, self.retention_ms])
+            yield RunScript(backend, "group", [self.stream], [self.GROUP])
             self.leading = True
             self.claimed = 0.0
             yield Spawn(self._keep_lease(), self.engine.keep, background=True)

@@ -72,7 +72,7 @@ class StreamQueue(StreamReader):
                 else (
                     "enqueue",
                     [self.stream, pending, self.newest, self.epoch_key, *keys],
-                    [*args[:5], key, packed, self.retention_ms, nonce, *args[5:]],
+                    [*args[:5], key, packed, nonce, *args[5:]],
                 )
             )
             acked = 1
