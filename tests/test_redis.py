@@ -639,6 +639,25 @@ def test_clients_given_by_the_user(redis_server: Any, namespace: str) -> None:
         cache.close()
 
 
+def test_close_leaves_the_users_pool_without_a_subscription(
+    redis_server: Any, namespace: str
+) -> None:
+    """The listener's subscription is closed by its own thread before ``close`` returns: a
+    subscribed connection left in the user's pool would be handed to the user's next command."""
+    import redis
+
+    name = f"user-{namespace[-6:]}"
+    sync = redis.Redis(port=redis_server.port, client_name=name)
+    for _ in range(10):
+        cache = listening(Cache(sync, namespace=namespace))
+        cache.set("k", "v", ttl=5)
+        cache.close()
+        assert sync.ping() is True
+    time.sleep(1.2)  # longer than the listener's poll: a thread left reading has woken
+    assert [c for c in sync.client_list(_type="pubsub") if c.get("name") == name] == []
+    sync.close()
+
+
 def test_pubsub_loss_empties_l1(make_cache: MakeCache, redis_server: Any) -> None:
     cache = listening(make_cache())
     cache.set("k", 1, ttl=30)

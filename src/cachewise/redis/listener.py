@@ -122,17 +122,25 @@ class Listener:
                     future.set_result(None)
 
     def stop(self) -> None:
+        """End the listener thread and wait for it briefly. The thread closes its subscription
+        itself: closed from here, its connection would go back to the pool while the thread
+        still reads on it, and redis-py's retry would re-subscribe a connection that the
+        pool then hands to another command."""
         self._stopped.set()
-        pubsub = self._pubsub
-        if pubsub is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                pubsub.close()
+        if threading.current_thread() is self._thread:
+            return
+        if self._pubsub is not None and self.backend.breaker.state is Breaker.CLOSED:
+            with contextlib.suppress(Exception):  # best effort: wakes it before its poll ends
+                self.backend.sync_client().publish(self.backend.inbox, b"")
+        self._thread.join(timeout=self.STOP_WAIT)
 
     #: How often a listener renews its entry in the registry of listeners (``lua.REGISTER``),
     #: and how long an entry lasts without renewal.
     #: A listener dropped while alive (its renewals stalled) loses no event: the registry is
     #: then incomplete and events go to the shared channel until it registers again.
     REGISTER_EVERY = 30.0
+    #: How long ``stop`` waits for the thread (it polls for messages once a second).
+    STOP_WAIT = 1.5
     REGISTER_KEEP_MS = 90_000
 
     def _register(self) -> None:
@@ -151,6 +159,9 @@ class Listener:
         try:
             self._listen()
         finally:
+            if self._pubsub is not None:
+                with contextlib.suppress(Exception):
+                    self._pubsub.close()
             # Leave the registry (it holds few entries before events go to the shared channel),
             # from this thread: ``stop`` may be called on an event loop's thread. A process
             # that dies without this is forgotten after REGISTER_KEEP_MS. Any error: redis-py
@@ -173,7 +184,7 @@ class Listener:
                     message = self._pubsub.get_message(timeout=1.0)
                     if time.monotonic() >= self._register_due:
                         self._register()
-                    if message is None:
+                    if message is None or self._stopped.is_set():
                         continue
                     if message["type"] == "subscribe":
                         if text(message["channel"]) != inbox:
