@@ -17,6 +17,7 @@ import redis
 from cachewise import Cache, codec
 from cachewise.codec import Envelope
 from cachewise.events import Event, decode
+from cachewise.redis import Fetch
 
 from .conftest import in_thread
 from .test_concurrency import wait_until
@@ -66,18 +67,18 @@ def test_async_shared_hit(make_cache: MakeCache) -> None:
     assert reader.stats()["l2_hits"] == 2
 
 
-def _racing(cache: Cache, race: Callable[[], None]) -> None:
+def _racing(cache: Cache, race: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``race`` happen after ``cache``'s next fast-path GET got its reply."""
     backend = cache._engine.backend
-    assert backend is not None
-    fetch = backend.fetch_sync
+    fetch = Fetch.run_sync
 
-    def fetch_then_race(keys: Any) -> Any:
-        got = fetch(keys)
-        race()
+    def fetch_then_race(op: Fetch) -> Any:
+        got = fetch(op)
+        if op.backend is backend:
+            race()
         return got
 
-    backend.fetch_sync = fetch_then_race  # type: ignore[method-assign]
+    monkeypatch.setattr(Fetch, "run_sync", fetch_then_race)
 
 
 def _event(kind: str, *fields: Any) -> Event:
@@ -90,7 +91,7 @@ def _event(kind: str, *fields: Any) -> Event:
 @pytest.mark.parametrize("race", ["invalidate", "set", "remote-invalidation", "remote-fill"])
 @pytest.mark.parametrize("how", ["get_or_load", "get_many"])
 def test_a_read_racing_a_change_keeps_nothing_older_in_l1(
-    make_cache: MakeCache, race: str, how: str
+    make_cache: MakeCache, race: str, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer, reader = make_cache(), make_cache()
     writer.set("k", "old", ttl=60)
@@ -104,7 +105,7 @@ def test_a_read_racing_a_change_keeps_nothing_older_in_l1(
         "remote-invalidation": lambda: engine._on_event(_event("i", [full], [])),
         "remote-fill": lambda: engine._on_event(_event("f", full, new)),
     }
-    _racing(reader, changes[race])
+    _racing(reader, changes[race], monkeypatch)
     if how == "get_or_load":
         assert reader.get_or_load("k", _never, ttl=60) == "old"  # what Redis held when read
     else:
@@ -263,7 +264,9 @@ def test_callers_start_over_when_the_fast_get_is_abandoned(make_cache: MakeCache
     assert not reader._engine.probing and not reader._engine.flights
 
 
-def test_a_cancelled_fast_get_hands_its_callers_on(make_cache: MakeCache) -> None:
+def test_a_cancelled_fast_get_hands_its_callers_on(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """asyncio: the task whose fast GET the others wait for is cancelled mid-GET (a request
     timeout): the others start over and get the value."""
     writer, reader = make_cache(), make_cache(l1_maxsize=0)
@@ -271,20 +274,18 @@ def test_a_cancelled_fast_get_hands_its_callers_on(make_cache: MakeCache) -> Non
 
     async def main() -> list[Any]:
         await asyncio.to_thread(_warm, reader)
-        backend = reader._engine.backend
-        assert backend is not None
-        fetch = backend.fetch_async
+        fetch = Fetch.run_async
         held = asyncio.Event()
 
-        async def slow_fetch(keys: Any) -> Any:
-            held.set()
-            await asyncio.sleep(10)  # cancelled before this ends
-            return await fetch(keys)
+        async def slow_fetch(op: Fetch) -> Any:
+            if not held.is_set():
+                held.set()
+                await asyncio.sleep(10)  # cancelled before this ends
+            return await fetch(op)
 
-        backend.fetch_async = slow_fetch  # type: ignore[method-assign]
+        monkeypatch.setattr(Fetch, "run_async", slow_fetch)
         first = asyncio.create_task(reader.aget_or_load("k", _never, ttl=60))
         await held.wait()
-        backend.fetch_async = fetch  # type: ignore[method-assign]
         others = [asyncio.create_task(reader.aget_or_load("k", _never, ttl=60)) for _ in range(3)]
         while reader.stats()["coalesced_waits"] < 3:
             await asyncio.sleep(0.001)

@@ -23,11 +23,7 @@ from ..core import Filled, Won, lease_reply
 from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 from ..keys import MAX_ARGS_CHARS
 from ..keys import explicit as explicit_key
-from ..redis import (
-    REDIS_ERRORS,
-    RedisCall,
-    RunPipeline,
-)
+from ..redis import REDIS_ERRORS, Fetch, RunPipeline
 from .read import Reads
 from .values import (
     _RETRY,
@@ -258,44 +254,27 @@ class Bulk(Reads):
         backend = self.backend
         if not rest or backend is None:
             return found
-        try:
-            if self._setup_due(backend):
-                yield from self._ensure_backend()
-            names = self._names(rest)
-            epoch = self.epoch  # what is read is kept in L1 only if nothing changed meanwhile
-            if len(rest) == 1:  # GET: a one-key MGET costs redis-py noticeably more
-                raws = [(yield RedisCall(backend, "get", names[0]))]
-            else:
-                raws = yield RedisCall(backend, "mget", names)
-        except REDIS_ERRORS as exc:
-            self.redis_failed(exc)
-            return found
-        self._found_many(found, rest, names, (raws, None), epoch)
+        epoch = self._lone()  # what is read is kept in L1 only if nothing changed meanwhile
+        if epoch < 0:
+            try:
+                if self._setup_due(backend):
+                    yield from self._ensure_backend()
+            except REDIS_ERRORS as exc:
+                self.redis_failed(exc)
+                return found
+            epoch = self.epoch
+        names = self._names(rest)
+        fetched = yield Fetch(backend, names)
+        self._found_many(found, rest, names, fetched, epoch)
         return found
 
     def get_many_sync(self, keys: list[str]) -> dict[str, Any]:
-        """``get_many`` carried out in this thread; without its plan when Redis is set up."""
-        epoch = self._lone()
-        if epoch < 0:
-            return run_sync(self.get_many(keys))
-        found, rest = self._local_many(keys)
-        if rest:
-            names = self._names(rest)
-            fetched = self.backend.fetch_sync(names)  # type: ignore[union-attr]
-            self._found_many(found, rest, names, fetched, epoch)
-        return found
+        """``get_many`` carried out in this thread."""
+        return run_sync(self.get_many(keys))
 
     async def get_many_async(self, keys: list[str]) -> dict[str, Any]:
-        """``get_many`` carried out on the running loop; without its plan when Redis is set up."""
-        epoch = self._lone()
-        if epoch < 0:
-            return await run_async(self.get_many(keys))
-        found, rest = self._local_many(keys)
-        if rest:
-            names = self._names(rest)
-            fetched = await self.backend.fetch_async(names)  # type: ignore[union-attr]
-            self._found_many(found, rest, names, fetched, epoch)
-        return found
+        """``get_many`` carried out on the running loop."""
+        return await run_async(self.get_many(keys))
 
     def _local_many(self, keys: list[str]) -> tuple[dict[str, Any], list[str]]:
         """The fresh values L1 holds, and the keys it does not."""
@@ -352,4 +331,3 @@ class Bulk(Reads):
                     for entry in entries:
                         if entry.full_key not in self.flights:
                             self.l1.put(self.explicit, entry)
-

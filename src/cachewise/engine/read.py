@@ -22,9 +22,7 @@ from .._drivers import (
 )
 from .._flight import Flight
 from ..core import Decision, Entry
-from ..redis import (
-    Breaker,
-)
+from ..redis import Breaker, Fetch
 from .lease import Leases
 from .values import (
     _NO_REDIS,
@@ -274,35 +272,26 @@ class Reads(Leases):
         self.miss_latency.add(self.clock() - started)
         return value
 
-    def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
-        """``read`` carried out in this thread, after the fast path's GET where it applies."""
+    def read_first(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Plan[Any]:
+        """``read``, after the fast path's GET where it applies."""
         ticket = self.ticket(target)
         if ticket < 0:
-            return run_sync(self.read(target, loader, policy))
+            return (yield from self.read(target, loader, policy))
         started = self.clock()
         try:
-            fetched = self.backend.fetch_sync(target.full_key)  # type: ignore[union-attr]
-        except BaseException:
+            fetched = yield Fetch(self.backend, target.full_key)  # type: ignore[arg-type]
+        except BaseException:  # cancelled, or interrupted
             self._unprobe(target.full_key, abandoned=True)
             raise
         done, got, joined = self.lone_read(target, fetched, ticket, started)
         if done:
             return got
-        return run_sync(self._after_probe(target, loader, policy, got, joined, started))
+        return (yield from self._after_probe(target, loader, policy, got, joined, started))
+
+    def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
+        """``read_first`` carried out in this thread."""
+        return run_sync(self.read_first(target, loader, policy))
 
     async def read_async(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
-        """``read`` carried out on the running loop, after the fast path's GET where it applies."""
-        ticket = self.ticket(target)
-        if ticket < 0:
-            return await run_async(self.read(target, loader, policy))
-        started = self.clock()
-        try:
-            fetched = await self.backend.fetch_async(target.full_key)  # type: ignore[union-attr]
-        except BaseException:
-            self._unprobe(target.full_key, abandoned=True)
-            raise
-        done, got, joined = self.lone_read(target, fetched, ticket, started)
-        if done:
-            return got
-        return await run_async(self._after_probe(target, loader, policy, got, joined, started))
-
+        """``read_first`` carried out on the running loop."""
+        return await run_async(self.read_first(target, loader, policy))

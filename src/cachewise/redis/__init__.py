@@ -15,6 +15,7 @@ from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker, CircuitOpen
 from .listener import Listener
 from .ops import (
     AwaitEvent,
+    Fetch,
     RedisCall,
     RedisOp,
     RunPipeline,
@@ -30,6 +31,7 @@ __all__ = [
     "AwaitEvent",
     "Breaker",
     "CircuitOpen",
+    "Fetch",
     "Listener",
     "RedisBackend",
     "RedisCall",

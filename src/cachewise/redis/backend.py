@@ -22,7 +22,7 @@ import redis.asyncio
 from redis.commands.core import AsyncScript, Script
 
 from ..errors import ConfigTypeError, ConfigValueError
-from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker
+from .breaker import Breaker
 from .keyspace import KeySpace
 from .scripts import SCRIPTS as _SCRIPTS
 
@@ -165,44 +165,6 @@ class RedisBackend:
         if script is None:
             script = scripts[name] = client.register_script(_SCRIPTS[name])
         return script
-
-    # -- the engine's lone-caller fast path ----------------------------------------------------
-    # Written out rather than as a ``RedisCall``: its generic dispatch (the op object, the
-    # breaker's check and report, the method looked up by name) costs a tenth of a whole
-    # shared-tier hit. The engine only takes this path while the breaker is closed.
-
-    def fetch_sync(self, keys: str | list[str]) -> tuple[Any, BaseException | None]:
-        """Read on the sync client: ``(what was read, None)``, or ``(None, error)``. One key is
-        a GET; a list of keys an MGET (a GET for a list of one, which costs redis-py less)."""
-        client = self._sync or self.sync_client()
-        try:
-            if type(keys) is str:
-                return self._fetched(client.get(keys))
-            return self._fetched(client.mget(keys) if len(keys) > 1 else [client.get(keys[0])])
-        except REDIS_ERRORS as exc:
-            return self._fetch_failed(exc)
-
-    async def fetch_async(self, keys: str | list[str]) -> tuple[Any, BaseException | None]:
-        """``fetch_sync`` on the running loop's client."""
-        client = self.async_client()
-        try:
-            if type(keys) is str:
-                return self._fetched(await client.get(keys))
-            return self._fetched(
-                await client.mget(keys) if len(keys) > 1 else [await client.get(keys[0])]
-            )
-        except REDIS_ERRORS as exc:
-            return self._fetch_failed(exc)
-
-    def _fetched(self, raw: Any) -> tuple[Any, None]:
-        if self.breaker.failures:
-            self.breaker.passed(None)
-        return raw, None
-
-    def _fetch_failed(self, exc: BaseException) -> tuple[None, BaseException]:
-        if isinstance(exc, OUTAGE_ERRORS):
-            self.breaker.failed()
-        return None, exc
 
     # -- the server clock -------------------------------------------------------------------
 
