@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._clock import monotonic
 from ._flight import Flight
 from .errors import ConfigTypeError, describe
 
@@ -182,7 +183,7 @@ class _Renewer:
         with self._lock:
             self._start()
             self._ids += 1
-            self._jobs[self._ids] = [time.monotonic() + every, every, renew]
+            self._jobs[self._ids] = [monotonic() + every, every, renew]
             self._changed.notify()
             return self._ids
 
@@ -193,7 +194,7 @@ class _Renewer:
     def _run(self) -> None:
         while True:
             with self._lock:
-                now = time.monotonic()
+                now = monotonic()
                 due = [job for job in self._jobs.values() if job[0] <= now]
                 if due:
                     # The jobs due within half their period go along (early is harmless: a

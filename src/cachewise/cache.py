@@ -36,7 +36,8 @@ class Cache(Lifecycle):
     ``redis=`` is None (in-process only), a URL, a ``redis.Redis``, a ``redis.asyncio.Redis``,
     or a ``(redis.Redis, redis.asyncio.Redis)`` pair. Every value has a TTL; reads are single-flight
     per key across threads and asyncio tasks; ``stale_ttl`` serves stale values while one
-    background refresh runs.
+    background refresh runs. ``clock`` is the time entries live on and ``timer`` the time
+    deadlines of waits are kept on (both ``time.monotonic`` unless a test passes its own).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class Cache(Lifecycle):
         namespace: str = "cachewise",
         l1_maxsize: int = 10_000,
         clock: Clock | None = None,
+        timer: Clock | None = None,
         fail_closed: bool = False,
         freshness: Freshness | None = None,
         leases: Leases | None = None,
@@ -62,6 +64,11 @@ class Cache(Lifecycle):
                 "namespace must be 1-64 characters from A-Z a-z 0-9 _ . - (so that no "
                 f"namespace's keys can collide with another's), got {namespace!r}"
             )
+        if clock is not None:
+            _validate.callable_(clock, "clock")
+        if timer is not None:
+            _validate.callable_(timer, "timer")
+        timer = timer or monotonic
         given = {"freshness": freshness, "leases": leases, "connection": connection,
                  "write_behind": write_behind}  # fmt: skip
         groups = group_options(given, flat)
@@ -71,24 +78,23 @@ class Cache(Lifecycle):
         writes: WriteBehind = groups["write_behind"]
         backend = queue_backend = None
         if redis is not None:
-            backend = self._backend(redis, namespace, conn)
+            backend = self._backend(redis, namespace, conn, timer)
         if writes.redis is not None:
             if backend is None:
                 raise ConfigValueError(
                     "write_behind_redis= gives write-behind queues a Redis of their own beside "
                     "the cache's; without redis= the cache is in-process and its queue in memory"
                 )
-            queue_backend = self._backend(writes.redis, namespace, conn)
+            queue_backend = self._backend(writes.redis, namespace, conn, timer)
         if not isinstance(fail_closed, bool):
             raise ConfigTypeError(f"fail_closed must be a bool, not {type(fail_closed).__name__}")
         self._fail_closed = fail_closed
-        if clock is not None:
-            _validate.callable_(clock, "clock")
         self.namespace = namespace
         self._engine = Engine(
             namespace=namespace,
             l1_maxsize=_validate.non_negative_int(l1_maxsize, "l1_maxsize"),
             clock=clock or monotonic,
+            timer=timer,
             ttl_jitter=fresh.ttl_jitter,
             early_refresh_beta=fresh.early_refresh_beta,
             wait_timeout=fresh.wait_timeout,
@@ -106,7 +112,7 @@ class Cache(Lifecycle):
         _OPEN.add(self)
 
     @staticmethod
-    def _backend(redis: Any, namespace: str, conn: Connection) -> RedisBackend:
+    def _backend(redis: Any, namespace: str, conn: Connection, timer: Clock) -> RedisBackend:
         return RedisBackend(
             redis,
             namespace,
@@ -114,6 +120,7 @@ class Cache(Lifecycle):
             connect_timeout=conn.connect_timeout,
             breaker_threshold=conn.breaker_threshold,
             breaker_reset=conn.breaker_reset,
+            timer=timer,
         )
 
     def __repr__(self) -> str:

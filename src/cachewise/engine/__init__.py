@@ -39,4 +39,3 @@ class Engine(Bulk, Stats):
     ``coherence`` (Redis set-up, events, the backlog), ``writes``, ``fill`` (L2, loads,
     refreshes), ``lease`` (ACQUIRE, the load under it, give-backs), ``read`` (L1, flights, the
     fast path), ``bulk``; and ``stats`` beside them."""
-

@@ -197,4 +197,3 @@ class Coherence(EngineState):
                 listener(event)
             except Exception:  # a listener's bug must not break invalidation
                 log.exception("cachewise: on_invalidate listener %r failed", listener)
-

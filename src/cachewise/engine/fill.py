@@ -212,4 +212,3 @@ class Fills(Writes):
         yield Spawn(
             self._resolve(flight, target, loader, policy, entry), self.keep, background=True
         )
-

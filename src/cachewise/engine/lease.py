@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +71,7 @@ class Leases(Fills):
         lease = backend.keys.lease(key)
         lease_ms = int(self.lease_ttl * 1000)
         mode = "load" if raw is None and not refresh else "refresh"
-        deadline = time.monotonic() + self.lease_wait_timeout
+        deadline = self.timer() + self.lease_wait_timeout
         listener = backend.listener
         assert listener is not None
         while True:
@@ -114,7 +113,7 @@ class Leases(Fills):
                 break
             # Busy: someone else loads. Wait to be woken by its fill, or for its lease to run out.
             self.counts[Count.LEASE_WAITS] += 1
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.timer()
             timeout = min(got.wait_ms / 1000 + 0.05, remaining)
             if not listener.ready.is_set():
                 timeout = min(timeout, 0.05)  # not subscribed yet: look again soon
@@ -125,7 +124,7 @@ class Leases(Fills):
                 self.counts[Count.L2_HITS] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
                 return
-            if time.monotonic() >= deadline:
+            if self.timer() >= deadline:
                 self.counts[Count.LEASE_WAIT_TIMEOUTS] += 1
                 yield from self._load_here(flight, target, loader, policy)
                 return
@@ -209,9 +208,9 @@ class Leases(Fills):
         not say the script did not run: Redis may hold the lease after all, and every process
         would wait it out for nothing. Tried until Redis answers, for as long as the leases
         could live. Never raises (it runs detached)."""
-        deadline = time.monotonic() + self.lease_ttl
+        deadline = self.timer() + self.lease_ttl
         calls = [self._release_call(lease, token) for lease, token in leases]
-        while time.monotonic() < deadline:
+        while self.timer() < deadline:
             try:
                 yield from _run_calls(self.backend, calls)  # type: ignore[arg-type]
                 self._released(leases)
@@ -221,4 +220,3 @@ class Leases(Fills):
             except Exception as exc:  # a bug must not kill the thread or task silently
                 log.warning("cachewise: giving back leases failed: %r", exc)
                 return
-

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 from .. import codec, core
+from .._clock import monotonic
 from .._drivers import (
     BLOCKS_LOOP,
     TIMED_OUT,
@@ -232,11 +232,7 @@ class Reads(Leases):
         offset = self.backend.offset_ms  # type: ignore[union-attr]
         assert offset is not None
         # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
-        if (
-            body is None
-            or time.monotonic() * 1000 + offset >= body[codec.FRESH]
-            or body[codec.TAGS]
-        ):
+        if body is None or monotonic() * 1000 + offset >= body[codec.FRESH] or body[codec.TAGS]:
             # Absent, undecodable (``read`` counts it), stale, or tagged: the full path checks
             # its tags' versions.
             return False, raw, joined

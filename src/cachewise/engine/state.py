@@ -10,13 +10,13 @@ import os
 import random
 import secrets
 import threading
-import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import codec, core
+from .._clock import monotonic
 from .._drivers import (
     Plan,
 )
@@ -73,6 +73,7 @@ class EngineState:
         namespace: str,
         l1_maxsize: int,
         clock: Callable[[], float],
+        timer: Callable[[], float] = monotonic,
         ttl_jitter: float,
         early_refresh_beta: float,
         wait_timeout: float | None,
@@ -85,6 +86,8 @@ class EngineState:
         self.namespace = namespace
         self.prefix = KeySpace(namespace).prefix
         self.clock = clock
+        #: What deadlines of waits are measured on (leases, flushes); ``clock`` is entries' time.
+        self.timer = timer
         self.jitter = ttl_jitter
         self.beta = early_refresh_beta
         self.wait_timeout = wait_timeout
@@ -192,7 +195,7 @@ class EngineState:
         if isinstance(exc, CircuitOpen):
             return  # counted by the breaker; its opening was logged
         self.counts[Count.REDIS_ERRORS] += 1
-        now = time.monotonic()
+        now = self.timer()
         if now - self._last_redis_log > 1.0:
             self._last_redis_log = now
             log.warning("cachewise: Redis call failed, serving without it: %s", describe(exc))
@@ -298,7 +301,7 @@ class EngineState:
 
     def _log_once(self, key: str, message: str, *args: Any) -> None:
         """Log a warning about ``key`` at most once a minute (bounded memory)."""
-        now = time.monotonic()
+        now = self.timer()
         if now - self._logged.get(key, -60.0) < 60.0:
             return
         if len(self._logged) > 1000:
@@ -363,4 +366,3 @@ class EngineState:
         ms = int(self.lease_ttl * 1000)
         got = yield RunScript(backend, "tag_versions", keys, [secrets.token_hex(8), ms])
         return tuple(text(v) for v in got)
-

@@ -34,5 +34,3 @@ class Stats(EngineState):
             miss_latency=self.miss_latency.summary(),
         )
         return out
-
-

@@ -145,8 +145,6 @@ def _run_calls(backend: RedisBackend, calls: list[tuple[str, list[str], list[Any
     return (yield RunPipeline(backend, calls))
 
 
-
-
 def _same(value: Any) -> Any:
     return value
 

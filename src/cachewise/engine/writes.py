@@ -121,4 +121,3 @@ class Writes(Coherence):
             self.backend.close()
         if self.queue_backend is not None:
             self.queue_backend.close()
-

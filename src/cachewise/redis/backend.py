@@ -13,7 +13,6 @@ import asyncio
 import logging
 import secrets
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ import redis
 import redis.asyncio
 from redis.commands.core import AsyncScript, Script
 
+from .._clock import Clock, monotonic
 from ..errors import ConfigTypeError, ConfigValueError
 from .breaker import Breaker
 from .keyspace import KeySpace
@@ -66,10 +66,13 @@ class RedisBackend:
         connect_timeout: float,
         breaker_threshold: int = 5,
         breaker_reset: float = 1.0,
+        timer: Clock = monotonic,
     ) -> None:
         self.namespace = namespace
+        #: What the breaker's reset and the listener's renewals are measured on.
+        self.timer = timer
         #: ``on_recover`` is set by the engine: L1 cannot be trusted after an outage.
-        self.breaker = Breaker(breaker_threshold, breaker_reset, lambda: None)
+        self.breaker = Breaker(breaker_threshold, breaker_reset, lambda: None, timer)
         #: Every key and channel name of the namespace.
         self.keys = KeySpace(namespace)
         self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
@@ -117,7 +120,7 @@ class RedisBackend:
         self._async_scripts: weakref.WeakKeyDictionary[Any, dict[str, AsyncScript]] = (
             weakref.WeakKeyDictionary()
         )
-        # Server clock: server_ms ~= time.monotonic() * 1000 + offset_ms, within uncertainty_ms.
+        # Server clock: server_ms ~= monotonic() * 1000 + offset_ms, within uncertainty_ms.
         self.offset_ms: float | None = None
         self.uncertainty_ms = 0.0
         self.clock_checked = 0.0
@@ -170,7 +173,7 @@ class RedisBackend:
 
     def clock_due(self) -> bool:
         """Whether the offset to the server clock should be (re)measured (every 60 s)."""
-        return self.offset_ms is None or time.monotonic() - self.clock_checked > 60.0
+        return self.offset_ms is None or monotonic() - self.clock_checked > 60.0
 
     def setup_due(self) -> bool:
         """Whether the clock is due, or the client of the calling code (the running loop's, or
@@ -191,7 +194,7 @@ class RedisBackend:
     def server_now_ms(self) -> float:
         """The Redis server's clock now, estimated from the local monotonic clock."""
         assert self.offset_ms is not None
-        return time.monotonic() * 1000 + self.offset_ms
+        return monotonic() * 1000 + self.offset_ms
 
     # -- events -----------------------------------------------------------------------------
 

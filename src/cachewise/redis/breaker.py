@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.asyncio
+
+from .._clock import Clock, monotonic
 
 log = logging.getLogger("cachewise")
 
@@ -47,7 +48,15 @@ class Breaker:
 
     CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
-    def __init__(self, threshold: int, reset: float, on_recover: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        reset: float,
+        on_recover: Callable[[], None],
+        timer: Clock = monotonic,
+    ) -> None:
+        #: What ``reset`` is measured on.
+        self.timer = timer
         self.threshold = threshold
         self.reset = reset
         self.on_recover = on_recover
@@ -63,7 +72,7 @@ class Breaker:
         if self.state is self.CLOSED:
             return
         with self._lock:
-            now = time.monotonic()
+            now = self.timer()
             # One probe per ``reset``: a probe that never reported back does not wedge it.
             if self.state is not self.CLOSED and now - self.opened_at >= self.reset:
                 self.state = self.HALF_OPEN
@@ -101,4 +110,4 @@ class Breaker:
                         self.reset,
                     )
                 self.state = self.OPEN
-                self.opened_at = time.monotonic()
+                self.opened_at = self.timer()

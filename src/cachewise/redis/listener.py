@@ -8,7 +8,6 @@ import contextlib
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +146,7 @@ class Listener:
         """Enter this listener in the namespace's registry of listeners, so that other
         processes send it events on its own channel (best effort: while it is not entered,
         events go to the shared channel)."""
-        self._register_due = time.monotonic() + self.REGISTER_EVERY
+        self._register_due = self.backend.timer() + self.REGISTER_EVERY
         try:
             self.backend.sync_script("register")(
                 keys=[self.backend.keys.channel], args=[self.backend.origin, self.REGISTER_KEEP_MS]
@@ -182,7 +181,7 @@ class Listener:
                 self._pubsub.subscribe(self.backend.keys.channel, inbox)
                 while not self._stopped.is_set():
                     message = self._pubsub.get_message(timeout=1.0)
-                    if time.monotonic() >= self._register_due:
+                    if self.backend.timer() >= self._register_due:
                         self._register()
                     if message is None or self._stopped.is_set():
                         continue

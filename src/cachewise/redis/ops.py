@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
 
+from .._clock import monotonic
 from .._drivers import TIMED_OUT, Op
 from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker, CircuitOpen
 from .scripts import SCRIPTS as _SCRIPTS
@@ -157,20 +157,20 @@ class ServerTime(RedisOp):
         return pipe, fresh
 
     def _done(self, client: Any, fresh: bool, before: float, reply: list[Any]) -> None:
-        self.backend.record_time(before, reply[0], time.monotonic())
+        self.backend.record_time(before, reply[0], monotonic())
         if fresh:
             self.backend.preloaded.add(client)
 
     def call_sync(self) -> None:
         client = self.backend.sync_client()
         pipe, fresh = self._pipeline(client)
-        before = time.monotonic()
+        before = monotonic()
         self._done(client, fresh, before, pipe.execute())
 
     async def call_async(self) -> None:
         client = self.backend.async_client()
         pipe, fresh = self._pipeline(client)
-        before = time.monotonic()
+        before = monotonic()
         self._done(client, fresh, before, await pipe.execute())
 
 

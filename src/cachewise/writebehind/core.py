@@ -8,7 +8,6 @@ import inspect
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -210,7 +209,7 @@ class QueueCore:
                 item.attempts += 1
                 # Exponential backoff with jitter: 0.5x..1x of backoff * 2^(attempts-1).
                 delay = self.options.backoff * 2 ** (item.attempts - 1)
-                item.not_before = time.monotonic() + delay * (0.5 + random.random() / 2)
+                item.not_before = self.engine.timer() + delay * (0.5 + random.random() / 2)
                 self.pending[item.key] = item
             if item.key not in self.pending:
                 self.engine.unpin(item.key)

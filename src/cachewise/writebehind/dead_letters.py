@@ -47,4 +47,3 @@ def replay(queue: StreamQueue, letters: list[DeadLetter]) -> Plan[int]:
     moved = yield RunScript(queue.backend, "replay", [queue.stream, queue.dead_stream], ids)
     queue.kick()
     return int(moved)
-

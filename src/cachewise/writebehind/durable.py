@@ -4,7 +4,6 @@ queue (refused before a write is accepted), and how many replicas an enqueue wai
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import redis.exceptions
@@ -37,7 +36,7 @@ class ServerCheck:
     def due(self) -> bool:
         """Whether ``check`` has work: on the path of every enqueue, so no generator for it."""
         opens = self.queue.backend.breaker.opens
-        return self.checked_opens != opens or time.monotonic() >= self.due_at
+        return self.checked_opens != opens or self.queue.engine.timer() >= self.due_at
 
     def check(self) -> Plan[None]:
         """Refuse to queue on a Redis that may evict the queue; learn how many replicas it has.
@@ -47,7 +46,7 @@ class ServerCheck:
         ``CHECK_EVERY`` seconds."""
         queue = self.queue
         backend = queue.backend
-        now = time.monotonic()
+        now = self.queue.engine.timer()
         try:
             info = yield RedisCall(backend, "info", "all")
         except redis.exceptions.NoPermissionError as exc:
@@ -81,7 +80,7 @@ class ServerCheck:
         """An enqueue was acknowledged at ``replica_wait`` before a replica had it: counted, and
         logged once a minute."""
         self.unreplicated += 1
-        now = time.monotonic()
+        now = self.queue.engine.timer()
         if now - self.logged > 60:
             self.logged = now
             log.warning(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cachewise")
 
+
 class Held(NamedTuple):
     """One write this process queued and has not seen settled: enough to queue it again."""
 
@@ -224,4 +225,3 @@ class LossDetection:
             except REDIS_ERRORS as exc:  # queued all the same; reads may load the store's
                 self.queue.engine.redis_failed(exc)
         return replies
-

@@ -8,7 +8,6 @@ import asyncio
 import functools
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from .._drivers import Invoke, Plan, Sleep
@@ -31,6 +30,9 @@ log = logging.getLogger("cachewise")
 class WriteBehindQueue(QueueCore):
     """The writes of one writer function not yet in the store, and its flusher (in memory)."""
 
+    #: The longest a timed flush waits before it looks at its deadline again.
+    WAIT_SLICE = 0.1
+
     # -- the flusher --------------------------------------------------------------------------
 
     def _flusher(self) -> Plan[None]:
@@ -38,7 +40,7 @@ class WriteBehindQueue(QueueCore):
         while True:
             with self.cond:
                 version = self.version
-                batch, wait = self._take(time.monotonic())
+                batch, wait = self._take(self.engine.timer())
                 done = not batch and self.stopped and not self.pending
             try:
                 if done:
@@ -168,7 +170,20 @@ class WriteBehindQueue(QueueCore):
         with self.cond:
             upto = self.seq
         self.kick()
-        yield QueueWait(self, lambda: self.drained_upto(upto), timeout, "progress")
+
+        def drained() -> bool:
+            return self.drained_upto(upto)
+
+        if timeout is None:
+            yield QueueWait(self, drained, None, "progress")
+            return self._end_flush()
+        timer = self.engine.timer
+        deadline = timer() + timeout
+        # In slices, so that the deadline is kept on the engine's timer (a test's fake one too).
+        while not (yield QueueWait(self, drained, min(self.WAIT_SLICE, timeout), "progress")):
+            timeout = deadline - timer()
+            if timeout <= 0:
+                break
         return self._end_flush()
 
     def dead_letters(self) -> Plan[list[DeadLetter]]:
@@ -201,5 +216,3 @@ class WriteBehindQueue(QueueCore):
         task = self._task
         if task is not None and self._loop is asyncio.get_running_loop() and not task.done():
             await asyncio.wait([task], timeout=timeout)
-
-

@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 import socket
-import time
 from typing import TYPE_CHECKING, Any
 
 from .._drivers import Plan, Sleep, Spawn
@@ -170,8 +169,8 @@ class StreamReader(WriteBehindQueue):
         """Lead the stream, claim what a dead flusher left, and read new writes (blocking in
         Redis for up to ``wait``)."""
         try:
-            if time.monotonic() >= self.loss.check_due and not self.stopped:
-                self.loss.check_due = time.monotonic() + self.options.claim_idle / 2
+            if self.engine.timer() >= self.loss.check_due and not self.stopped:
+                self.loss.check_due = self.engine.timer() + self.options.claim_idle / 2
                 yield from self.loss.check()
             if self.stopped or not (yield from self._lead()):
                 yield Sleep(min(self.options.claim_idle / 4, max(wait, self.options.interval)))
@@ -180,7 +179,7 @@ class StreamReader(WriteBehindQueue):
             if room <= 0:
                 yield Sleep(wait)
                 return
-            if time.monotonic() - self.claimed > self.options.claim_idle / 2:
+            if self.engine.timer() - self.claimed > self.options.claim_idle / 2:
                 yield from self._claim(room)
                 return
             block = max(1, int(min(wait, self.backend.block_limit) * 1000))
@@ -226,7 +225,7 @@ class StreamReader(WriteBehindQueue):
             room -= self._take_entries(entries)
             if start == "0-0":
                 break
-        self.claimed = time.monotonic()
+        self.claimed = self.engine.timer()
 
     def _take_entries(self, entries: list[Any]) -> int:
         taken = 0

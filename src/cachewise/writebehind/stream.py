@@ -5,7 +5,6 @@ flusher's settle (ack, forget or dead-letter), on one Redis or on a queue Redis 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +167,7 @@ class StreamQueue(StreamReader):
     def flush(self, timeout: float | None) -> Plan[FlushReport]:
         """Wait until every write in the stream when this was called is in the store or
         dead-lettered, by whichever process flushes it (polled: other processes do the work)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self.engine.timer() + timeout
         errors: list[str] = []
         left = 0
         try:
@@ -177,7 +176,7 @@ class StreamQueue(StreamReader):
             while last:
                 if not (yield RedisCall(self.backend, "xrange", self.stream, "-", last[0][0], 1)):
                     break
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and self.engine.timer() >= deadline:
                     break
                 self.kick()
                 yield Sleep(0.005)

@@ -96,5 +96,3 @@ def pack_call(call: WriteCall, where: str) -> bytes:
 def unpack_call(raw: bytes) -> WriteCall:
     args, kwargs = codec.unpack_value(raw)
     return WriteCall(tuple(args), dict(kwargs))
-
-

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from .._clock import monotonic
 from .._drivers import Op
 
 if TYPE_CHECKING:
@@ -41,12 +41,12 @@ class QueueWait(Op):
         queue = self.queue
         if not queue.is_async:  # its flusher is a thread: wait in one
             return await asyncio.to_thread(self.run_sync)
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        deadline = None if self.timeout is None else monotonic() + self.timeout
         while not self.ready():
             if self.event == "progress":
                 queue.ensure_flusher()  # wakes it, or restarts it on this loop
             event = queue._kick if self.event == "kick" else queue._progress
-            left = None if deadline is None else deadline - time.monotonic()
+            left = None if deadline is None else deadline - monotonic()
             if event is None or (left is not None and left <= 0):
                 return self.ready()
             event.clear()  # no await since ready() was checked: a set cannot be lost
@@ -55,5 +55,3 @@ class QueueWait(Op):
             except (asyncio.TimeoutError, TimeoutError):
                 return self.ready()
         return True
-
-
