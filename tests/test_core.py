@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachewise.core import XFETCH_HORIZON, Decision, decide, is_fresh, make_entry
+from cachewise.core import (
+    XFETCH_HORIZON,
+    Decision,
+    Shared,
+    decide,
+    is_fresh,
+    make_entry,
+    serves_at_once,
+    use_shared,
+)
 
 
 def entry(
@@ -114,3 +123,40 @@ def test_lease_replies_decode_into_what_they_mean() -> None:
     assert lease_reply([3, b"1500"]) == Busy(1500)
     with pytest.raises(ValueError, match="status 7"):
         lease_reply([7])
+
+
+@given(
+    now=st.floats(-5, 30),
+    ttl=st.floats(0.01, 20),
+    stale=st.floats(0, 20),
+    load_time=st.floats(0, 10),
+    beta=st.floats(0, 3),
+    draw=st.floats(1e-12, 1.0),
+    loading=st.booleans(),
+)
+def test_the_inlined_hit_test_only_serves_what_decide_serves(
+    now: float, ttl: float, stale: float, load_time: float, beta: float, draw: float,
+    loading: bool,
+) -> None:  # fmt: skip
+    """The generated wrapper serves an L1 entry on ``serves_at_once`` alone: ``decide`` must
+    agree in every case it does."""
+    e = entry(ttl=ttl, stale=stale, load_time=load_time, beta=beta)
+    if serves_at_once(e, now):
+        assert decide(e, now, loading=loading, beta=beta, draw=draw) is Decision.SERVE
+
+
+def test_what_a_leader_does_with_the_shared_entry() -> None:
+    fresh, stale = 1_000.0, 6_000.0
+
+    def use(now: float, replacing: float | None = None) -> Shared:
+        return use_shared(fresh, stale, now, replacing_ms=replacing, uncertainty_ms=1.0)
+
+    assert use(999) is Shared.FRESH
+    assert use(1_000) is Shared.STALE and use(5_999) is Shared.STALE
+    assert use(6_000) is Shared.UNUSABLE
+    # A refresh: the entry it replaces (fresh until 1000) is not taken as a new value; one
+    # refreshed by someone else (fresh until well after it) is; stale is never served.
+    assert use(500, replacing=1_000) is Shared.UNUSABLE
+    assert use(500, replacing=995) is Shared.UNUSABLE  # within the clocks' margin
+    assert use(500, replacing=900) is Shared.FRESH
+    assert use(2_000, replacing=500) is Shared.UNUSABLE

@@ -21,7 +21,7 @@ import enum
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "XFETCH_HORIZON",
@@ -165,9 +165,57 @@ def decide(entry: Entry | None, now: float, *, loading: bool, beta: float, draw:
     return Decision.SERVE
 
 
-def is_fresh(entry: Entry | None, now: float) -> bool:
+def is_fresh(entry: Entry | None, now: float) -> TypeGuard[Entry]:
     """Whether ``entry`` may be returned by a plain ``get`` (no loader, so no stale serving)."""
     return entry is not None and now < entry.fresh_until
+
+
+def serves_at_once(entry: Entry, now: float) -> bool:
+    """Whether a read of ``entry`` is served without ``decide``: before ``early_at`` (which is
+    never after ``fresh_until``) ``decide`` answers ``SERVE`` whatever its other arguments. The
+    generated ``@cached`` wrapper inlines this one comparison: it is the whole L1 hit."""
+    return now < entry.early_at
+
+
+# -- the shared tier: what a read does with the entry Redis holds ---------------------------------
+# Deadlines there are on the Redis server's clock (milliseconds), the same for every host.
+
+
+class Shared(enum.Enum):
+    """What a caller about to load does with the entry it found in Redis."""
+
+    FRESH = "fresh"  # serve it (and keep it in L1)
+    STALE = "stale"  # serve it now, and refresh it under the lease in the background
+    UNUSABLE = "unusable"  # load: absent, past its stale window, or the entry a refresh replaces
+
+
+def shared_fresh(fresh_until_ms: float, now_ms: float) -> bool:
+    """Whether a shared entry is fresh at ``now_ms`` (server clock)."""
+    return now_ms < fresh_until_ms
+
+
+def use_shared(
+    fresh_until_ms: float,
+    stale_until_ms: float,
+    now_ms: float,
+    *,
+    replacing_ms: float | None,
+    uncertainty_ms: float,
+) -> Shared:
+    """Decide what a leader does with the shared entry it found.
+
+    ``replacing_ms``: for a refresh, the freshness deadline of the entry it replaces (server
+    clock). A refresh takes a shared value only if someone already refreshed it: an early
+    refresh still finds the very entry it is replacing, fresh, in Redis; the margin covers the
+    uncertainty of both clock estimates. A refresh never serves stale (its callers were served).
+    """
+    if now_ms < fresh_until_ms:
+        if replacing_ms is None or fresh_until_ms > replacing_ms + 2 * uncertainty_ms + 5:
+            return Shared.FRESH
+        return Shared.UNUSABLE
+    if replacing_ms is None and now_ms < stale_until_ms:
+        return Shared.STALE
+    return Shared.UNUSABLE
 
 
 # -- the lease of a load: what the ACQUIRE script answered ---------------------------------------

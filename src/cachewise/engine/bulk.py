@@ -19,7 +19,7 @@ from .._drivers import (
     run_sync,
 )
 from .._flight import Flight
-from ..core import Filled, Won, lease_reply
+from ..core import Filled, Won, is_fresh, lease_reply, shared_fresh
 from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 from ..keys import MAX_ARGS_CHARS
 from ..keys import explicit as explicit_key
@@ -187,7 +187,7 @@ class Bulk(Reads):
             target = targets[key]
             got = lease_reply(reply)
             env = self._decode(got.raw) if isinstance(got, Filled) else None
-            if env is not None and backend.server_now_ms() < env.fresh_until_ms:
+            if env is not None and shared_fresh(env.fresh_until_ms, backend.server_now_ms()):
                 self.counts[Count.L2_HITS] += 1
                 self._settle(flight, target, self._adopt(target, env), env.value)
             elif isinstance(got, Won):
@@ -286,7 +286,7 @@ class Bulk(Reads):
         rest: list[str] = []
         for key in keys:
             entry = table.get(key)
-            if entry is not None and now < entry.fresh_until:
+            if is_fresh(entry, now):
                 entry.hits += 1
                 found[key] = entry.value
             else:

@@ -8,14 +8,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import codec
+from .. import codec, core
 from .._drivers import (
     Invoke,
     Plan,
     Spawn,
 )
 from .._flight import Flight
-from ..core import Entry
+from ..core import Entry, Shared
 from ..errors import RedisUnavailable
 from ..redis import (
     REDIS_ERRORS,
@@ -134,13 +134,14 @@ class Fills(Writes):
         refreshing: Entry | None = None,
     ) -> Plan[bool]:
         """Settle the flight from the shared entry if it can serve; True when it did."""
-        backend = self.backend
-        if env is None or backend is None:
+        if env is None or self.backend is None:
             return False
-        if self._take_fresh(flight, target, env, refreshing):
+        use = self._shared_use(env, refreshing)
+        if use is Shared.FRESH:
+            self._take(flight, target, env)
             return True
-        if refreshing is None and backend.server_now_ms() < env.stale_until_ms:
-            # Shared and stale: serve it now, refresh under the lease in the background.
+        if use is Shared.STALE:
+            # Serve it now, refresh under the lease in the background.
             self.counts[Count.STALE_SERVED] += 1
             entry = self._adopt(target, env)
             self._settle(flight, target, entry, env.value)
@@ -152,21 +153,28 @@ class Fills(Writes):
         self, flight: Flight, target: Target, env: codec.Envelope, refreshing: Entry | None = None
     ) -> bool:
         """Settle the flight with a fresh shared entry; True when it was fresh."""
+        if self._shared_use(env, refreshing) is not Shared.FRESH:
+            return False
+        self._take(flight, target, env)
+        return True
+
+    def _shared_use(self, env: codec.Envelope, refreshing: Entry | None) -> Shared:
         backend = self.backend
         assert backend is not None
-        if backend.server_now_ms() >= env.fresh_until_ms:
-            return False
-        # A refresh takes a shared value only if someone already refreshed it: an early
-        # refresh still finds the very entry it is replacing, fresh, in Redis.
-        if refreshing is not None and env.fresh_until_ms <= (
-            self._server_ms(refreshing.fresh_until) + 2 * backend.uncertainty_ms + 5
-        ):
-            return False
+        return core.use_shared(
+            env.fresh_until_ms,
+            env.stale_until_ms,
+            backend.server_now_ms(),
+            replacing_ms=None if refreshing is None else self._server_ms(refreshing.fresh_until),
+            uncertainty_ms=backend.uncertainty_ms,
+        )
+
+    def _take(self, flight: Flight, target: Target, env: codec.Envelope) -> None:
+        """Settle the flight with a fresh shared entry (kept in L1 if there is one)."""
         self.counts[Count.L2_HITS] += 1
         self._settle(
             flight, target, self._adopt(target, env) if self.l1.maxsize else None, env.value
         )
-        return True
 
     def _lookup(
         self,

@@ -17,7 +17,7 @@ from .._drivers import (
     Spawn,
 )
 from .._flight import Flight
-from ..core import Entry, Filled, Won, lease_reply
+from ..core import Entry, Filled, Won, lease_reply, shared_fresh
 from ..events import Released, encode
 from ..redis import (
     REDIS_ERRORS,
@@ -90,7 +90,7 @@ class Leases(Fills):
             if isinstance(got, Filled):  # a value is there (it landed meanwhile)
                 listener.forget(key, waiter)
                 env = yield from self._current(self._decode(got.raw))
-                if env is not None and backend.server_now_ms() < env.fresh_until_ms:
+                if env is not None and shared_fresh(env.fresh_until_ms, backend.server_now_ms()):
                     self.counts[Count.L2_HITS] += 1
                     self._settle(flight, target, self._adopt(target, env), env.value)
                     return

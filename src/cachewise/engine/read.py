@@ -75,12 +75,12 @@ class Reads(Leases):
                 self.counts[Count.STALE_SERVED] += 1
                 return entry.value
             if entry is not None and decision is Decision.REFRESH:
-                if now >= entry.fresh_until:
+                if not core.is_fresh(entry, now):
                     self.counts[Count.STALE_SERVED] += 1
                 else:
                     entry.hits += 1
                 yield from self._refresh(
-                    target, loader, policy, entry, early=now < entry.fresh_until
+                    target, loader, policy, entry, early=core.is_fresh(entry, now)
                 )
                 return entry.value
             pinned = self.pinned.get(target.full_key)
@@ -232,7 +232,8 @@ class Reads(Leases):
         offset = self.backend.offset_ms  # type: ignore[union-attr]
         assert offset is not None
         # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
-        if body is None or monotonic() * 1000 + offset >= body[codec.FRESH] or body[codec.TAGS]:
+        now_ms = monotonic() * 1000 + offset
+        if body is None or not core.shared_fresh(body[codec.FRESH], now_ms) or body[codec.TAGS]:
             # Absent, undecodable (``read`` counts it), stale, or tagged: the full path checks
             # its tags' versions.
             return False, raw, joined
