@@ -18,8 +18,8 @@ from ..events import Event, Fill, Invalidated, Reset, encode
 from ..redis import (
     REDIS_ERRORS,
     AwaitEvent,
+    Backend,
     Listener,
-    RedisBackend,
     RedisCall,
     RunScript,
     ServerTime,
@@ -78,7 +78,7 @@ class Coherence(EngineState):
         if self.backlog_due():
             yield from self._send_backlog()
 
-    def _setup_due(self, backend: RedisBackend) -> bool:
+    def _setup_due(self, backend: Backend) -> bool:
         """Whether ``_ensure_backend`` has work before Redis is read."""
         listener = backend.listener
         return listener is None or listener.first_due or backend.setup_due() or self.backlog_due()

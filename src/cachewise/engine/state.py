@@ -28,8 +28,8 @@ from ..events import Fill, Invalidated, encode
 from ..keys import explicit as explicit_key
 from ..redis import (
     REDIS_ERRORS,
+    Backend,
     CircuitOpen,
-    RedisBackend,
     RedisCall,
     RunScript,
     text,
@@ -77,8 +77,8 @@ class EngineState:
         ttl_jitter: float,
         early_refresh_beta: float,
         wait_timeout: float | None,
-        backend: RedisBackend | None = None,
-        queue_backend: RedisBackend | None = None,
+        backend: Backend | None = None,
+        queue_backend: Backend | None = None,
         lease_ttl: float = 2.0,
         lease_wait_timeout: float = 10.0,
         max_value_bytes: int = 1_000_000,

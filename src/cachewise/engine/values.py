@@ -16,7 +16,7 @@ from .._drivers import (
 )
 from .._l1 import Table
 from ..redis import (
-    RedisBackend,
+    Backend,
     RunPipeline,
     RunScript,
 )
@@ -123,12 +123,12 @@ class _Renewal:
 
     __slots__ = ("backend", "calls")
 
-    def __init__(self, backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]):
+    def __init__(self, backend: Backend, calls: list[tuple[str, list[str], list[Any]]]):
         self.backend = backend
         self.calls = calls
 
     @property
-    def group(self) -> RedisBackend:
+    def group(self) -> Backend:
         return self.backend
 
     def __call__(self) -> Plan[Any]:
@@ -138,7 +138,7 @@ class _Renewal:
         return _run_calls(self.backend, [call for renewal in renewals for call in renewal.calls])
 
 
-def _run_calls(backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]) -> Plan[Any]:
+def _run_calls(backend: Backend, calls: list[tuple[str, list[str], list[Any]]]) -> Plan[Any]:
     """Script calls in one round trip: one ``EVALSHA``, or a pipeline of them."""
     if len(calls) == 1:
         return (yield RunScript(backend, *calls[0]))

@@ -10,6 +10,7 @@ credentials, TLS), so sync and async code share one configuration. Async clients
 event loop, because a redis.asyncio connection belongs to the loop that opened it.
 """
 
+from .api import Backend, EventSource
 from .backend import RedisBackend
 from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker, CircuitOpen
 from .listener import Listener
@@ -29,8 +30,10 @@ __all__ = [
     "OUTAGE_ERRORS",
     "REDIS_ERRORS",
     "AwaitEvent",
+    "Backend",
     "Breaker",
     "CircuitOpen",
+    "EventSource",
     "Fetch",
     "Listener",
     "RedisBackend",

@@ -27,7 +27,7 @@ from .keyspace import KeySpace
 from .scripts import SCRIPTS as _SCRIPTS
 
 if TYPE_CHECKING:
-    from .listener import Listener
+    from .api import EventSource
 
 log = logging.getLogger("cachewise")
 
@@ -124,7 +124,7 @@ class RedisBackend:
         self.offset_ms: float | None = None
         self.uncertainty_ms = 0.0
         self.clock_checked = 0.0
-        self.listener: Listener | None = None
+        self.listener: EventSource | None = None
         #: Clients whose connection has every script loaded already.
         self.preloaded: weakref.WeakSet[Any] = weakref.WeakSet()
 

@@ -20,7 +20,7 @@ from .breaker import REDIS_ERRORS, Breaker
 from .ops import text
 
 if TYPE_CHECKING:
-    from .backend import RedisBackend
+    from .api import Backend
 
 log = logging.getLogger("cachewise")
 
@@ -39,7 +39,7 @@ class Listener:
 
     def __init__(
         self,
-        backend: RedisBackend,
+        backend: Backend,
         on_event: Callable[[events.Event], None],
         on_reset: Callable[[bool], None],
         on_refused: Callable[[bool], None] = lambda refused: None,

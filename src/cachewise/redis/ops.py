@@ -18,7 +18,7 @@ from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker, CircuitOpen
 from .scripts import SCRIPTS as _SCRIPTS
 
 if TYPE_CHECKING:
-    from .backend import RedisBackend
+    from .api import Backend
 
 log = logging.getLogger("cachewise")
 
@@ -30,7 +30,7 @@ class RedisOp(Op):
 
     __slots__ = ("backend",)
 
-    backend: RedisBackend
+    backend: Backend
 
     def call_sync(self) -> Any:
         raise NotImplementedError
@@ -62,7 +62,7 @@ class RedisCall(RedisOp):
 
     __slots__ = ("args", "method")
 
-    def __init__(self, backend: RedisBackend, method: str, *args: Any) -> None:
+    def __init__(self, backend: Backend, method: str, *args: Any) -> None:
         self.backend = backend
         self.method = method
         self.args = args
@@ -86,7 +86,7 @@ class Fetch(RedisOp):
 
     __slots__ = ("keys",)
 
-    def __init__(self, backend: RedisBackend, keys: str | list[str]) -> None:
+    def __init__(self, backend: Backend, keys: str | list[str]) -> None:
         self.backend = backend
         self.keys = keys
 
@@ -143,7 +143,7 @@ class ServerTime(RedisOp):
 
     __slots__ = ()
 
-    def __init__(self, backend: RedisBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
     def _pipeline(self, client: Any) -> tuple[Any, bool]:
@@ -179,7 +179,7 @@ class RunScript(RedisOp):
 
     __slots__ = ("args", "keys", "name")
 
-    def __init__(self, backend: RedisBackend, name: str, keys: list[str], args: list[Any]) -> None:
+    def __init__(self, backend: Backend, name: str, keys: list[str], args: list[Any]) -> None:
         self.backend = backend
         self.name = name
         self.keys = keys
@@ -219,9 +219,7 @@ class RunPipeline(RedisOp):
 
     __slots__ = ("calls",)
 
-    def __init__(
-        self, backend: RedisBackend, calls: list[tuple[str, list[str], list[Any]]]
-    ) -> None:
+    def __init__(self, backend: Backend, calls: list[tuple[str, list[str], list[Any]]]) -> None:
         self.backend = backend
         self.calls = calls
 
@@ -275,7 +273,7 @@ class RunReplicated(RunPipeline):
     __slots__ = ("wait_ms",)
 
     def __init__(
-        self, backend: RedisBackend, call: tuple[str, list[str], list[Any]], wait_ms: int
+        self, backend: Backend, call: tuple[str, list[str], list[Any]], wait_ms: int
     ) -> None:
         super().__init__(backend, [call])
         self.wait_ms = wait_ms

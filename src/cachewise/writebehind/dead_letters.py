@@ -13,10 +13,10 @@ from ..redis import (
 from .types import DeadLetter, WriteCall, unpack_call
 
 if TYPE_CHECKING:
-    from .stream import StreamQueue
+    from .host import StreamHost
 
 
-def read(queue: StreamQueue) -> Plan[list[DeadLetter]]:
+def read(queue: StreamHost) -> Plan[list[DeadLetter]]:
     """The dead letters of a writer, from its dead-letter stream."""
     found = yield RedisCall(queue.backend, "xrange", queue.dead_stream, "-", "+")
     letters = []
@@ -39,7 +39,7 @@ def read(queue: StreamQueue) -> Plan[list[DeadLetter]]:
     return letters
 
 
-def replay(queue: StreamQueue, letters: list[DeadLetter]) -> Plan[int]:
+def replay(queue: StreamHost, letters: list[DeadLetter]) -> Plan[int]:
     """Move dead letters back to the writer's stream, marked as replays; how many moved."""
     ids = [dead.id for dead in letters if dead.writer == queue.where and dead.id]
     if not ids:

@@ -13,7 +13,7 @@ from ..errors import WriteBehindNotDurable, describe
 from ..redis import RedisCall
 
 if TYPE_CHECKING:
-    from .stream import StreamQueue
+    from .host import StreamHost
 
 log = logging.getLogger("cachewise")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("cachewise")
 class ServerCheck:
     """What one stream queue knows of its Redis: checked, and how many replicas it has."""
 
-    def __init__(self, queue: StreamQueue) -> None:
+    def __init__(self, queue: StreamHost) -> None:
         self.queue = queue
         self.replicas = 0  # of the queue's Redis, as last seen by ``check``
         self.unreplicated = 0  # enqueues acknowledged before a replica had them

@@ -31,7 +31,7 @@ from ..redis import (
 
 if TYPE_CHECKING:
     from ..engine import StoreCall
-    from .stream import StreamQueue
+    from .host import StreamHost
 
 log = logging.getLogger("cachewise")
 
@@ -126,7 +126,7 @@ class LossDetection:
     """The writes one stream queue holds until it sees them settled, and what it does when it
     finds its queue lost: queue them again, log, count, report (see the rules above)."""
 
-    def __init__(self, queue: StreamQueue) -> None:
+    def __init__(self, queue: StreamHost) -> None:
         self.queue = queue
         self.held = HeldWrites(max(1_000, 10 * queue.options.maxsize))
         self.losses = 0  # times this process found the queue lost

@@ -17,7 +17,7 @@ from ..errors import (
 )
 from ..redis import (
     REDIS_ERRORS,
-    RedisBackend,
+    Backend,
     RedisCall,
     RunScript,
     text,
@@ -55,10 +55,10 @@ class StreamReader(WriteBehindQueue):
         cache_backend = self.engine.backend
         assert cache_backend is not None
         #: Where cached values, their pending records and leases live, and events go.
-        self.cache_backend: RedisBackend = cache_backend
+        self.cache_backend: Backend = cache_backend
         #: Where the queue lives: ``write_behind_redis``, else the cache's own Redis. Apart, a
         #: call, a settle and a requeue are each two scripts (queue first), not one.
-        self.backend: RedisBackend = self.engine.queue_backend or cache_backend
+        self.backend: Backend = self.engine.queue_backend or cache_backend
         self.split = self.backend is not cache_backend
         self._cache_backlog: list[StoreCall] = []  # cache halves of settles Redis refused
         space = cache_backend.keys
