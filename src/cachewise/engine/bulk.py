@@ -23,7 +23,7 @@ from ..core import Filled, Won, is_fresh, lease_reply, shared_fresh
 from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 from ..keys import MAX_ARGS_CHARS
 from ..keys import explicit as explicit_key
-from ..redis import REDIS_ERRORS, Fetch, RunPipeline
+from ..redis import REDIS_ERRORS, Fetch, RunPipeline, ScriptCall
 from .read import Reads
 from .values import (
     _RETRY,
@@ -32,6 +32,7 @@ from .values import (
     Target,
     _one_of,
     _Renewal,
+    stored_bytes,
 )
 
 log = logging.getLogger("cachewise")
@@ -113,7 +114,7 @@ class Bulk(Reads):
                 renew = _Renewal(
                     backend,
                     [
-                        ("renew", [lease, *self._tag_keys(mine[key])], [token, lease_ms])
+                        ScriptCall("renew", [lease, *self._tag_keys(mine[key])], [token, lease_ms])
                         for key, (lease, token) in leases.items()
                     ],
                 )
@@ -155,7 +156,7 @@ class Bulk(Reads):
         tokens = {key: secrets.token_hex(8) for key in flights}
         lease_ms = int(self.lease_ttl * 1000)
         calls = [
-            (
+            ScriptCall(
                 "acquire",
                 [
                     t.full_key,
@@ -227,9 +228,9 @@ class Bulk(Reads):
             try:
                 replies = yield RunPipeline(backend, calls)
                 for key, call, reply in zip(entries, calls, replies, strict=True):
-                    stored[key] = int(reply) if call[0] == "store" else 1
+                    packed = stored_bytes(call)
+                    stored[key] = int(reply) if packed is not None else 1
                     if reply:
-                        packed = call[2][1] if call[0] == "store" else None
                         self.wake_waiters([targets[key].full_key], packed)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)

@@ -24,6 +24,7 @@ from ..redis import (
     AwaitEvent,
     CircuitOpen,
     RunScript,
+    ScriptCall,
 )
 from .fill import Fills
 from .values import (
@@ -35,6 +36,7 @@ from .values import (
     _Renewal,
     _run_calls,
     _same,
+    stored_bytes,
 )
 
 log = logging.getLogger("cachewise")
@@ -142,7 +144,8 @@ class Leases(Fills):
             value, took = yield from self._invoke(
                 loader,
                 renew=_Renewal(
-                    backend, [("renew", [lease, *self._tag_keys(flight)], [token, lease_ms])]
+                    backend,
+                    [ScriptCall("renew", [lease, *self._tag_keys(flight)], [token, lease_ms])],
                 ),
                 every=self.lease_ttl / 3,
             )
@@ -156,8 +159,10 @@ class Leases(Fills):
         try:
             stored = yield from self._script(*store)
             if stored:
-                self.wake_waiters([target.full_key], store[2][1] if store[0] == "store" else None)
-            stored = stored if store[0] == "store" else 1  # too large to share: kept here
+                self.wake_waiters([target.full_key], stored_bytes(store))
+            stored = (
+                stored if stored_bytes(store) is not None else 1
+            )  # too large to share: kept here
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             stored = 1  # fail open: keep it in this process
@@ -169,12 +174,14 @@ class Leases(Fills):
             return
         self._settle(flight, target, entry, value)
 
-    def _release_call(self, lease: str, token: str) -> tuple[str, list[str], list[Any]]:
+    def _release_call(self, lease: str, token: str) -> ScriptCall:
         """The RELEASE of a value's lease; it wakes the processes waiting for its fill."""
         backend = self.backend
         assert backend is not None
         key = backend.keys.key_of_lease(lease)
-        return "release", [lease], [token, backend.inbox, encode(Released(backend.origin, key))]
+        return ScriptCall(
+            "release", [lease], [token, backend.inbox, encode(Released(backend.origin, key))]
+        )
 
     def _give_back(self, lease: str, token: str) -> Plan[None]:
         """Release a lease we hold, so the others need not wait for it to expire."""

@@ -287,7 +287,7 @@ class EngineState:
             else encode(Fill(backend.origin, key))
         )
         args = [token, packed, env.stale_until_ms, backend.inbox, event, *versions]
-        return "store", keys, args
+        return StoreCall("store", keys, args)
 
     def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:
         """The INVALIDATE script call for full keys and tags."""
@@ -297,7 +297,7 @@ class EngineState:
         message = encode(Invalidated(backend.origin, tuple(keys), tuple(tags)))
         space = backend.keys
         names = [*keys, *(space.lease(k) for k in keys), *(space.tag(tag) for tag in tags)]
-        return "invalidate", names, [backend.inbox, message]
+        return StoreCall("invalidate", names, [backend.inbox, message])
 
     def _log_once(self, key: str, message: str, *args: Any) -> None:
         """Log a warning about ``key`` at most once a minute (bounded memory)."""

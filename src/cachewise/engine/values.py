@@ -19,12 +19,21 @@ from ..redis import (
     Backend,
     RunPipeline,
     RunScript,
+    ScriptCall,
 )
 
 log = logging.getLogger("cachewise")
 
 #: A script call: its name in ``redis.scripts``, its keys, its arguments.
-StoreCall = tuple[str, list[str], list[Any]]
+#: The script call that stores (or, too large, drops) an entry.
+StoreCall = ScriptCall
+
+
+def stored_bytes(store: StoreCall) -> bytes | None:
+    """The packed entry a STORE call writes (what waiters of its fill are handed); None for
+    the INVALIDATE that stands in for a value too large to share."""
+    return store.args[1] if store.script == "store" else None
+
 
 #: Values up to this size travel with their fill event; larger ones are read from Redis.
 EVENT_VALUE_LIMIT = 64 * 1024
@@ -123,7 +132,7 @@ class _Renewal:
 
     __slots__ = ("backend", "calls")
 
-    def __init__(self, backend: Backend, calls: list[tuple[str, list[str], list[Any]]]):
+    def __init__(self, backend: Backend, calls: list[ScriptCall]):
         self.backend = backend
         self.calls = calls
 
@@ -138,7 +147,7 @@ class _Renewal:
         return _run_calls(self.backend, [call for renewal in renewals for call in renewal.calls])
 
 
-def _run_calls(backend: Backend, calls: list[tuple[str, list[str], list[Any]]]) -> Plan[Any]:
+def _run_calls(backend: Backend, calls: list[ScriptCall]) -> Plan[Any]:
     """Script calls in one round trip: one ``EVALSHA``, or a pipeline of them."""
     if len(calls) == 1:
         return (yield RunScript(backend, *calls[0]))

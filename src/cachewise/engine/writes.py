@@ -20,6 +20,7 @@ from .values import (
     Policy,
     StoreCall,
     Target,
+    stored_bytes,
 )
 
 log = logging.getLogger("cachewise")
@@ -70,7 +71,7 @@ class Writes(Coherence):
         if enqueue is not None:
             assert store is not None
             reply = yield from enqueue(store)
-            self.wake_waiters([target.full_key], store[2][1])
+            self.wake_waiters([target.full_key], stored_bytes(store))
             store = None
         with self.lock:
             self.epoch += 1
@@ -82,7 +83,7 @@ class Writes(Coherence):
         if store is not None:
             try:
                 stored = yield from self._script(*store)
-                fill = store[2][1] if store[0] == "store" and stored else None
+                fill = stored_bytes(store) if stored else None
                 self.wake_waiters([target.full_key], fill)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)

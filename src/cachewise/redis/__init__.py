@@ -22,6 +22,7 @@ from .ops import (
     RunPipeline,
     RunReplicated,
     RunScript,
+    ScriptCall,
     ServerTime,
     text,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "RunPipeline",
     "RunReplicated",
     "RunScript",
+    "ScriptCall",
     "ServerTime",
     "text",
 ]

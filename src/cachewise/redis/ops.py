@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 import redis.asyncio
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from .api import Backend
 
 log = logging.getLogger("cachewise")
+
+
+class ScriptCall(NamedTuple):
+    """One run of a script: its name in ``SCRIPTS``, its keys and its arguments."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
 
 
 class RedisOp(Op):
@@ -219,7 +227,7 @@ class RunPipeline(RedisOp):
 
     __slots__ = ("calls",)
 
-    def __init__(self, backend: Backend, calls: list[tuple[str, list[str], list[Any]]]) -> None:
+    def __init__(self, backend: Backend, calls: list[ScriptCall]) -> None:
         self.backend = backend
         self.calls = calls
 
@@ -272,9 +280,7 @@ class RunReplicated(RunPipeline):
 
     __slots__ = ("wait_ms",)
 
-    def __init__(
-        self, backend: Backend, call: tuple[str, list[str], list[Any]], wait_ms: int
-    ) -> None:
+    def __init__(self, backend: Backend, call: ScriptCall, wait_ms: int) -> None:
         super().__init__(backend, [call])
         self.wait_ms = wait_ms
 

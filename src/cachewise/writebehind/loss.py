@@ -26,6 +26,7 @@ from ..redis import (
     REDIS_ERRORS,
     RunPipeline,
     RunScript,
+    ScriptCall,
     text,
 )
 
@@ -203,19 +204,26 @@ class LossDetection:
         calls: list[StoreCall]
         if not q.split:
             calls = [
-                ("requeue", [q.stream, pending(h.key), q.newest, q.epoch_key],
-                 [h.key, h.packed, h.envelope, epoch, ident])
+                ScriptCall(
+                    "requeue",
+                    [q.stream, pending(h.key), q.newest, q.epoch_key],
+                    [h.key, h.packed, h.envelope, epoch, ident],
+                )
                 for ident, h in again
-            ]  # fmt: skip
+            ]
             combined: list[Any] = yield RunPipeline(q.backend, calls)
             return combined
         calls = [
-            ("requeue_queue", [q.stream, q.newest, q.epoch_key], [h.key, h.packed, epoch, ident])
+            ScriptCall(
+                "requeue_queue", [q.stream, q.newest, q.epoch_key], [h.key, h.packed, epoch, ident]
+            )
             for ident, h in again
-        ]  # fmt: skip
+        ]
         replies: list[Any] = yield RunPipeline(self.queue.backend, calls)
         records: list[StoreCall] = [
-            ("pending_set", [pending(h.key)], [f"{self.queue.stream}|{text(got)}", h.envelope])
+            ScriptCall(
+                "pending_set", [pending(h.key)], [f"{self.queue.stream}|{text(got)}", h.envelope]
+            )
             for (_, h), got in zip(again, replies, strict=True)
             if isinstance(got, bytes | str)
         ]

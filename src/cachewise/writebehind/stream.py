@@ -20,6 +20,7 @@ from ..redis import (
     RunPipeline,
     RunReplicated,
     RunScript,
+    ScriptCall,
 )
 from . import dead_letters
 from .durable import ServerCheck
@@ -66,9 +67,13 @@ class StreamQueue(StreamReader):
             # Used only if the queue has no epoch: unique without a random draw per call.
             nonce = f"{self.token}.{next(self._nonces)}"
             script: StoreCall = (
-                ("enqueue_queue", [self.stream, self.newest, self.epoch_key], [key, packed, nonce])
+                ScriptCall(
+                    "enqueue_queue",
+                    [self.stream, self.newest, self.epoch_key],
+                    [key, packed, nonce],
+                )
                 if self.split
-                else (
+                else ScriptCall(
                     "enqueue",
                     [self.stream, pending, self.newest, self.epoch_key, *keys],
                     [*args[:5], key, packed, nonce, *args[5:]],
@@ -130,11 +135,11 @@ class StreamQueue(StreamReader):
                 encode(Invalidated(cache.origin, (item.key,))) if mode != "ok" else "",
             ]  # fmt: skip
             if self.split:
-                queue_calls.append(("settle_queue", queue_keys, queue_args))
-                cache_calls.append(("settle_cache", cache_keys, cache_args))
+                queue_calls.append(ScriptCall("settle_queue", queue_keys, queue_args))
+                cache_calls.append(ScriptCall("settle_cache", cache_keys, cache_args))
             else:  # both halves in one script
                 queue_calls.append(
-                    ("settle", [*queue_keys, *cache_keys], [*cache_args, *queue_args])
+                    ScriptCall("settle", [*queue_keys, *cache_keys], [*cache_args, *queue_args])
                 )
         if not queue_calls:
             return
