@@ -24,7 +24,7 @@ from ..redis import (
     RunScript,
     ServerTime,
 )
-from .state import EngineState
+from .entries import Entries
 from .values import (
     Count,
     InvalidationEvent,
@@ -34,7 +34,7 @@ from .values import (
 log = logging.getLogger("cachewise")
 
 
-class Coherence(EngineState):
+class Coherence(Entries):
     """This process kept coherent with the others: the Redis tier set up, events applied to L1.
     A layer of ``Engine``."""
 

@@ -1,46 +1,32 @@
 """The in-process state of one ``Cache`` (L1, flights, counters, the Redis tier) and the small
-helpers every part of the engine uses: flights claimed and settled, entries made, packed,
-adopted from Redis and checked against their tags' versions."""
+helpers every part of the engine uses: flights claimed and settled, Redis errors counted."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import random
-import secrets
 import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import codec, core
 from .._clock import monotonic
-from .._drivers import (
-    Plan,
-)
 from .._flight import Flight
 from .._l1 import L1, Table
 from ..core import Entry
-from ..errors import ConfigTypeError, describe
-from ..events import Fill, Invalidated, encode
+from ..errors import describe
 from ..keys import explicit as explicit_key
 from ..redis import (
-    REDIS_ERRORS,
     Backend,
     CircuitOpen,
-    RedisCall,
-    RunScript,
-    text,
 )
 from ..redis.keyspace import KeySpace
 from .values import (
-    EVENT_VALUE_LIMIT,
     Count,
     InvalidationEvent,
     Policy,
-    StoreCall,
     Target,
     _Latency,
 )
@@ -200,105 +186,6 @@ class EngineState:
             self._last_redis_log = now
             log.warning("cachewise: Redis call failed, serving without it: %s", describe(exc))
 
-    # -- entries --------------------------------------------------------------------------------
-
-    def _tag_keys(self, flight: Flight) -> list[str]:
-        """The Redis indexes of the tags a flight's entry will carry."""
-        backend = self.backend
-        assert backend is not None
-        return [backend.keys.tag(tag) for tag in flight.tags]
-
-    def _tags(self, target: Target) -> tuple[str, ...]:
-        if target.tags is None:
-            return ()
-        tags = tuple(target.tags())
-        for tag in tags:
-            if not isinstance(tag, str):
-                raise ConfigTypeError(
-                    f"tags= of {target.where} must return strings, got {type(tag).__name__}"
-                )
-        return tags
-
-    def _entry(
-        self, target: Target, policy: Policy, value: Any, load_time: float, tags: tuple[str, ...]
-    ) -> Entry:
-        return core.make_entry(
-            value,
-            now=self.clock(),
-            ttl=policy.ttl,
-            stale_ttl=policy.stale_ttl,
-            load_time=load_time,
-            jitter=self.jitter,
-            jitter_draw=random.random(),
-            beta=self.beta,
-            full_key=target.full_key,
-            l1_key=target.l1_key,
-            tags=tags,
-        )
-
-    def _envelope(self, entry: Entry, versions: tuple[str, ...] = ()) -> codec.Envelope:
-        """The shared form of a local entry: its deadlines moved onto the Redis server's clock,
-        with the versions its tags had when it was made."""
-        assert self.backend is not None
-        shift = self.backend.server_now_ms() - self.clock() * 1000
-        return codec.Envelope(
-            entry.value,
-            fresh_until_ms=int(entry.fresh_until * 1000 + shift),
-            stale_until_ms=int(entry.stale_until * 1000 + shift),
-            load_time_ms=int(entry.load_time * 1000),
-            tags=entry.tags,
-            versions=versions,
-        )
-
-    def _server_ms(self, local_time: float) -> float:
-        """A time of the engine's clock, on the Redis server's clock."""
-        assert self.backend is not None
-        return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
-
-    def _store_call(
-        self, entry: Entry, token: str, where: str, versions: tuple[str, ...] = ()
-    ) -> StoreCall:
-        """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally),
-        recording ``versions`` of its tags (refused by Redis if one moved since).
-
-        Packs the value first, so a value msgpack refuses raises before anything is stored.
-        """
-        backend = self.backend
-        assert backend is not None
-        if len(versions) != len(entry.tags):
-            raise AssertionError(f"{len(entry.tags)} tags but {len(versions)} versions")
-        env = self._envelope(entry, versions)
-        packed = codec.pack(env, where)
-        key = entry.full_key
-        if len(packed) > self.max_value_bytes:
-            # Too large to share: kept in this process only, and no older copy stays shared.
-            self.counts[Count.OVERSIZE_VALUES] += 1
-            self._log_once(
-                key, "value of %s is %d bytes (max_value_bytes=%d): not stored in Redis",
-                key, len(packed), self.max_value_bytes,
-            )  # fmt: skip
-            return self._drop_call([key])
-        keys = [key, backend.keys.lease(key), *(backend.keys.tag(t) for t in entry.tags)]
-        # Other processes replace their copy from the event; past a size, they drop it instead
-        # (and read Redis if they need it), so large values do not flood every subscriber.
-        event = (
-            encode(Fill(backend.origin, key, packed))
-            if len(packed) <= EVENT_VALUE_LIMIT
-            else encode(Fill(backend.origin, key))
-        )
-        args = [token, packed, env.stale_until_ms, backend.inbox, event, *versions]
-        return StoreCall("store", keys, args)
-
-    def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:
-        """The INVALIDATE script call for full keys and tags."""
-        backend = self.backend
-        assert backend is not None
-        tags = tags or []
-        message = encode(Invalidated(backend.origin, tuple(keys), tuple(tags)))
-        space = backend.keys
-        names = [*keys, *(space.lease(k) for k in keys), *(space.tag(tag) for tag in tags)]
-        return StoreCall("invalidate", names, [backend.inbox, message])
-
     def _log_once(self, key: str, message: str, *args: Any) -> None:
         """Log a warning about ``key`` at most once a minute (bounded memory)."""
         now = self.timer()
@@ -308,61 +195,3 @@ class EngineState:
             self._logged.clear()
         self._logged[key] = now
         log.warning("cachewise: " + message, *args)
-
-    def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
-        """The local entry of a shared one: it never outlives the Redis key it came from."""
-        assert self.backend is not None
-        shift = self.clock() * 1000 - self.backend.server_now_ms() - self.backend.uncertainty_ms
-        fresh_until = (env.fresh_until_ms + shift) / 1000
-        load_time = env.load_time_ms / 1000
-        return Entry(
-            env.value,
-            fresh_until=fresh_until,
-            stale_until=(env.stale_until_ms + shift) / 1000,
-            early_at=core.early_window(self.clock(), fresh_until, load_time, self.beta),
-            load_time=load_time,
-            full_key=target.full_key,
-            l1_key=target.l1_key,
-            tags=env.tags,
-        )
-
-    def _decode(self, raw: Any, count: bool = True, key: str = "") -> codec.Envelope | None:
-        env = codec.unpack(raw)
-        if count and raw is not None and env is None:
-            self.counts[Count.DECODE_ERRORS] += 1  # a miss; the next fill overwrites it
-            self._log_once(
-                key, "undecodable entry %s in Redis (a miss; the next load overwrites it)",
-                key or "(unnamed)",
-            )  # fmt: skip
-        return env
-
-    def _current(
-        self, env: codec.Envelope | None, count: bool = True
-    ) -> Plan[codec.Envelope | None]:
-        """``env`` if each of its tags still has the version the entry recorded, else None (a
-        miss, counted): tag state invalidated, evicted, deleted or flushed never leaves a
-        tagged entry servable. One MGET for a tagged entry; none for an untagged one. Redis
-        failing here is a miss too."""
-        if env is None or not env.tags:
-            return env
-        backend = self.backend
-        assert backend is not None
-        try:
-            now = yield RedisCall(backend, "mget", [backend.keys.tag(tag) for tag in env.tags])
-        except REDIS_ERRORS as exc:
-            self.redis_failed(exc)
-            return None
-        if [None if v is None else text(v) for v in now] == list(env.versions):
-            return env
-        if count:
-            self.counts[Count.TAG_MISSES] += 1
-        return None
-
-    def _tag_versions(self, tags: tuple[str, ...]) -> Plan[tuple[str, ...]]:
-        """The current versions of ``tags`` (made where a tag has none), for a write."""
-        backend = self.backend
-        assert backend is not None
-        keys = [backend.keys.tag(tag) for tag in tags]
-        ms = int(self.lease_ttl * 1000)
-        got = yield RunScript(backend, "tag_versions", keys, [secrets.token_hex(8), ms])
-        return tuple(text(v) for v in got)
