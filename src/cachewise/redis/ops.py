@@ -99,30 +99,27 @@ class Fetch(RedisOp):
         self.keys = keys
 
     def run_sync(self) -> tuple[Any, BaseException | None]:
-        backend, keys = self.backend, self.keys
-        if backend.breaker.state is not Breaker.CLOSED and (refused := self._refused()):
+        if self.backend.breaker.state is not Breaker.CLOSED and (refused := self._refused()):
             return None, refused
         try:
-            client = backend.sync_client()
-            if type(keys) is str:
-                return self._read(client.get(keys))
-            return self._read(client.mget(keys) if len(keys) > 1 else [client.get(keys[0])])
+            return self._read(self._request(self.backend.sync_client()))
         except REDIS_ERRORS as exc:
             return self._failed(exc)
 
     async def run_async(self) -> tuple[Any, BaseException | None]:
-        backend, keys = self.backend, self.keys
-        if backend.breaker.state is not Breaker.CLOSED and (refused := self._refused()):
+        if self.backend.breaker.state is not Breaker.CLOSED and (refused := self._refused()):
             return None, refused
         try:
-            client = backend.async_client()
-            if type(keys) is str:
-                return self._read(await client.get(keys))
-            return self._read(
-                await client.mget(keys) if len(keys) > 1 else [await client.get(keys[0])]
-            )
+            return self._read(await self._request(self.backend.async_client()))
         except REDIS_ERRORS as exc:
             return self._failed(exc)
+
+    def _request(self, client: Any) -> Any:
+        """The command on ``client``: its reply, or an awaitable of it on an async client."""
+        keys = self.keys
+        if type(keys) is str or len(keys) == 1:
+            return client.get(keys if type(keys) is str else keys[0])
+        return client.mget(keys)
 
     def _refused(self) -> CircuitOpen | None:
         """The breaker's refusal, if it refuses the call now."""
@@ -136,6 +133,8 @@ class Fetch(RedisOp):
         breaker = self.backend.breaker
         if breaker.failures or breaker.state is not Breaker.CLOSED:
             breaker.passed(None)
+        if type(self.keys) is list and len(self.keys) == 1:
+            return [raw], None  # read with a GET
         return raw, None
 
     def _failed(self, exc: BaseException) -> tuple[None, BaseException]:
