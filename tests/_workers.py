@@ -86,12 +86,12 @@ def holder_of_copies(url: str, namespace: str, rounds: int, ready: Any, out: Any
     for _ in range(rounds):
         dropped.clear()
         value = cache.get_or_load("k", lambda: "from-store", ttl=60)
-        assert cache._engine.l1.held(f"{namespace}:k") is not None, value
+        assert cache._engine.l1.held(f"{namespace}:{{k}}") is not None, value
         listener = cache._engine.backend.listener  # type: ignore[union-attr]
         assert listener is not None and listener.ready.wait(10)
         ready.put("holding")
         assert dropped.wait(10)
-        assert cache._engine.l1.held(f"{namespace}:k") is None
+        assert cache._engine.l1.held(f"{namespace}:{{k}}") is None
     out.put(heard_at)
     cache.close()
 

@@ -349,7 +349,7 @@ def tag_state_deleted(seconds: float) -> Row:
         admin = server.client()
 
         def delete_tags() -> None:
-            keys = list(admin.scan_iter(f"{ns}#tagv:*"))
+            keys = list(admin.scan_iter(f"{ns}:tagv:*"))
             if keys:
                 admin.delete(*keys[: len(keys) // 2 + 1])
 
@@ -423,10 +423,10 @@ def table(rows: list[dict[str, Any]], seconds: float) -> list[str]:
         "Generated with the soak table by `python -m tests.soak --docs` "
         "(`tests/fault_scenarios.py`; `tests/test_fault_scenarios.py` runs them shorter and "
         "fails on any miss). Threads "
-        "stand for processes, each a `Cache` of its own. \"Refused loudly\": writes that raised "
+        'stand for processes, each a `Cache` of its own. "Refused loudly": writes that raised '
         "`WriteBehindNotDurable` or `WriteBehindUnavailable` (not acknowledged, by design); "
-        "\"stored\": acknowledged writes whose row holds their value or a newer acknowledged one; "
-        "\"queued again\": writes a process still held when it found the queue lost (see the "
+        '"stored": acknowledged writes whose row holds their value or a newer acknowledged one; '
+        '"queued again": writes a process still held when it found the queue lost (see the '
         "durability contract in concepts).",
         "",
         "| scenario | calls | errors seen by callers | writes refused loudly | stale reads "

@@ -6,6 +6,7 @@ import msgpack
 import pytest
 
 from cachewise.events import Fill, Invalidated, Released, Reset, decode, encode
+from cachewise.redis.keyspace import KeySpace
 
 
 @pytest.mark.parametrize(
@@ -56,7 +57,7 @@ def test_a_reset_from_another_process_empties_this_process_l1(
         assert cache.stats()["l1_size"] == 1
         wait_until(lambda: cache._engine.backend.listener.heard)  # type: ignore[union-attr]
         client = redis_server.client()  # type: ignore[attr-defined]
-        client.publish(f"{namespace}#events", encode(Reset("another-process")))
+        client.publish(KeySpace(namespace).channel, encode(Reset("another-process")))
         wait_until(lambda: cache.stats()["l1_size"] == 0)
         assert cache.stats()["l1_flushes"] >= 1
     finally:

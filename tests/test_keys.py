@@ -49,7 +49,7 @@ def test_key_starts_with_namespace_module_and_qualname(cache: Cache) -> None:
 
     assert (
         f.key(42)
-        == f"t:{__name__}:test_key_starts_with_namespace_module_and_qualname.<locals>.f:[42]"
+        == f"t:{{{__name__}:test_key_starts_with_namespace_module_and_qualname.<locals>.f:[42]}}"
     )
 
 

@@ -17,12 +17,19 @@ import pytest
 
 from cachewise import Cache, CacheError, ConfigTypeError, ConfigValueError, InvalidationEvent
 from cachewise.events import Invalidated
+from cachewise.redis.keyspace import KeySpace
 
 from . import _workers
 from .conftest import Gate, in_thread
 from .test_concurrency import wait_until
 
 MakeCache = Callable[..., Cache]
+
+
+def _lease(namespace: str, key: str) -> str:
+    """The lease key of explicit key ``key``."""
+    space = KeySpace(namespace)
+    return space.lease(space.entry(key))
 
 
 def listening(cache: Cache) -> Cache:
@@ -170,7 +177,7 @@ def test_a_dead_lease_holder_is_taken_over(
 ) -> None:
     cache = listening(make_cache(lease_ttl=0.3))
     # A holder that took the lease and died: nobody will renew or fill it.
-    redis_server.client().set(f"{namespace}#lease:k", "dead-holder", px=300)
+    redis_server.client().set(_lease(namespace, "k"), "dead-holder", px=300)
     started = time.monotonic()
     assert cache.get_or_load("k", lambda: "mine", ttl=30) == "mine"
     waited = time.monotonic() - started
@@ -187,12 +194,12 @@ def test_long_loads_renew_their_lease(
     def slow() -> str:
         for _ in range(4):
             time.sleep(0.2)
-            seen.append(redis_server.client().pttl(f"{namespace}#lease:k"))
+            seen.append(redis_server.client().pttl(_lease(namespace, "k")))
         return "v"
 
     assert cache.get_or_load("k", slow, ttl=30) == "v"
     assert all(ttl > 0 for ttl in seen)  # never expired during a 0.8 s load with a 0.3 s lease
-    assert redis_server.client().exists(f"{namespace}#lease:k") == 0  # given back after the fill
+    assert redis_server.client().exists(_lease(namespace, "k")) == 0  # given back after the fill
 
 
 def test_long_bulk_loads_renew_their_leases(
@@ -204,7 +211,7 @@ def test_long_bulk_loads_renew_their_leases(
     def slow(keys: list[str]) -> dict[str, str]:
         for _ in range(4):
             time.sleep(0.2)
-            seen.append([redis_server.client().pttl(f"{namespace}#lease:{k}") for k in keys])
+            seen.append([redis_server.client().pttl(_lease(namespace, k)) for k in keys])
         return {k: k.upper() for k in keys}
 
     assert cache.get_or_load_many(["a", "b", "c"], slow, ttl=30) == {"a": "A", "b": "B", "c": "C"}
@@ -226,10 +233,10 @@ def test_a_failed_bulk_load_gives_its_leases_back(
 
     with pytest.raises(LookupError):
         cache.get_or_load_many(["a", "b"], broken, ttl=30)
-    assert client.exists(f"{namespace}#lease:a", f"{namespace}#lease:b") == 0
+    assert client.exists(_lease(namespace, "a"), _lease(namespace, "b")) == 0
     with pytest.raises(CacheError):
         cache.get_or_load_many(["c", "d"], lambda keys: {"c": "C"}, ttl=30)
-    assert client.exists(f"{namespace}#lease:d") == 0
+    assert client.exists(_lease(namespace, "d")) == 0
     started = time.monotonic()
     assert other.get_or_load("d", lambda: "D", ttl=30) == "D"
     assert time.monotonic() - started < 1.0
@@ -277,7 +284,7 @@ def test_a_failed_load_gives_the_lease_back(
 
     with pytest.raises(LookupError):
         cache.get_or_load("k", broken, ttl=30)
-    assert redis_server.client().exists(f"{namespace}#lease:k") == 0
+    assert redis_server.client().exists(_lease(namespace, "k")) == 0
 
 
 def test_a_failed_load_wakes_the_waiters_of_other_processes(make_cache: MakeCache) -> None:
@@ -325,7 +332,7 @@ def test_a_flight_waiting_on_a_lease_of_its_own_process_is_woken(
     thread, _ = in_thread(first)
     assert slow.started.wait(10)
     # The invalidation was made in Redis before this load took its lease; its event is late.
-    cache._engine._on_event(Invalidated("another-process", (f"{namespace}:k",)))
+    cache._engine._on_event(Invalidated("another-process", (f"{namespace}:{{k}}",)))
     read = lambda: cache.get_or_load("k", lambda: "second", ttl=30)  # noqa: E731
     got, after = woken_after(cache, read, slow.release.set)
     thread.join(10)
@@ -372,7 +379,7 @@ def test_invalidation_reaches_other_l1s(make_cache: MakeCache) -> None:
     a.invalidate("k")
     assert heard.wait(2)
     assert b.get("k") is None
-    assert events[0].origin == "remote" and events[0].keys == (f"{b.namespace}:k",)
+    assert events[0].origin == "remote" and events[0].keys == (f"{b.namespace}:{{k}}",)
 
 
 def heard(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -430,15 +437,18 @@ def test_events_fall_back_to_the_shared_channel_when_the_registry_is_lost(
 
     admin = redis_server.client()
     outsider = admin.pubsub()
-    outsider.subscribe(f"{namespace}#events")
+    outsider.subscribe(KeySpace(namespace).channel)
     assert outsider.get_message(timeout=5)["type"] == "subscribe"
     assert b.get_or_load("k", lambda: "old", ttl=60) == "old"
-    assert admin.exists(f"{namespace}#events") == 1 and admin.pttl(f"{namespace}#events") > 0
+    assert (
+        admin.exists(KeySpace(namespace).channel) == 1
+        and admin.pttl(KeySpace(namespace).channel) > 0
+    )
     set_in_a_and_read_in_b("new")  # the outsider is not registered: every listener hears this
     assert outsider.get_message(timeout=5)["type"] == "message"
     wait_until(lambda: echoes() == 1)  # a heard its own event (and skipped it)
     outsider.close()
-    admin.delete(f"{namespace}#events")  # the registry, lost
+    admin.delete(KeySpace(namespace).channel)  # the registry, lost
     set_in_a_and_read_in_b("newer")
     wait_until(lambda: echoes() == 2)
     for cache in (a, b):
@@ -446,9 +456,9 @@ def test_events_fall_back_to_the_shared_channel_when_the_registry_is_lost(
     set_in_a_and_read_in_b("newest")
     time.sleep(0.2)
     assert echoes() == 2
-    assert admin.zscore(f"{namespace}#events", origin) is not None
+    assert admin.zscore(KeySpace(namespace).channel, origin) is not None
     a.close()  # leaves the registry (from its listener's thread, as that ends)
-    wait_until(lambda: admin.zscore(f"{namespace}#events", origin) is None)
+    wait_until(lambda: admin.zscore(KeySpace(namespace).channel, origin) is None)
 
 
 def test_past_eight_listeners_events_go_to_the_shared_channel(
@@ -567,7 +577,7 @@ def test_undecodable_bytes_are_a_counted_miss_and_get_overwritten(
     client = redis_server.client()
     cache = make_cache()
     for raw in (b"\xc1garbage", msgpack.packb([99, "v", 0, 0, 0, []]), msgpack.packb("short")):
-        client.set(f"{namespace}:k", raw, px=30_000)
+        client.set(f"{namespace}:{{k}}", raw, px=30_000)
         assert cache.get_or_load("k", lambda: "fresh", ttl=30) == "fresh"
         cache.invalidate("k")
     assert cache.stats()["decode_errors"] == 3
@@ -664,7 +674,7 @@ def test_pubsub_loss_empties_l1(make_cache: MakeCache, redis_server: Any) -> Non
     assert cache.stats()["l1_size"] >= 1
     redis_server.client().client_kill_filter(_type="pubsub")
     wait_until(lambda: cache.stats()["l1_flushes"] >= 1, timeout=5)
-    assert cache._engine.l1.held(f"{cache.namespace}:k") is None
+    assert cache._engine.l1.held(f"{cache.namespace}:{{k}}") is None
     listener = cache._engine.backend.listener  # type: ignore[union-attr]
     assert listener is not None and listener.ready.wait(5)  # and it comes back
 
@@ -737,7 +747,7 @@ def test_waiting_for_a_lease_is_bounded(
 ) -> None:
     cache = listening(make_cache(lease_wait_timeout=0.3))
     # A live holder that keeps its lease (a long lease standing in for renewals).
-    redis_server.client().set(f"{namespace}#lease:k", "busy-holder", px=60_000)
+    redis_server.client().set(_lease(namespace, "k"), "busy-holder", px=60_000)
     started = time.monotonic()
     assert cache.get_or_load("k", lambda: "mine", ttl=30) == "mine"
     assert 0.25 < time.monotonic() - started < 3.0
@@ -842,7 +852,7 @@ def test_a_sentinel_master_given_as_a_pair(
             return await cache.aget_or_load("k", lambda: "loaded", ttl=30)
 
         assert asyncio.run(read()) == "through sentinel"
-        assert redis_server.client().exists(f"{namespace}:k") == 1
+        assert redis_server.client().exists(f"{namespace}:{{k}}") == 1
         assert cache.stats()["redis_errors"] == 0
         cache.close()
     finally:
@@ -875,7 +885,7 @@ def test_large_values_travel_without_the_event(make_cache: MakeCache) -> None:
     b.set("k", "old", ttl=60)
     large = {"blob": "y" * 100_000}  # over the event's limit, under the value limit
     a.set("k", large, ttl=60)
-    wait_until(lambda: b._engine.l1.held(f"{b.namespace}:k") is None)  # copy dropped
+    wait_until(lambda: b._engine.l1.held(f"{b.namespace}:{{k}}") is None)  # copy dropped
     assert b.get("k") == large  # read from Redis instead
 
 
@@ -883,7 +893,7 @@ def test_undecodable_bytes_are_logged_once_per_key(
     make_cache: MakeCache, redis_server: Any, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = make_cache(l1_maxsize=0)
-    redis_server.client().set(f"{namespace}:bad", b"\xc1 not msgpack", px=60_000)
+    redis_server.client().set(f"{namespace}:{{bad}}", b"\xc1 not msgpack", px=60_000)
     for _ in range(3):
         assert cache.get("bad") is None
     warnings = [r for r in caplog.records if "undecodable" in r.getMessage()]

@@ -17,12 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewise import Cache, CacheError
+from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import free_port
+
+from . import _workers
 
 MakeCache = Callable[..., Cache]
 
 AWKWARD = ["a b", "line\nbreak", "tab\t", "ünïcødé ✓", "*", "?", "[x]", ":", "a:b", "#", "#tag",
-           "ns#lease:x", "\x00nul", "k" * 10_000, " "]  # fmt: skip
+           "ns#lease:x", "lease:{x}", "{x}", "}", "{", "x}{y", "{#0}", "\x00nul", "k" * 10_000,
+           " "]  # fmt: skip
 
 
 def test_awkward_explicit_keys_round_trip_and_never_collide(make_cache: MakeCache) -> None:
@@ -67,7 +71,7 @@ def test_decorated_function_keys_with_awkward_arguments(make_cache: MakeCache) -
     assert len({f.key(v) for v in AWKWARD}) == len(AWKWARD)
     assert all(f.key(v).startswith(f"{a.namespace}:") for v in AWKWARD)
     for value in AWKWARD:  # another process reads the same entries from Redis
-        assert b.get_or_load(f.key(value)[len(a.namespace) + 1 :], _never, ttl=60) == value
+        assert b.get_or_load(KeySpace(a.namespace).name_of(f.key(value)), _never, ttl=60) == value
 
 
 def _never() -> Any:
@@ -107,7 +111,7 @@ def test_an_acl_user_connects_and_a_wrong_password_fails_open(
     bad = Cache(f"redis://{user}:wrong@127.0.0.1:{redis_server.port}/0", namespace=namespace)
     try:
         good.set("k", "v", ttl=60)
-        assert admin.get(f"{namespace}:k") is not None
+        assert admin.get(f"{namespace}:{{k}}") is not None
         assert bad.get_or_load("k2", lambda: "from origin", ttl=60) == "from origin"
         assert bad.stats()["redis_errors"] >= 1
         assert "wrong" not in caplog.text and SECRET not in caplog.text
@@ -236,3 +240,46 @@ def test_tls_with_rediss_url(tls_server: tuple[int, Path]) -> None:
     finally:
         cache.close(timeout=1)
         other.close(timeout=1)
+
+
+def test_an_acl_of_the_namespace_alone_covers_every_feature(
+    redis_server: Any, namespace: str
+) -> None:
+    """Every key and channel cachewise uses is under ``<namespace>:``: a user granted only
+    ``~<namespace>:*`` and ``&<namespace>:*`` reads, loads under leases, tags, invalidates
+    and writes behind without one refusal."""
+    admin = redis_server.client()
+    user = f"ns-{namespace}"[:60]
+    admin.acl_setuser(
+        user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{namespace}:*"],
+        channels=[f"{namespace}:*"], commands=["+@all"],
+    )  # fmt: skip
+    url = f"redis://{user}:{SECRET}@127.0.0.1:{redis_server.port}/0"
+    store = _workers.use_store(redis_server.url, namespace)  # the "database": not the ACL's
+    a, get_row, save = _workers.rows_cache(url, namespace)
+    b = Cache(url, namespace=namespace, l1_maxsize=0)
+    try:
+
+        @a.cached(ttl=60, tags=lambda user_id: [f"user:{user_id}"])
+        def get_user(user_id: int) -> str:
+            return f"user {user_id}"
+
+        assert get_row(1) is None
+        save(1, "ada")
+        assert get_row(1) == "ada"
+        assert a.flush(timeout=10).written == 1
+        assert store.hget(f"{namespace}-store:rows", "1") == b"ada"
+        assert get_user(1) == "user 1"
+        a.set("k", "v", ttl=60)
+        assert b.get_many(["k", "absent"]) == {"k": "v"}
+        assert b.get_or_load("loaded", lambda: "x", ttl=60) == "x"
+        a.invalidate_tags("user:1")
+        a.invalidate("k")
+        assert b.get("k") is None
+        for cache in (a, b):
+            assert cache.stats()["redis_errors"] == 0, cache.stats()
+        assert not list(admin.scan_iter(f"{namespace}#*"))
+    finally:
+        a.close(timeout=1)
+        b.close(timeout=1)
+        admin.acl_deluser(user)

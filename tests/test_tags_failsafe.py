@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from cachewise import Cache
+from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import RedisServer
 
 from .conftest import caches
@@ -35,7 +36,7 @@ def tagged(cache: Cache, origin: Origin) -> Callable[[int], str]:
 
 def lose(client: redis.Redis, namespace: str, how: str) -> None:
     if how == "deleted":
-        tags = list(client.scan_iter(f"{namespace}#tagv:*"))
+        tags = list(client.scan_iter(f"{namespace}:tagv:*"))
         assert tags, "the entry's tag has a version key"
         client.delete(*tags)
     else:
@@ -120,8 +121,8 @@ def test_evicted_tag_versions_make_their_entries_misses(namespace: str) -> None:
             orphans = [
                 team
                 for team in teams
-                if client.exists(f"{namespace}:{f.key(team).split(':', 1)[1]}")
-                and not client.exists(f"{namespace}#tagv:team:{team}")
+                if client.exists(f.key(team))
+                and not client.exists(KeySpace(namespace).tag(f"team:{team}"))
             ]
             assert orphans, "random eviction left some entries without their tag's version"
             origin.version = 2

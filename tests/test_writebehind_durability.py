@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from cachewise import Cache, WriteBehindNotDurable, WriteBehindUnavailable
+from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import RedisServer
 
 from . import _workers
@@ -42,7 +43,7 @@ def test_a_queue_redis_that_evicts_any_key_is_refused_before_a_write(
             assert "noeviction" in message and "write_behind_redis=" in message  # ways out
             assert isinstance(caught.value, ValueError)
             client = server.client()
-            assert client.xlen(f"{namespace}#wb:{WRITER}") == 0  # nothing queued
+            assert client.xlen(KeySpace(namespace).writer("wb", WRITER)) == 0  # nothing queued
             assert get_row(1) is None  # and the cache unchanged
         finally:
             cache.close(timeout=5)
@@ -129,7 +130,7 @@ def test_an_enqueue_returns_once_a_replica_has_it_and_survives_a_failover(
     for i in range(20):
         save(i, f"v{i}")
         # Acknowledged: the replica has the entry already, no waiting for it here.
-        assert on_replica.xlen(f"{namespace}#wb:{WRITER}") == i + 1
+        assert on_replica.xlen(KeySpace(namespace).writer("wb", WRITER)) == i + 1
     assert cache.stats()["write_behind_unreplicated"] == 0
     master.kill()  # kill -9 after the acknowledgements, before any flush
     cache.close(timeout=1)
@@ -222,7 +223,7 @@ def test_a_queue_lost_during_flushing_is_noticed_by_the_flusher(
             for i in range(1, 30):
                 save(i, f"v{i}")
             client = server.client()
-            stream = f"{namespace}#wb:{WRITER}"
+            stream = KeySpace(namespace).writer("wb", WRITER)
             if fault == "flushall":
                 client.flushall()
             elif fault == "group destroyed":
@@ -261,9 +262,9 @@ def test_a_non_evicting_queue_redis_beside_an_evicting_cache(
             for i in range(10):
                 save(i, f"v{i}")
             on_cache, on_queue = cache_server.client(), queue_server.client()
-            stream = f"{namespace}#wb:{WRITER}"
+            stream = KeySpace(namespace).writer("wb", WRITER)
             assert on_queue.xlen(stream) == 10 and not on_cache.exists(stream)
-            pending = f"{namespace}#wbpending:{get_row.key(3)[len(namespace) + 1 :]}"
+            pending = KeySpace(namespace).pending(get_row.key(3))
             assert on_cache.exists(pending) and not on_queue.exists(pending)
             assert get_row(3) == "v3"  # the cache has the new value already
             on_queue.flushall()  # the queue is lost; this process still holds the writes
@@ -320,10 +321,8 @@ def test_a_lost_record_of_newest_writes_never_makes_writes_look_superseded(
             stop_flusher(cache)
             for i in range(10):
                 save(i, f"v{i}")
-            server.client().delete(f"{namespace}#wbnewest:{WRITER}")
-            flusher, _, _ = _workers.rows_cache(
-                server.url, namespace, write_behind_claim_idle=0.5
-            )
+            server.client().delete(KeySpace(namespace).writer("wbnewest", WRITER))
+            flusher, _, _ = _workers.rows_cache(server.url, namespace, write_behind_claim_idle=0.5)
             try:
                 assert flusher.flush(timeout=30).pending == 0
                 assert rows(store, namespace) == {i: f"v{i}" for i in range(10)}

@@ -16,6 +16,7 @@ import redis
 
 from cachewise import Cache, ConfigValueError, WriteBehindUnavailable
 from cachewise.codec import SerializationError
+from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import free_port
 
 from . import _workers
@@ -38,7 +39,7 @@ class Rows:
         self.url = url
         self.ns = namespace
         self.client = _workers.use_store(url, namespace)
-        self.stream = f"{namespace}#wb:tests._workers.store_row"
+        self.stream = KeySpace(namespace).writer("wb", "tests._workers.store_row")
         self.made: list[Cache] = []
 
     def cache(self, **options: Any) -> tuple[Cache, Any, Any]:
@@ -82,7 +83,7 @@ def test_write_returns_with_the_cache_set_and_the_write_queued(rows: Rows) -> No
     report = cache.flush(timeout=10)
     assert rows.rows() == {1: "new"} and report.pending == 0
     assert rows.client.xlen(rows.stream) == 0  # acknowledged and deleted
-    assert not rows.client.exists(f"{rows.ns}#wbpending:{get_row.key(1)[len(rows.ns) + 1 :]}")
+    assert not rows.client.exists(KeySpace(rows.ns).pending(get_row.key(1)))
     assert rows.count("reads") == 0  # nobody loaded the store's old value
 
 
@@ -174,7 +175,7 @@ def test_pending_value_is_read_when_the_cached_entry_is_gone(rows: Rows, namespa
     rows.client.delete(get_row.key(1))  # evicted (or expired) before the flush
     other = Cache(rows.url, namespace=namespace, l1_maxsize=0)
     rows.made.append(other)
-    key = get_row.key(1)[len(namespace) + 1 :]
+    key = KeySpace(namespace).name_of(get_row.key(1))
     assert other.get_or_load(key, lambda: "old from the store", ttl=60) == "new"
     assert other.stats()["pending_writes_read"] == 1 and other.stats()["loads"] == 1
 
@@ -187,27 +188,26 @@ def test_queue_keys_are_data_without_ttl_and_the_rest_expires(rows: Rows) -> Non
     stop_flusher(cache)
     save(1, "a")
     save(2, "b")
-    pending = f"{rows.ns}#wbpending:{get_row.key(1)[len(rows.ns) + 1 :]}"
+    pending = KeySpace(rows.ns).pending(get_row.key(1))
     assert rows.client.pttl(pending) == -1  # queued: kept until the store has it
     flusher, _, _ = rows.cache(write_behind_retries=0)
     flusher.flush(timeout=10)
-    keys = [k.decode() for k in rows.client.scan_iter(f"{rows.ns}#*")]
+    keys = [k.decode() for k in rows.client.scan_iter(f"{rows.ns}:*")]
     queue = {
-        f"{rows.ns}#wb:tests._workers.store_row",
-        f"{rows.ns}#wbdead:tests._workers.store_row",
-        f"{rows.ns}#wbnewest:tests._workers.store_row",
-        f"{rows.ns}#wbepoch:tests._workers.store_row",
+        KeySpace(rows.ns).writer("wb", "tests._workers.store_row"),
+        KeySpace(rows.ns).writer("wbdead", "tests._workers.store_row"),
+        KeySpace(rows.ns).writer("wbnewest", "tests._workers.store_row"),
+        KeySpace(rows.ns).writer("wbepoch", "tests._workers.store_row"),
     }
-    assert f"{rows.ns}#wbdead:tests._workers.store_row" in keys
-    assert f"{rows.ns}#wbflusher:tests._workers.store_row" in keys
+    assert KeySpace(rows.ns).writer("wbdead", "tests._workers.store_row") in keys
+    assert KeySpace(rows.ns).writer("wbflusher", "tests._workers.store_row") in keys
     assert pending not in keys  # flushed: removed
     for key in keys:
         if key in queue:
             assert rows.client.pttl(key) == -1, key
         else:
             assert rows.client.pttl(key) > 0, key
-    for key in rows.client.scan_iter(f"{rows.ns}:*"):
-        assert rows.client.pttl(key) > 0, key
+    assert not list(rows.client.scan_iter(f"{rows.ns}#*"))  # nothing outside ``ns:``
 
 
 def test_unserializable_argument_is_refused_before_anything_is_queued(rows: Rows) -> None:
@@ -313,7 +313,7 @@ def test_a_write_claimed_late_never_overwrites_a_newer_one(rows: Rows) -> None:
         save(0, "v1")
         # The first flusher stalls past its lease (as a paused process would): another takes
         # over, writes v1 at once, and claims v0 only once it has been idle for claim_idle.
-        rows.client.delete(f"{rows.ns}#wbflusher:tests._workers.store_row")
+        rows.client.delete(KeySpace(rows.ns).writer("wbflusher", "tests._workers.store_row"))
         heir, _, _ = rows.cache(write_behind_claim_idle=1.0)
         report = heir.flush(timeout=20)
         assert rows.rows() == {0: "v1"} and rows.log(0) == ["v1"]

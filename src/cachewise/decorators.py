@@ -19,6 +19,7 @@ from ._drivers import Plan, run_async, run_sync
 from .engine import Engine, Policy, Target
 from .errors import ConfigTypeError
 from .keys import ArgKeyer
+from .keys import explicit as explicit_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,7 +76,7 @@ class Spec(Generic[P]):
         self.tags = tags
         # Explicit keys (key=...) share the table of get/set so cache.invalidate(k) reaches them.
         self.table: dict[Hashable, Any] = engine.explicit if key is not None else {}
-        self.base = f"{engine.prefix}{fn.__module__}:{fn.__qualname__}:"
+        self.base = f"{fn.__module__}:{fn.__qualname__}:"
 
     def _tags_for(self, call: Caller) -> Callable[[], Iterable[str]] | None:
         tags = self.tags
@@ -90,11 +91,10 @@ class Spec(Generic[P]):
         call's own arguments (for ``key=`` and ``tags=`` functions)."""
         if self.custom_key is not None:
             key = _validate.cache_key(call(self.custom_key), f"the key= function of {self.where}")
-            return Target(
-                self.table, key, self.engine.prefix + key, self.where, self._tags_for(call)
-            )
+            full_key = self.engine.space.entry(explicit_key(key))
+            return Target(self.table, key, full_key, self.where, self._tags_for(call))
         l1_key = self.keyer.l1_key(values)
-        full_key = self.base + self.keyer.args_text(l1_key)
+        full_key = self.engine.space.entry(self.base + self.keyer.args_text(l1_key))
         return Target(self.table, l1_key, full_key, self.where, self._tags_for(call))
 
     def target_of_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:

@@ -296,9 +296,12 @@ class Bulk(Reads):
 
     def _names(self, keys: list[str]) -> list[str]:
         """The Redis names of explicit keys (``explicit_key``, inlined for the common case)."""
-        prefix = self.prefix
+        # ``self.space.entry``, inlined for keys without braces (the per-key cost of a bulk read).
+        prefix, entry = self.space.prefix, self.space.entry
         return [
-            prefix + (k if len(k) <= MAX_ARGS_CHARS and k[0] != "#" else explicit_key(k))
+            f"{prefix}{{{k}}}"
+            if len(k) <= MAX_ARGS_CHARS and k[0] != "#" and "{" not in k and "}" not in k
+            else entry(explicit_key(k))
             for k in keys
         ]
 

@@ -70,7 +70,8 @@ class EngineState:
         max_value_bytes: int = 1_000_000,
     ) -> None:
         self.namespace = namespace
-        self.prefix = KeySpace(namespace).prefix
+        #: The namespace's key names (the same as the backend's, which may be absent).
+        self.space = KeySpace(namespace)
         self.clock = clock
         #: What deadlines of waits are measured on (leases, flushes); ``clock`` is entries' time.
         self.timer = timer
@@ -116,7 +117,7 @@ class EngineState:
     # -- small helpers --------------------------------------------------------------------------
 
     def explicit_target(self, key: str) -> Target:
-        return Target(self.explicit, key, self.prefix + explicit_key(key), key)
+        return Target(self.explicit, key, self.space.entry(explicit_key(key)), key)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a strong reference to a task the engine started until it ends."""

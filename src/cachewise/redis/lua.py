@@ -1,20 +1,9 @@
 """Every Lua script cachewise runs on Redis, in one place (redis-py registers and caches them).
 
-Key layout for namespace ``ns`` (namespaces are restricted to ``[A-Za-z0-9_.-]``, so no
-namespace's keys can reach into another's): values live at ``ns:<key>``; what the library keeps
-about them lives under ``ns#``: the lease of a value at ``ns#lease:<key>``, the version of a tag at
-``ns#tagv:<tag>``, a write-behind write not yet in the store at ``ns#wbpending:<key>``; a
-write-behind writer's queue is the stream ``ns#wb:<writer>``, its dead letters
-``ns#wbdead:<writer>``, the lease of the process that flushes it ``ns#wbflusher:<writer>``, its
-newest write per key ``ns#wbnewest:<writer>``;
-events go to each listening process' own channel ``ns#events:<listener id>``, or to the
-channel every listener also hears, ``ns#events``, when the registry of listeners, the sorted set
-``ns#events``, is not known to be complete (see ``_PUBLISH_FN``). Every key written has an expiry
-but the write-behind queue's (stream, pending records, newest writes, dead letters): those are
-data, not cache.
-
-These scripts build lease keys from value keys, which a Redis Cluster would refuse (a script must
-declare its keys); the cluster variant is not written yet.
+Scripts touch only the keys they are given (the key layout is ``keyspace``'s), except the
+registry of listeners that ``_PUBLISH_FN`` reads. Every key written has an expiry but the
+write-behind queue's (stream, pending records, newest writes, dead letters): those are data, not
+cache.
 """
 
 from __future__ import annotations
