@@ -24,13 +24,22 @@ def _counting_loader(url: str, namespace: str, load_s: float) -> Any:
     return load
 
 
-def herd(url: str, namespace: str, callers: int, use_tasks: bool, start: Any, out: Any) -> None:
-    """``callers`` threads (or tasks) call one cold key at once; report their latencies."""
+def herd(
+    url: str,
+    namespace: str,
+    callers: int,
+    use_tasks: bool,
+    start: Any,
+    out: Any,
+    counter_url: str | None = None,
+) -> None:
+    """``callers`` threads (or tasks) call one cold key at once; report their latencies. Loads
+    are counted on ``counter_url`` (a plain Redis), or on ``url``."""
     cache = Cache(url, namespace=namespace)
     cache.get("~warm-up")  # connect and subscribe before the herd starts
     listener = cache._engine.backend.listener  # type: ignore[union-attr]
     assert listener is not None and listener.ready.wait(10)
-    load = _counting_loader(url, namespace, 0.05)
+    load = _counting_loader(counter_url or url, namespace, 0.05)
     start.wait()
     if use_tasks:
 

@@ -800,16 +800,12 @@ def test_early_refresh_reloads_through_the_lease(make_cache: MakeCache) -> None:
     wait_until(lambda: make_cache().get("k") == 2, timeout=5)  # the refresh went to Redis
 
 
-def test_sentinel_and_cluster_clients_get_a_clear_error() -> None:
-    import redis.cluster
+def test_a_sentinel_client_alone_gets_a_clear_error() -> None:
     import redis.sentinel
 
     sentinel = redis.sentinel.Sentinel([("127.0.0.1", 1)])
     with pytest.raises(ConfigTypeError, match="Sentinel"):
         Cache(sentinel.master_for("mymaster"))
-    cluster = redis.cluster.RedisCluster.__new__(redis.cluster.RedisCluster)
-    with pytest.raises(ConfigTypeError, match="Cluster"):
-        Cache(cluster)
 
 
 def test_a_sentinel_master_given_as_a_pair(

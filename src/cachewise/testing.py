@@ -47,11 +47,11 @@ class RedisServer:
     Stopped with ``stop()`` (or as a context manager) by its own pid, never by name.
     """
 
-    def __init__(self, *extra: str, binary: str | None = None) -> None:
+    def __init__(self, *extra: str, binary: str | None = None, port: int | None = None) -> None:
         path = binary or shutil.which("redis-server")
         if path is None:
             raise RuntimeError("redis-server is not installed")
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="cachewise-redis-")
         self.args = [
             path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -155,3 +155,92 @@ async def task_herd(callers: int, call: Callable[[], Awaitable[Any]]) -> list[fl
         return time.perf_counter() - began
 
     return list(await asyncio.gather(*(one() for _ in range(callers))))
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (``port + 10000``) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class LocalCluster:
+    """A Redis Cluster on loopback: ``masters`` x (1 + ``replicas``) ``redis-server`` processes
+    (each a ``RedisServer``, stopped by its pid), joined by ``redis-cli --cluster create``, with
+    ``cluster-node-timeout`` ``node_timeout_ms`` so a failover takes about a second."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed")
+        self.nodes: list[RedisServer] = []
+        try:
+            options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                       "--cluster-node-timeout", str(node_timeout_ms)]  # fmt: skip
+            for _ in range(masters * (1 + replicas)):
+                self.nodes.append(RedisServer(*options, port=_cluster_port()))
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+            )  # fmt: skip
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        self.url = self.nodes[0].url
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node reports ``cluster_state:ok`` and knows every slot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for node in self.nodes:
+                if node.proc.poll() is not None:
+                    continue
+                client = node.client()
+                try:
+                    info = client.cluster("info")
+                    states.append(info.get("cluster_state") == "ok"
+                                  and int(info.get("cluster_slots_ok", 0)) == 16384)  # fmt: skip
+                except Exception:
+                    states.append(False)
+                finally:
+                    client.close()
+            if states and all(states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not become ok")
+            time.sleep(0.1)
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that are masters now."""
+        found = []
+        for node in self.nodes:
+            if node.proc.poll() is not None:
+                continue
+            client = node.client()
+            try:
+                if client.info("replication").get("role") == "master":
+                    found.append(node)
+            finally:
+                client.close()
+        return found
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

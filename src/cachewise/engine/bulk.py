@@ -193,7 +193,7 @@ class Bulk(Reads):
                 self._settle(flight, target, self._adopt(target, env), env.value)
             elif isinstance(got, Won):
                 mine[key] = flight
-                flight.versions = got.versions
+                flight.versions = yield from self._versions_won(flight, got.versions)
                 written = self._decode(got.pending) if got.pending else None
                 if written is not None:
                     self.counts[Count.PENDING_WRITES_READ] += 1

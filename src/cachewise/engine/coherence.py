@@ -109,7 +109,7 @@ class Coherence(Entries):
                 reset = encode(Reset(backend.origin))
                 yield RedisCall(backend, "publish", backend.keys.channel, reset)
             if keys or tags:
-                yield RunScript(backend, *self._drop_call(keys, tags))
+                yield from self._drop(keys, tags)
             self.counts[Count.OUTAGE_INVALIDATIONS_SENT] += len(keys) + len(tags)
         except REDIS_ERRORS:
             self.remember(keys, tags)  # try again with the next call

@@ -14,7 +14,7 @@ from .._flight import Flight
 from ..core import Entry
 from ..errors import ConfigTypeError
 from ..events import Fill, Invalidated, encode
-from ..redis import REDIS_ERRORS, RedisCall, RunScript, text
+from ..redis import Fetch, RedisCall, RunPipeline, RunScript, ScriptCall, text
 from .state import EngineState
 from .values import EVENT_VALUE_LIMIT, Count, Policy, StoreCall, Target
 
@@ -23,10 +23,21 @@ class Entries(EngineState):
     """Entries, local and shared. A layer of ``Engine``."""
 
     def _tag_keys(self, flight: Flight) -> list[str]:
-        """The Redis indexes of the tags a flight's entry will carry."""
+        """The Redis indexes of the tags a flight's entry will carry, which its scripts keep
+        alive and check; none on a cluster, where they live in other slots than the entry
+        (the versions are read apart there, and every read checks them: ``_current``)."""
         backend = self.backend
         assert backend is not None
+        if backend.cluster:
+            return []
         return [backend.keys.tag(tag) for tag in flight.tags]
+
+    def _versions_won(self, flight: Flight, versions: tuple[str, ...]) -> Plan[tuple[str, ...]]:
+        """The tag versions a load that won its lease records: those ACQUIRE returned, or on a
+        cluster (where ACQUIRE cannot reach the tags' slots) read apart."""
+        if len(versions) == len(flight.tags):
+            return versions
+        return (yield from self._tag_versions(flight.tags))
 
     def _tags(self, target: Target) -> tuple[str, ...]:
         if target.tags is None:
@@ -98,7 +109,11 @@ class Entries(EngineState):
                 key, len(packed), self.max_value_bytes,
             )  # fmt: skip
             return self._drop_call([key])
-        keys = [key, backend.keys.lease(key), *(backend.keys.tag(t) for t in entry.tags)]
+        keys = [key, backend.keys.lease(key)]
+        if backend.cluster:
+            versions = ()  # the tags' slots are not this script's: checked on every read instead
+        else:
+            keys.extend(backend.keys.tag(t) for t in entry.tags)
         # Other processes replace their copy from the event; past a size, they drop it instead
         # (and read Redis if they need it), so large values do not flood every subscriber.
         event = (
@@ -106,7 +121,7 @@ class Entries(EngineState):
             if len(packed) <= EVENT_VALUE_LIMIT
             else encode(Fill(backend.origin, key))
         )
-        args = [token, packed, env.stale_until_ms, backend.inbox, event, *versions]
+        args = [token, packed, env.stale_until_ms, backend.sender, event, *versions]
         return StoreCall("store", keys, args)
 
     def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:
@@ -117,7 +132,24 @@ class Entries(EngineState):
         message = encode(Invalidated(backend.origin, tuple(keys), tuple(tags)))
         space = backend.keys
         names = [*keys, *(space.lease(k) for k in keys), *(space.tag(tag) for tag in tags)]
-        return StoreCall("invalidate", names, [backend.inbox, message])
+        return StoreCall("invalidate", names, [backend.sender, message])
+
+    def _drop(self, keys: list[str], tags: list[str]) -> Plan[None]:
+        """Drop values (with their leases) and tags' versions in Redis, then tell every process.
+        On a cluster, one INVALIDATE per value and per tag (each in its own slot), and the
+        event after all of them: a process told earlier could read back a value not yet gone."""
+        backend = self.backend
+        assert backend is not None
+        if not backend.cluster:
+            yield RunScript(backend, *self._drop_call(keys, tags))
+            return
+        space = backend.keys
+        calls = [ScriptCall("invalidate", [k, space.lease(k)], ["", ""]) for k in keys]
+        calls.extend(ScriptCall("invalidate", [space.tag(tag)], ["", ""]) for tag in tags)
+        if calls:
+            yield RunPipeline(backend, calls)
+        message = encode(Invalidated(backend.origin, tuple(keys), tuple(tags)))
+        yield RedisCall(backend, "publish", space.channel, message)
 
     def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
         """The local entry of a shared one: it never outlives the Redis key it came from."""
@@ -157,10 +189,9 @@ class Entries(EngineState):
             return env
         backend = self.backend
         assert backend is not None
-        try:
-            now = yield RedisCall(backend, "mget", [backend.keys.tag(tag) for tag in env.tags])
-        except REDIS_ERRORS as exc:
-            self.redis_failed(exc)
+        now, error = yield Fetch(backend, [backend.keys.tag(tag) for tag in env.tags])
+        if error is not None:
+            self.redis_failed(error)
             return None
         if [None if v is None else text(v) for v in now] == list(env.versions):
             return env
@@ -173,6 +204,10 @@ class Entries(EngineState):
         backend = self.backend
         assert backend is not None
         keys = [backend.keys.tag(tag) for tag in tags]
-        ms = int(self.lease_ttl * 1000)
-        got = yield RunScript(backend, "tag_versions", keys, [secrets.token_hex(8), ms])
+        args = [secrets.token_hex(8), int(self.lease_ttl * 1000)]
+        if backend.cluster:  # each tag in a slot of its own
+            calls = [ScriptCall("tag_versions", [key], args) for key in keys]
+            replies = yield RunPipeline(backend, calls)
+            return tuple(text(got[0]) for got in replies)
+        got = yield RunScript(backend, "tag_versions", keys, args)
         return tuple(text(v) for v in got)

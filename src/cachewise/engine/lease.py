@@ -100,7 +100,7 @@ class Leases(Fills):
                 continue
             if isinstance(got, Won):  # the lease is ours: load, unless someone refreshed first
                 listener.forget(key, waiter)
-                flight.versions = got.versions
+                flight.versions = yield from self._versions_won(flight, got.versions)
                 env = self._decode(got.current, count=False) if got.current else None
                 env = yield from self._current(env, count=False)
                 if env is not None and self._take_fresh(flight, target, env, refreshing):
@@ -180,7 +180,7 @@ class Leases(Fills):
         assert backend is not None
         key = backend.keys.key_of_lease(lease)
         return ScriptCall(
-            "release", [lease], [token, backend.inbox, encode(Released(backend.origin, key))]
+            "release", [lease], [token, backend.sender, encode(Released(backend.origin, key))]
         )
 
     def _give_back(self, lease: str, token: str) -> Plan[None]:

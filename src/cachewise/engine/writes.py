@@ -108,8 +108,7 @@ class Writes(Coherence):
         if backend is not None:
             try:
                 yield from self._ensure_backend()
-                extra = yield from self._script(*self._drop_call(list(keys), list(tags)))
-                keys.extend(k.decode() if isinstance(k, bytes) else k for k in extra)
+                yield from self._drop(list(keys), list(tags))
                 self.wake_waiters(keys)  # their leases are gone: load instead of waiting
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)

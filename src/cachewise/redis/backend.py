@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from redis.commands.core import AsyncScript, Script
 
 from .._clock import Clock, monotonic
@@ -31,12 +33,60 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cachewise")
 
+_SYNC_CLIENTS = (redis.Redis, redis.cluster.RedisCluster)
+_ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
+
 
 #: Connection settings carried from a given client to the twin cachewise builds for it.
 _CARRIED = (
     "host", "port", "db", "username", "password", "socket_timeout", "socket_connect_timeout",
     "socket_keepalive", "client_name", "path",
 )  # fmt: skip
+
+
+def _cluster_settings(client: Any) -> dict[str, Any]:
+    """What a cluster client was built with: one node to start from, and the settings carried
+    to the twin (a cluster has one database: no ``db``)."""
+    node = client.get_default_node()
+    if node is None:  # an asyncio client not connected yet knows its startup nodes only
+        node = next(iter(client.nodes_manager.startup_nodes.values()))
+    given = getattr(client, "connection_kwargs", None)
+    if given is None:  # the sync client keeps them with its nodes
+        given = client.nodes_manager.connection_kwargs
+    kwargs = {k: v for k, v in given.items() if k in _CARRIED and k != "db"}
+    kwargs.update(host=node.host, port=node.port)
+    if "SSL" in getattr(given.get("connection_class"), "__name__", ""):
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def _detect_cluster(url: str, settings: dict[str, Any]) -> bool:
+    """Whether the server a URL names is a node of a Redis Cluster (``INFO cluster``, else
+    ``CLUSTER INFO`` for a user refused INFO): it is then served as a cluster, whichever node
+    was named. Raises what Redis raises when it cannot be reached."""
+    probe = redis.Redis.from_url(url, **settings)
+    try:
+        try:
+            return bool(probe.info("cluster").get("cluster_enabled"))
+        except redis.exceptions.ResponseError:
+            pass
+        try:
+            probe.cluster("info")
+            return True
+        except redis.exceptions.ResponseError as exc:
+            if "disabled" not in str(exc):
+                log.warning(
+                    "cachewise: cannot tell whether %s is a Redis Cluster (INFO and CLUSTER "
+                    "INFO refused: %s); serving it as a single Redis", _safe(url), exc,
+                )  # fmt: skip
+            return False
+    finally:
+        probe.close()
+
+
+def _safe(url: str) -> str:
+    """A URL without its credentials, for logs."""
+    return url.split("@", 1)[-1] if "@" in url else url
 
 
 def _settings(client: Any) -> dict[str, Any]:
@@ -80,8 +130,10 @@ class RedisBackend:
         self.block_limit = socket_timeout / 2
         self._url: str | None = None
         self._settings: dict[str, Any] = {}
-        self._sync: redis.Redis | None = None
-        self._given_async: redis.asyncio.Redis | None = None
+        self._sync: Any = None
+        self._given_async: Any = None
+        #: Whether Redis is a cluster; None for a URL not looked at yet (see ``cluster``).
+        self._cluster: bool | None = False
         timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
         if isinstance(spec, str):
             try:
@@ -90,30 +142,40 @@ class RedisBackend:
                 raise ConfigValueError(f"redis= is not a usable Redis URL: {exc}") from None
             self._url = spec
             self._settings = timeouts
+            self._cluster = None
         elif isinstance(spec, tuple) and len(spec) == 2:
             self._sync, self._given_async = spec
-        elif isinstance(spec, redis.asyncio.Redis):
+            if not isinstance(self._sync, _SYNC_CLIENTS):
+                raise ConfigTypeError(
+                    "the first client of redis=(sync, async) must be a redis.Redis or a "
+                    f"redis.cluster.RedisCluster, not {type(self._sync).__name__}"
+                )
+            if not isinstance(self._given_async, _ASYNC_CLIENTS):
+                raise ConfigTypeError(
+                    "the second client of redis=(sync, async) must be a redis.asyncio.Redis or a "
+                    f"redis.asyncio.cluster.RedisCluster, not {type(self._given_async).__name__}"
+                )
+            self._cluster = isinstance(self._sync, redis.cluster.RedisCluster)
+            if self._cluster != isinstance(self._given_async, redis.asyncio.cluster.RedisCluster):
+                raise ConfigTypeError(
+                    "redis=(sync, async): one client is a cluster client and the other is not"
+                )
+        elif isinstance(spec, _ASYNC_CLIENTS):
             self._given_async = spec
-            self._settings = _settings(spec)
-        elif isinstance(spec, redis.Redis):
+            self._cluster = isinstance(spec, redis.asyncio.cluster.RedisCluster)
+            self._settings = _cluster_settings(spec) if self._cluster else _settings(spec)
+        elif isinstance(spec, _SYNC_CLIENTS):
             self._sync = spec
-            self._settings = _settings(spec)
-        elif "Cluster" in type(spec).__name__:
-            raise ConfigTypeError(
-                "redis=: Redis Cluster clients are not supported yet (the lease and invalidation "
-                "scripts build keys a cluster would refuse); use a standalone or Sentinel Redis"
-            )
+            self._cluster = isinstance(spec, redis.cluster.RedisCluster)
+            self._settings = _cluster_settings(spec) if self._cluster else _settings(spec)
         else:
             raise ConfigTypeError(
-                "redis= must be a URL, a redis.Redis, a redis.asyncio.Redis or a "
-                f"(redis.Redis, redis.asyncio.Redis) pair, not {type(spec).__name__}"
+                "redis= must be a URL, a redis.Redis, a redis.asyncio.Redis, a Redis Cluster "
+                "client of either kind, or a (sync, async) pair of them, not "
+                f"{type(spec).__name__}"
             )
-        if self._sync is not None and not isinstance(self._sync, redis.Redis):
-            raise ConfigTypeError("the first client of redis=(sync, async) must be a redis.Redis")
-        if self._given_async is not None and not isinstance(self._given_async, redis.asyncio.Redis):
-            raise ConfigTypeError("the second client of redis=(sync, async) must be async")
         self._lock = threading.Lock()
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
         self._sync_scripts: dict[str, Script] = {}
@@ -130,28 +192,47 @@ class RedisBackend:
 
     # -- clients ----------------------------------------------------------------------------
 
-    def sync_client(self) -> redis.Redis:
+    @property
+    def cluster(self) -> bool:
+        """Whether Redis is a cluster. For a URL, known once a client was made (every plan
+        makes one before it decides anything that depends on this)."""
+        return self._cluster is True
+
+    def _detect(self) -> None:
+        """For a URL: ask the server whether it is a cluster node, once (a round trip on a
+        connection of its own; what Redis raises is raised, and it is asked again next time)."""
+        if self._cluster is None:
+            assert self._url is not None
+            self._cluster = _detect_cluster(self._url, self._settings)
+
+    def sync_client(self) -> Any:
         if self._sync is None:
+            self._detect()
             with self._lock:
                 if self._sync is None:
+                    kind: Any = redis.cluster.RedisCluster if self.cluster else redis.Redis
                     self._sync = (
-                        redis.Redis.from_url(self._url, **self._settings)
+                        kind.from_url(self._url, **self._settings)
                         if self._url is not None
-                        else redis.Redis(**self._settings)
+                        else kind(**self._settings)
                     )
         return self._sync
 
-    def async_client(self) -> redis.asyncio.Redis:
+    def async_client(self) -> Any:
         loop = asyncio.get_running_loop()
-        client = self._async.get(loop)
+        client: Any = self._async.get(loop)
         if client is None:
+            self._detect()  # blocks the loop for one round trip, once per cache
+            kind: Any = redis.asyncio.cluster.RedisCluster if self.cluster else redis.asyncio.Redis
             if self._given_async is not None and not self._async:
                 client = self._given_async  # the user's client serves the first loop it meets
             elif self._url is not None:
-                client = redis.asyncio.Redis.from_url(self._url, **self._settings)
+                client = kind.from_url(self._url, **self._settings)
+            elif self.cluster:
+                client = kind(**self._settings)
             else:
                 source = self._given_async if self._given_async is not None else self._sync
-                client = redis.asyncio.Redis(**_settings(source))
+                client = kind(**_settings(source))
             self._async[loop] = client
         return client
 
@@ -202,6 +283,13 @@ class RedisBackend:
     def inbox(self) -> str:
         """This ``Cache``'s own event channel: the events of other processes reach it there."""
         return self.keys.inbox(self.origin)
+
+    @property
+    def sender(self) -> str:
+        """What scripts that publish an event are given (``lua._PUBLISH_FN``): this cache's
+        inbox, so the registry of listeners spares it its own events; on a cluster, where a
+        script may not read the registry (another slot), ``!`` and the shared channel."""
+        return "!" + self.keys.channel if self.cluster else self.inbox
 
     def reset_after_fork(self) -> None:
         """In a forked child: no listener thread, no connections or scripts of the parent's."""

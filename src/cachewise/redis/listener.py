@@ -147,6 +147,8 @@ class Listener:
         processes send it events on its own channel (best effort: while it is not entered,
         events go to the shared channel)."""
         self._register_due = self.backend.timer() + self.REGISTER_EVERY
+        if self.backend.cluster:
+            return  # scripts there publish to the shared channel: no registry is read
         try:
             self.backend.sync_script("register")(
                 keys=[self.backend.keys.channel], args=[self.backend.origin, self.REGISTER_KEEP_MS]

@@ -24,6 +24,10 @@ from __future__ import annotations
 # the events every listener handles anyway.
 _PUBLISH_FN = """
 local function publish(inbox, msg)
+  if string.sub(inbox, 1, 1) == '!' then  -- a cluster: the registry is in another slot
+    redis.call('PUBLISH', string.sub(inbox, 2), msg)
+    return
+  end
   local shared = string.match(inbox, '^(.*):')
   local ids = redis.call('ZRANGE', shared, 0, 8)
   if #ids > 0 and #ids <= 8 then
@@ -191,7 +195,7 @@ INVALIDATE = (
     _PUBLISH_FN
     + """
 for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
-publish(ARGV[1], ARGV[2])
+if ARGV[1] ~= '' then publish(ARGV[1], ARGV[2]) end
 return {}
 """
 )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -119,6 +121,8 @@ class Fetch(RedisOp):
         keys = self.keys
         if type(keys) is str or len(keys) == 1:
             return client.get(keys if type(keys) is str else keys[0])
+        if self.backend.cluster:  # grouped by slot, one pipeline per node
+            return client.mget_nonatomic(keys)
         return client.mget(keys)
 
     def _refused(self) -> CircuitOpen | None:
@@ -143,6 +147,24 @@ class Fetch(RedisOp):
         return None, exc
 
 
+class _Sequence:
+    """Commands run one after another behind a pipeline's ``execute``: a list of replies on a
+    sync client, an awaitable of it on an async one."""
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.steps = steps
+
+    def execute(self) -> Any:
+        replies = [step() for step in self.steps]
+        if replies and inspect.isawaitable(replies[0]):
+            return self._awaited(replies)
+        return replies
+
+    @staticmethod
+    async def _awaited(replies: list[Any]) -> list[Any]:
+        return [await reply for reply in replies]
+
+
 class ServerTime(RedisOp):
     """Measure the offset between the local monotonic clock and the Redis server's clock, and
     on a client's first use load every script in one round trip (otherwise the first lease of
@@ -155,6 +177,8 @@ class ServerTime(RedisOp):
 
     def _pipeline(self, client: Any) -> tuple[Any, bool]:
         """TIME, plus SCRIPT LOAD of every script if this client has not had them."""
+        if self.backend.cluster:
+            return self._cluster_pipeline(client)
         pipe = client.pipeline(transaction=False)
         pipe.time()
         fresh = client not in self.backend.preloaded
@@ -179,6 +203,14 @@ class ServerTime(RedisOp):
         pipe, fresh = self._pipeline(client)
         before = monotonic()
         self._done(client, fresh, before, await pipe.execute())
+
+    def _cluster_pipeline(self, client: Any) -> tuple[Any, bool]:
+        """A cluster refuses TIME in a pipeline: ``TIME`` alone, and SCRIPT LOAD (sent to every
+        master by redis-py) one by one, as a pipeline-like object both drivers run alike."""
+        fresh = client not in self.backend.preloaded
+        steps = [client.time] + ([functools.partial(client.script_load, source)
+                                  for source in _SCRIPTS.values()] if fresh else [])  # fmt: skip
+        return _Sequence(steps), fresh
 
 
 class RunScript(RedisOp):

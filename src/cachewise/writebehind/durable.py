@@ -72,7 +72,9 @@ class ServerCheck:
                 "or pass write_behind_allow_eviction=True to accept the risk (a loss is then "
                 "detected, logged and counted, not prevented)"
             )
-        self.replicas = int(info.get("connected_slaves", 0) or 0)
+        # On a cluster, INFO answers for one node of many: no replica WAIT there yet.
+        replicas = 0 if backend.cluster else int(info.get("connected_slaves", 0) or 0)
+        self.replicas = replicas
         self.checked_opens = backend.breaker.opens
         self.due_at = now + self.CHECK_EVERY
 

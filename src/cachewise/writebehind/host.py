@@ -26,7 +26,10 @@ class StreamHost(Protocol):
     #: ``write_behind_redis`` gives the queue its own).
     backend: Backend
     cache_backend: Backend
-    split: bool
+
+    @property
+    def split(self) -> bool: ...
+
     stream: str
     #: The record of each key's newest write in the stream.
     newest: str

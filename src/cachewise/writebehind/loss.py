@@ -4,7 +4,7 @@ settled, and what to do when the queue's keys vanish.
 Rules of this module: ``HeldWrites`` does no I/O and reads no clock (the queue calls it under
 its lock); ``LossDetection`` carries out what it decides, through its queue.
 
-A writer's queue has an *epoch*, a random token in a key of its own (``<ns>#wbepoch:<writer>``,
+A writer's queue has an *epoch*, a random token in a key of its own (``<ns>:wbepoch:{<writer>}``,
 no TTL). Every enqueue records the epoch its write went into. The epoch changes only when the
 queue was lost: its key gone (``FLUSHALL``, eviction, a failover to a replica that never had
 it), or the stream or its consumer group gone, which the process that notices records by

@@ -45,6 +45,13 @@ class StreamReader(WriteBehindQueue):
     durable = True
     GROUP = "cachewise"
 
+    @property
+    def split(self) -> bool:
+        """Whether a call, a settle and a requeue are two scripts (the queue's half first): when
+        the queue has a Redis of its own, and on a cluster, where the writer's keys and the
+        entry's are in different slots."""
+        return self.backend is not self.cache_backend or self.cache_backend.cluster
+
     def _put_back(self, batch: list[PendingWrite]) -> None:
         """Nothing to do: an unfinished batch stays pending in the stream, where a flusher
         claims it after ``write_behind_claim_idle``."""
@@ -59,7 +66,6 @@ class StreamReader(WriteBehindQueue):
         #: Where the queue lives: ``write_behind_redis``, else the cache's own Redis. Apart, a
         #: call, a settle and a requeue are each two scripts (queue first), not one.
         self.backend: Backend = self.engine.queue_backend or cache_backend
-        self.split = self.backend is not cache_backend
         self._cache_backlog: list[StoreCall] = []  # cache halves of settles Redis refused
         space = cache_backend.keys
         self.stream = space.writer("wb", self.where)

@@ -131,7 +131,7 @@ class StreamQueue(StreamReader):
             ]  # fmt: skip
             cache_keys = [cache.keys.pending(item.key), item.key, cache.keys.lease(item.key)]
             cache_args = [
-                f"{self.stream}|{item.ids[-1]}" if item.ids else "", mode, cache.inbox,
+                f"{self.stream}|{item.ids[-1]}" if item.ids else "", mode, cache.sender,
                 encode(Invalidated(cache.origin, (item.key,))) if mode != "ok" else "",
             ]  # fmt: skip
             if self.split:

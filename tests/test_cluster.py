@@ -1,0 +1,235 @@
+"""Every feature on a real Redis Cluster: six ``redis-server`` processes on loopback (3 masters,
+3 replicas), started by the fixture and stopped by pid."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio.cluster
+import redis.cluster
+
+from cachewise import Cache
+from cachewise.redis.keyspace import KeySpace
+from cachewise.testing import LocalCluster
+
+from . import _workers
+from .test_concurrency import wait_until
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-cli") is None, reason="needs redis-cli to join the cluster"
+)
+ctx = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster() as started:
+        yield started
+
+
+@pytest.fixture
+def caches(cluster: LocalCluster, namespace: str) -> Iterator[list[Cache]]:
+    made: list[Cache] = []
+    yield made
+    for cache in made:
+        cache.close(timeout=1)
+
+
+def on(cluster: LocalCluster, namespace: str, made: list[Cache], node: int = 0, **kw: Any) -> Cache:
+    """A cache on the URL of one node (any node: the cluster is detected)."""
+    cache = Cache(cluster.nodes[node].url, namespace=namespace, **kw)
+    made.append(cache)
+    return cache
+
+
+def admin(cluster: LocalCluster) -> redis.cluster.RedisCluster:
+    return redis.cluster.RedisCluster.from_url(cluster.url)
+
+
+def test_a_url_of_any_node_is_served_as_a_cluster(
+    cluster: LocalCluster, namespace: str, caches: list[Cache]
+) -> None:
+    a, b = on(cluster, namespace, caches, 0), on(cluster, namespace, caches, 4)
+    assert a.get_or_load("k", lambda: "v", ttl=60) == "v"
+    assert b.get_or_load("k", lambda: "other", ttl=60) == "v"  # the shared entry
+    assert a._engine.backend is not None and a._engine.backend.cluster
+    assert a.stats()["redis_errors"] == 0 and b.stats()["redis_errors"] == 0
+
+
+def test_entries_spread_over_every_master_and_each_has_a_ttl(
+    cluster: LocalCluster, namespace: str, caches: list[Cache]
+) -> None:
+    cache = on(cluster, namespace, caches)
+    for i in range(300):
+        cache.set(f"k{i}", i, ttl=60)
+    counts = []
+    for master in cluster.masters():
+        client = master.client()
+        keys = list(client.scan_iter(f"{namespace}:*", count=1000))
+        counts.append(len(keys))
+        assert all(client.pttl(key) > 0 for key in keys)
+        client.close()
+    assert len(counts) == 3 and all(n > 30 for n in counts), counts
+    assert sum(counts) == 300
+
+
+def test_cluster_clients_given_alone_or_as_a_pair(cluster: LocalCluster, namespace: str) -> None:
+    node = cluster.nodes[0]
+    sync = redis.cluster.RedisCluster(host="127.0.0.1", port=node.port)
+
+    def asynchronous() -> Any:
+        return redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=node.port)
+
+    for spec in (sync, asynchronous(), (sync, asynchronous())):
+        cache = Cache(spec, namespace=namespace)
+        cache.set("k", "v", ttl=5)
+
+        async def read(c: Cache = cache) -> Any:
+            return await c.aget("k")
+
+        assert asyncio.run(read()) == "v" and cache.get("k") == "v"
+        assert cache.stats()["redis_errors"] == 0
+        cache.close()
+
+
+def test_single_flight_and_lease_wake_ups_across_caches(
+    cluster: LocalCluster, namespace: str, caches: list[Cache]
+) -> None:
+    a, b = on(cluster, namespace, caches, 0), on(cluster, namespace, caches, 1)
+    loads: list[str] = []
+    release = threading.Event()
+
+    def load(who: str) -> Any:
+        def run() -> str:
+            loads.append(who)
+            release.wait(10)
+            return who
+
+        return run
+
+    results: list[Any] = []
+
+    def call(cache: Cache, who: str) -> None:
+        results.append(cache.get_or_load("cold", load(who), ttl=60))
+
+    threads = [threading.Thread(target=call, args=cw) for cw in ((a, "a"), (b, "b")) * 10]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(loads) >= 1)
+    time.sleep(0.2)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(loads) == 1 and results == [loads[0]] * 20
+
+
+def test_get_many_over_many_slots_and_coherent_l1s(
+    cluster: LocalCluster, namespace: str, caches: list[Cache]
+) -> None:
+    a, b = on(cluster, namespace, caches, 0), on(cluster, namespace, caches, 2)
+    keys = [f"m{i}" for i in range(50)]
+    for i, key in enumerate(keys):
+        a.set(key, i, ttl=60)
+    assert b.get_many([*keys, "absent"]) == {key: i for i, key in enumerate(keys)}
+    assert b.get("m1") == 1  # now in b's L1
+    a.set("m1", "new", ttl=60)
+    wait_until(lambda: b.get("m1") == "new")  # the fill event reached b's L1
+    a.invalidate("m1", "m2", "m3")  # three slots
+    wait_until(lambda: b.get("m1") is None and b.get("m2") is None)
+    admin_client = admin(cluster)
+    assert not admin_client.exists(KeySpace(namespace).entry("m3"))
+    admin_client.close()
+
+
+def test_tags_across_slots(cluster: LocalCluster, namespace: str, caches: list[Cache]) -> None:
+    a, b = on(cluster, namespace, caches, 0), on(cluster, namespace, caches, 3, l1_maxsize=0)
+    calls: list[int] = []
+
+    @a.cached(ttl=60, tags=lambda team: [f"team:{team}", "all"])
+    def members(team: int) -> list[int]:
+        calls.append(team)
+        return [team]
+
+    @b.cached(ttl=60, tags=lambda team: [f"team:{team}", "all"])
+    def members_b(team: int) -> list[int]:
+        return [-1]
+
+    for team in range(6):
+        assert members(team) == [team]
+    assert calls == list(range(6))
+    b.invalidate_tags("team:2")
+    wait_until(lambda: members(2) == [2] and calls.count(2) == 2)
+    assert members(3) == [3] and calls.count(3) == 1
+    a.invalidate_tags("all")
+    assert [members(t) for t in range(6)] == [[t] for t in range(6)]
+    assert all(calls.count(t) >= 2 for t in range(6))
+    assert a.stats()["redis_errors"] == 0 and b.stats()["redis_errors"] == 0
+    del members_b
+
+
+async def test_async_reads_and_writes(cluster: LocalCluster, namespace: str) -> None:
+    cache = Cache(cluster.nodes[5].url, namespace=namespace)
+    loads: list[int] = []
+
+    async def load() -> str:
+        loads.append(1)
+        await asyncio.sleep(0.05)
+        return "v"
+
+    got = await asyncio.gather(*(cache.aget_or_load("k", load, ttl=60) for _ in range(50)))
+    assert got == ["v"] * 50 and loads == [1]
+    await cache.aset("k2", "x", ttl=60)
+    assert await cache.aget_many(["k", "k2", "absent"]) == {"k": "v", "k2": "x"}
+    await cache.ainvalidate("k")
+    assert await cache.aget("k") is None
+    assert cache.stats()["redis_errors"] == 0
+    await cache.aclose()
+
+
+def test_write_behind_on_a_cluster(
+    cluster: LocalCluster, namespace: str, redis_server: Any
+) -> None:
+    store = _workers.use_store(redis_server.url, namespace)  # the "database": a plain Redis
+    cache, get_row, save = _workers.rows_cache(cluster.url, namespace)
+    try:
+        for row in range(20):
+            save(row, f"v{row}")
+        assert get_row(3) == "v3"
+        report = cache.flush(timeout=20)
+        assert report.pending == 0 and report.lost == 0
+        assert {
+            int(k): v.decode() for k, v in store.hgetall(f"{namespace}-store:rows").items()
+        } == {row: f"v{row}" for row in range(20)}
+        assert cache.stats()["redis_errors"] == 0
+    finally:
+        cache.close(timeout=5)
+
+
+def test_cold_key_across_processes_loads_once(
+    cluster: LocalCluster, namespace: str, redis_server: Any
+) -> None:
+    start = ctx.Barrier(4)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_workers.herd,
+            args=(cluster.nodes[i].url, namespace, 25, False, start, out, redis_server.url),
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    latencies = [lat for _ in procs for lat in out.get(timeout=60)]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert len(latencies) == 100
+    assert int(redis_server.client().get(f"{namespace}-test:loads")) == 1
