@@ -800,62 +800,6 @@ def test_early_refresh_reloads_through_the_lease(make_cache: MakeCache) -> None:
     wait_until(lambda: make_cache().get("k") == 2, timeout=5)  # the refresh went to Redis
 
 
-def test_a_sentinel_client_alone_gets_a_clear_error() -> None:
-    import redis.sentinel
-
-    sentinel = redis.sentinel.Sentinel([("127.0.0.1", 1)])
-    with pytest.raises(ConfigTypeError, match="Sentinel"):
-        Cache(sentinel.master_for("mymaster"))
-
-
-def test_a_sentinel_master_given_as_a_pair(
-    redis_server: Any, namespace: str, tmp_path: Any
-) -> None:
-    import shutil
-    import subprocess
-
-    import redis.asyncio.sentinel
-    import redis.sentinel
-
-    from cachewise.testing import free_port
-
-    port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor main 127.0.0.1 {redis_server.port} 1\n"
-    )
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
-    try:
-        sentinel = redis.sentinel.Sentinel([("127.0.0.1", port)], socket_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                sentinel.discover_master("main")
-                break
-            except (redis.exceptions.RedisError, OSError):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        asentinel = redis.asyncio.sentinel.Sentinel([("127.0.0.1", port)], socket_timeout=0.5)
-        cache = Cache(
-            (sentinel.master_for("main"), asentinel.master_for("main")), namespace=namespace
-        )
-        cache.set("k", "through sentinel", ttl=30)
-
-        async def read() -> Any:
-            return await cache.aget_or_load("k", lambda: "loaded", ttl=30)
-
-        assert asyncio.run(read()) == "through sentinel"
-        assert redis_server.client().exists(f"{namespace}:{{k}}") == 1
-        assert cache.stats()["redis_errors"] == 0
-        cache.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def test_values_over_the_size_limit_stay_in_this_process(make_cache: MakeCache) -> None:
     a, b = make_cache(max_value_bytes=10_000), listening(make_cache(max_value_bytes=10_000))
     big = "x" * 20_000

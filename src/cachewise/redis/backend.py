@@ -25,6 +25,17 @@ from redis.commands.core import AsyncScript, Script
 from .._clock import Clock, monotonic
 from ..errors import ConfigTypeError, ConfigValueError
 from .breaker import Breaker
+from .clients import (
+    ASYNC_CLIENTS,
+    SYNC_CLIENTS,
+    SentinelSpec,
+    cluster_settings,
+    detect_cluster,
+    sentinel_master,
+    sentinel_of,
+    sentinel_spec,
+    settings_of,
+)
 from .keyspace import KeySpace
 from .scripts import SCRIPTS as _SCRIPTS
 
@@ -32,76 +43,6 @@ if TYPE_CHECKING:
     from .api import EventSource
 
 log = logging.getLogger("cachewise")
-
-_SYNC_CLIENTS = (redis.Redis, redis.cluster.RedisCluster)
-_ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
-
-
-#: Connection settings carried from a given client to the twin cachewise builds for it.
-_CARRIED = (
-    "host", "port", "db", "username", "password", "socket_timeout", "socket_connect_timeout",
-    "socket_keepalive", "client_name", "path",
-)  # fmt: skip
-
-
-def _cluster_settings(client: Any) -> dict[str, Any]:
-    """What a cluster client was built with: one node to start from, and the settings carried
-    to the twin (a cluster has one database: no ``db``)."""
-    node = client.get_default_node()
-    if node is None:  # an asyncio client not connected yet knows its startup nodes only
-        node = next(iter(client.nodes_manager.startup_nodes.values()))
-    given = getattr(client, "connection_kwargs", None)
-    if given is None:  # the sync client keeps them with its nodes
-        given = client.nodes_manager.connection_kwargs
-    kwargs = {k: v for k, v in given.items() if k in _CARRIED and k != "db"}
-    kwargs.update(host=node.host, port=node.port)
-    if "SSL" in getattr(given.get("connection_class"), "__name__", ""):
-        kwargs["ssl"] = True
-    return kwargs
-
-
-def _detect_cluster(url: str, settings: dict[str, Any]) -> bool:
-    """Whether the server a URL names is a node of a Redis Cluster (``INFO cluster``, else
-    ``CLUSTER INFO`` for a user refused INFO): it is then served as a cluster, whichever node
-    was named. Raises what Redis raises when it cannot be reached."""
-    probe = redis.Redis.from_url(url, **settings)
-    try:
-        try:
-            return bool(probe.info("cluster").get("cluster_enabled"))
-        except redis.exceptions.ResponseError:
-            pass
-        try:
-            probe.cluster("info")
-            return True
-        except redis.exceptions.ResponseError as exc:
-            if "disabled" not in str(exc):
-                log.warning(
-                    "cachewise: cannot tell whether %s is a Redis Cluster (INFO and CLUSTER "
-                    "INFO refused: %s); serving it as a single Redis", _safe(url), exc,
-                )  # fmt: skip
-            return False
-    finally:
-        probe.close()
-
-
-def _safe(url: str) -> str:
-    """A URL without its credentials, for logs."""
-    return url.split("@", 1)[-1] if "@" in url else url
-
-
-def _settings(client: Any) -> dict[str, Any]:
-    pool = client.connection_pool
-    if "Sentinel" in type(pool).__name__:
-        # Its connections find the master through the sentinels: there is no host to copy,
-        # and a twin built without one would quietly talk to localhost.
-        raise ConfigTypeError(
-            "redis=: a Sentinel client cannot be copied into its sync/async twin; pass both, "
-            "as redis=(sentinel.master_for(...), asyncio_sentinel.master_for(...))"
-        )
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _CARRIED}
-    if "SSL" in pool.connection_class.__name__:
-        kwargs["ssl"] = True
-    return kwargs
 
 
 class RedisBackend:
@@ -129,13 +70,19 @@ class RedisBackend:
         #: The longest a blocking read (XREADGROUP BLOCK) may wait within the socket timeout.
         self.block_limit = socket_timeout / 2
         self._url: str | None = None
+        #: Given a Sentinel URL or a Sentinel-managed client: how to reach the master.
+        self._sentinel: SentinelSpec | None = None
         self._settings: dict[str, Any] = {}
         self._sync: Any = None
+        #: Whether cachewise built the sync client (and so closes it; never the user's).
+        self._owns_sync = False
         self._given_async: Any = None
         #: Whether Redis is a cluster; None for a URL not looked at yet (see ``cluster``).
         self._cluster: bool | None = False
         timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
-        if isinstance(spec, str):
+        if isinstance(spec, str) and spec.split(":", 1)[0] in ("redis+sentinel", "rediss+sentinel"):
+            self._sentinel = sentinel_spec(spec, timeouts)
+        elif isinstance(spec, str):
             try:
                 redis.connection.parse_url(spec)  # type: ignore[no-untyped-call]
             except ValueError as exc:
@@ -145,12 +92,12 @@ class RedisBackend:
             self._cluster = None
         elif isinstance(spec, tuple) and len(spec) == 2:
             self._sync, self._given_async = spec
-            if not isinstance(self._sync, _SYNC_CLIENTS):
+            if not isinstance(self._sync, SYNC_CLIENTS):
                 raise ConfigTypeError(
                     "the first client of redis=(sync, async) must be a redis.Redis or a "
                     f"redis.cluster.RedisCluster, not {type(self._sync).__name__}"
                 )
-            if not isinstance(self._given_async, _ASYNC_CLIENTS):
+            if not isinstance(self._given_async, ASYNC_CLIENTS):
                 raise ConfigTypeError(
                     "the second client of redis=(sync, async) must be a redis.asyncio.Redis or a "
                     f"redis.asyncio.cluster.RedisCluster, not {type(self._given_async).__name__}"
@@ -160,14 +107,12 @@ class RedisBackend:
                 raise ConfigTypeError(
                     "redis=(sync, async): one client is a cluster client and the other is not"
                 )
-        elif isinstance(spec, _ASYNC_CLIENTS):
+        elif isinstance(spec, ASYNC_CLIENTS):
             self._given_async = spec
-            self._cluster = isinstance(spec, redis.asyncio.cluster.RedisCluster)
-            self._settings = _cluster_settings(spec) if self._cluster else _settings(spec)
-        elif isinstance(spec, _SYNC_CLIENTS):
+            self._given(spec, isinstance(spec, redis.asyncio.cluster.RedisCluster))
+        elif isinstance(spec, SYNC_CLIENTS):
             self._sync = spec
-            self._cluster = isinstance(spec, redis.cluster.RedisCluster)
-            self._settings = _cluster_settings(spec) if self._cluster else _settings(spec)
+            self._given(spec, isinstance(spec, redis.cluster.RedisCluster))
         else:
             raise ConfigTypeError(
                 "redis= must be a URL, a redis.Redis, a redis.asyncio.Redis, a Redis Cluster "
@@ -192,6 +137,16 @@ class RedisBackend:
 
     # -- clients ----------------------------------------------------------------------------
 
+    def _given(self, client: Any, cluster: bool) -> None:
+        """Learn from the one client given how to build its twin of the other flavour."""
+        self._cluster = cluster
+        if cluster:
+            self._settings = cluster_settings(client)
+        else:
+            self._sentinel = sentinel_of(client)
+            if self._sentinel is None:
+                self._settings = settings_of(client)
+
     @property
     def cluster(self) -> bool:
         """Whether Redis is a cluster. For a URL, known once a client was made (every plan
@@ -203,7 +158,7 @@ class RedisBackend:
         connection of its own; what Redis raises is raised, and it is asked again next time)."""
         if self._cluster is None:
             assert self._url is not None
-            self._cluster = _detect_cluster(self._url, self._settings)
+            self._cluster = detect_cluster(self._url, self._settings)
 
     def sync_client(self) -> Any:
         if self._sync is None:
@@ -211,11 +166,13 @@ class RedisBackend:
             with self._lock:
                 if self._sync is None:
                     kind: Any = redis.cluster.RedisCluster if self.cluster else redis.Redis
-                    self._sync = (
-                        kind.from_url(self._url, **self._settings)
-                        if self._url is not None
-                        else kind(**self._settings)
-                    )
+                    if self._sentinel is not None:
+                        self._sync = sentinel_master(self._sentinel, asynchronous=False)
+                    elif self._url is not None:
+                        self._sync = kind.from_url(self._url, **self._settings)
+                    else:
+                        self._sync = kind(**self._settings)
+                    self._owns_sync = True
         return self._sync
 
     def async_client(self) -> Any:
@@ -226,13 +183,15 @@ class RedisBackend:
             kind: Any = redis.asyncio.cluster.RedisCluster if self.cluster else redis.asyncio.Redis
             if self._given_async is not None and not self._async:
                 client = self._given_async  # the user's client serves the first loop it meets
+            elif self._sentinel is not None:
+                client = sentinel_master(self._sentinel, asynchronous=True)
             elif self._url is not None:
                 client = kind.from_url(self._url, **self._settings)
             elif self.cluster:
                 client = kind(**self._settings)
             else:
                 source = self._given_async if self._given_async is not None else self._sync
-                client = kind(**_settings(source))
+                client = kind(**settings_of(source))
             self._async[loop] = client
         return client
 
@@ -298,7 +257,7 @@ class RedisBackend:
         self.origin = secrets.token_hex(8)
         self._async = weakref.WeakKeyDictionary()
         self._async_scripts = weakref.WeakKeyDictionary()
-        if self._url is not None:
+        if self._owns_sync:
             self._sync = None  # redis-py would also reset the pool on the new pid
             self._sync_scripts = {}
 
@@ -306,5 +265,5 @@ class RedisBackend:
         """Stop the listener and close the sync client cachewise opened (never the user's)."""
         if self.listener is not None:
             self.listener.stop()
-        if self._url is not None and self._sync is not None:
+        if self._owns_sync and self._sync is not None:
             self._sync.close()
