@@ -183,7 +183,8 @@ class LocalCluster:
         self.nodes: list[RedisServer] = []
         try:
             options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                       "--cluster-node-timeout", str(node_timeout_ms)]  # fmt: skip
+                       "--cluster-node-timeout", str(node_timeout_ms),
+                       "--repl-diskless-sync-delay", "0"]  # fmt: skip
             for _ in range(masters * (1 + replicas)):
                 self.nodes.append(RedisServer(*options, port=_cluster_port()))
             subprocess.run(
@@ -214,11 +215,25 @@ class LocalCluster:
                     states.append(False)
                 finally:
                     client.close()
-            if states and all(states):
+            if states and all(states) and self._replicas_online():
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not become ok")
             time.sleep(0.1)
+
+    def _replicas_online(self) -> bool:
+        """Whether every running master's replicas finished their first sync (a replica that
+        has not cannot be promoted)."""
+        for node in self.masters():
+            client = node.client()
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            if any(replica.get("state") != "online" for replica in replicas):
+                return False
+        return True
 
     def masters(self) -> list[RedisServer]:
         """The running nodes that are masters now."""

@@ -1,0 +1,118 @@
+"""Failovers on a real Redis Cluster under load: a replica promoted with ``CLUSTER FAILOVER``,
+and a master killed with SIGKILL. No exception reaches callers (serving without Redis during the
+switch is allowed); once the cluster settles, invalidations are honoured again."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+
+import pytest
+
+from cachewise import Cache
+from cachewise.testing import LocalCluster, RedisServer
+
+from .test_concurrency import wait_until
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-cli") is None, reason="needs redis-cli to join the cluster"
+)
+
+
+class Load:
+    """Threads reading, writing and invalidating keys of every slot until stopped; what any
+    call raised is kept, never swallowed."""
+
+    def __init__(self, cache: Cache, threads: int = 4) -> None:
+        self.cache = cache
+        self.errors: list[BaseException] = []
+        self.calls = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        rng = random.Random()
+        while not self._stop.is_set():
+            key = f"k{rng.randrange(200)}"
+            try:
+                roll = rng.random()
+                if roll < 0.8:
+                    self.cache.get_or_load(key, lambda k=key: f"loaded {k}", ttl=30)
+                elif roll < 0.9:
+                    self.cache.set(key, f"set {key}", ttl=30)
+                else:
+                    self.cache.invalidate(key)
+                self.calls += 1
+            except BaseException as exc:  # any exception reaching a caller fails the test
+                self.errors.append(exc)
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+
+def _replica_of(cluster: LocalCluster, master: RedisServer) -> RedisServer:
+    client = master.client()
+    try:
+        info = client.info("replication")
+    finally:
+        client.close()
+    port = int(info["slave0"]["port"])
+    return next(node for node in cluster.nodes if node.port == port)
+
+
+def _settled(cluster: LocalCluster, a: Cache, b: Cache) -> None:
+    """The cluster is ok, and both caches talk to it again (their breakers closed)."""
+    cluster.wait_ok(timeout=30)
+    for cache in (a, b):
+        wait_until(
+            lambda c=cache: (
+                c.get_or_load("probe", lambda: "p", ttl=1) == "p"
+                and c.stats()["breaker_state"] == "closed"
+            ),
+            timeout=30,
+        )
+
+
+@pytest.mark.parametrize("how", ["CLUSTER FAILOVER", "kill -9 of a master"])
+def test_failover_under_load(how: str, namespace: str) -> None:
+    with LocalCluster() as cluster:
+        a = Cache(cluster.nodes[0].url, namespace=namespace)
+        b = Cache(cluster.nodes[1].url, namespace=namespace)
+        for cache in (a, b):
+            assert cache.get_or_load("warm", lambda: "w", ttl=30) == "w"
+        load_a, load_b = Load(a), Load(b)
+        try:
+            time.sleep(0.5)
+            master = cluster.masters()[0]
+            replica = _replica_of(cluster, master)
+            if how == "CLUSTER FAILOVER":
+                client = replica.client()
+                client.execute_command("CLUSTER", "FAILOVER")
+                client.close()
+                wait_until(lambda: replica in cluster.masters(), timeout=30)
+            else:
+                master.kill()
+                wait_until(lambda: replica in cluster.masters(), timeout=30)
+            time.sleep(1.0)  # load goes on across the switch
+        finally:
+            load_a.stop()
+            load_b.stop()
+        assert load_a.errors == [] and load_b.errors == []
+        assert load_a.calls > 100 and load_b.calls > 100
+        _settled(cluster, a, b)
+        for i in range(20):  # invalidations are honoured again, on every slot
+            key = f"after{i}"
+            a.set(key, "old", ttl=30)
+            assert b.get(key) == "old"
+            a.invalidate(key)
+            wait_until(lambda k=key: b.get(k) is None, timeout=10)
+            assert b.get_or_load(key, lambda: "new", ttl=30) == "new"
+        a.close(timeout=1)
+        b.close(timeout=1)
