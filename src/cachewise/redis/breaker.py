@@ -19,6 +19,9 @@ log = logging.getLogger("cachewise")
 #: What a Redis call may raise when Redis is slow, gone or confused: never the caller's problem.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.RedisError,
+    # redis-py's cluster errors that are not RedisErrors: no node reachable, a slot no node
+    # covers during a failover, and the rest of that family.
+    redis.exceptions.RedisClusterException,
     OSError,
     asyncio.TimeoutError,
 )
@@ -28,6 +31,8 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.ClusterDownError,
     OSError,
     asyncio.TimeoutError,
 )

@@ -1,0 +1,166 @@
+"""cachewise on a Redis Cluster against raw redis-py cluster calls, in the same run.
+
+    python benchmarks/cluster.py            # starts a local six-node cluster, writes the docs
+
+Rows, each timed in interleaved rounds (``_method``) and reported as the median of the per-round
+ratios: an L2 hit with L1 off against a raw ``GET`` and unpack; ``get_many`` of 100 keys (spread
+over every master) against redis-py's ``mget_nonatomic`` of the same keys, which groups them by
+slot and sends one pipeline per node; the same two for asyncio. The table goes into
+docs/benchmarks.md between the ``cluster`` markers; the run is saved under results/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import redis.asyncio.cluster  # noqa: E402
+import redis.cluster  # noqa: E402
+from _method import ainterleaved, interleaved, ratio  # noqa: E402
+
+from cachewise import Cache  # noqa: E402
+from cachewise.testing import LocalCluster  # noqa: E402
+
+MARK, END = "<!-- cluster -->", "<!-- /cluster -->"
+VALUE = {"id": 1, "name": "x" * 40, "tags": [1, 2, 3]}
+KEYS = [f"u{i}" for i in range(100)]
+
+
+def _never() -> Any:
+    raise RuntimeError("the benchmark reads cached entries only")
+
+
+def _rate(fn: Callable[[], Any], number: int) -> float:
+    began = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - began) / number
+
+
+async def _arate(fn: Callable[[], Any], number: int) -> float:
+    began = time.perf_counter()
+    for _ in range(number):
+        await fn()
+    return (time.perf_counter() - began) / number
+
+
+def run(url: str, rounds: int = 7) -> dict[str, Any]:
+    raw = redis.cluster.RedisCluster.from_url(url)
+    cache = Cache(url, namespace="bench-cluster", l1_maxsize=0)
+    raw.set("bench-raw", msgpack.packb(VALUE))
+    raw_keys = [f"bench-raw-{k}" for k in KEYS]
+    for key, raw_key in zip(KEYS, raw_keys, strict=True):
+        raw.set(raw_key, msgpack.packb(VALUE))
+        cache.set(key, VALUE, ttl=3600)
+    cache.set("k", VALUE, ttl=3600)
+    sync = interleaved(
+        {
+            "raw GET + unpack": lambda: msgpack.unpackb(raw.get("bench-raw")),
+            "L2 hit": lambda: cache.get_or_load("k", _never, ttl=3600),
+            "raw mget_nonatomic + unpack": lambda: [
+                msgpack.unpackb(v) for v in raw.mget_nonatomic(raw_keys)
+            ],
+            "get_many": lambda: cache.get_many(KEYS),
+        },
+        rounds,
+        lambda fn: _rate(fn, 300),
+    )
+
+    async def async_rounds() -> list[dict[str, float]]:
+        araw = redis.asyncio.cluster.RedisCluster.from_url(url)
+        acache = Cache(url, namespace="bench-cluster", l1_maxsize=0)
+
+        async def afloor() -> Any:
+            return msgpack.unpackb(await araw.get("bench-raw"))
+
+        async def abulk_floor() -> Any:
+            return [msgpack.unpackb(v) for v in await araw.mget_nonatomic(raw_keys)]
+
+        out = await ainterleaved(
+            {
+                "raw GET + unpack": afloor,
+                "L2 hit": lambda: acache.aget_or_load("k", _never, ttl=3600),
+                "raw mget_nonatomic + unpack": abulk_floor,
+                "get_many": lambda: acache.aget_many(KEYS),
+            },
+            rounds,
+            lambda fn: _arate(fn, 300),
+        )
+        await araw.aclose()
+        acache.close()
+        return out
+
+    asynchronous = asyncio.run(async_rounds())
+    cache.close()
+    raw.close()
+    rows = []
+    for flavour, per_round in (("sync", sync), ("async", asynchronous)):
+        for row, top, bottom, target in (
+            ("L2 hit, L1 off / raw GET + unpack", "L2 hit", "raw GET + unpack", 1.1),
+            ("get_many of 100 / raw mget_nonatomic + unpack", "get_many",
+             "raw mget_nonatomic + unpack", 1.2),
+        ):  # fmt: skip
+            got = ratio(per_round, top, bottom)
+            us = sorted(r[top] for r in per_round)[len(per_round) // 2] * 1e6
+            rows.append({"flavour": flavour, "row": row, "ratio": got, "us": us, "target": target})
+    return {"rounds": rounds, "rows": rows}
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = [
+        MARK,
+        f"Run {data['when']}, a local cluster of 3 masters and 3 replicas on one machine, "
+        f"{data['rounds']} interleaved rounds; ratio = median of the per-round ratios (min..max).",
+        "",
+        "| flavour | row | cachewise, µs | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in data["rows"]:
+        got = r["ratio"]
+        lines.append(
+            f"| {r['flavour']} | {r['row']} | {r['us']:.1f} | {got['median']:.2f} "
+            f"({got['min']:.2f}..{got['max']:.2f}) | ≤ {r['target']} |"
+        )
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(section: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text()
+    if MARK in text:
+        head, rest = text.split(MARK, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Redis Cluster\n\n" + section
+    path.write_text(text)
+
+
+def main() -> int:
+    with LocalCluster() as cluster:
+        data = run(cluster.url)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    data["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
+    saved = ROOT / "benchmarks" / "results" / f"cluster-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    saved.write_text(json.dumps(data, indent=1))
+    section = render(data)
+    write_docs(section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
