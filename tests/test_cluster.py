@@ -235,3 +235,30 @@ def test_cold_key_across_processes_loads_once(
         assert p.exitcode == 0
     assert len(latencies) == 100
     assert int(redis_server.client().get(f"{namespace}-test:loads")) == 1
+
+
+def test_stale_while_revalidate_with_l1_off(
+    cluster: LocalCluster, namespace: str, caches: list[Cache]
+) -> None:
+    """At expiry, within ``stale_ttl``, callers get the stale value at once while one refresh
+    runs under the lease."""
+    cache = on(cluster, namespace, caches, 2, l1_maxsize=0)
+    release = threading.Event()
+    loads: list[str] = []
+
+    def load() -> str:
+        loads.append("load")
+        if len(loads) > 1:
+            release.wait(10)
+        return f"v{len(loads)}"
+
+    assert cache.get_or_load("k", load, ttl=0.3, stale_ttl=30) == "v1"
+    time.sleep(0.5)  # expired: stale now
+    began = time.monotonic()
+    got = [cache.get_or_load("k", load, ttl=0.3, stale_ttl=30) for _ in range(5)]
+    waited = time.monotonic() - began
+    assert got == ["v1"] * 5 and waited < 5  # none waited for the blocked refresh
+    release.set()
+    wait_until(lambda: cache.get_or_load("k", load, ttl=30, stale_ttl=30) == "v2")
+    assert len(loads) >= 2  # the refresh ran (and v2, itself short-lived, may have been too)
+    assert cache.stats()["stale_served"] >= 5
