@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 Rounds = list[dict[str, float]]
@@ -54,3 +56,32 @@ def medians(runs: list[Rounds], scale: float) -> dict[str, float]:
         for rounds in runs
         for name in rounds[0]
     }
+
+
+def rate(fn: Callable[[], Any], number: int) -> float:
+    """Seconds per call of ``fn``, over ``number`` calls in a row."""
+    started = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - started) / number
+
+
+async def arate(fn: Callable[[], Any], number: int) -> float:
+    """``rate`` for a function returning an awaitable."""
+    started = time.perf_counter()
+    for _ in range(number):
+        await fn()
+    return (time.perf_counter() - started) / number
+
+
+def write_section(path: Path, marks: tuple[str, str], title: str, section: str) -> None:
+    """Put ``section`` (which starts and ends with ``marks``) in place of the page's marked
+    section, or at the end of the page under ``title``."""
+    mark, end = marks
+    text = path.read_text()
+    if mark in text:
+        head, rest = text.split(mark, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + f"\n\n{title}\n\n" + section
+    path.write_text(text)

@@ -15,8 +15,6 @@ import asyncio
 import datetime
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import redis.asyncio.cluster  # noqa: E402
 import redis.cluster  # noqa: E402
-from _method import ainterleaved, interleaved, ratio  # noqa: E402
 
+from _method import ainterleaved, arate, interleaved, rate, ratio, write_section  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise.testing import LocalCluster  # noqa: E402
 
@@ -40,20 +38,6 @@ KEYS = [f"u{i}" for i in range(100)]
 
 def _never() -> Any:
     raise RuntimeError("the benchmark reads cached entries only")
-
-
-def _rate(fn: Callable[[], Any], number: int) -> float:
-    began = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - began) / number
-
-
-async def _arate(fn: Callable[[], Any], number: int) -> float:
-    began = time.perf_counter()
-    for _ in range(number):
-        await fn()
-    return (time.perf_counter() - began) / number
 
 
 def run(url: str, rounds: int = 7) -> dict[str, Any]:
@@ -75,7 +59,7 @@ def run(url: str, rounds: int = 7) -> dict[str, Any]:
             "get_many": lambda: cache.get_many(KEYS),
         },
         rounds,
-        lambda fn: _rate(fn, 300),
+        lambda fn: rate(fn, 300),
     )
 
     async def async_rounds() -> list[dict[str, float]]:
@@ -96,7 +80,7 @@ def run(url: str, rounds: int = 7) -> dict[str, Any]:
                 "get_many": lambda: acache.aget_many(KEYS),
             },
             rounds,
-            lambda fn: _arate(fn, 300),
+            lambda fn: arate(fn, 300),
         )
         await araw.aclose()
         acache.close()
@@ -138,15 +122,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write_docs(section: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    if MARK in text:
-        head, rest = text.split(MARK, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n## Redis Cluster\n\n" + section
-    path.write_text(text)
+    write_section(ROOT / "docs" / "benchmarks.md", (MARK, END), "## Redis Cluster", section)
 
 
 def main() -> int:

@@ -20,25 +20,11 @@ import msgpack
 import redis
 import redis.asyncio
 
-from _method import ainterleaved, interleaved, medians, percentile, ratio, summarize
+from _method import ainterleaved, arate, interleaved, medians, percentile, rate, ratio, summarize
 from cachewise import Cache
 from cachewise.testing import task_herd, thread_herd
 
 ctx = multiprocessing.get_context("spawn")
-
-
-def _rate(fn: Callable[[], Any], number: int) -> float:
-    started = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - started) / number
-
-
-async def _arate(fn: Callable[[], Any], number: int) -> float:
-    started = time.perf_counter()
-    for _ in range(number):
-        await fn()
-    return (time.perf_counter() - started) / number
 
 
 # -- hit cost ---------------------------------------------------------------------------------
@@ -68,7 +54,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
         "cachewise L1 hit (@cached)": lambda: l1_hit(1),
         "dogpile.cache redis region hit": _dogpile_hit(url),
     }
-    per_round = interleaved(variants, rounds, lambda fn: _rate(fn, number))
+    per_round = interleaved(variants, rounds, lambda fn: rate(fn, number))
 
     async def async_rounds() -> list[dict[str, float]]:
         araw = redis.asyncio.Redis.from_url(url)
@@ -90,7 +76,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
             "cachewise async L1 hit (@cached, two-tier)": lambda: al1_hit(1),
             **(await _async_peer_hits(url)),
         }
-        out = await ainterleaved(avariants, rounds, lambda fn: _arate(fn, number))
+        out = await ainterleaved(avariants, rounds, lambda fn: arate(fn, number))
         await araw.aclose()
         al2.close()
         al1.close()
@@ -209,7 +195,7 @@ def bulk(url: str, rounds: int, number: int) -> dict[str, Any]:
         "cachewise 100 x get": lambda: [cache.get(k) for k in keys],
         "dogpile.cache get_multi": lambda: region.get_multi(keys),
     }
-    per_round = interleaved(variants, rounds, lambda fn: _rate(fn, number))
+    per_round = interleaved(variants, rounds, lambda fn: rate(fn, number))
     cache.close()
 
     async def async_rounds() -> list[dict[str, float]]:
@@ -229,7 +215,7 @@ def bulk(url: str, rounds: int, number: int) -> dict[str, Any]:
             "cashews get_many": lambda: peer.get_many(*cs_keys),
             "aiocache multi_get": lambda: aio.multi_get(keys),
         }
-        out = await ainterleaved(avariants, rounds, lambda fn: _arate(fn, number))
+        out = await ainterleaved(avariants, rounds, lambda fn: arate(fn, number))
         acache.close()
         return out
 

@@ -27,7 +27,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from _method import percentile  # noqa: E402
+from _method import percentile, write_section  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise.testing import RedisServer  # noqa: E402
 from redis_tier import _max_cluster, offer_async, offer_sync, run_fleet  # noqa: E402
@@ -50,9 +50,8 @@ def variants() -> list[tuple[str, str, bool, bool]]:
 
 
 def name(mode: str, tier: str, early: bool, failing: bool) -> str:
-    return (
-        f"{tier}, {mode}, early refresh {'on' if early else 'off'}"
-        + (", every other refresh raises" if failing else "")
+    return f"{tier}, {mode}, early refresh {'on' if early else 'off'}" + (
+        ", every other refresh raises" if failing else ""
     )
 
 
@@ -166,16 +165,8 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write_docs(section: str) -> None:
-    path = ROOT / "docs" / "resilience.md"
-    text = path.read_text()
-    if MARK in text:
-        head, rest = text.split(MARK, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + tail
-    else:
-        title = "## Stale-while-revalidate at expiry, every configuration"
-        text = text.rstrip("\n") + f"\n\n{title}\n\n" + section
-    path.write_text(text)
+    title = "## Stale-while-revalidate at expiry, every configuration"
+    write_section(ROOT / "docs" / "resilience.md", (MARK, END), title, section)
 
 
 def main() -> int:

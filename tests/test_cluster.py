@@ -22,6 +22,7 @@ from cachewise.testing import LocalCluster
 
 from . import _workers
 from .test_concurrency import wait_until
+from .test_multiprocess import herd_loads
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli to join it"),
@@ -218,23 +219,8 @@ def test_write_behind_on_a_cluster(
 def test_cold_key_across_processes_loads_once(
     cluster: LocalCluster, namespace: str, redis_server: Any
 ) -> None:
-    start = ctx.Barrier(4)
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_workers.herd,
-            args=(cluster.nodes[i].url, namespace, 25, False, start, out, redis_server.url),
-        )
-        for i in range(4)
-    ]
-    for p in procs:
-        p.start()
-    latencies = [lat for _ in procs for lat in out.get(timeout=60)]
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
-    assert len(latencies) == 100
-    assert int(redis_server.client().get(f"{namespace}-test:loads")) == 1
+    urls = [cluster.nodes[i].url for i in range(4)]
+    assert herd_loads(urls, namespace, False, redis_server) == 1
 
 
 def test_stale_while_revalidate_with_l1_off(

@@ -98,15 +98,22 @@ def test_credentials_never_appear_in_logs_or_errors(caplog: pytest.LogCaptureFix
     assert SECRET not in text  # ...but never the password
 
 
+def acl_user(admin: Any, name: str, pattern: str) -> str:
+    """An ACL user (password ``SECRET``) allowed every command on the keys and channels that
+    ``pattern`` matches, and nothing else."""
+    user = name[:60]
+    admin.acl_setuser(
+        user, enabled=True, passwords=[f"+{SECRET}"], keys=[pattern], channels=[pattern],
+        commands=["+@all"],
+    )  # fmt: skip
+    return user
+
+
 def test_an_acl_user_connects_and_a_wrong_password_fails_open(
     redis_server: Any, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     admin = redis_server.client()
-    user = f"u-{namespace}"[:60]
-    admin.acl_setuser(
-        user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{namespace}*"],
-        channels=[f"{namespace}*"], commands=["+@all"],
-    )  # fmt: skip
+    user = acl_user(admin, f"u-{namespace}", f"{namespace}*")
     good = Cache(f"redis://{user}:{SECRET}@127.0.0.1:{redis_server.port}/0", namespace=namespace)
     bad = Cache(f"redis://{user}:wrong@127.0.0.1:{redis_server.port}/0", namespace=namespace)
     try:
@@ -249,11 +256,7 @@ def test_an_acl_of_the_namespace_alone_covers_every_feature(
     ``~<namespace>:*`` and ``&<namespace>:*`` reads, loads under leases, tags, invalidates
     and writes behind without one refusal."""
     admin = redis_server.client()
-    user = f"ns-{namespace}"[:60]
-    admin.acl_setuser(
-        user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{namespace}:*"],
-        channels=[f"{namespace}:*"], commands=["+@all"],
-    )  # fmt: skip
+    user = acl_user(admin, f"ns-{namespace}", f"{namespace}:*")
     url = f"redis://{user}:{SECRET}@127.0.0.1:{redis_server.port}/0"
     store = _workers.use_store(redis_server.url, namespace)  # the "database": not the ACL's
     a, get_row, save = _workers.rows_cache(url, namespace)

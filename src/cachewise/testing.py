@@ -171,6 +171,15 @@ def _cluster_port() -> int:
         return port
 
 
+def _replication(node: RedisServer) -> dict[str, Any]:
+    """``INFO replication`` of one node."""
+    client = node.client()
+    try:
+        return dict(client.info("replication"))
+    finally:
+        client.close()
+
+
 class LocalCluster:
     """A Redis Cluster on loopback: ``masters`` x (1 + ``replicas``) ``redis-server`` processes
     (each a ``RedisServer``, stopped by its pid), joined by ``redis-cli --cluster create``, with
@@ -225,11 +234,7 @@ class LocalCluster:
         """Whether every running master's replicas finished their first sync (a replica that
         has not cannot be promoted)."""
         for node in self.masters():
-            client = node.client()
-            try:
-                info = client.info("replication")
-            finally:
-                client.close()
+            info = _replication(node)
             replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
             if any(replica.get("state") != "online" for replica in replicas):
                 return False
@@ -239,14 +244,8 @@ class LocalCluster:
         """The running nodes that are masters now."""
         found = []
         for node in self.nodes:
-            if node.proc.poll() is not None:
-                continue
-            client = node.client()
-            try:
-                if client.info("replication").get("role") == "master":
-                    found.append(node)
-            finally:
-                client.close()
+            if node.proc.poll() is None and _replication(node).get("role") == "master":
+                found.append(node)
         return found
 
     def stop(self) -> None:
