@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -154,3 +155,21 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=lambda: results.append(fn()))
     thread.start()
     return thread, results
+
+
+@pytest.fixture
+def replicated() -> Iterator[tuple[Any, Any]]:
+    """A master and a replica in sync with it, started and stopped by pid."""
+    from .redis_server import RedisServer
+
+    master = RedisServer()
+    replica = RedisServer("--replicaof", "127.0.0.1", str(master.port))
+    try:
+        deadline = time.monotonic() + 20
+        while replica.client().info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+        yield master, replica
+    finally:
+        replica.stop()
+        master.stop()

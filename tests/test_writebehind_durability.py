@@ -105,21 +105,6 @@ def test_queue_keys_survive_memory_pressure_under_a_volatile_policy(
             filler.close(timeout=5)
 
 
-@pytest.fixture
-def replicated() -> Iterator[tuple[RedisServer, RedisServer]]:
-    master = RedisServer()
-    replica = RedisServer("--replicaof", "127.0.0.1", str(master.port))
-    try:
-        deadline = time.monotonic() + 20
-        while replica.client().info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.05)
-        yield master, replica
-    finally:
-        replica.stop()
-        master.stop()
-
-
 def test_an_enqueue_returns_once_a_replica_has_it_and_survives_a_failover(
     store: redis.Redis, namespace: str, replicated: tuple[RedisServer, RedisServer]
 ) -> None:

@@ -120,6 +120,7 @@ class Cache(Lifecycle):
             connect_timeout=conn.connect_timeout,
             breaker_threshold=conn.breaker_threshold,
             breaker_reset=conn.breaker_reset,
+            replica_wait=conn.replica_wait,
             timer=timer,
         )
 

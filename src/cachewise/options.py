@@ -72,8 +72,16 @@ class Connection:
     breaker_threshold: int = 5
     breaker_reset: float = 1.0
     max_value_bytes: int = 1_000_000
+    #: With replicas, how long an invalidation waits for one of them to have it (``WAIT``)
+    #: before it returns, so that a failover does not bring the dropped value back; 0 returns
+    #: at once. A wait that runs out is counted (``invalidations_unreplicated``) and logged.
+    replica_wait: float = 0.1
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.replica_wait, (int, float)) and 0 <= self.replica_wait < 60):
+            raise ConfigValueError(
+                f"replica_wait must be seconds from 0 (off) to below 60, got {self.replica_wait!r}"
+            )
         for name in ("socket_timeout", "connect_timeout", "breaker_reset"):
             _set(self, name, _validate.ttl_seconds(getattr(self, name), "Cache", name=name))
         threshold = _validate.non_negative_int(self.breaker_threshold, "breaker_threshold")

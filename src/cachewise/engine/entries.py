@@ -14,7 +14,7 @@ from .._flight import Flight
 from ..core import Entry
 from ..errors import ConfigTypeError
 from ..events import Fill, Invalidated, encode
-from ..redis import Fetch, RedisCall, RunPipeline, RunScript, ScriptCall, text
+from ..redis import Fetch, RedisCall, RunPipeline, RunReplicated, RunScript, ScriptCall, text
 from .state import EngineState
 from .values import EVENT_VALUE_LIMIT, Count, Policy, StoreCall, Target
 
@@ -141,7 +141,19 @@ class Entries(EngineState):
         backend = self.backend
         assert backend is not None
         if not backend.cluster:
-            yield RunScript(backend, *self._drop_call(keys, tags))
+            call = self._drop_call(keys, tags)
+            if not backend.replicas or not backend.replica_wait:
+                yield RunScript(backend, *call)
+                return
+            _, acked = yield RunReplicated(backend, call, max(1, int(backend.replica_wait * 1000)))
+            if acked < 1:
+                # Returned before a replica had it: a failover now could bring the values back.
+                self.counts[Count.INVALIDATIONS_UNREPLICATED] += 1
+                self._log_once(
+                    "~unreplicated", "an invalidation was acknowledged before any of %d "
+                    "replicas had it (replica_wait=%ss): a failover now could undo it",
+                    backend.replicas, backend.replica_wait,
+                )  # fmt: skip
             return
         space = backend.keys
         calls = [ScriptCall("invalidate", [k, space.lease(k)], ["", ""]) for k in keys]

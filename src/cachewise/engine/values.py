@@ -70,6 +70,7 @@ class Count(str, enum.Enum):
     PENDING_WRITES_READ = "pending_writes_read"
     LOADS_WITHOUT_REDIS = "loads_without_redis"
     OUTAGE_INVALIDATIONS_SENT = "outage_invalidations_sent"
+    INVALIDATIONS_UNREPLICATED = "invalidations_unreplicated"
     OVERSIZE_VALUES = "oversize_values"
     TAG_MISSES = "tag_misses"
 

@@ -56,6 +56,9 @@ class Backend(Protocol):
     timer: Clock
     #: Clients whose connection has every script loaded already.
     preloaded: weakref.WeakSet[Any]
+    #: How long an invalidation waits for a replica to have it, and how many replicas there are.
+    replica_wait: float
+    replicas: int
 
     @property
     def inbox(self) -> str: ...

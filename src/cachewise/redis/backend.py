@@ -57,6 +57,7 @@ class RedisBackend:
         connect_timeout: float,
         breaker_threshold: int = 5,
         breaker_reset: float = 1.0,
+        replica_wait: float = 0.0,
         timer: Clock = monotonic,
     ) -> None:
         self.namespace = namespace
@@ -69,6 +70,10 @@ class RedisBackend:
         self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
         #: The longest a blocking read (XREADGROUP BLOCK) may wait within the socket timeout.
         self.block_limit = socket_timeout / 2
+        #: How long an invalidation waits for a replica, and how many the master had when
+        #: last looked at (with the server clock; none counted on a cluster yet).
+        self.replica_wait = min(replica_wait, self.block_limit)
+        self.replicas = 0
         self._url: str | None = None
         #: Given a Sentinel URL or a Sentinel-managed client: how to reach the master.
         self._sentinel: SentinelSpec | None = None

@@ -154,8 +154,8 @@ class _Sequence:
     def __init__(self, steps: list[Any]) -> None:
         self.steps = steps
 
-    def execute(self) -> Any:
-        replies = [step() for step in self.steps]
+    def execute(self, raise_on_error: bool = True) -> Any:
+        replies = [step() for step in self.steps]  # an error is raised whatever was asked
         if replies and inspect.isawaitable(replies[0]):
             return self._awaited(replies)
         return replies
@@ -181,6 +181,7 @@ class ServerTime(RedisOp):
             return self._cluster_pipeline(client)
         pipe = client.pipeline(transaction=False)
         pipe.time()
+        pipe.info("replication")
         fresh = client not in self.backend.preloaded
         if fresh:
             for source in _SCRIPTS.values():
@@ -188,7 +189,15 @@ class ServerTime(RedisOp):
         return pipe, fresh
 
     def _done(self, client: Any, fresh: bool, before: float, reply: list[Any]) -> None:
-        self.backend.record_time(before, reply[0], monotonic())
+        after = monotonic()
+        replication = {} if self.backend.cluster else reply.pop(1)
+        for answer in reply:
+            if isinstance(answer, Exception):
+                raise answer
+        self.backend.record_time(before, reply[0], after)
+        # A user refused INFO is told nothing about replicas: its invalidations do not wait.
+        if isinstance(replication, dict):
+            self.backend.replicas = int(replication.get("connected_slaves", 0) or 0)
         if fresh:
             self.backend.preloaded.add(client)
 
@@ -196,13 +205,13 @@ class ServerTime(RedisOp):
         client = self.backend.sync_client()
         pipe, fresh = self._pipeline(client)
         before = monotonic()
-        self._done(client, fresh, before, pipe.execute())
+        self._done(client, fresh, before, pipe.execute(raise_on_error=False))
 
     async def call_async(self) -> None:
         client = self.backend.async_client()
         pipe, fresh = self._pipeline(client)
         before = monotonic()
-        self._done(client, fresh, before, await pipe.execute())
+        self._done(client, fresh, before, await pipe.execute(raise_on_error=False))
 
     def _cluster_pipeline(self, client: Any) -> tuple[Any, bool]:
         """A cluster refuses TIME in a pipeline: ``TIME`` alone, and SCRIPT LOAD (sent to every
