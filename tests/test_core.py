@@ -160,3 +160,15 @@ def test_what_a_leader_does_with_the_shared_entry() -> None:
     assert use(500, replacing=995) is Shared.UNUSABLE  # within the clocks' margin
     assert use(500, replacing=900) is Shared.FRESH
     assert use(2_000, replacing=500) is Shared.UNUSABLE
+
+
+def test_what_another_process_event_does_to_l1() -> None:
+    from cachewise.core import L1Effect, l1_effect
+    from cachewise.events import Fill, Invalidated, Released, Reset
+
+    assert l1_effect(Fill("me", "k", b"v"), "me") is L1Effect.NOTHING  # its own event
+    assert l1_effect(Fill("other", "k", b"v"), "me") is L1Effect.REPLACE
+    assert l1_effect(Fill("other", "k"), "me") is L1Effect.DROP  # too large to travel
+    assert l1_effect(Invalidated("other", ("k",)), "me") is L1Effect.DROP_NAMED
+    assert l1_effect(Reset("other"), "me") is L1Effect.FLUSH
+    assert l1_effect(Released("other", "k"), "me") is L1Effect.NOTHING

@@ -23,6 +23,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from .events import Event, Fill, Invalidated, Reset
+
 __all__ = [
     "XFETCH_HORIZON",
     "Busy",
@@ -262,3 +264,29 @@ def lease_reply(reply: Sequence[Any]) -> LeaseReply:
     if status == 3:
         return Busy(int(reply[1]))
     raise ValueError(f"unknown ACQUIRE reply status {status!r}")
+
+
+# -- another process' event: what it does to this process' L1 --------------------------------------
+
+
+class L1Effect(enum.Enum):
+    """What an event from the namespace's channel does to this process' L1."""
+
+    NOTHING = "nothing"  # this cache's own event, or a lease given back (waiters look again)
+    REPLACE = "replace"  # a fill carrying its value: a copy held here is replaced in place
+    DROP = "drop"  # a fill too large to travel with its event: a copy held here is dropped
+    DROP_NAMED = "drop_named"  # an invalidation: the keys and tags it names are dropped
+    FLUSH = "flush"  # a reset (its sender lost track of its invalidations): L1 is emptied
+
+
+def l1_effect(event: Event, origin: str) -> L1Effect:
+    """Decide what ``event`` does to the L1 of the cache whose events carry ``origin``."""
+    if event.origin == origin:
+        return L1Effect.NOTHING
+    if isinstance(event, Fill):
+        return L1Effect.REPLACE if event.value is not None else L1Effect.DROP
+    if isinstance(event, Invalidated):
+        return L1Effect.DROP_NAMED
+    if isinstance(event, Reset):
+        return L1Effect.FLUSH
+    return L1Effect.NOTHING

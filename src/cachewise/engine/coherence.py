@@ -8,12 +8,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from .. import codec
+from .. import codec, core
 from .._drivers import (
     TIMED_OUT,
     Plan,
     start_renewals,
 )
+from ..core import L1Effect
 from ..events import Event, Fill, Invalidated, Reset, encode
 from ..redis import (
     REDIS_ERRORS,
@@ -120,13 +121,17 @@ class Coherence(Entries):
     # -- events from other processes ------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
+        """Apply another process' event to L1, as ``core.l1_effect`` decides."""
         assert self.backend is not None
-        if event.origin == self.backend.origin:
-            return
-        if isinstance(event, Fill):
-            # Another process filled or wrote a key: a copy held here is replaced in place (or
-            # dropped, when the value was too large to travel with the event).
-            env = codec.unpack(event.value) if event.value is not None else None
+        effect = core.l1_effect(event, self.backend.origin)
+        if effect is L1Effect.FLUSH:
+            self._on_reset()
+        elif isinstance(event, Invalidated) and effect is L1Effect.DROP_NAMED:
+            self.counts[Count.INVALIDATIONS_RECEIVED] += 1
+            self._drop_local(list(event.keys), event.tags)
+            self.notify(InvalidationEvent(event.keys, event.tags, "remote"))
+        elif isinstance(event, Fill) and effect is not L1Effect.NOTHING:
+            env = codec.unpack(event.value) if effect is L1Effect.REPLACE else None
             with self.lock:
                 self.epoch += 1  # a fast-path read of this key may have got the older value
                 held = self.l1.held(event.key)
@@ -137,12 +142,6 @@ class Coherence(Entries):
                         self.l1.put(table, self._adopt(target, env))
                     else:
                         self.l1.drop(event.key)
-        elif isinstance(event, Reset):
-            self._on_reset()  # another process lost track of its invalidations during an outage
-        elif isinstance(event, Invalidated):
-            self.counts[Count.INVALIDATIONS_RECEIVED] += 1
-            self._drop_local(list(event.keys), event.tags)
-            self.notify(InvalidationEvent(event.keys, event.tags, "remote"))
 
     BACKLOG_LIMIT = 10_000
 
