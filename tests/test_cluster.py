@@ -248,3 +248,19 @@ def test_stale_while_revalidate_with_l1_off(
     wait_until(lambda: cache.get_or_load("k", load, ttl=30, stale_ttl=30) == "v2")
     assert len(loads) >= 2  # the refresh ran (and v2, itself short-lived, may have been too)
     assert cache.stats()["stale_served"] >= 5
+
+
+def test_a_plain_client_of_a_cluster_node_is_reported(
+    cluster: LocalCluster, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given as a plain ``redis.Redis``, a cluster node cannot serve other nodes' slots: said
+    at ERROR, and every failing call is served without Redis and counted (never a no-op in
+    silence, never the caller's exception)."""
+    cache = Cache(redis.Redis(port=cluster.nodes[0].port), namespace=namespace)
+    try:
+        got = [cache.get_or_load(f"k{i}", lambda i=i: i, ttl=60) for i in range(20)]
+        assert got == list(range(20))
+        assert "plain client of a node of a Redis Cluster" in caplog.text
+        assert cache.stats()["redis_errors"] > 0
+    finally:
+        cache.close(timeout=1)

@@ -181,7 +181,7 @@ class ServerTime(RedisOp):
             return self._cluster_pipeline(client)
         pipe = client.pipeline(transaction=False)
         pipe.time()
-        pipe.info("replication")
+        pipe.info("replication", "cluster")
         fresh = client not in self.backend.preloaded
         if fresh:
             for source in _SCRIPTS.values():
@@ -198,6 +198,12 @@ class ServerTime(RedisOp):
         # A user refused INFO is told nothing about replicas: its invalidations do not wait.
         if isinstance(replication, dict):
             self.backend.replicas = int(replication.get("connected_slaves", 0) or 0)
+            if replication.get("cluster_enabled") and not self.backend.cluster:
+                log.error(
+                    "cachewise: redis= is a plain client of a node of a Redis Cluster: keys of "
+                    "other nodes' slots fail (served without Redis, counted in redis_errors). "
+                    "Pass a URL (detected as a cluster) or a redis.cluster.RedisCluster client"
+                )
         if fresh:
             self.backend.preloaded.add(client)
 
