@@ -264,3 +264,33 @@ def test_a_plain_client_of_a_cluster_node_is_reported(
         assert cache.stats()["redis_errors"] > 0
     finally:
         cache.close(timeout=1)
+
+
+def test_bulk_loads_and_write_through_over_many_slots(
+    cluster: LocalCluster, namespace: str, caches: list[Cache]
+) -> None:
+    a, b = on(cluster, namespace, caches, 0), on(cluster, namespace, caches, 5, l1_maxsize=0)
+    asked: list[list[str]] = []
+
+    def load_many(keys: list[str]) -> dict[str, str]:
+        asked.append(sorted(keys))
+        return {key: f"row {key}" for key in keys}
+
+    keys = [f"b{i}" for i in range(40)]
+    assert a.get_or_load_many(keys, load_many, ttl=60) == {k: f"row {k}" for k in keys}
+    assert b.get_or_load_many(keys, load_many, ttl=60) == {k: f"row {k}" for k in keys}
+    assert asked == [sorted(keys)]  # the second cache found every entry, on every master
+    rows: dict[int, str] = {}
+
+    @a.cached(ttl=60)
+    def get_row(row: int) -> str | None:
+        return rows.get(row)
+
+    @a.write_through(get_row, args=lambda row, value: row, value=lambda row, value: value)
+    def save_row(row: int, value: str) -> None:
+        rows[row] = value
+
+    for row in range(10):
+        save_row(row, f"v{row}")
+    assert [get_row(row) for row in range(10)] == [f"v{row}" for row in range(10)]
+    assert a.stats()["redis_errors"] == 0 and b.stats()["redis_errors"] == 0
