@@ -56,6 +56,13 @@ def fraction(value: Any, name: str, *, upper: float = 1.0) -> float:
     return float(value)
 
 
+def replica_wait(value: Any, name: str) -> None:
+    """A wait for a replica: seconds from 0 (no wait) to below 60 (a WAIT past that would
+    outlast any socket timeout worth having)."""
+    if not (isinstance(value, (int, float)) and 0 <= value < 60):
+        raise ConfigValueError(f"{name} must be seconds from 0 (off) to below 60, got {value!r}")
+
+
 def non_negative_int(value: Any, name: str) -> int:
     """Return ``value`` as an int ``>= 0``."""
     if isinstance(value, bool) or not isinstance(value, int):

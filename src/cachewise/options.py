@@ -78,10 +78,7 @@ class Connection:
     replica_wait: float = 0.1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.replica_wait, (int, float)) and 0 <= self.replica_wait < 60):
-            raise ConfigValueError(
-                f"replica_wait must be seconds from 0 (off) to below 60, got {self.replica_wait!r}"
-            )
+        _validate.replica_wait(self.replica_wait, "replica_wait")
         for name in ("socket_timeout", "connect_timeout", "breaker_reset"):
             _set(self, name, _validate.ttl_seconds(getattr(self, name), "Cache", name=name))
         threshold = _validate.non_negative_int(self.breaker_threshold, "breaker_threshold")
@@ -129,11 +126,7 @@ class WriteBehind:
             raise ConfigValueError(
                 f"write_behind_allow_eviction must be a bool, got {self.allow_eviction!r}"
             )
-        if not (isinstance(self.replica_wait, (int, float)) and 0 <= self.replica_wait < 60):
-            raise ConfigValueError(
-                "write_behind_replica_wait must be seconds from 0 (off) to below 60, got "
-                f"{self.replica_wait!r}"
-            )
+        _validate.replica_wait(self.replica_wait, "write_behind_replica_wait")
         if self.retention < self.claim_idle * 10:
             raise ConfigValueError(
                 "write_behind_retention must be at least ten times write_behind_claim_idle"

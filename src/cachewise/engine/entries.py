@@ -145,7 +145,7 @@ class Entries(EngineState):
             if not backend.replicas or not backend.replica_wait:
                 yield RunScript(backend, *call)
                 return
-            _, acked = yield RunReplicated(backend, call, max(1, int(backend.replica_wait * 1000)))
+            _, acked = yield RunReplicated(backend, call, backend.wait_ms(backend.replica_wait))
             if acked < 1:
                 # Returned before a replica had it: a failover now could bring the values back.
                 self.counts[Count.INVALIDATIONS_UNREPLICATED] += 1

@@ -72,7 +72,7 @@ class RedisBackend:
         self.block_limit = socket_timeout / 2
         #: How long an invalidation waits for a replica, and how many the master had when
         #: last looked at (with the server clock; none counted on a cluster yet).
-        self.replica_wait = min(replica_wait, self.block_limit)
+        self.replica_wait = replica_wait
         self.replicas = 0
         self._url: str | None = None
         #: Given a Sentinel URL or a Sentinel-managed client: how to reach the master.
@@ -242,6 +242,11 @@ class RedisBackend:
         return monotonic() * 1000 + self.offset_ms
 
     # -- events -----------------------------------------------------------------------------
+
+    def wait_ms(self, seconds: float) -> int:
+        """The timeout of a ``WAIT`` for a replica of ``seconds``, in milliseconds: at least 1
+        (0 would wait for ever) and within the socket timeout (the reply must come before it)."""
+        return max(1, int(min(seconds, self.block_limit) * 1000))
 
     @property
     def inbox(self) -> str:

@@ -30,6 +30,15 @@ _CARRIED = (
 )  # fmt: skip
 
 
+def _carried(given: dict[str, Any], connection_class: Any, drop: str = "") -> dict[str, Any]:
+    """The settings of ``given`` carried to a twin (but ``drop``), and TLS if the connections
+    of the client they come from are TLS ones."""
+    kwargs = {k: v for k, v in given.items() if k in _CARRIED and k != drop}
+    if "SSL" in getattr(connection_class, "__name__", ""):
+        kwargs["ssl"] = True
+    return kwargs
+
+
 def cluster_settings(client: Any) -> dict[str, Any]:
     """What a cluster client was built with: one node to start from, and the settings carried
     to the twin (a cluster has one database: no ``db``)."""
@@ -39,10 +48,8 @@ def cluster_settings(client: Any) -> dict[str, Any]:
     given = getattr(client, "connection_kwargs", None)
     if given is None:  # the sync client keeps them with its nodes
         given = client.nodes_manager.connection_kwargs
-    kwargs = {k: v for k, v in given.items() if k in _CARRIED and k != "db"}
+    kwargs = _carried(given, given.get("connection_class"), drop="db")
     kwargs.update(host=node.host, port=node.port)
-    if "SSL" in getattr(given.get("connection_class"), "__name__", ""):
-        kwargs["ssl"] = True
     return kwargs
 
 
@@ -78,10 +85,7 @@ def _safe(url: str) -> str:
 def settings_of(client: Any) -> dict[str, Any]:
     """The connection settings of a plain client, carried to the twin cachewise builds."""
     pool = client.connection_pool
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _CARRIED}
-    if "SSL" in pool.connection_class.__name__:
-        kwargs["ssl"] = True
-    return kwargs
+    return _carried(pool.connection_kwargs, pool.connection_class)
 
 
 class SentinelSpec(NamedTuple):
@@ -135,10 +139,8 @@ def sentinel_of(client: Any) -> SentinelSpec | None:
         (c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
         for c in manager.sentinels
     ]
-    master = {k: v for k, v in pool.connection_kwargs.items() if k in _CARRIED}
-    if "SSL" in getattr(pool, "connection_class", type(None)).__name__:
-        master["ssl"] = True
-    given = {k: v for k, v in manager.sentinel_kwargs.items() if k in _CARRIED}
+    master = _carried(pool.connection_kwargs, getattr(pool, "connection_class", None))
+    given = _carried(manager.sentinel_kwargs, None)
     return SentinelSpec(sentinels, pool.service_name, master, given)
 
 

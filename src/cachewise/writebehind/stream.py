@@ -83,9 +83,7 @@ class StreamQueue(StreamReader):
             if not self.server.replicas or not self.options.replica_wait:
                 reply = yield RunScript(self.backend, *script)
             else:
-                wait_ms = max(
-                    1, int(min(self.options.replica_wait, self.backend.block_limit) * 1000)
-                )
+                wait_ms = self.backend.wait_ms(self.options.replica_wait)
                 reply, acked = yield RunReplicated(self.backend, script, wait_ms)
             mine = self.loss.enqueued(key, packed, args[1], reply)
             if self.split:  # queued: now the cache half, which may fail open like any set
