@@ -10,10 +10,13 @@ import threading
 import time
 
 import pytest
+import redis.cluster
 
-from cachewise import Cache
+from cachewise import Cache, WriteBehindUnavailable
+from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import LocalCluster, RedisServer
 
+from . import _workers
 from .test_concurrency import wait_until
 
 pytestmark = [
@@ -118,3 +121,71 @@ def test_failover_under_load(how: str, namespace: str) -> None:
             assert b.get_or_load(key, lambda: "new", ttl=30) == "new"
         a.close(timeout=1)
         b.close(timeout=1)
+
+
+def test_acknowledged_writes_and_invalidations_survive_a_master_killed(
+    namespace: str, redis_server: RedisServer
+) -> None:
+    """A master killed with SIGKILL while writes are queued and keys invalidated: every
+    write-behind call that returned lands in the store, every invalidation that returned holds
+    on the promoted replica (both were acknowledged once a replica had them)."""
+    store = _workers.use_store(redis_server.url, namespace)
+    with LocalCluster() as cluster:
+        cache, _get_row, save = _workers.rows_cache(
+            cluster.url, namespace, write_behind_partitions=3, replica_wait=1.0,
+            write_behind_replica_wait=1.0, write_behind_claim_idle=1.0,
+        )  # fmt: skip
+        space = KeySpace(namespace)
+        victim = _master_of(cluster, space.writer("wb", "tests._workers.store_row/0"))
+        acked: dict[int, str] = {}
+        refused: list[BaseException] = []
+        invalidated: list[str] = []
+        stop = threading.Event()
+
+        def write() -> None:
+            row = 0
+            while not stop.is_set():
+                try:
+                    save(row, f"v{row}")
+                    acked[row] = f"v{row}"
+                    cache.set(f"gone{row}", "old", ttl=60)
+                    cache.invalidate(f"gone{row}")
+                    invalidated.append(f"gone{row}")
+                except WriteBehindUnavailable as exc:  # not acknowledged: the caller knows
+                    refused.append(exc)
+                row += 1
+                time.sleep(0.002)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            time.sleep(1.0)
+            replica = _replica_of(cluster, victim)
+            victim.kill()
+            wait_until(lambda: replica in cluster.masters(), timeout=30)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            writer.join(30)
+        cluster.wait_ok(timeout=30)
+        wait_until(lambda: cache.flush(timeout=5).pending == 0, timeout=60)
+        landed = {int(k): v.decode() for k, v in store.hgetall(f"{namespace}-store:rows").items()}
+        assert len(acked) > 100
+        missing = {row: value for row, value in acked.items() if landed.get(row) != value}
+        assert missing == {}
+        on_cluster = redis.cluster.RedisCluster.from_url(cluster.url)
+        try:
+            back = [key for key in invalidated if on_cluster.exists(space.entry(key))]
+        finally:
+            on_cluster.close()
+        assert back == []  # no invalidation that returned was undone by the failover
+        cache.close(timeout=5)
+
+
+def _master_of(cluster: LocalCluster, key: str) -> RedisServer:
+    client = redis.cluster.RedisCluster.from_url(cluster.url)
+    try:
+        port = client.get_node_from_key(key).port
+    finally:
+        client.close()
+    return next(node for node in cluster.nodes if node.port == port)

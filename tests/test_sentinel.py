@@ -4,8 +4,10 @@ client of either flavour alone or as a pair, against a real ``redis-server --sen
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +18,13 @@ import redis
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from cachewise import Cache, ConfigValueError
+from cachewise import Cache, ConfigValueError, WriteBehindUnavailable
 from cachewise.redis.keyspace import KeySpace
-from cachewise.testing import free_port
+from cachewise.testing import LocalSentinel, free_port
+
+from . import _workers
+from .test_cluster_failover import Load
+from .test_concurrency import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +108,65 @@ def test_a_service_the_sentinels_do_not_know_fails_open_and_is_counted(
 def test_a_bad_sentinel_url_is_refused_at_construction(url: str) -> None:
     with pytest.raises(ConfigValueError, match="Sentinel URL"):
         Cache(url, namespace="n")
+
+
+def test_sentinel_failover_under_load(namespace: str, redis_server: Any) -> None:
+    """``SENTINEL FAILOVER`` while threads read, write, invalidate and queue writes behind: no
+    exception but a refused enqueue reaches a caller; afterwards invalidations are honoured on
+    the new master, and every enqueue acknowledged by a replica landed in the store."""
+    store = _workers.use_store(redis_server.url, namespace)
+    with LocalSentinel() as sentinel:
+        cache, _get_row, save = _workers.rows_cache(
+            sentinel.url, namespace, replica_wait=0.2, write_behind_replica_wait=0.2,
+            write_behind_claim_idle=1.0,
+        )  # fmt: skip
+        other = Cache(sentinel.url, namespace=namespace)
+        load = Load(other)
+        acked: dict[int, str] = {}
+        refused: list[BaseException] = []
+        stop = threading.Event()
+
+        def write() -> None:
+            row = 0
+            while not stop.is_set():
+                try:
+                    save(row, f"v{row}")
+                    acked[row] = f"v{row}"
+                except WriteBehindUnavailable as exc:  # not acknowledged: the caller knows
+                    refused.append(exc)
+                row += 1
+                time.sleep(0.002)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            time.sleep(0.5)
+            sentinel.failover()
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            writer.join(30)
+            load.stop()
+        assert load.errors == [] and load.calls > 100
+        wait_until(lambda: cache.flush(timeout=5).pending == 0, timeout=60)
+        landed = {int(k): v.decode() for k, v in store.hgetall(f"{namespace}-store:rows").items()}
+        missing = {row for row, value in acked.items() if landed.get(row) != value}
+        unreplicated = cache.stats()["write_behind_unreplicated"]
+        assert len(acked) > 50
+        assert len(missing) <= unreplicated  # only writes acknowledged without a replica
+        tries = itertools.count()
+
+        def settled() -> bool:  # a write of one cache reaches the other through the new master
+            probe = f"probe{next(tries)}"
+            cache.set(probe, "p", ttl=30)
+            return other.get(probe) == "p" and other.stats()["breaker_state"] == "closed"
+
+        wait_until(settled, timeout=30)
+        for i in range(10):  # invalidations are honoured again
+            key = f"after{i}"
+            cache.set(key, "old", ttl=30)
+            assert other.get(key) == "old"
+            cache.invalidate(key)
+            wait_until(lambda k=key: other.get(k) is None, timeout=10)
+        cache.close(timeout=5)
+        other.close(timeout=5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from .writebehind import (
     StreamQueue,
     WriteBehindQueue,
     WriteCall,
+    partition_names,
     stream_name,
 )
 
@@ -122,20 +124,23 @@ def write_behind(
     def decorate(fn: Callable[..., Any]) -> Any:
         check_batch(fn, batch)
         backend = spec.engine.backend
-        queue: WriteBehindQueue
+        mine: list[WriteBehindQueue]
         if backend is not None:
-            queue = StreamQueue(fn, batch, stream_name(fn), options, spec.engine)
+            mine = [
+                StreamQueue(fn, batch, name, options, spec.engine)
+                for name in partition_names(stream_name(fn), options.partitions)
+            ]
         else:
-            queue = WriteBehindQueue(
-                fn, batch, f"{fn.__module__}.{fn.__qualname__}", options, spec.engine
-            )
-        queues.append(queue)
+            name = f"{fn.__module__}.{fn.__qualname__}"
+            mine = [WriteBehindQueue(fn, batch, name, options, spec.engine)]
+        queues.extend(mine)
 
         def plan(*a: Any, **kw: Any) -> Plan[None]:
             keys = spec.args_of(_mapped(spec, args, "args", a, kw))
             new = _mapped(spec, value_of, "value", a, kw)
             entry = spec.target_of_call(keys, {})
             call = WriteCall(a, kw)
+            queue = mine[0] if len(mine) == 1 else mine[_partition(entry.full_key, len(mine))]
             if isinstance(queue, StreamQueue):
                 queue.ensure_flusher()
                 try:
@@ -162,6 +167,11 @@ def write_behind(
         return functools.update_wrapper(_shell(fn, plan), fn)
 
     return decorate
+
+
+def _partition(key: str, partitions: int) -> int:
+    """The queue partition of a key's writes: the same in every process, so they stay in order."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
 
 
 def check_batch(fn: Callable[..., Any], batch: Callable[..., Any] | None) -> None:

@@ -110,11 +110,19 @@ class WriteBehind:
     replica_wait: float = 0.2
     #: A Redis of the queues' own (a URL or a client), beside the cache's: None shares it.
     redis: Any = None
+    #: How many streams a writer's Redis queue is split into, each key's writes in one of them
+    #: (by a hash of the key, so they stay in order), each with its own hash tag, flusher lease,
+    #: claims and dead letters: on a cluster, a busy writer's queue spread over the masters.
+    partitions: int = 1
 
     def __post_init__(self) -> None:
         if self.when_full not in ("block", "raise"):
             raise ConfigValueError(
                 f"write_behind_when_full must be 'block' or 'raise', got {self.when_full!r}"
+            )
+        if type(self.partitions) is not int or not 1 <= self.partitions <= 64:
+            raise ConfigValueError(
+                f"write_behind_partitions must be an int from 1 to 64, got {self.partitions!r}"
             )
         for name in ("maxsize", "batch_size"):
             if getattr(self, name) < 1:

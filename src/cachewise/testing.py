@@ -193,7 +193,10 @@ class LocalCluster:
         try:
             options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                        "--cluster-node-timeout", str(node_timeout_ms),
-                       "--repl-diskless-sync-delay", "0"]  # fmt: skip
+                       "--repl-diskless-sync-delay", "0",
+                       # A master's offset moves (and the cluster hears of its replicas) within
+                       # a second, not after ten.
+                       "--repl-ping-replica-period", "1"]  # fmt: skip
             for _ in range(masters * (1 + replicas)):
                 self.nodes.append(RedisServer(*options, port=_cluster_port()))
             subprocess.run(
@@ -232,11 +235,20 @@ class LocalCluster:
 
     def _replicas_online(self) -> bool:
         """Whether every running master's replicas finished their first sync (a replica that
-        has not cannot be promoted)."""
+        has not cannot be promoted), and ``CLUSTER SLOTS`` lists them (it leaves out a replica
+        whose replication offset it has not heard of yet, so a client would not know it)."""
         for node in self.masters():
             info = _replication(node)
             replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
             if any(replica.get("state") != "online" for replica in replicas):
+                return False
+            client = node.client()
+            try:
+                slots = client.execute_command("CLUSTER", "SLOTS")
+            finally:
+                client.close()
+            own = [entry for entry in slots if int(entry[2][1]) == node.port]
+            if any(len(entry) - 3 < len(replicas) for entry in own):
                 return False
         return True
 
@@ -254,6 +266,103 @@ class LocalCluster:
                 node.stop()
 
     def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalSentinel:
+    """A master, its replica and one Sentinel watching them as ``service``, on loopback (each
+    stopped by its pid), with ``down-after-milliseconds`` ``down_after_ms`` so a failover takes
+    about a second. ``url`` is the ``redis+sentinel://`` URL of the service."""
+
+    def __init__(self, service: str = "main", down_after_ms: int = 1000) -> None:
+        import redis
+
+        self.service = service
+        self.servers: list[RedisServer] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir = tempfile.mkdtemp(prefix="cachewise-sentinel-")
+        try:
+            master = RedisServer("--repl-diskless-sync-delay", "0")
+            self.servers.append(master)
+            self.servers.append(
+                RedisServer("--replicaof", "127.0.0.1", str(master.port),
+                            "--repl-diskless-sync-delay", "0")
+            )  # fmt: skip
+            self.port = free_port()
+            conf = os.path.join(self.dir, "sentinel.conf")
+            with open(conf, "w") as out:
+                out.write(
+                    f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                    f"sentinel failover-timeout {service} {max(3000, 3 * down_after_ms)}\n"
+                )
+            binary = shutil.which("redis-server")
+            assert binary is not None
+            self.proc = subprocess.Popen(
+                [binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            self.sentinel: Any = redis.Redis(
+                port=self.port, socket_timeout=1, decode_responses=True
+            )
+            self._wait(self._ready, "the sentinel did not see the master and its replica")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"redis+sentinel://127.0.0.1:{self.port}/{service}"
+
+    def _wait(self, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    return
+            except Exception:  # the sentinel starting, or the switch under way
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(what)
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        """The sentinel knows the master and a replica that has synced and is up."""
+        replicas = self.sentinel.execute_command("SENTINEL", "REPLICAS", self.service)
+        return any(r["flags"] == "slave" and r.get("master-link-status") == "ok" for r in replicas)
+
+    def master(self) -> RedisServer:
+        """The server the sentinel names as the master now."""
+        _host, port = self.sentinel.execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+        )
+        return next(server for server in self.servers if server.port == int(port))
+
+    def failover(self) -> RedisServer:
+        """``SENTINEL FAILOVER``: the replica is promoted; returns once the sentinel names it
+        and sees the old master as its replica again."""
+        before = self.master()
+        self.sentinel.execute_command("SENTINEL", "FAILOVER", self.service)
+        self._wait(lambda: self.master() is not before, "no failover")
+        after = self.master()
+
+        def following() -> bool:  # asked of the old master: the sentinel hears it ~20 s later
+            info = _replication(before)
+            return info.get("master_port") == after.port and info["master_link_status"] == "up"
+
+        self._wait(following, "the old master did not follow the new one")
+        return after
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalSentinel:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -135,17 +135,29 @@ class Entries(EngineState):
         return StoreCall("invalidate", names, [backend.sender, message])
 
     def _drop(self, keys: list[str], tags: list[str]) -> Plan[None]:
-        """Drop values (with their leases) and tags' versions in Redis, then tell every process.
-        On a cluster, one INVALIDATE per value and per tag (each in its own slot), and the
-        event after all of them: a process told earlier could read back a value not yet gone."""
+        """Drop values (with their leases) and tags' versions in Redis, then tell every process;
+        with replicas, return once one has the drop (bounded), so a failover does not bring the
+        values back. On a cluster, one INVALIDATE per value and per tag (each in its own slot),
+        and the event after all of them: a process told earlier could read back a value not
+        yet gone."""
         backend = self.backend
         assert backend is not None
+        space = backend.keys
         if not backend.cluster:
-            call = self._drop_call(keys, tags)
-            if not backend.replicas or not backend.replica_wait:
-                yield RunScript(backend, *call)
-                return
-            _, acked = yield RunReplicated(backend, call, backend.wait_ms(backend.replica_wait))
+            calls = [self._drop_call(keys, tags)]
+        else:
+            calls = [ScriptCall("invalidate", [k, space.lease(k)], ["", ""]) for k in keys]
+            calls.extend(ScriptCall("invalidate", [space.tag(tag)], ["", ""]) for tag in tags)
+        if not calls:
+            return
+        if not backend.replicas or not backend.replica_wait:
+            if len(calls) == 1:
+                yield RunScript(backend, *calls[0])
+            else:
+                yield RunPipeline(backend, calls)
+        else:
+            wait_ms = backend.wait_ms(backend.replica_wait)
+            _, acked = yield RunReplicated(backend, calls, wait_ms)
             if acked < 1:
                 # Returned before a replica had it: a failover now could bring the values back.
                 self.counts[Count.INVALIDATIONS_UNREPLICATED] += 1
@@ -154,14 +166,9 @@ class Entries(EngineState):
                     "replicas had it (replica_wait=%ss): a failover now could undo it",
                     backend.replicas, backend.replica_wait,
                 )  # fmt: skip
-            return
-        space = backend.keys
-        calls = [ScriptCall("invalidate", [k, space.lease(k)], ["", ""]) for k in keys]
-        calls.extend(ScriptCall("invalidate", [space.tag(tag)], ["", ""]) for tag in tags)
-        if calls:
-            yield RunPipeline(backend, calls)
-        message = encode(Invalidated(backend.origin, tuple(keys), tuple(tags)))
-        yield RedisCall(backend, "publish", space.channel, message)
+        if backend.cluster:
+            message = encode(Invalidated(backend.origin, tuple(keys), tuple(tags)))
+            yield RedisCall(backend, "publish", space.channel, message)
 
     def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
         """The local entry of a shared one: it never outlives the Redis key it came from."""

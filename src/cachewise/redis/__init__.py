@@ -20,16 +20,17 @@ from .ops import (
     RedisCall,
     RedisOp,
     RunPipeline,
-    RunReplicated,
     RunScript,
     ScriptCall,
     ServerTime,
     text,
 )
+from .replicated import UNWAITED, RunReplicated
 
 __all__ = [
     "OUTAGE_ERRORS",
     "REDIS_ERRORS",
+    "UNWAITED",
     "AwaitEvent",
     "Backend",
     "Breaker",

@@ -70,18 +70,19 @@ class RedisOp(Op):
 class RedisCall(RedisOp):
     """One Redis command, on the sync client or on the running loop's async client."""
 
-    __slots__ = ("args", "method")
+    __slots__ = ("args", "kwargs", "method")
 
-    def __init__(self, backend: Backend, method: str, *args: Any) -> None:
+    def __init__(self, backend: Backend, method: str, *args: Any, **kwargs: Any) -> None:
         self.backend = backend
         self.method = method
         self.args = args
+        self.kwargs = kwargs
 
     def call_sync(self) -> Any:
-        return getattr(self.backend.sync_client(), self.method)(*self.args)
+        return getattr(self.backend.sync_client(), self.method)(*self.args, **self.kwargs)
 
     async def call_async(self) -> Any:
-        return await getattr(self.backend.async_client(), self.method)(*self.args)
+        return await getattr(self.backend.async_client(), self.method)(*self.args, **self.kwargs)
 
 
 class Fetch(RedisOp):
@@ -190,13 +191,18 @@ class ServerTime(RedisOp):
 
     def _done(self, client: Any, fresh: bool, before: float, reply: list[Any]) -> None:
         after = monotonic()
+        if self.backend.cluster and not fresh:
+            reply.pop(0)  # the topology's refresh
         replication = {} if self.backend.cluster else reply.pop(1)
         for answer in reply:
             if isinstance(answer, Exception):
                 raise answer
         self.backend.record_time(before, reply[0], after)
+        if self.backend.cluster:  # the replicas of the master with most, as the client sees
+            slots = client.nodes_manager.slots_cache.values()
+            self.backend.replicas = max((len(nodes) - 1 for nodes in slots), default=0)
         # A user refused INFO is told nothing about replicas: its invalidations do not wait.
-        if isinstance(replication, dict):
+        elif isinstance(replication, dict):
             self.backend.replicas = int(replication.get("connected_slaves", 0) or 0)
             if replication.get("cluster_enabled") and not self.backend.cluster:
                 log.error(
@@ -223,8 +229,12 @@ class ServerTime(RedisOp):
         """A cluster refuses TIME in a pipeline: ``TIME`` alone, and SCRIPT LOAD (sent to every
         master by redis-py) one by one, as a pipeline-like object both drivers run alike."""
         fresh = client not in self.backend.preloaded
-        steps = [client.time] + ([functools.partial(client.script_load, source)
-                                  for source in _SCRIPTS.values()] if fresh else [])  # fmt: skip
+        if not fresh:  # every minute: the slots' masters and replicas read again (a failover
+            # or a replica added is otherwise learnt only from a MOVED, and a replica's WAIT
+            # follows the replicas listed here)
+            return _Sequence([client.nodes_manager.initialize, client.time]), fresh
+        steps = [client.time] + [functools.partial(client.script_load, source)
+                                 for source in _SCRIPTS.values()]  # fmt: skip
         return _Sequence(steps), fresh
 
 
@@ -316,52 +326,6 @@ class RunPipeline(RedisOp):
         for i in self._unknown(replies):
             replies[i] = await scripts[i](keys=self.calls[i][1], args=self.calls[i][2])
         return self._checked(replies)
-
-
-class RunReplicated(RunPipeline):
-    """One script, then ``WAIT 1 <ms>`` on the same connection (one round trip): the reply comes
-    once a replica has what the script wrote, or when ``ms`` passed. Returns the script's reply
-    and how many replicas acknowledged. On NOSCRIPT (the refused call wrote nothing) the script
-    is loaded and both are sent again, so the WAIT still follows the write on its connection."""
-
-    __slots__ = ("wait_ms",)
-
-    def __init__(self, backend: Backend, call: ScriptCall, wait_ms: int) -> None:
-        super().__init__(backend, [call])
-        self.wait_ms = wait_ms
-
-    def _queue(self, pipe: Any, shas: list[str]) -> Any:
-        super()._queue(pipe, shas)
-        pipe.execute_command("WAIT", 1, self.wait_ms)
-        return pipe
-
-    def call_sync(self) -> list[Any]:
-        script = self.backend.sync_script(self.calls[0][0])
-        client = self.backend.sync_client()
-        replies = self._queue(client.pipeline(transaction=False), [script.sha]).execute(
-            raise_on_error=False
-        )
-        if self._unknown(replies):
-            client.script_load(script.script)
-            replies = self._queue(client.pipeline(transaction=False), [script.sha]).execute(
-                raise_on_error=False
-            )
-        reply, acked = self._checked(replies)
-        return [reply, int(acked)]
-
-    async def call_async(self) -> list[Any]:
-        script = self.backend.async_script(self.calls[0][0])
-        client = self.backend.async_client()
-        replies = await self._queue(client.pipeline(transaction=False), [script.sha]).execute(
-            raise_on_error=False
-        )
-        if self._unknown(replies):
-            await client.script_load(script.script)
-            replies = await self._queue(client.pipeline(transaction=False), [script.sha]).execute(
-                raise_on_error=False
-            )
-        reply, acked = self._checked(replies)
-        return [reply, int(acked)]
 
 
 class AwaitEvent(Op):

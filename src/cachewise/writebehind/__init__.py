@@ -25,6 +25,7 @@ from .types import (
     PendingWrite,
     WriteCall,
     pack_call,
+    partition_names,
     stream_name,
     unpack_call,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "WriteBehindQueue",
     "WriteCall",
     "pack_call",
+    "partition_names",
     "stream_name",
     "stream_order",
     "unpack_call",

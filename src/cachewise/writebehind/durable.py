@@ -48,7 +48,11 @@ class ServerCheck:
         backend = queue.backend
         now = self.queue.engine.timer()
         try:
-            info = yield RedisCall(backend, "info", "all")
+            if backend.cluster:  # every master's: the queue's partitions may be on any of them
+                found = yield RedisCall(backend, "info", "all", target_nodes="primaries")
+                infos = list(found.values()) if "maxmemory_policy" not in found else [found]
+            else:
+                infos = [(yield RedisCall(backend, "info", "all"))]
         except redis.exceptions.NoPermissionError as exc:
             # A Redis that will not say whether it evicts cannot be trusted with the queue.
             if not queue.options.allow_eviction:
@@ -59,8 +63,10 @@ class ServerCheck:
                     "Allow the INFO command for this user, give the queue a Redis of its own "
                     "(write_behind_redis=), or pass write_behind_allow_eviction=True"
                 ) from None
-            info = {}
-        policy = str(info.get("maxmemory_policy", "noeviction"))
+            infos = [{}]
+        evicting = [str(i.get("maxmemory_policy")) for i in infos]
+        evicting = [policy for policy in evicting if policy.startswith("allkeys-")]
+        policy = evicting[0] if evicting else "noeviction"
         if policy.startswith("allkeys-") and not queue.options.allow_eviction:
             raise WriteBehindNotDurable(
                 f"the Redis holding the write-behind queue of {queue.where} evicts any key under "
@@ -72,9 +78,9 @@ class ServerCheck:
                 "or pass write_behind_allow_eviction=True to accept the risk (a loss is then "
                 "detected, logged and counted, not prevented)"
             )
-        # On a cluster, INFO answers for one node of many: no replica WAIT there yet.
-        replicas = 0 if backend.cluster else int(info.get("connected_slaves", 0) or 0)
-        self.replicas = replicas
+        # An enqueue waits when the master has replicas (on a cluster: when any has; each
+        # master with none is not waited on).
+        self.replicas = max(int(i.get("connected_slaves", 0) or 0) for i in infos)
         self.checked_opens = backend.breaker.opens
         self.due_at = now + self.CHECK_EVERY
 

@@ -84,7 +84,7 @@ class StreamQueue(StreamReader):
                 reply = yield RunScript(self.backend, *script)
             else:
                 wait_ms = self.backend.wait_ms(self.options.replica_wait)
-                reply, acked = yield RunReplicated(self.backend, script, wait_ms)
+                (reply,), acked = yield RunReplicated(self.backend, [script], wait_ms)
             mine = self.loss.enqueued(key, packed, args[1], reply)
             if self.split:  # queued: now the cache half, which may fail open like any set
                 try:

@@ -96,3 +96,9 @@ def pack_call(call: WriteCall, where: str) -> bytes:
 def unpack_call(raw: bytes) -> WriteCall:
     args, kwargs = codec.unpack_value(raw)
     return WriteCall(tuple(args), dict(kwargs))
+
+
+def partition_names(writer: str, partitions: int) -> list[str]:
+    """The names of a writer's queue partitions: the writer's own name when it has one (the
+    layout of a queue that is not split), else ``<writer>/<n>``, each its own hash tag."""
+    return [writer] if partitions == 1 else [f"{writer}/{n}" for n in range(partitions)]
