@@ -5,8 +5,11 @@
 Rows, each timed in interleaved rounds (``_method``) and reported as the median of the per-round
 ratios: an L2 hit with L1 off against a raw ``GET`` and unpack; ``get_many`` of 100 keys (spread
 over every master) against redis-py's ``mget_nonatomic`` of the same keys, which groups them by
-slot and sends one pipeline per node; the same two for asyncio. The table goes into
-docs/benchmarks.md between the ``cluster`` markers; the run is saved under results/.
+slot and sends one pipeline per node; the same two for asyncio. Then the herds, on the cluster
+and on a single ``redis-server`` in the same run: a cold key called by 4 processes x 25 callers
+(50 ms loader; loads and caller p99), and a hot key's expiries under load (ttl 1 s, stale_ttl,
+100 ms loader, 500 calls/s from 4 processes; loads per expiry and caller p99). The tables go
+into docs/benchmarks.md between the ``cluster`` markers; the run is saved under results/.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import redis.asyncio.cluster  # noqa: E402
 import redis.cluster  # noqa: E402
 
+import redis_tier  # noqa: E402
 from _method import ainterleaved, arate, interleaved, rate, ratio, write_section  # noqa: E402
 from cachewise import Cache  # noqa: E402
-from cachewise.testing import LocalCluster  # noqa: E402
+from cachewise.testing import LocalCluster, RedisServer  # noqa: E402
 
 MARK, END = "<!-- cluster -->", "<!-- /cluster -->"
 VALUE = {"id": 1, "name": "x" * 40, "tags": [1, 2, 3]}
@@ -102,6 +106,63 @@ def run(url: str, rounds: int = 7) -> dict[str, Any]:
     return {"rounds": rounds, "rows": rows}
 
 
+HERD_VARIANTS = ["cachewise threads", "cachewise tasks"]
+EXPIRY_VARIANTS = ["cachewise stale_ttl threads", "cachewise stale_ttl tasks"]
+
+
+def herds(cluster_url: str, single_url: str, counter_url: str, rounds: int = 3) -> dict[str, Any]:
+    """The cold-key herd and the expiry under load, on the cluster and on one Redis, counted
+    on a third (a plain Redis the loaders push to)."""
+    out: dict[str, Any] = {}
+    for where, url in (("single", single_url), ("cluster", cluster_url)):
+        out[where] = {
+            "cold": redis_tier.cold_key_fleet(
+                url, rounds, variants=HERD_VARIANTS, counter_url=counter_url
+            ),
+            "expiry": redis_tier.expiry_under_load(
+                url, variants=EXPIRY_VARIANTS, counter_url=counter_url
+            ),
+        }
+    return out
+
+
+def render_herds(data: dict[str, Any]) -> list[str]:
+    single, cluster = data["single"], data["cluster"]
+    lines = [
+        "",
+        "Cold key, 4 processes × 25 callers, 50 ms loader "
+        f"({data['rounds']} rounds; p99 median over rounds):",
+        "",
+        "| variant | loads (most in a round), single / cluster | p99 ms, single | p99 ms, cluster "
+        "| cluster / single | target |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant in HERD_VARIANTS:
+        a, b = single["cold"][variant], cluster["cold"][variant]
+        pa, pb = a["p99_ms"]["median"], b["p99_ms"]["median"]
+        lines.append(
+            f"| {variant} | {a['loads_max']} / {b['loads_max']} | {pa:.1f} | {pb:.1f} | "
+            f"{pb / pa:.2f} | 1 load, ≤ 1.1 |"
+        )
+    lines += [
+        "",
+        "Expiry under load: ttl 1 s, stale_ttl 30 s, 100 ms loader, 500 calls/s from 4 processes "
+        "for 3 s:",
+        "",
+        "| variant | calls | raised | most loads for one expiry, single / cluster "
+        "| p99 ms, single | p99 ms, cluster | target |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant in EXPIRY_VARIANTS:
+        a, b = single["expiry"][variant], cluster["expiry"][variant]
+        lines.append(
+            f"| {variant} | {b['calls']} | {b['errors']} | {a['max_loads_per_expiry']} / "
+            f"{b['max_loads_per_expiry']} | {a['p99_ms']:.2f} | {b['p99_ms']:.2f} "
+            "| 1 load, p99 ≤ 1 ms |"
+        )
+    return lines
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         MARK,
@@ -117,6 +178,8 @@ def render(data: dict[str, Any]) -> str:
             f"| {r['flavour']} | {r['row']} | {r['us']:.1f} | {got['median']:.2f} "
             f"({got['min']:.2f}..{got['max']:.2f}) | ≤ {r['target']} |"
         )
+    if "herds" in data:
+        lines += render_herds(data["herds"])
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -126,8 +189,10 @@ def write_docs(section: str) -> None:
 
 
 def main() -> int:
-    with LocalCluster() as cluster:
+    with LocalCluster() as cluster, RedisServer() as single, RedisServer() as counter:
         data = run(cluster.url)
+        data["herds"] = herds(cluster.url, single.url, counter.url)
+        data["herds"]["rounds"] = 3
     now = datetime.datetime.now(datetime.timezone.utc)
     data["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
     saved = ROOT / "benchmarks" / "results" / f"cluster-{now.strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -248,8 +248,12 @@ def bulk(url: str, rounds: int, number: int) -> dict[str, Any]:
 # -- many processes ---------------------------------------------------------------------------
 
 
-def _make_sync(variant: str, url: str, ns: str, ttl: float, load_s: float) -> Callable[[], Any]:
-    counter = redis.Redis.from_url(url)
+def _make_sync(
+    variant: str, url: str, ns: str, ttl: float, load_s: float, counter_url: str | None = None
+) -> Callable[[], Any]:
+    """The call under test; its loads are counted on ``counter_url`` (a plain Redis; the cache's
+    own when not given)."""
+    counter = redis.Redis.from_url(counter_url or url)
     counter.ping()  # connected before the clock starts, as the cache under test is
 
     def load_body() -> str:
@@ -289,8 +293,10 @@ def _make_sync(variant: str, url: str, ns: str, ttl: float, load_s: float) -> Ca
     raise ValueError(variant)
 
 
-def _make_async(variant: str, url: str, ns: str, ttl: float, load_s: float) -> Any:
-    counter = redis.asyncio.Redis.from_url(url)
+def _make_async(
+    variant: str, url: str, ns: str, ttl: float, load_s: float, counter_url: str | None = None
+) -> Any:
+    counter = redis.asyncio.Redis.from_url(counter_url or url)
 
     async def load_body() -> str:
         await counter.rpush(f"{ns}:starts", time.time())  # as in ``_make_sync``
@@ -360,19 +366,21 @@ def _async_variant(
     raise ValueError(variant)
 
 
-def _cold_worker(variant: str, url: str, ns: str, callers: int, start: Any, out: Any) -> None:
+def _cold_worker(
+    variant: str, url: str, ns: str, callers: int, counter_url: str | None, start: Any, out: Any
+) -> None:
     latencies: list[float] = []
     if variant.endswith("tasks"):
 
         async def main() -> list[float]:
-            warm, call = _make_async(variant, url, ns, 60, 0.05)
+            warm, call = _make_async(variant, url, ns, 60, 0.05, counter_url)
             await warm()
             await asyncio.to_thread(start.wait)
             return await task_herd(callers, call)
 
         latencies = asyncio.run(main())
     else:
-        call = _make_sync(variant, url, ns, 60, 0.05)
+        call = _make_sync(variant, url, ns, 60, 0.05, counter_url)
         start.wait()
         latencies = thread_herd(callers, call)
     out.put(latencies)
@@ -382,17 +390,24 @@ COLD_VARIANTS = ["cachewise threads", "cachewise tasks", "cashews lock=True task
                  "dogpile distributed_lock threads", "aiocache cached_stampede tasks"]  # fmt: skip
 
 
-def cold_key_fleet(url: str, rounds: int, processes: int = 4, callers: int = 25) -> dict[str, Any]:
-    client = redis.Redis.from_url(url)
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in COLD_VARIANTS}
+def cold_key_fleet(
+    url: str,
+    rounds: int,
+    processes: int = 4,
+    callers: int = 25,
+    variants: list[str] = COLD_VARIANTS,
+    counter_url: str | None = None,
+) -> dict[str, Any]:
+    client = redis.Redis.from_url(counter_url or url)
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for r in range(rounds):
-        order = list(COLD_VARIANTS)
+        order = list(variants)
         random.shuffle(order)
         for variant in order:
             ns = f"cold{r}-{variant.split()[0]}-{random.randrange(10**9)}"
             start, out = ctx.Barrier(processes), ctx.Queue()
-            procs = [ctx.Process(target=_cold_worker, args=(variant, url, ns, callers, start, out))
-                     for _ in range(processes)]  # fmt: skip
+            args = (variant, url, ns, callers, counter_url, start, out)
+            procs = [ctx.Process(target=_cold_worker, args=args) for _ in range(processes)]
             for p in procs:
                 p.start()
             latencies = [lat for _ in procs for lat in out.get(timeout=120)]
@@ -551,14 +566,21 @@ async def offer_async(
 
 
 def _expiry_worker(
-    variant: str, url: str, ns: str, rate: float, seconds: float, start: Any, out: Any
+    variant: str,
+    url: str,
+    ns: str,
+    rate: float,
+    seconds: float,
+    counter_url: str | None,
+    start: Any,
+    out: Any,
 ) -> None:
     """Offer ``rate`` calls/s for ``seconds``; puts the latencies and how many calls raised."""
     count = int(rate * seconds)
     if variant.endswith("tasks"):
 
         async def main() -> tuple[list[float], int]:
-            warm, call = _make_async(variant, url, ns, 1.0, 0.1)
+            warm, call = _make_async(variant, url, ns, 1.0, 0.1, counter_url)
             await warm()
             await call()  # the key exists before the clock starts
             await asyncio.to_thread(start.wait)
@@ -566,7 +588,7 @@ def _expiry_worker(
 
         out.put(asyncio.run(main()))
         return
-    call = _make_sync(variant, url, ns, 1.0, 0.1)
+    call = _make_sync(variant, url, ns, 1.0, 0.1, counter_url)
     call()
     start.wait()
     out.put(offer_sync(call, rate, count))
@@ -606,15 +628,20 @@ def run_fleet(
 
 
 def expiry_under_load(
-    url: str, processes: int = 4, total_rate: float = 500.0, seconds: float = 3.0
+    url: str,
+    processes: int = 4,
+    total_rate: float = 500.0,
+    seconds: float = 3.0,
+    variants: list[str] = EXPIRY_VARIANTS,
+    counter_url: str | None = None,
 ) -> dict[str, Any]:
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(counter_url or url)
     results: dict[str, Any] = {}
-    order = list(EXPIRY_VARIANTS)
+    order = list(variants)
     random.shuffle(order)
     for variant in order:
         ns = f"exp-{variant.split()[0]}-{random.randrange(10**9)}"
-        args = (variant, url, ns, total_rate / processes, seconds)
+        args = (variant, url, ns, total_rate / processes, seconds, counter_url)
         replies, after = run_fleet(_expiry_worker, args, processes, client, ns)
         latencies = [lat for got, _ in replies for lat in got]
         loads = len(after)

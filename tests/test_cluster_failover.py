@@ -11,6 +11,8 @@ import time
 
 import pytest
 import redis.cluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cachewise import Cache, WriteBehindUnavailable
 from cachewise.redis.keyspace import KeySpace
@@ -189,3 +191,39 @@ def _master_of(cluster: LocalCluster, key: str) -> RedisServer:
     finally:
         client.close()
     return next(node for node in cluster.nodes if node.port == port)
+
+
+def test_an_invalidation_that_failed_while_its_master_was_down_is_replayed(
+    namespace: str,
+) -> None:
+    with LocalCluster() as cluster:
+        # A client that gives up at once (redis-py's default retries ride out the failover).
+        client = redis.cluster.RedisCluster.from_url(
+            cluster.url, retry=Retry(NoBackoff(), 0), socket_timeout=0.5
+        )
+        cache = Cache(client, namespace=namespace, l1_maxsize=0)
+        space = KeySpace(namespace)
+        victim = _master_of(cluster, space.entry("k"))
+        cache.set("k", "old", ttl=60)
+        replica = _replica_of(cluster, victim)
+        reader = replica.client()
+        reader.execute_command("READONLY")  # a replica answers for its master's slots
+        wait_until(lambda: reader.exists(space.entry("k")) == 1, timeout=10)
+        reader.close()
+        victim.kill()
+        cache.invalidate("k")  # its master is gone: remembered, not lost
+        assert cache.stats()["redis_errors"] >= 1 and cache._engine.backlog_keys
+        wait_until(lambda: replica in cluster.masters(), timeout=30)
+        cluster.wait_ok(timeout=30)
+        on_cluster = redis.cluster.RedisCluster.from_url(replica.url)
+        try:
+            # Any call sends what was remembered, once the slot's new master answers.
+            wait_until(
+                lambda: cache.get("other") is None and not on_cluster.exists(space.entry("k")),
+                timeout=30,
+            )
+        finally:
+            on_cluster.close()
+        assert cache.get("k") is None and not cache._engine.backlog_keys
+        cache.close(timeout=1)
+        client.close()
