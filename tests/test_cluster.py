@@ -448,3 +448,29 @@ def test_the_slots_and_their_replicas_are_read_again_every_minute(
     cache.get("k")
     assert refreshed == [1] and backend.replicas == 1
     assert cache.stats()["redis_errors"] == 0
+
+
+async def test_clear_scans_every_master(cluster: LocalCluster, namespace: str) -> None:
+    """``clear`` drops the namespace's entries on every master (a SCAN per master), no other
+    namespace's, sync and async."""
+    cache = Cache(cluster.url, namespace=namespace)
+    other = Cache(cluster.url, namespace=namespace + "x")
+    raw = admin(cluster)
+    try:
+        for round_ in ("sync", "async"):
+            for i in range(300):
+                await cache.aset(f"k{i}", i, ttl=60)
+            await other.aset("k1", "kept", ttl=60)
+            holders = {raw.get_node_from_key(KeySpace(namespace).entry(f"k{i}")).port
+                       for i in range(300)}  # fmt: skip
+            assert len(holders) == 3
+            dropped = cache.clear() if round_ == "sync" else await cache.aclear()
+            assert dropped == 300
+            left = [k for m in cluster.masters() for k in m.client().scan_iter(f"{namespace}:*")]
+            assert left == []
+            assert await other.aget("k1") == "kept"
+        assert cache.stats()["redis_errors"] == 0
+    finally:
+        raw.close()
+        await cache.aclose()
+        await other.aclose()

@@ -41,6 +41,18 @@ class Lifecycle:
     _queues: list[WriteBehindQueue]
     _closed: bool
 
+    # -- the namespace -------------------------------------------------------------------------
+
+    def clear(self) -> int:
+        """Drop every entry of this namespace, in Redis and in every process' L1; no other
+        namespace's keys, and never write-behind queues or writes not yet in the store. With
+        Redis: a bounded ``SCAN`` on every master, then one event; returns the keys dropped
+        in Redis (without Redis: the entries this process held)."""
+        return run_sync(self._engine.clear())
+
+    async def aclear(self) -> int:
+        return await run_async(self._engine.clear())
+
     # -- write-behind control -------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> FlushReport:

@@ -20,6 +20,7 @@ from ..redis import (
     REDIS_ERRORS,
     AwaitEvent,
     Backend,
+    ClearNamespace,
     Listener,
     RedisCall,
     RunScript,
@@ -85,7 +86,9 @@ class Coherence(Entries):
         return listener is None or listener.first_due or backend.setup_due() or self.backlog_due()
 
     def backlog_due(self) -> bool:
-        return bool(self.backlog_keys or self.backlog_tags or self.backlog_overflow)
+        return bool(
+            self.backlog_keys or self.backlog_tags or self.backlog_overflow or self.backlog_clear
+        )
 
     def remember(self, keys: Iterable[str], tags: Iterable[str] = ()) -> None:
         """An invalidation that did not reach Redis: keep it for when Redis answers again."""
@@ -103,9 +106,12 @@ class Coherence(Entries):
         assert backend is not None
         with self.lock:
             keys, tags = list(self.backlog_keys), list(self.backlog_tags)
-            overflow = self.backlog_overflow
+            overflow, cleared = self.backlog_overflow, self.backlog_clear
             self.backlog_keys, self.backlog_tags, self.backlog_overflow = set(), set(), False
+            self.backlog_clear = False
         try:
+            if cleared:
+                yield from self._clear_shared()
             if overflow:
                 reset = encode(Reset(backend.origin))
                 yield RedisCall(backend, "publish", backend.keys.channel, reset)
@@ -114,9 +120,18 @@ class Coherence(Entries):
             self.counts[Count.OUTAGE_INVALIDATIONS_SENT] += len(keys) + len(tags)
         except REDIS_ERRORS:
             self.remember(keys, tags)  # try again with the next call
-            if overflow:
-                self.backlog_overflow = True
+            self.backlog_overflow |= overflow
+            self.backlog_clear |= cleared
             raise
+
+    def _clear_shared(self) -> Plan[int]:
+        """Drop the namespace's cache data from Redis, then tell every process to empty its L1
+        (after: a process told earlier could read back a value not yet gone)."""
+        backend = self.backend
+        assert backend is not None
+        dropped: int = yield ClearNamespace(backend)
+        yield RedisCall(backend, "publish", backend.keys.channel, encode(Reset(backend.origin)))
+        return dropped
 
     # -- events from other processes ------------------------------------------------------------
 

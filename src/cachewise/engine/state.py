@@ -103,6 +103,8 @@ class EngineState:
         self.backlog_keys: set[str] = set()
         self.backlog_tags: set[str] = set()
         self.backlog_overflow = False
+        #: A ``clear`` that did not reach Redis, sent again with the next call that does.
+        self.backlog_clear = False
         #: Bumped (under ``self.lock``) by every change a read racing it must not undo: the
         #: lone-caller fast path keeps what it read in L1 only if the epoch did not move.
         self.epoch = 0

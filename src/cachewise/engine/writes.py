@@ -116,6 +116,36 @@ class Writes(Coherence):
         self.notify(InvalidationEvent(tuple(dict.fromkeys(keys)), tags, "local"))
         return len(dropped)
 
+    def clear(self) -> Plan[int]:
+        """Drop every entry of the namespace: here, in Redis and in every process' L1 (pinned
+        write-behind values and queued writes stay: they are data). How many keys Redis
+        dropped, or without Redis how many entries L1 held. Redis failing is logged, counted,
+        and the clear sent again with the next call that reaches it."""
+        held = self._empty_local()
+        backend = self.backend
+        if backend is None:
+            return held
+        try:
+            yield from self._ensure_backend()
+            dropped = yield from self._clear_shared()
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            with self.lock:
+                self.backlog_clear = True
+            return 0
+        self._empty_local()  # what a read here brought back from Redis meanwhile
+        return dropped
+
+    def _empty_local(self) -> int:
+        """Empty L1, and keep running loads from storing what they began before."""
+        with self.lock:
+            held = len(self.l1)
+            self.epoch += 1
+            self.l1.clear()
+            for flight in self.flights.values():
+                flight.invalidated = True
+        return held
+
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()

@@ -13,6 +13,7 @@ event loop, because a redis.asyncio connection belongs to the loop that opened i
 from .api import Backend, EventSource
 from .backend import RedisBackend
 from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker, CircuitOpen
+from .clear import ClearNamespace
 from .listener import Listener
 from .ops import (
     AwaitEvent,
@@ -35,6 +36,7 @@ __all__ = [
     "Backend",
     "Breaker",
     "CircuitOpen",
+    "ClearNamespace",
     "EventSource",
     "Fetch",
     "Listener",

@@ -86,6 +86,11 @@ class KeySpace:
         """The event channel of one listener (``listener`` is its random id)."""
         return f"{self.channel}:{listener}"
 
+    def droppable(self, name: str) -> bool:
+        """Whether a key of the namespace is cache data ``clear`` drops: a value, a lease, a
+        tag's version; never a write-behind queue or pending write (data, not cache)."""
+        return name.startswith((self.prefix + "{", self._lease, self._tag))
+
     def writer(self, kind: str, writer: str) -> str:
         """A write-behind writer's key: ``kind`` is ``wb`` (its stream), ``wbdead`` (dead
         letters), ``wbflusher`` (the flusher lease), ``wbnewest`` (newest write per key) or

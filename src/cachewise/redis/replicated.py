@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import weakref
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
@@ -20,6 +19,7 @@ import redis.asyncio
 from .breaker import REDIS_ERRORS
 from .ops import RunPipeline, ScriptCall
 from .scripts import SCRIPTS as _SCRIPTS
+from .steps import drive_async, drive_sync, node_client
 
 #: The replicas a write was acknowledged by when no master it went to has any: nothing was
 #: waited for, and nothing is counted as unreplicated (as on a Redis without replicas).
@@ -40,10 +40,6 @@ class _Group(NamedTuple):
     node: Any
     indexes: list[int]
     wait: bool
-
-
-#: An asyncio cluster client's plain clients, one per master (the sync client has its own).
-_NODE_CLIENTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 class RunReplicated(RunPipeline):
@@ -132,7 +128,7 @@ class RunReplicated(RunPipeline):
             return client
         if node is None:
             return None
-        return _node_client(client, node) if asynchronous else client.get_redis_connection(node)
+        return node_client(client, node, asynchronous)
 
     def call_sync(self) -> list[Any]:
         client = self.backend.sync_client()
@@ -140,7 +136,7 @@ class RunReplicated(RunPipeline):
         acked = UNWAITED
         for group in self._groups(client):
             steps = self._group(self._target(client, group.node, False), group, False, out)
-            acked = min(acked, _run_sync(steps))
+            acked = min(acked, drive_sync(steps))
         return [self._checked(out), acked]
 
     async def call_async(self) -> list[Any]:
@@ -149,7 +145,7 @@ class RunReplicated(RunPipeline):
         groups = self._groups(client)
         acks = await asyncio.gather(
             *(
-                _run_async(self._group(self._target(client, group.node, True), group, True, out))
+                drive_async(self._group(self._target(client, group.node, True), group, True, out))
                 for group in groups
             )
         )
@@ -160,46 +156,3 @@ class RunReplicated(RunPipeline):
 def _sha(name: str) -> str:
     """A script's SHA1, as EVALSHA names it (the digest Redis keys scripts by)."""
     return hashlib.sha1(_SCRIPTS[name].encode()).hexdigest()
-
-
-def _run_sync(steps: Generator[Callable[[], Any], Any, int]) -> int:
-    """Carry out a group's steps on a sync client."""
-    try:
-        step = next(steps)
-        while True:
-            try:
-                reply = step()
-            except REDIS_ERRORS as exc:
-                step = steps.throw(exc)
-            else:
-                step = steps.send(reply)
-    except StopIteration as done:
-        return int(done.value)
-
-
-async def _run_async(steps: Generator[Callable[[], Any], Any, int]) -> int:
-    """Carry out a group's steps on an asyncio client."""
-    try:
-        step = next(steps)
-        while True:
-            try:
-                reply = await step()
-            except REDIS_ERRORS as exc:
-                step = steps.throw(exc)
-            else:
-                step = steps.send(reply)
-    except StopIteration as done:
-        return int(done.value)
-
-
-def _node_client(cluster: Any, node: Any) -> Any:
-    """A plain asyncio client of one master of an asyncio cluster client, with its connection
-    settings (TLS, credentials, timeouts): redis-py's asyncio cluster has none to lend."""
-    clients = _NODE_CLIENTS.setdefault(cluster, {})
-    client = clients.get(node.name)
-    if client is None:
-        pool = redis.asyncio.ConnectionPool(
-            connection_class=node.connection_class, **node.connection_kwargs
-        )
-        client = clients[node.name] = redis.asyncio.Redis(connection_pool=pool)
-    return client

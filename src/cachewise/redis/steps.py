@@ -1,0 +1,69 @@
+"""Operations written once as a generator of steps (each a call that returns a reply on a sync
+client, or an awaitable of it on an asyncio one) and carried out by the two drivers here: for
+work that takes several round trips whose order depends on the replies (a pipeline per master,
+a NOSCRIPT retry, a SCAN's cursor), without a sync and an async copy of it."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+import redis.asyncio
+
+from .breaker import REDIS_ERRORS
+
+T = TypeVar("T")
+
+#: Steps: each a call made by the driver; what it returned (or raised) is sent back in.
+Steps = Generator[Callable[[], Any], Any, T]
+
+
+def drive_sync(steps: Steps[T]) -> T:
+    """Carry out steps on a sync client (a Redis error is thrown back into them)."""
+    try:
+        step = next(steps)
+        while True:
+            try:
+                reply = step()
+            except REDIS_ERRORS as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(reply)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def drive_async(steps: Steps[T]) -> T:
+    """Carry out steps on an asyncio client (a Redis error is thrown back into them)."""
+    try:
+        step = next(steps)
+        while True:
+            try:
+                reply = await step()
+            except REDIS_ERRORS as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(reply)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+#: An asyncio cluster client's plain clients, one per master (the sync client has its own).
+_NODE_CLIENTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def node_client(cluster: Any, node: Any, asynchronous: bool) -> Any:
+    """A plain client of one node of a cluster client, with its connection settings (TLS,
+    credentials, timeouts): the sync cluster client lends its own; redis-py's asyncio cluster
+    has none to lend, so one is made per node (and kept with the cluster client)."""
+    if not asynchronous:
+        return cluster.get_redis_connection(node)
+    clients = _NODE_CLIENTS.setdefault(cluster, {})
+    client = clients.get(node.name)
+    if client is None:
+        pool = redis.asyncio.ConnectionPool(
+            connection_class=node.connection_class, **node.connection_kwargs
+        )
+        client = clients[node.name] = redis.asyncio.Redis(connection_pool=pool)
+    return client
