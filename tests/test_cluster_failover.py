@@ -227,3 +227,38 @@ def test_an_invalidation_that_failed_while_its_master_was_down_is_replayed(
         assert cache.get("k") is None and not cache._engine.backlog_keys
         cache.close(timeout=1)
         client.close()
+
+
+def test_a_master_that_stops_answering_turns_off_only_its_own_slots(namespace: str) -> None:
+    """Each master has its own circuit breaker: with one master gone (and no replica to take
+    over), calls of its slots fail open at once, and the other masters still serve theirs."""
+    with LocalCluster(3, 0, 1000, "--cluster-require-full-coverage", "no") as cluster:
+        client = redis.cluster.RedisCluster.from_url(
+            cluster.url, retry=Retry(NoBackoff(), 0), socket_timeout=0.3
+        )
+        cache = Cache(client, namespace=namespace, l1_maxsize=0, breaker_threshold=2)
+        space = KeySpace(namespace)
+        victim = _master_of(cluster, space.entry("k0"))
+        on_victim = [
+            f"k{i}" for i in range(200) if _master_of_key(client, space, f"k{i}") == victim.port
+        ]
+        elsewhere = [
+            f"k{i}" for i in range(200) if _master_of_key(client, space, f"k{i}") != victim.port
+        ]
+        for key in on_victim[:5] + elsewhere[:5]:
+            cache.set(key, "v", ttl=60)
+        victim.kill()
+        for key in on_victim[:5]:
+            assert cache.get_or_load(key, lambda: "loaded", ttl=60) == "loaded"  # fail open
+        stats = cache.stats()
+        assert stats["breaker_state"] == "open" and stats["breaker_opens"] == 1
+        errors = stats["redis_errors"]
+        for key in elsewhere[:5]:  # still from Redis, not refused
+            assert cache.get_or_load(key, lambda: "loaded", ttl=60) == "v"
+        assert cache.stats()["redis_errors"] == errors
+        cache.close(timeout=1)
+        client.close()
+
+
+def _master_of_key(client: redis.cluster.RedisCluster, space: KeySpace, key: str) -> int:
+    return int(client.get_node_from_key(space.entry(key)).port)

@@ -162,11 +162,14 @@ class Lifecycle:
         out = self._engine.stats()
         backend = self._engine.backend
         if backend is not None:
-            breaker = backend.breaker
+            # On a cluster, the worst of the Cache's breaker and its masters' (see NodeBreakers).
+            breakers = backend.breakers()
+            states = {breaker.state for breaker in breakers}
+            worst = next(s for s in ("open", "half-open", "closed") if s in states)
             out.update(
-                breaker_state=breaker.state,
-                breaker_opens=breaker.opens,
-                short_circuits=breaker.short_circuits,
+                breaker_state=worst,
+                breaker_opens=sum(breaker.opens for breaker in breakers),
+                short_circuits=sum(breaker.short_circuits for breaker in breakers),
             )
         out["write_behind_pending"] = sum(len(q.pending) + len(q.busy) for q in self._queues)
         out["write_behind_dead_lettered"] = sum(q.totals.dead_lettered for q in self._queues)

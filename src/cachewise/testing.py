@@ -183,9 +183,12 @@ def _replication(node: RedisServer) -> dict[str, Any]:
 class LocalCluster:
     """A Redis Cluster on loopback: ``masters`` x (1 + ``replicas``) ``redis-server`` processes
     (each a ``RedisServer``, stopped by its pid), joined by ``redis-cli --cluster create``, with
-    ``cluster-node-timeout`` ``node_timeout_ms`` so a failover takes about a second."""
+    ``cluster-node-timeout`` ``node_timeout_ms`` so a failover takes about a second; ``extra``
+    options are given to every node."""
 
-    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000, *extra: str
+    ) -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not installed")
@@ -196,7 +199,7 @@ class LocalCluster:
                        "--repl-diskless-sync-delay", "0",
                        # A master's offset moves (and the cluster hears of its replicas) within
                        # a second, not after ten.
-                       "--repl-ping-replica-period", "1"]  # fmt: skip
+                       "--repl-ping-replica-period", "1", *extra]  # fmt: skip
             for _ in range(masters * (1 + replicas)):
                 self.nodes.append(RedisServer(*options, port=_cluster_port()))
             subprocess.run(

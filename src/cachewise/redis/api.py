@@ -60,6 +60,10 @@ class Backend(Protocol):
     replica_wait: float
     replicas: int
 
+    def breaker_for(self, key: str) -> Breaker: ...
+
+    def breakers(self) -> list[Breaker]: ...
+
     @property
     def inbox(self) -> str: ...
 

@@ -24,7 +24,7 @@ from redis.commands.core import AsyncScript, Script
 
 from .._clock import Clock, monotonic
 from ..errors import ConfigTypeError, ConfigValueError
-from .breaker import Breaker
+from .breaker import Breaker, NodeBreakers
 from .clients import (
     ASYNC_CLIENTS,
     SYNC_CLIENTS,
@@ -65,6 +65,10 @@ class RedisBackend:
         self.timer = timer
         #: ``on_recover`` is set by the engine: L1 cannot be trusted after an outage.
         self.breaker = Breaker(breaker_threshold, breaker_reset, lambda: None, timer)
+        #: On a cluster, each master's breaker (``breaker_for``).
+        self.node_breakers = NodeBreakers(self.breaker)
+        #: A cluster client made here or given, whose view of the slots ``breaker_for`` uses.
+        self._topology: Any = None
         #: Every key and channel name of the namespace.
         self.keys = KeySpace(namespace)
         self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
@@ -124,6 +128,8 @@ class RedisBackend:
                 "client of either kind, or a (sync, async) pair of them, not "
                 f"{type(spec).__name__}"
             )
+        if self._cluster and self._sync is not None:
+            self._topology = self._sync  # a cluster client given
         self._lock = threading.Lock()
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
@@ -152,6 +158,17 @@ class RedisBackend:
             if self._sentinel is None:
                 self._settings = settings_of(client)
 
+    def breaker_for(self, key: str) -> Breaker:
+        """The breaker a call of ``key`` counts on: on a cluster, that of the master serving
+        its slot; else the one breaker."""
+        if self._topology is None:
+            return self.breaker
+        return self.node_breakers.of(self._topology, key)
+
+    def breakers(self) -> list[Breaker]:
+        """Every breaker: the ``Cache``'s, then each master's (on a cluster)."""
+        return self.node_breakers.all()
+
     @property
     def cluster(self) -> bool:
         """Whether Redis is a cluster. For a URL, known once a client was made (every plan
@@ -178,6 +195,8 @@ class RedisBackend:
                     else:
                         self._sync = kind(**self._settings)
                     self._owns_sync = True
+                if self.cluster:
+                    self._topology = self._sync
         return self._sync
 
     def async_client(self) -> Any:
@@ -198,6 +217,8 @@ class RedisBackend:
                 source = self._given_async if self._given_async is not None else self._sync
                 client = kind(**settings_of(source))
             self._async[loop] = client
+            if self.cluster and self._topology is None:
+                self._topology = client
         return client
 
     def sync_script(self, name: str) -> Script:

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.crc import key_slot
 
 from .._clock import Clock, monotonic
 
@@ -43,9 +44,10 @@ class CircuitOpen(redis.exceptions.ConnectionError):
 
 
 class Breaker:
-    """A circuit breaker per ``Cache``: after ``threshold`` outage errors in a row it opens, and
-    Redis calls fail at once instead of each paying a timeout; after ``reset`` seconds one call
-    goes through as a probe (half-open) and closes it if it succeeds.
+    """A circuit breaker (per ``Cache``, and on a cluster per master too): after ``threshold``
+    outage errors in a row it opens, and Redis calls fail at once instead of each paying a
+    timeout; after ``reset`` seconds one call goes through as a probe (half-open) and closes it
+    if it succeeds.
 
     Hand-written: a few fields on the hot path (closed is one attribute read per call), which
     the breaker libraries on PyPI (pybreaker, aiobreaker) do not offer for sync and async alike.
@@ -116,3 +118,30 @@ class Breaker:
                     )
                 self.state = self.OPEN
                 self.opened_at = self.timer()
+
+
+class NodeBreakers:
+    """On a cluster, a breaker per master beside the ``Cache``'s own: a call of one key counts
+    on the breaker of the master serving its slot, so a master that stops answering turns off
+    the calls of its slots only; calls that span masters (bulk reads, pipelines, events) count
+    on the ``Cache``'s. Each master's breaker has the settings of the ``Cache``'s, and its
+    recovery empties L1 as that one's does."""
+
+    def __init__(self, main: Breaker) -> None:
+        self.main = main
+        self.by_node: dict[str, Breaker] = {}
+
+    def of(self, client: Any, key: str) -> Breaker:
+        """The breaker of the master ``client`` last saw serving ``key``'s slot."""
+        nodes = client.nodes_manager.slots_cache.get(key_slot(key.encode("utf-8", "surrogatepass")))
+        if not nodes:
+            return self.main
+        breaker = self.by_node.get(nodes[0].name)
+        if breaker is None:
+            main = self.main
+            made = Breaker(main.threshold, main.reset, lambda: main.on_recover(), main.timer)
+            breaker = self.by_node.setdefault(nodes[0].name, made)
+        return breaker
+
+    def all(self) -> list[Breaker]:
+        return [self.main, *list(self.by_node.values())]

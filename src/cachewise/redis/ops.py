@@ -48,8 +48,13 @@ class RedisOp(Op):
     async def call_async(self) -> Any:
         raise NotImplementedError
 
+    def _breaker(self) -> Breaker:
+        """The breaker this call counts on: the ``Cache``'s, unless it touches one key (on a
+        cluster, its master's)."""
+        return self.backend.breaker
+
     def run_sync(self) -> Any:
-        breaker = self.backend.breaker
+        breaker = self._breaker()
         breaker.check()
         try:
             return breaker.passed(self.call_sync())
@@ -58,7 +63,7 @@ class RedisOp(Op):
             raise
 
     async def run_async(self) -> Any:
-        breaker = self.backend.breaker
+        breaker = self._breaker()
         breaker.check()
         try:
             return breaker.passed(await self.call_async())
@@ -101,21 +106,29 @@ class Fetch(RedisOp):
         self.backend = backend
         self.keys = keys
 
+    def _breaker(self) -> Breaker:
+        keys = self.keys
+        if type(keys) is str:
+            return self.backend.breaker_for(keys)
+        return self.backend.breaker_for(keys[0]) if len(keys) == 1 else self.backend.breaker
+
     def run_sync(self) -> tuple[Any, BaseException | None]:
-        if self.backend.breaker.state is not Breaker.CLOSED and (refused := self._refused()):
+        breaker = self._breaker()
+        if breaker.state is not Breaker.CLOSED and (refused := _refused(breaker)):
             return None, refused
         try:
-            return self._read(self._request(self.backend.sync_client()))
+            return self._read(self._request(self.backend.sync_client()), breaker)
         except REDIS_ERRORS as exc:
-            return self._failed(exc)
+            return self._failed(exc, breaker)
 
     async def run_async(self) -> tuple[Any, BaseException | None]:
-        if self.backend.breaker.state is not Breaker.CLOSED and (refused := self._refused()):
+        breaker = self._breaker()
+        if breaker.state is not Breaker.CLOSED and (refused := _refused(breaker)):
             return None, refused
         try:
-            return self._read(await self._request(self.backend.async_client()))
+            return self._read(await self._request(self.backend.async_client()), breaker)
         except REDIS_ERRORS as exc:
-            return self._failed(exc)
+            return self._failed(exc, breaker)
 
     def _request(self, client: Any) -> Any:
         """The command on ``client``: its reply, or an awaitable of it on an async client."""
@@ -126,26 +139,26 @@ class Fetch(RedisOp):
             return client.mget_nonatomic(keys)
         return client.mget(keys)
 
-    def _refused(self) -> CircuitOpen | None:
-        """The breaker's refusal, if it refuses the call now."""
-        try:
-            self.backend.breaker.check()
-        except CircuitOpen as exc:
-            return exc
-        return None
-
-    def _read(self, raw: Any) -> tuple[Any, None]:
-        breaker = self.backend.breaker
+    def _read(self, raw: Any, breaker: Breaker) -> tuple[Any, None]:
         if breaker.failures or breaker.state is not Breaker.CLOSED:
             breaker.passed(None)
         if type(self.keys) is list and len(self.keys) == 1:
             return [raw], None  # read with a GET
         return raw, None
 
-    def _failed(self, exc: BaseException) -> tuple[None, BaseException]:
+    def _failed(self, exc: BaseException, breaker: Breaker) -> tuple[None, BaseException]:
         if isinstance(exc, OUTAGE_ERRORS):
-            self.backend.breaker.failed()
+            breaker.failed()
         return None, exc
+
+
+def _refused(breaker: Breaker) -> CircuitOpen | None:
+    """The breaker's refusal, if it refuses a call now."""
+    try:
+        breaker.check()
+    except CircuitOpen as exc:
+        return exc
+    return None
 
 
 class _Sequence:
@@ -248,6 +261,9 @@ class RunScript(RedisOp):
         self.name = name
         self.keys = keys
         self.args = args
+
+    def _breaker(self) -> Breaker:
+        return self.backend.breaker_for(self.keys[0]) if self.keys else self.backend.breaker
 
     # EVALSHA is sent directly, and redis-py's script object is called only when the server
     # does not know the script (it loads it and runs it again): ``Script.__call__`` imports

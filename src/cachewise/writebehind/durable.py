@@ -35,7 +35,7 @@ class ServerCheck:
 
     def due(self) -> bool:
         """Whether ``check`` has work: on the path of every enqueue, so no generator for it."""
-        opens = self.queue.backend.breaker.opens
+        opens = sum(b.opens for b in self.queue.backend.breakers())
         return self.checked_opens != opens or self.queue.engine.timer() >= self.due_at
 
     def check(self) -> Plan[None]:
@@ -81,7 +81,7 @@ class ServerCheck:
         # An enqueue waits when the master has replicas (on a cluster: when any has; each
         # master with none is not waited on).
         self.replicas = max(int(i.get("connected_slaves", 0) or 0) for i in infos)
-        self.checked_opens = backend.breaker.opens
+        self.checked_opens = sum(b.opens for b in backend.breakers())
         self.due_at = now + self.CHECK_EVERY
 
     def unreplicated_write(self) -> None:
