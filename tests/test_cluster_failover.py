@@ -75,12 +75,14 @@ def _replica_of(cluster: LocalCluster, master: RedisServer) -> RedisServer:
 
 
 def _settled(cluster: LocalCluster, a: Cache, b: Cache) -> None:
-    """The cluster is ok, and both caches talk to it again (their breakers closed)."""
+    """The cluster is ok, and both caches talk to it again: keys of every master answered from
+    Redis, so each master's breaker was probed and closed."""
     cluster.wait_ok(timeout=30)
+    keys = [f"probe{i}" for i in range(30)]  # a few per master
     for cache in (a, b):
         wait_until(
             lambda c=cache: (
-                c.get_or_load("probe", lambda: "p", ttl=1) == "p"
+                all(c.get_or_load(k, lambda: "p", ttl=1) == "p" for k in keys)
                 and c.stats()["breaker_state"] == "closed"
             ),
             timeout=30,
@@ -262,3 +264,28 @@ def test_a_master_that_stops_answering_turns_off_only_its_own_slots(namespace: s
 
 def _master_of_key(client: redis.cluster.RedisCluster, space: KeySpace, key: str) -> int:
     return int(client.get_node_from_key(space.entry(key)).port)
+
+
+def test_a_cluster_whose_state_is_not_ok_fails_open_counted(namespace: str) -> None:
+    """A master gone with no replica: the cluster refuses every call (``CLUSTERDOWN``). A cache
+    made on it then serves from its loaders, counting and logging the failures, never raising."""
+    with LocalCluster(3, 0) as cluster:
+        victim = cluster.masters()[0]
+        victim.kill()
+        alive = next(node for node in cluster.nodes if node is not victim)
+
+        def down() -> bool:
+            client = alive.client()
+            try:
+                return client.cluster("info").get("cluster_state") == "fail"
+            finally:
+                client.close()
+
+        wait_until(down, timeout=30)
+        cache = Cache(alive.url, namespace=namespace, socket_timeout=0.3)
+        for i in range(5):
+            assert cache.get_or_load(f"k{i}", lambda: "loaded", ttl=60) == "loaded"
+        cache.set("s", "v", ttl=60)
+        cache.invalidate("s")
+        assert cache.stats()["redis_errors"] >= 1
+        cache.close(timeout=1)

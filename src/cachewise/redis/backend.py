@@ -29,6 +29,7 @@ from .clients import (
     ASYNC_CLIENTS,
     SYNC_CLIENTS,
     SentinelSpec,
+    cluster_retry,
     cluster_settings,
     detect_cluster,
     sentinel_master,
@@ -167,7 +168,7 @@ class RedisBackend:
 
     def breakers(self) -> list[Breaker]:
         """Every breaker: the ``Cache``'s, then each master's (on a cluster)."""
-        return self.node_breakers.all()
+        return self.node_breakers.all(self._topology)
 
     @property
     def cluster(self) -> bool:
@@ -188,12 +189,13 @@ class RedisBackend:
             with self._lock:
                 if self._sync is None:
                     kind: Any = redis.cluster.RedisCluster if self.cluster else redis.Redis
+                    settings = {**self._settings, **cluster_retry(self.cluster, False)}
                     if self._sentinel is not None:
                         self._sync = sentinel_master(self._sentinel, asynchronous=False)
                     elif self._url is not None:
-                        self._sync = kind.from_url(self._url, **self._settings)
+                        self._sync = kind.from_url(self._url, **settings)
                     else:
-                        self._sync = kind(**self._settings)
+                        self._sync = kind(**settings)
                     self._owns_sync = True
                 if self.cluster:
                     self._topology = self._sync
@@ -210,9 +212,11 @@ class RedisBackend:
             elif self._sentinel is not None:
                 client = sentinel_master(self._sentinel, asynchronous=True)
             elif self._url is not None:
-                client = kind.from_url(self._url, **self._settings)
+                client = kind.from_url(
+                    self._url, **self._settings, **cluster_retry(self.cluster, True)
+                )
             elif self.cluster:
-                client = kind(**self._settings)
+                client = kind(**self._settings, **cluster_retry(True, True))
             else:
                 source = self._given_async if self._given_async is not None else self._sync
                 client = kind(**settings_of(source))

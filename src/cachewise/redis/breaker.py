@@ -143,5 +143,12 @@ class NodeBreakers:
             breaker = self.by_node.setdefault(nodes[0].name, made)
         return breaker
 
-    def all(self) -> list[Breaker]:
+    def all(self, client: Any) -> list[Breaker]:
+        """The ``Cache``'s breaker and those of the masters ``client`` knows now: a master that
+        lost its slots (failed over) is forgotten, so its breaker, open when it went, does not
+        stay open in ``stats()`` for ever."""
+        if client is not None and self.by_node:
+            serving = {node.name for node in client.get_primaries()}
+            for name in [name for name in self.by_node if name not in serving]:
+                self.by_node.pop(name, None)
         return [self.main, *list(self.by_node.values())]

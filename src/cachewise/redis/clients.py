@@ -11,9 +11,12 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.retry
 import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff
 
 from ..errors import ConfigValueError
 
@@ -51,6 +54,17 @@ def cluster_settings(client: Any) -> dict[str, Any]:
     kwargs = _carried(given, given.get("connection_class"), drop="db")
     kwargs.update(host=node.host, port=node.port)
     return kwargs
+
+
+def cluster_retry(cluster: bool, asynchronous: bool) -> dict[str, Any]:
+    """The retry of a cluster client cachewise builds: one retry after 10-100 ms. redis-py's
+    default holds each call for seconds while a master is down or the cluster fails over
+    (retries with topology refreshes and sleeps); a cache would rather serve without Redis
+    (counted, and the master's breaker opens). A client given by the user keeps its own."""
+    if not cluster:
+        return {}
+    kind: Any = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
+    return {"retry": kind(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1)}
 
 
 def detect_cluster(url: str, settings: dict[str, Any]) -> bool:
