@@ -22,9 +22,10 @@ from typing import Any
 import redis
 
 from cachewise import Cache, WriteBehindNotDurable, WriteBehindUnavailable
-from cachewise.testing import RedisServer
+from cachewise.testing import LocalCluster, RedisServer
 
 SETTLE = 0.5  # an invalidation counts as settled this long after it returned
+AFTER_FAULT = 3.0  # or this long after the end of the fault it returned in
 OPTIONS: dict[str, Any] = {"socket_timeout": 0.25, "connect_timeout": 0.25, "breaker_reset": 0.3}
 
 #: The store behind the write-behind scenarios: row -> the values written, in order.
@@ -151,9 +152,14 @@ class Writes:
 
     def settle(self, caches: list[Cache]) -> None:
         for cache in caches:
+            deadline = time.monotonic() + 60
             with contextlib.suppress(Exception):
-                report = cache.flush(timeout=30)
-                self.row.reported_lost += report.lost
+                while True:  # until a flush found nothing left and Redis answered it
+                    report = cache.flush(timeout=30)
+                    self.row.reported_lost += report.lost
+                    if (report.pending == 0 and not report.errors) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
                 self.row.requeued += cache.stats()["write_behind_requeued"]
         self.row.acknowledged = sum(len(v) for v in self.acked.values())
         with _STORE_LOCK:
@@ -320,9 +326,19 @@ class Reads:
 
         return run
 
-    def count_stale(self) -> None:
+    def count_stale(self, faults: list[tuple[float, float]] = ()) -> None:  # type: ignore[assignment]
+        """Count stale reads; an invalidation whose settling overlapped a fault window (an
+        outage: it is remembered and sent when Redis answers) settles ``AFTER_FAULT`` after
+        the fault ended."""
+
+        def effective(at: float) -> float:
+            overlapping = [end + AFTER_FAULT for start, end in faults
+                           if at - SETTLE <= end and at >= start]  # fmt: skip
+            return max([at, *overlapping])
+
+        settled = [(key, v, effective(at)) for key, v, at in self.settled]
         for k, got, began in self.reads:
-            newest = max((v for key, v, at in self.settled if key == k and at <= began), default=0)
+            newest = max((v for key, v, at in settled if key == k and at <= began), default=0)
             if got < newest:
                 self.row.stale += 1
 
@@ -401,6 +417,55 @@ def pubsub_killed(seconds: float) -> Row:
     return row
 
 
+def cluster_master_killed(seconds: float) -> Row:
+    """A Redis Cluster (3 masters, 3 replicas) under write-behind (a partitioned queue), reads
+    and invalidations from two processes; one master killed with SIGKILL mid-load."""
+    row = Row("Redis Cluster: a master killed (kill -9), its replica promoted")
+    counter = Counter(row)
+    reads = Reads(row)
+    with LocalCluster() as cluster:
+        ns = "fault-cluster"
+        writes = Writes(row, ns)
+        options = {**OPTIONS, "write_behind_partitions": 3, "write_behind_claim_idle": 0.5}
+        writer, reader = (Cache(cluster.nodes[i].url, namespace=ns, **options) for i in (0, 1))
+        save = writes.saver(writer)
+        until = time.monotonic() + seconds
+        faults: list[tuple[float, float]] = []
+
+        def load(k: int) -> Callable[[], int]:
+            def get() -> int:
+                with reads.lock:
+                    return reads.version[k]
+
+            return get
+
+        def chaos() -> None:
+            time.sleep(seconds / 2)
+            victim = cluster.masters()[0]
+            replica = cluster.replica_of(victim)
+            began = time.monotonic()
+            victim.kill()
+            deadline = began + 30
+            while replica not in cluster.masters() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            faults.append((began, time.monotonic()))
+
+        try:
+            run_threads([
+                writes.writer(counter, save, range(0, 20), until),
+                reads.reader(counter, lambda k: reader.get_or_load(f"k{k}", load(k), ttl=60),
+                             until),
+                reads.updater(counter, lambda k: writer.invalidate(f"k{k}"), until),
+                chaos,
+            ])  # fmt: skip
+            writes.settle([writer, reader])
+        finally:
+            writer.close(timeout=5)
+            reader.close(timeout=5)
+    reads.count_stale(faults)
+    return row
+
+
 SCENARIOS: dict[str, Callable[[float], Row]] = {
     "evicting-refused": lambda s: evicting_queue(s, "refused"),
     "evicting-accepted": lambda s: evicting_queue(s, "accepted"),
@@ -409,6 +474,7 @@ SCENARIOS: dict[str, Callable[[float], Row]] = {
     "failover": master_killed,
     "tags-deleted": tag_state_deleted,
     "pubsub-killed": pubsub_killed,
+    "cluster-master-killed": cluster_master_killed,
 }
 
 

@@ -64,16 +64,6 @@ class Load:
             thread.join(10)
 
 
-def _replica_of(cluster: LocalCluster, master: RedisServer) -> RedisServer:
-    client = master.client()
-    try:
-        info = client.info("replication")
-    finally:
-        client.close()
-    port = int(info["slave0"]["port"])
-    return next(node for node in cluster.nodes if node.port == port)
-
-
 def _settled(cluster: LocalCluster, a: Cache, b: Cache) -> None:
     """The cluster is ok, and both caches talk to it again: keys of every master answered from
     Redis, so each master's breaker was probed and closed."""
@@ -100,7 +90,7 @@ def test_failover_under_load(how: str, namespace: str) -> None:
         try:
             time.sleep(0.5)
             master = cluster.masters()[0]
-            replica = _replica_of(cluster, master)
+            replica = cluster.replica_of(master)
             if how == "CLUSTER FAILOVER":
                 client = replica.client()
                 client.execute_command("CLUSTER", "FAILOVER")
@@ -164,7 +154,7 @@ def test_acknowledged_writes_and_invalidations_survive_a_master_killed(
         writer.start()
         try:
             time.sleep(1.0)
-            replica = _replica_of(cluster, victim)
+            replica = cluster.replica_of(victim)
             victim.kill()
             wait_until(lambda: replica in cluster.masters(), timeout=30)
             time.sleep(1.0)
@@ -207,7 +197,7 @@ def test_an_invalidation_that_failed_while_its_master_was_down_is_replayed(
         space = KeySpace(namespace)
         victim = _master_of(cluster, space.entry("k"))
         cache.set("k", "old", ttl=60)
-        replica = _replica_of(cluster, victim)
+        replica = cluster.replica_of(victim)
         reader = replica.client()
         reader.execute_command("READONLY")  # a replica answers for its master's slots
         wait_until(lambda: reader.exists(space.entry("k")) == 1, timeout=10)

@@ -19,6 +19,8 @@ def test_fault_scenario_keeps_every_promise(name: str) -> None:
         assert row.acknowledged == 0 and row.refused == row.calls  # refused before any write
     elif name in ("evicting-accepted", "evicting-own-queue", "flushall", "failover"):
         assert row.acknowledged > 100 and row.stored + row.reported_lost == row.acknowledged
+    elif name == "cluster-master-killed":  # six servers share the machine: fewer writes
+        assert row.acknowledged > 20 and row.stored + row.reported_lost == row.acknowledged
 
 
 def test_the_row_counts_an_acknowledged_write_missing_from_the_store_as_lost_silently() -> None:

@@ -255,6 +255,11 @@ class LocalCluster:
                 return False
         return True
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The (first) replica of ``master``."""
+        port = int(_replication(master)["slave0"]["port"])
+        return next(node for node in self.nodes if node.port == port)
+
     def masters(self) -> list[RedisServer]:
         """The running nodes that are masters now."""
         found = []

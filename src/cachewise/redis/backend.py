@@ -23,8 +23,8 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 
 from .._clock import Clock, monotonic
-from ..errors import ConfigTypeError, ConfigValueError
-from .breaker import Breaker, NodeBreakers
+from ..errors import ConfigTypeError, ConfigValueError, describe
+from .breaker import REDIS_ERRORS, Breaker, NodeBreakers
 from .clients import (
     ASYNC_CLIENTS,
     SYNC_CLIENTS,
@@ -70,6 +70,8 @@ class RedisBackend:
         self.node_breakers = NodeBreakers(self.breaker)
         #: A cluster client made here or given, whose view of the slots ``breaker_for`` uses.
         self._topology: Any = None
+        #: A node was unreachable since the slots were last read (see ``refresh_topology``).
+        self.topology_stale = False
         #: Every key and channel name of the namespace.
         self.keys = KeySpace(namespace)
         self.origin = secrets.token_hex(8)  # tells this Cache's own events from others'
@@ -244,6 +246,25 @@ class RedisBackend:
     def clock_due(self) -> bool:
         """Whether the offset to the server clock should be (re)measured (every 60 s)."""
         return self.offset_ms is None or monotonic() - self.clock_checked > 60.0
+
+    def unreachable(self) -> None:
+        """A node could not be reached. On a cluster, its slots may have a new master: the
+        listener's thread reads the slots again within a second (``refresh_topology``), and an
+        asyncio client's with the server clock within half a second, not a minute."""
+        if self._topology is not None:
+            self.topology_stale = True
+            self.clock_checked = min(self.clock_checked, monotonic() - 59.5)
+
+    def refresh_topology(self) -> None:
+        """Read the cluster's slots again on the sync client, if a node was unreachable since
+        the last time (in the listener's thread: no caller waits for it)."""
+        if self.topology_stale and self._sync is not None:
+            self.topology_stale = False
+            try:
+                self._sync.nodes_manager.initialize()
+            except REDIS_ERRORS as exc:
+                self.topology_stale = True  # no node answered: again next time
+                log.debug("cachewise: could not read the cluster's slots: %s", describe(exc))
 
     def setup_due(self) -> bool:
         """Whether the clock is due, or the client of the calling code (the running loop's, or

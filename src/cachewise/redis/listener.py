@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import threading
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -175,14 +176,16 @@ class Listener:
         backoff = 0.05
         connected_before = False
         inbox = self.backend.inbox
+        attempt = 0
         while not self._stopped.is_set():
             try:
-                self._pubsub = self.backend.sync_client().pubsub()  # type: ignore[no-untyped-call,unused-ignore]
+                self._pubsub = self._subscriber(attempt)
                 # Both in one command: a listener is on both channels or on neither, which
                 # ``lua._PUBLISH_FN`` counts on.
                 self._pubsub.subscribe(self.backend.keys.channel, inbox)
                 while not self._stopped.is_set():
                     message = self._pubsub.get_message(timeout=1.0)
+                    self.backend.refresh_topology()  # a cluster's, if a node went away
                     if self.backend.timer() >= self._register_due:
                         self._register()
                     if message is None or self._stopped.is_set():
@@ -210,6 +213,10 @@ class Listener:
                     return
                 with contextlib.suppress(Exception):  # its connection goes back to the pool
                     self._pubsub.close()
+                attempt += 1
+                self.backend.unreachable()  # the node it was on may be gone
+                with contextlib.suppress(Exception):
+                    self.backend.refresh_topology()
                 if self.ready.is_set():
                     self.ready.clear()
                     self.on_reset(True)  # from now on, invalidations cannot reach this process
@@ -238,6 +245,20 @@ class Listener:
                     log.exception("cachewise: event listener failed; restarting")
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def _subscriber(self, attempt: int) -> Any:
+        """A pubsub for this attempt. On a cluster, where a published event reaches every node,
+        each attempt after a failure subscribes on the next node the client knows: the node it
+        was on may be the master that died, and the client's view of the slots may still name
+        it until it is read again."""
+        client = self.backend.sync_client()
+        if not self.backend.cluster:
+            return client.pubsub()
+        nodes = sorted(client.get_nodes(), key=lambda node: node.name)
+        if not nodes:
+            return client.pubsub()
+        spread = zlib.crc32(self.backend.origin.encode())  # processes start on different nodes
+        return client.pubsub(node=nodes[(spread + attempt) % len(nodes)])
 
     def _dispatch(self, data: bytes) -> None:
         event = events.decode(data)

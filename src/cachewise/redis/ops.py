@@ -60,6 +60,7 @@ class RedisOp(Op):
             return breaker.passed(self.call_sync())
         except OUTAGE_ERRORS:
             breaker.failed()
+            self.backend.unreachable()
             raise
 
     async def run_async(self) -> Any:
@@ -69,6 +70,7 @@ class RedisOp(Op):
             return breaker.passed(await self.call_async())
         except OUTAGE_ERRORS:
             breaker.failed()
+            self.backend.unreachable()
             raise
 
 
@@ -149,6 +151,7 @@ class Fetch(RedisOp):
     def _failed(self, exc: BaseException, breaker: Breaker) -> tuple[None, BaseException]:
         if isinstance(exc, OUTAGE_ERRORS):
             breaker.failed()
+            self.backend.unreachable()
         return None, exc
 
 
@@ -302,6 +305,11 @@ class RunPipeline(RedisOp):
     def __init__(self, backend: Backend, calls: list[ScriptCall]) -> None:
         self.backend = backend
         self.calls = calls
+
+    def _breaker(self) -> Breaker:
+        if len(self.calls) == 1 and self.calls[0].keys:  # one master's, on a cluster
+            return self.backend.breaker_for(self.calls[0].keys[0])
+        return self.backend.breaker
 
     def _queue(self, pipe: Any, shas: list[str]) -> Any:
         for sha, (_, keys, args) in zip(shas, self.calls, strict=True):

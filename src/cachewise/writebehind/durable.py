@@ -10,7 +10,7 @@ import redis.exceptions
 
 from .._drivers import Plan
 from ..errors import WriteBehindNotDurable, describe
-from ..redis import RedisCall
+from ..redis import OUTAGE_ERRORS, RedisCall
 
 if TYPE_CHECKING:
     from .host import StreamHost
@@ -53,6 +53,14 @@ class ServerCheck:
                 infos = list(found.values()) if "maxmemory_policy" not in found else [found]
             else:
                 infos = [(yield RedisCall(backend, "info", "all"))]
+        except OUTAGE_ERRORS:
+            if self.checked_opens < 0:
+                raise  # never checked: nothing is queued on a Redis not known to be fit
+            # Checked before: a master that does not answer cannot take writes anyway, and
+            # the others were fit; looked at again soon (a failover may be under way).
+            self.due_at = now + 1.0
+            self.checked_opens = sum(b.opens for b in backend.breakers())
+            return
         except redis.exceptions.NoPermissionError as exc:
             # A Redis that will not say whether it evicts cannot be trusted with the queue.
             if not queue.options.allow_eviction:

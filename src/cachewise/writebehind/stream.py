@@ -187,6 +187,8 @@ class StreamQueue(StreamReader):
         except REDIS_ERRORS as exc:
             self.engine.redis_failed(exc)
             errors.append(f"Redis failed while flushing {self.where}: {describe(exc)}")
+            with self.cond:  # what the stream holds is unknown: at least what this process does
+                left = len(self.loss.held.items)
         report = self._end_flush(pending=left)
         report.errors.extend(errors)
         return report
