@@ -126,17 +126,19 @@ def herds(cluster_url: str, single_url: str, counter_url: str, rounds: int = 3) 
     return out
 
 
+def _table(title: str, columns: list[str]) -> list[str]:
+    """A titled Markdown table's first lines."""
+    return ["", title, "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
 def render_herds(data: dict[str, Any]) -> list[str]:
     single, cluster = data["single"], data["cluster"]
-    lines = [
-        "",
-        "Cold key, 4 processes × 25 callers, 50 ms loader "
-        f"({data['rounds']} rounds; p99 median over rounds):",
-        "",
-        "| variant | loads (most in a round), single / cluster | p99 ms, single | p99 ms, cluster "
-        "| cluster / single | target |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = _table(
+        f"Cold key, 4 processes × 25 callers, 50 ms loader ({data['rounds']} rounds; p99 median "
+        "over rounds):",
+        ["variant", "loads (most in a round), single / cluster", "p99 ms, single",
+         "p99 ms, cluster", "cluster / single", "target"],
+    )  # fmt: skip
     for variant in HERD_VARIANTS:
         a, b = single["cold"][variant], cluster["cold"][variant]
         pa, pb = a["p99_ms"]["median"], b["p99_ms"]["median"]
@@ -144,15 +146,12 @@ def render_herds(data: dict[str, Any]) -> list[str]:
             f"| {variant} | {a['loads_max']} / {b['loads_max']} | {pa:.1f} | {pb:.1f} | "
             f"{pb / pa:.2f} | 1 load, ≤ 1.1 |"
         )
-    lines += [
-        "",
+    lines += _table(
         "Expiry under load: ttl 1 s, stale_ttl 30 s, 100 ms loader, 500 calls/s from 4 processes "
         "for 3 s:",
-        "",
-        "| variant | calls | raised | most loads for one expiry, single / cluster "
-        "| p99 ms, single | p99 ms, cluster | target |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+        ["variant", "calls", "raised", "most loads for one expiry, single / cluster",
+         "p99 ms, single", "p99 ms, cluster", "target"],
+    )  # fmt: skip
     for variant in EXPIRY_VARIANTS:
         a, b = single["expiry"][variant], cluster["expiry"][variant]
         lines.append(

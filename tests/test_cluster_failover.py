@@ -8,6 +8,7 @@ import random
 import shutil
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis.cluster
@@ -62,6 +63,40 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(10)
+
+
+class Writer:
+    """A thread queueing write-behind writes to new rows (and, given ``cache``, setting and
+    invalidating a key per row) until stopped: what was acknowledged, what was refused (loudly,
+    as ``WriteBehindUnavailable``: not queued), and the keys whose invalidation returned."""
+
+    def __init__(self, save: Any, cache: Cache | None = None) -> None:
+        self.save, self.cache = save, cache
+        self.acked: dict[int, str] = {}
+        self.refused: list[BaseException] = []
+        self.invalidated: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        row = 0
+        while not self._stop.is_set():
+            try:
+                self.save(row, f"v{row}")
+                self.acked[row] = f"v{row}"
+                if self.cache is not None:
+                    self.cache.set(f"gone{row}", "old", ttl=60)
+                    self.cache.invalidate(f"gone{row}")
+                    self.invalidated.append(f"gone{row}")
+            except WriteBehindUnavailable as exc:  # not acknowledged: the caller knows
+                self.refused.append(exc)
+            row += 1
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
 
 
 def _settled(cluster: LocalCluster, a: Cache, b: Cache) -> None:
@@ -131,27 +166,7 @@ def test_acknowledged_writes_and_invalidations_survive_a_master_killed(
         )  # fmt: skip
         space = KeySpace(namespace)
         victim = _master_of(cluster, space.writer("wb", "tests._workers.store_row/0"))
-        acked: dict[int, str] = {}
-        refused: list[BaseException] = []
-        invalidated: list[str] = []
-        stop = threading.Event()
-
-        def write() -> None:
-            row = 0
-            while not stop.is_set():
-                try:
-                    save(row, f"v{row}")
-                    acked[row] = f"v{row}"
-                    cache.set(f"gone{row}", "old", ttl=60)
-                    cache.invalidate(f"gone{row}")
-                    invalidated.append(f"gone{row}")
-                except WriteBehindUnavailable as exc:  # not acknowledged: the caller knows
-                    refused.append(exc)
-                row += 1
-                time.sleep(0.002)
-
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
+        writer = Writer(save, cache)
         try:
             time.sleep(1.0)
             replica = cluster.replica_of(victim)
@@ -159,17 +174,16 @@ def test_acknowledged_writes_and_invalidations_survive_a_master_killed(
             wait_until(lambda: replica in cluster.masters(), timeout=30)
             time.sleep(1.0)
         finally:
-            stop.set()
-            writer.join(30)
+            writer.stop()
         cluster.wait_ok(timeout=30)
         wait_until(lambda: cache.flush(timeout=5).pending == 0, timeout=60)
         landed = {int(k): v.decode() for k, v in store.hgetall(f"{namespace}-store:rows").items()}
-        assert len(acked) > 100
-        missing = {row: value for row, value in acked.items() if landed.get(row) != value}
+        assert len(writer.acked) > 100
+        missing = {row: value for row, value in writer.acked.items() if landed.get(row) != value}
         assert missing == {}
         on_cluster = redis.cluster.RedisCluster.from_url(cluster.url)
         try:
-            back = [key for key in invalidated if on_cluster.exists(space.entry(key))]
+            back = [key for key in writer.invalidated if on_cluster.exists(space.entry(key))]
         finally:
             on_cluster.close()
         assert back == []  # no invalidation that returned was undone by the failover

@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +17,12 @@ import redis
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from cachewise import Cache, ConfigValueError, WriteBehindUnavailable
+from cachewise import Cache, ConfigValueError
 from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import LocalSentinel, free_port
 
 from . import _workers
-from .test_cluster_failover import Load
+from .test_cluster_failover import Load, Writer
 from .test_concurrency import wait_until
 
 
@@ -122,37 +121,20 @@ def test_sentinel_failover_under_load(namespace: str, redis_server: Any) -> None
         )  # fmt: skip
         other = Cache(sentinel.url, namespace=namespace)
         load = Load(other)
-        acked: dict[int, str] = {}
-        refused: list[BaseException] = []
-        stop = threading.Event()
-
-        def write() -> None:
-            row = 0
-            while not stop.is_set():
-                try:
-                    save(row, f"v{row}")
-                    acked[row] = f"v{row}"
-                except WriteBehindUnavailable as exc:  # not acknowledged: the caller knows
-                    refused.append(exc)
-                row += 1
-                time.sleep(0.002)
-
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
+        writer = Writer(save)
         try:
             time.sleep(0.5)
             sentinel.failover()
             time.sleep(1.0)
         finally:
-            stop.set()
-            writer.join(30)
+            writer.stop()
             load.stop()
         assert load.errors == [] and load.calls > 100
         wait_until(lambda: cache.flush(timeout=5).pending == 0, timeout=60)
         landed = {int(k): v.decode() for k, v in store.hgetall(f"{namespace}-store:rows").items()}
-        missing = {row for row, value in acked.items() if landed.get(row) != value}
+        missing = {row for row, value in writer.acked.items() if landed.get(row) != value}
         unreplicated = cache.stats()["write_behind_unreplicated"]
-        assert len(acked) > 50
+        assert len(writer.acked) > 50
         assert len(missing) <= unreplicated  # only writes acknowledged without a replica
         tries = itertools.count()
 

@@ -19,34 +19,45 @@ T = TypeVar("T")
 Steps = Generator[Callable[[], Any], Any, T]
 
 
+class _Done:
+    """The steps ended, with what they returned."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _resume(steps: Steps[T], reply: Any, error: BaseException | None) -> Any:
+    """The next step (a call), or ``_Done``: ``reply`` sent in, or ``error`` thrown in."""
+    try:
+        return steps.send(reply) if error is None else steps.throw(error)
+    except StopIteration as done:
+        return _Done(done.value)
+
+
 def drive_sync(steps: Steps[T]) -> T:
     """Carry out steps on a sync client (a Redis error is thrown back into them)."""
-    try:
-        step = next(steps)
-        while True:
-            try:
-                reply = step()
-            except REDIS_ERRORS as exc:
-                step = steps.throw(exc)
-            else:
-                step = steps.send(reply)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+    step = _resume(steps, None, None)
+    while not isinstance(step, _Done):
+        try:
+            reply, error = step(), None
+        except REDIS_ERRORS as exc:
+            reply, error = None, exc
+        step = _resume(steps, reply, error)
+    return step.value  # type: ignore[no-any-return]
 
 
 async def drive_async(steps: Steps[T]) -> T:
     """Carry out steps on an asyncio client (a Redis error is thrown back into them)."""
-    try:
-        step = next(steps)
-        while True:
-            try:
-                reply = await step()
-            except REDIS_ERRORS as exc:
-                step = steps.throw(exc)
-            else:
-                step = steps.send(reply)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+    step = _resume(steps, None, None)
+    while not isinstance(step, _Done):
+        try:
+            reply, error = await step(), None
+        except REDIS_ERRORS as exc:
+            reply, error = None, exc
+        step = _resume(steps, reply, error)
+    return step.value  # type: ignore[no-any-return]
 
 
 #: An asyncio cluster client's plain clients, one per master (the sync client has its own).
