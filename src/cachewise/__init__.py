@@ -16,7 +16,7 @@ from . import errors
 from ._writes import WriterArgumentError
 from .cache import Cache
 from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
-from .engine import InvalidationEvent
+from .engine import MISSING, InvalidationEvent
 from .errors import *  # noqa: F403  (every error type is public; errors.__all__ lists them)
 from .options import Connection, Freshness, Leases, WriteBehind
 from .writebehind import DeadLetter, FlushReport, WriteCall
@@ -31,6 +31,7 @@ __all__ = [
     "Freshness",
     "InvalidationEvent",
     "Leases",
+    "MISSING",
     "WriteBehind",
     "WriteCall",
     "WriterArgumentError",
@@ -65,11 +66,14 @@ def default_cache() -> Cache:
 
 
 def cached(
+    *positional: Any,
     ttl: Any = None,
-    *,
     stale_ttl: Any = None,
     tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
     key: Callable[..., str] | None = None,
+    unless: Callable[[Any], Any] | None = None,
 ) -> CachedDecorator:
     """``@cached(ttl=...)`` on the default cache (see ``configure``)."""
-    return default_cache().cached(ttl, stale_ttl=stale_ttl, tags=tags, key=key)
+    return default_cache().cached(
+        *positional, ttl=ttl, stale_ttl=stale_ttl, tags=tags, key=key, unless=unless
+    )

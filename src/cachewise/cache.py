@@ -12,7 +12,7 @@ from ._clock import Clock, monotonic
 from ._drivers import Plan, run_async, run_sync
 from ._lifecycle import _OPEN, Lifecycle
 from ._writes import invalidates, write_behind, write_through
-from .decorators import CachedDecorator, make_cached
+from .decorators import CachedDecorator, make_cached, positional_ttl
 from .engine import Engine, InvalidationEvent, Policy, Target
 from .errors import ConfigTypeError, ConfigValueError
 from .options import Connection, Freshness, Leases, WriteBehind, group_options
@@ -288,25 +288,29 @@ class Cache(Lifecycle):
 
     def cached(
         self,
+        *positional: Any,
         ttl: Any = None,
-        *,
         stale_ttl: Any = None,
         tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
         key: Callable[..., str] | None = None,
         fail_closed: bool | None = None,
+        unless: Callable[[Any], Any] | None = None,
     ) -> CachedDecorator:
         """Cache-aside decorator for ``def`` and ``async def``; ``ttl`` is mandatory.
 
-        ``fail_closed=True`` raises ``RedisUnavailable`` on a miss while Redis is unreachable,
-        instead of loading without the shared lease (default: the cache's ``fail_closed``).
+        ``ttl`` (and ``stale_ttl``) may be a function of the result, given by keyword;
+        ``unless(result)`` true keeps a result out of the cache. ``fail_closed=True`` raises
+        ``RedisUnavailable`` on a miss while Redis is unreachable, instead of loading without
+        the shared lease (default: the cache's ``fail_closed``).
         """
         return make_cached(
             self._engine,
-            ttl=ttl,
+            ttl=positional_ttl(positional, ttl),
             stale_ttl=stale_ttl,
             tags=tags,
             key=key,
             fail_closed=self._fail_closed if fail_closed is None else bool(fail_closed),
+            unless=unless,
         )
 
     def invalidates(self, target: Any, *, args: Mapper | None = None) -> Callable[[T], T]:

@@ -32,6 +32,9 @@ class CachedFunction(Protocol[P, R_co]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> int: ...
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def peek(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
 
 class AsyncCachedFunction(Protocol[P, R_co]):
@@ -40,6 +43,9 @@ class AsyncCachedFunction(Protocol[P, R_co]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> int: ...
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    async def peek(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
 
 
 class CachedDecorator(Protocol):
@@ -129,6 +135,33 @@ def _check_function(fn: Any, what: str) -> None:
         raise ConfigTypeError(f"{what} decorates functions, not {type(fn).__name__} ({fn!r})")
 
 
+def positional_ttl(positional: tuple[Any, ...], ttl: Any) -> Any:
+    """The TTL given to ``cached``: positionally (a number: ``cached(60)``) or by keyword (a
+    number, or a function of the result). A function given positionally is the decorator used
+    bare (``@cache.cached`` on a function): a clear error at decoration time."""
+    if not positional:
+        return ttl
+    if len(positional) > 1 or ttl is not None:
+        raise ConfigTypeError("cached() takes the TTL once: cached(<seconds>) or cached(ttl=...)")
+    (given,) = positional
+    if callable(given):
+        raise ConfigTypeError(
+            f"cached() was applied to {getattr(given, '__qualname__', given)!r} without "
+            "arguments: write @cache.cached(ttl=<seconds>), every cached value must expire (a "
+            "TTL computed from the result is given by keyword: ttl=lambda result: ...)"
+        )
+    return given
+
+
+def _lifetime(value: Any, where: str, name: str) -> tuple[float, Callable[[Any], Any] | None]:
+    """A fixed TTL (checked now) or a function of the result (checked on each result)."""
+    if callable(value) and not isinstance(value, (int, float)):
+        return 0.0, value
+    if name == "ttl":
+        return _validate.ttl_seconds(value, where), None
+    return _validate.stale_seconds(value, where), None
+
+
 def make_cached(
     engine: Engine,
     *,
@@ -137,13 +170,12 @@ def make_cached(
     tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
     key: Callable[..., str] | None = None,
     fail_closed: bool = False,
+    unless: Callable[[Any], Any] | None = None,
 ) -> CachedDecorator:
-    """Return the ``cached`` decorator; TTLs and options are checked here, at decoration time."""
-    if callable(ttl) and not isinstance(ttl, (int, float)):
-        raise ConfigTypeError(
-            f"cached() was applied to {getattr(ttl, '__qualname__', ttl)!r} without arguments: "
-            "write @cache.cached(ttl=<seconds>), every cached value must expire"
-        )
+    """Return the ``cached`` decorator; TTLs and options are checked here, at decoration time
+    (a TTL function's results, and ``unless``, on each result)."""
+    if unless is not None:
+        _validate.callable_(unless, "unless=")
     if key is not None:
         _validate.callable_(key, "key=")
     if tags is not None and not callable(tags):
@@ -156,11 +188,9 @@ def make_cached(
         if isinstance(fn, (classmethod, staticmethod)):
             return type(fn)(decorate(fn.__func__))
         where = f"{fn.__module__}.{fn.__qualname__}"
-        policy = Policy(
-            _validate.ttl_seconds(ttl, where),
-            _validate.stale_seconds(stale_ttl, where),
-            fail_closed,
-        )
+        fixed_ttl, ttl_of = _lifetime(ttl, where, "ttl")
+        fixed_stale, stale_of = _lifetime(stale_ttl, where, "stale_ttl")
+        policy = Policy(fixed_ttl, fixed_stale, fail_closed, ttl_of, stale_of, unless)
         spec: Spec[Any] = Spec(engine, fn, policy, key, tags)
         wrapper = _cached_wrapper(spec, fn)
         functools.update_wrapper(wrapper, fn)
@@ -168,10 +198,26 @@ def make_cached(
         wrapper.invalidate = _shell(  # type: ignore[attr-defined]
             fn, lambda *a, **kw: engine.invalidate([spec.target_of_call(a, kw).full_key])
         )
+        wrapper.refresh = _shell(  # type: ignore[attr-defined]
+            fn, functools.partial(_refresh, spec)
+        )
+        wrapper.peek = _shell(  # type: ignore[attr-defined]
+            fn, lambda *a, **kw: engine.peek(spec.target_of_call(a, kw))
+        )
+        wrapper.uncached = fn  # type: ignore[attr-defined]
         wrapper._cachewise = spec  # type: ignore[attr-defined]
         return wrapper
 
     return cast(CachedDecorator, decorate)
+
+
+def _refresh(spec: Spec[Any], *args: Any, **kwargs: Any) -> Plan[Any]:
+    """Reload one call's entry now: every process drops it, then one load (single-flight, as
+    any miss) stores the new value, which every L1 then learns."""
+    target = spec.target_of_call(args, kwargs)
+    yield from spec.engine.invalidate([target.full_key])
+    loader = functools.partial(spec.fn, *args, **kwargs)
+    return (yield from spec.engine.read(target, loader, spec.policy))
 
 
 def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -24,13 +24,22 @@ from .bulk import Bulk
 from .stats import Stats
 from .values import (
     EVENT_VALUE_LIMIT,
+    MISSING,
     InvalidationEvent,
     Policy,
     StoreCall,
     Target,
 )
 
-__all__ = ["EVENT_VALUE_LIMIT", "Engine", "InvalidationEvent", "Policy", "StoreCall", "Target"]
+__all__ = [
+    "EVENT_VALUE_LIMIT",
+    "MISSING",
+    "Engine",
+    "InvalidationEvent",
+    "Policy",
+    "StoreCall",
+    "Target",
+]
 
 
 class Engine(Bulk, Stats):

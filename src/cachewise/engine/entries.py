@@ -53,11 +53,12 @@ class Entries(EngineState):
     def _entry(
         self, target: Target, policy: Policy, value: Any, load_time: float, tags: tuple[str, ...]
     ) -> Entry:
+        ttl, stale_ttl = policy.lifetimes(value, target.where)
         return core.make_entry(
             value,
             now=self.clock(),
-            ttl=policy.ttl,
-            stale_ttl=policy.stale_ttl,
+            ttl=ttl,
+            stale_ttl=stale_ttl,
             load_time=load_time,
             jitter=self.jitter,
             jitter_draw=random.random(),

@@ -94,7 +94,8 @@ class Fills(Writes):
     ) -> Plan[None]:
         """Load and keep the value in this process only (no Redis, or Redis unusable)."""
         value, took = yield from self._invoke(loader)
-        entry = self._entry(target, policy, value, took, flight.tags)
+        keep = policy.keeps(value, target.where)
+        entry = self._entry(target, policy, value, took, flight.tags) if keep else None
         self.counts[Count.LOADS] += 1
         self.load_latency.add(took)
         self._settle(flight, target, entry, value)

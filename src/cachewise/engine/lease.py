@@ -149,13 +149,18 @@ class Leases(Fills):
                 ),
                 every=self.lease_ttl / 3,
             )
-            entry = self._entry(target, policy, value, took, flight.tags)
-            store = self._store_call(entry, token, target.where, flight.versions)
+            keep = policy.keeps(value, target.where)
+            entry = self._entry(target, policy, value, took, flight.tags) if keep else None
+            store = self._store_call(entry, token, target.where, flight.versions) if entry else None
         except BaseException:
             yield from self._give_back(lease, token)
             raise
         self.counts[Count.LOADS] += 1
         self.load_latency.add(took)
+        if store is None:  # ``unless=`` held: the callers get the value, nothing is cached
+            yield from self._give_back(lease, token)
+            self._settle(flight, target, None, value)
+            return
         try:
             stored = yield from self._script(*store)
             if stored:

@@ -22,12 +22,13 @@ from .._drivers import (
 )
 from .._flight import Flight
 from ..core import Decision, Entry
-from ..redis import Breaker, Fetch
+from ..redis import REDIS_ERRORS, Breaker, Fetch, RedisCall
 from .lease import Leases
 from .values import (
     _NO_REDIS,
     _RETRY,
     _UNREAD,
+    MISSING,
     Count,
     Policy,
     Target,
@@ -288,6 +289,27 @@ class Reads(Leases):
             return await run_async(self.read(target, loader, policy))
         served, got = self.probed(target, loader, policy, probe, await probe[0].outcome_async())
         return got if served else await run_async(got)
+
+    def peek(self, target: Target) -> Plan[Any]:
+        """The fresh value of ``target`` held here or in Redis, or ``MISSING``: never loads,
+        never waits for a load, keeps nothing. Redis failing is a ``MISSING`` (counted)."""
+        entry = target.table.get(target.l1_key)
+        if core.is_fresh(entry, self.clock()):
+            return entry.value
+        backend = self.backend
+        if backend is None:
+            return MISSING
+        try:
+            if self._setup_due(backend):
+                yield from self._ensure_backend()
+            raw = yield RedisCall(backend, "get", target.full_key)
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return MISSING
+        env = yield from self._current(self._decode(raw, key=target.full_key))
+        if env is None or not core.shared_fresh(env.fresh_until_ms, backend.server_now_ms()):
+            return MISSING
+        return env.value
 
     def probe(self, target: Target) -> tuple[Fetch, int, float] | None:
         """The fast path's GET of ``target`` (with the ticket and start time ``probed`` needs),

@@ -11,10 +11,12 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .. import _validate
 from .._drivers import (
     Plan,
 )
 from .._l1 import Table
+from ..errors import ConfigValueError
 from ..redis import (
     Backend,
     RunPipeline,
@@ -85,6 +87,22 @@ class InvalidationEvent:
     origin: Literal["local", "remote"] = "local"
 
 
+class _Missing:
+    """The type of ``MISSING``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "cachewise.MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: What ``peek`` returns when nothing fresh is cached (``None`` may be a cached value).
+MISSING = _Missing()
+
+
 @dataclass(frozen=True)
 class Policy:
     """How entries of one function or one call live."""
@@ -93,6 +111,45 @@ class Policy:
     stale_ttl: float = 0.0
     #: Raise ``RedisUnavailable`` rather than load without the shared lease when Redis fails.
     fail_closed: bool = False
+    #: ``ttl=`` and ``stale_ttl=`` given as functions of the result (then ``ttl`` above is
+    #: unused, and so is ``stale_ttl`` when ``stale_of`` is set).
+    ttl_of: Callable[[Any], Any] | None = None
+    stale_of: Callable[[Any], Any] | None = None
+    #: ``unless=``: a result it holds true of is returned to the callers, never cached.
+    unless: Callable[[Any], Any] | None = None
+
+    def keeps(self, value: Any, where: str) -> bool:
+        """Whether ``value`` may be cached (``unless=``). A predicate that raises is a clear
+        error naming the function: the value is not cached."""
+        if self.unless is None:
+            return True
+        try:
+            return not self.unless(value)
+        except Exception as exc:
+            raise ConfigValueError(
+                f"unless= of {where} raised {exc!r} on a result: the result was not cached"
+            ) from exc
+
+    def lifetimes(self, value: Any, where: str) -> tuple[float, float]:
+        """The TTL and the stale TTL of an entry holding ``value``: the fixed ones, or what the
+        functions give for it, checked as a fixed one is (a bad one raises, naming the
+        function, and nothing is cached)."""
+        ttl, stale = self.ttl, self.stale_ttl
+        if self.ttl_of is not None:
+            ttl = _validate.ttl_seconds(_of(self.ttl_of, value, "ttl", where), where)
+        if self.stale_of is not None:
+            given = _of(self.stale_of, value, "stale_ttl", where)
+            stale = _validate.stale_seconds(given, where)
+        return ttl, stale
+
+
+def _of(fn: Callable[[Any], Any], value: Any, name: str, where: str) -> Any:
+    try:
+        return fn(value)
+    except Exception as exc:
+        raise ConfigValueError(
+            f"{name}= of {where} raised {exc!r} on a result: the result was not cached"
+        ) from exc
 
 
 @dataclass(slots=True)

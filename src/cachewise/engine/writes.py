@@ -45,6 +45,10 @@ class Writes(Coherence):
         the write; it runs before anything changes here, and if Redis fails, the error is raised
         (a write that was not queued must not look done). Returns the script's reply.
         """
+        if enqueue is None and not policy.keeps(value, target.where):
+            # ``unless=`` holds of the new value: not cached, and the old one is out of date.
+            yield from self.invalidate([target.full_key])
+            return None
         tags = self._tags(target)
         entry = self._entry(target, policy, value, 0.0, tags)
         backend = self.backend
