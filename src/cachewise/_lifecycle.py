@@ -168,7 +168,7 @@ class Lifecycle:
             worst = next(s for s in ("open", "half-open", "closed") if s in states)
             out.update(
                 breaker_state=worst,
-                breaker_opens=sum(breaker.opens for breaker in breakers),
+                breaker_opens=backend.breaker_opens(),
                 short_circuits=sum(breaker.short_circuits for breaker in breakers),
             )
         out["write_behind_pending"] = sum(len(q.pending) + len(q.busy) for q in self._queues)

@@ -171,14 +171,22 @@ class Coherence(Entries):
         """The event channel dropped or came back (``lost``), or was first made: L1 cannot
         know what it missed. Loads running through a loss are not kept either; at the first
         subscription, loads waited for it before reading Redis."""
-        with self.lock:
-            self.epoch += 1
-            self.l1.clear()
-            if lost:
-                for flight in self.flights.values():
-                    flight.invalidated = True
+        self._empty_l1(stop_loads=lost)
         if lost:
             self.counts[Count.L1_FLUSHES] += 1
+
+    def _empty_l1(self, stop_loads: bool) -> int:
+        """Empty L1 (a read racing this cannot put back what it read before), and with
+        ``stop_loads`` keep the running loads from storing what they began before; how many
+        entries L1 held."""
+        with self.lock:
+            held = len(self.l1)
+            self.epoch += 1
+            self.l1.clear()
+            if stop_loads:
+                for flight in self.flights.values():
+                    flight.invalidated = True
+        return held
 
     def drop_local(self, keys: Iterable[str]) -> None:
         """Drop keys from this process only (Redis is dealt with by the caller)."""

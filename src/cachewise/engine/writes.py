@@ -125,7 +125,7 @@ class Writes(Coherence):
         write-behind values and queued writes stay: they are data). How many keys Redis
         dropped, or without Redis how many entries L1 held. Redis failing is logged, counted,
         and the clear sent again with the next call that reaches it."""
-        held = self._empty_local()
+        held = self._empty_l1(stop_loads=True)
         backend = self.backend
         if backend is None:
             return held
@@ -137,18 +137,8 @@ class Writes(Coherence):
             with self.lock:
                 self.backlog_clear = True
             return 0
-        self._empty_local()  # what a read here brought back from Redis meanwhile
+        self._empty_l1(stop_loads=True)  # what a read here brought back from Redis meanwhile
         return dropped
-
-    def _empty_local(self) -> int:
-        """Empty L1, and keep running loads from storing what they began before."""
-        with self.lock:
-            held = len(self.l1)
-            self.epoch += 1
-            self.l1.clear()
-            for flight in self.flights.values():
-                flight.invalidated = True
-        return held
 
     def close(self) -> None:
         if self.backend is not None:

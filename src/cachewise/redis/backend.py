@@ -172,6 +172,10 @@ class RedisBackend:
         """Every breaker: the ``Cache``'s, then each master's (on a cluster)."""
         return self.node_breakers.all(self._topology)
 
+    def breaker_opens(self) -> int:
+        """How many times any breaker opened: a reconnect happened when this moved."""
+        return self.node_breakers.opens()
+
     @property
     def cluster(self) -> bool:
         """Whether Redis is a cluster. For a URL, known once a client was made (every plan

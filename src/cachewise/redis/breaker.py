@@ -130,6 +130,8 @@ class NodeBreakers:
     def __init__(self, main: Breaker) -> None:
         self.main = main
         self.by_node: dict[str, Breaker] = {}
+        #: The openings of the breakers of masters forgotten since (``opens`` never goes back).
+        self.retired_opens = 0
 
     def of(self, client: Any, key: str) -> Breaker:
         """The breaker of the master ``client`` last saw serving ``key``'s slot."""
@@ -150,5 +152,10 @@ class NodeBreakers:
         if client is not None and self.by_node:
             serving = {node.name for node in client.get_primaries()}
             for name in [name for name in self.by_node if name not in serving]:
-                self.by_node.pop(name, None)
+                gone = self.by_node.pop(name, None)
+                self.retired_opens += gone.opens if gone is not None else 0
         return [self.main, *list(self.by_node.values())]
+
+    def opens(self) -> int:
+        """How many times any of the breakers opened (cheap: on the path of every enqueue)."""
+        return self.main.opens + self.retired_opens + sum(b.opens for b in self.by_node.values())

@@ -35,7 +35,7 @@ class ServerCheck:
 
     def due(self) -> bool:
         """Whether ``check`` has work: on the path of every enqueue, so no generator for it."""
-        opens = sum(b.opens for b in self.queue.backend.breakers())
+        opens = self.queue.backend.breaker_opens()
         return self.checked_opens != opens or self.queue.engine.timer() >= self.due_at
 
     def check(self) -> Plan[None]:
@@ -59,7 +59,7 @@ class ServerCheck:
             # Checked before: a master that does not answer cannot take writes anyway, and
             # the others were fit; looked at again soon (a failover may be under way).
             self.due_at = now + 1.0
-            self.checked_opens = sum(b.opens for b in backend.breakers())
+            self.checked_opens = backend.breaker_opens()
             return
         except redis.exceptions.NoPermissionError as exc:
             # A Redis that will not say whether it evicts cannot be trusted with the queue.
@@ -89,7 +89,7 @@ class ServerCheck:
         # An enqueue waits when the master has replicas (on a cluster: when any has; each
         # master with none is not waited on).
         self.replicas = max(int(i.get("connected_slaves", 0) or 0) for i in infos)
-        self.checked_opens = sum(b.opens for b in backend.breakers())
+        self.checked_opens = backend.breaker_opens()
         self.due_at = now + self.CHECK_EVERY
 
     def unreplicated_write(self) -> None:
