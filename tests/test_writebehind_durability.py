@@ -193,6 +193,38 @@ def test_flushall_before_a_flush_is_reported_and_held_writes_are_queued_again(
             flusher.close(timeout=5)
 
 
+@pytest.mark.parametrize("then", ["a new write", "another flusher leads"])
+def test_a_stream_made_again_under_the_old_epoch_does_not_hide_the_loss(
+    store: redis.Redis, namespace: str, then: str
+) -> None:
+    """An evicting Redis may drop the stream and keep the (hot) epoch key; whatever makes the
+    stream again (the next write, a flusher taking the lead) starts a new epoch, so that the
+    writes the holder still has are queued again, never taken as settled."""
+    with RedisServer() as server:
+        holder, _, save = _workers.rows_cache(server.url, namespace)
+        flusher, _, _ = _workers.rows_cache(server.url, namespace, write_behind_claim_idle=0.5)
+        try:
+            stop_flusher(holder)
+            stop_flusher(flusher)
+            for i in range(20):
+                save(i, f"v{i}")
+            server.client().delete(KeySpace(namespace).writer("wb", WRITER))
+            if then == "a new write":
+                save(20, "v20")
+            flusher._queues[0].stopped = False
+            flusher._queues[0].ensure_flusher()
+            if then == "another flusher leads":
+                assert flusher.flush(timeout=10).pending == 0
+            report = holder.flush(timeout=30)
+            want = {i: f"v{i}" for i in range(21 if then == "a new write" else 20)}
+            assert rows(store, namespace) == want, report
+            assert report.requeued == 20 and report.lost == 0
+            assert any("was lost" in e for e in report.errors)
+        finally:
+            holder.close(timeout=5)
+            flusher.close(timeout=5)
+
+
 @pytest.mark.parametrize("fault", ["flushall", "group destroyed", "stream deleted"])
 def test_a_queue_lost_during_flushing_is_noticed_by_the_flusher(
     store: redis.Redis, namespace: str, fault: str

@@ -15,6 +15,7 @@ from .backend import RedisBackend
 from .breaker import OUTAGE_ERRORS, REDIS_ERRORS, Breaker, CircuitOpen
 from .clear import ClearNamespace
 from .listener import Listener
+from .lua_writebehind import QUEUE_GROUP
 from .ops import (
     AwaitEvent,
     Fetch,
@@ -30,6 +31,7 @@ from .replicated import UNWAITED, RunReplicated
 
 __all__ = [
     "OUTAGE_ERRORS",
+    "QUEUE_GROUP",
     "REDIS_ERRORS",
     "UNWAITED",
     "AwaitEvent",

@@ -18,18 +18,51 @@ from .lua import _PUBLISH_FN, _STORE_FN
 # The newest-write hash keeps a field ``~`` (no cache key is named so) besides the keys' own, so
 # that it never empties: a missing hash means it was lost (evicted, flushed), never "every write
 # landed", and the flusher then writes what it holds instead of taking it all as superseded.
-_ENQUEUE_QUEUE_FN = """
+#: The consumer group of every writer's stream.
+QUEUE_GROUP = "cachewise"
+
+# A stream, once made with its group, exists until it is lost (settling deletes entries, never
+# the key): a missing stream is a lost one, so whatever makes it again starts a new epoch.
+# Otherwise an evicting Redis that dropped the stream and kept the (hot) epoch key would let a
+# new write, or a flusher taking the lead, make it again under the old epoch, and the writes
+# held from before would look settled. A stream made again starts its ids a second past the
+# server's clock: a new stream would otherwise give again the ids of the lost one (same
+# millisecond), which processes still hold for writes of the old epoch.
+_NEW_EPOCH_FN = (
+    """
+local function new_epoch(stream, epochkey, nonce)
+  redis.call('SET', epochkey, nonce)
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XGROUP', 'CREATE', stream, '"""
+    + QUEUE_GROUP
+    + """', '0', 'MKSTREAM')
+    local now = redis.call('TIME')
+    local ms = string.format('%d%03d', tonumber(now[1]) + 1, math.floor(tonumber(now[2]) / 1000))
+    redis.call('XSETID', stream, ms .. '-0')
+  else
+    redis.pcall('XGROUP', 'CREATE', stream, '"""
+    + QUEUE_GROUP
+    + """', '0')
+  end
+  return nonce
+end
+"""
+)
+
+_ENQUEUE_QUEUE_FN = (
+    _NEW_EPOCH_FN
+    + """
 local function enqueue(stream, newest, epochkey, key, packed, nonce)
   local epoch = redis.call('GET', epochkey)
-  if not epoch then
-    epoch = nonce
-    redis.call('SET', epochkey, epoch)
+  if not epoch or redis.call('EXISTS', stream) == 0 then
+    epoch = new_epoch(stream, epochkey, nonce)
   end
   local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)
   redis.call('HSET', newest, key, id, '~', '1')
   return stream .. '|' .. id, epoch
 end
 """
+)
 
 # A write-behind call on one Redis, atomically: the queue half, then the write's pending record
 # (readers use it until the store has it) and the STORE of the new value.
@@ -142,38 +175,46 @@ return 1
 """
 )
 
-# KEYS: stream. ARGV: group. Creates the consumer group (and the stream)
-# if missing; an expiry an older release set on the stream is removed (queue keys are data).
-GROUP = """
+# KEYS: stream, epoch. ARGV: group, a nonce for a new epoch. Creates the consumer group (and the
+# stream) if missing, a missing stream under a new epoch; an expiry an older release set on the
+# stream is removed (queue keys are data).
+GROUP = (
+    _NEW_EPOCH_FN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then new_epoch(KEYS[1], KEYS[2], ARGV[2]) end
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 redis.call('PERSIST', KEYS[1])
 return 1
 """
+)
 
 # KEYS: stream, epoch. ARGV: group, nonce, "1" to declare the queue lost (its consumer group
 # vanished). The queue's state for loss detection (see ``writebehind.loss``): a queue whose epoch or
 # stream is gone, or declared lost, gets a new epoch (and its stream and group again), so that
 # every process holding writes of the old one queues them again. Returns {epoch, the oldest
 # entry's id or "", 1 if the epoch changed here}.
-WB_STATE = """
+WB_STATE = (
+    _NEW_EPOCH_FN
+    + """
 local epoch = redis.call('GET', KEYS[2])
 local changed = 0
 if not epoch or redis.call('EXISTS', KEYS[1]) == 0 or ARGV[3] == '1' then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[2], epoch)
-  redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+  epoch = new_epoch(KEYS[1], KEYS[2], ARGV[2])
   changed = 1
 end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 return {epoch, first[1] and first[1][1] or '', changed}
 """
+)
 
 # Queues again a write held by a process when the queue it went into was lost, unless the epoch
-# moved again (-1: tried at the next check) or another write to that key is the newest (0: that
-# one lands instead). Returns the new entry's id.
+# moved again or the stream is gone again (-1: tried at the next check) or another write to
+# that key is the newest (0: that one lands instead). Returns the new entry's id.
 _REQUEUE_QUEUE_FN = """
 local function requeue(stream, newest, epochkey, key, packed, epoch, old)
-  if redis.call('GET', epochkey) ~= epoch then return -1 end
+  if redis.call('GET', epochkey) ~= epoch or redis.call('EXISTS', stream) == 0 then
+    return -1
+  end
   local last = redis.call('HGET', newest, key)
   if last and last ~= old then return 0 end
   local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)

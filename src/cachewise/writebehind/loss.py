@@ -133,6 +133,7 @@ class LossDetection:
         self.losses = 0  # times this process found the queue lost
         self.check_due = 0.0  # when the flusher looks next
         self.nogroup: str | None = None  # the error that said the consumer group vanished
+        self.epoch = ""  # the queue's epoch when this process last looked
 
     def enqueued(self, key: str, packed: bytes, envelope: bytes, reply: Any) -> str:
         """Hold a write just queued until it is seen settled; returns its pending id."""
@@ -151,7 +152,20 @@ class LossDetection:
         """Learn whether the queue was lost since this process last looked, and if so queue
         again every write it still holds from before; forget the held writes
         that were settled. Logs the loss at ERROR with its cause, counts it, and reports it in
-        the next ``flush()``."""
+        the next ``flush()``. A queue lost again while its writes are queued again is looked
+        at again at once (a few times; then the next check goes on)."""
+        for _ in range(5):
+            if not (yield from self._check_once()):
+                return
+
+    def unsettled_elsewhere(self) -> int:
+        """Held writes of an epoch other than the queue's last seen: lost with their queue and
+        not yet queued again (``flush()`` counts them as pending, never as done)."""
+        with self.queue.cond:
+            return sum(n for e, n in self.held.per_epoch.items() if e != self.epoch)
+
+    def _check_once(self) -> Plan[int]:
+        """One look (see ``check``); returns how many held writes are to be queued again still."""
         cause = self.nogroup
         reply = yield RunScript(
             self.queue.backend,
@@ -161,10 +175,11 @@ class LossDetection:
         )
         self.nogroup = None
         epoch, first = text(reply[0]), text(reply[1]) or None
+        self.epoch = epoch
         with self.queue.cond:
             if not self.held.epochs() - {epoch}:
                 self.held.settled_before(epoch, first)
-                return
+                return 0
             again, older, forgotten = self.held.lost(epoch)
             # Their stream entries are gone; what is queued again comes back through the stream.
             self.queue.pending.clear()
@@ -172,11 +187,12 @@ class LossDetection:
         if int(reply[2]) and not cause:
             cause = "the queue's stream or its epoch key vanished"
         replies = (yield from self.requeue(again, epoch)) if again else []
-        requeued = replaced = 0
+        requeued = replaced = retry = 0
         with self.queue.cond:
             for (ident, held), got in zip(again, replies, strict=True):
-                if got == -1:  # the epoch moved again meanwhile: the next check retries it
+                if got == -1:  # the queue was lost again meanwhile: looked at again
                     self.held.add(ident, held)
+                    retry += 1
                 elif got == 0:
                     replaced += 1  # a newer write to the key is queued: it lands instead
                 else:
@@ -196,6 +212,7 @@ class LossDetection:
             self.queue.totals.errors.append(message)
         log.error("cachewise: %s", message)
         self.queue.kick()
+        return retry
 
     def requeue(self, again: list[tuple[str, Held]], epoch: str) -> Plan[list[Any]]:
         """Queue writes again (see ``check``), with their pending records."""

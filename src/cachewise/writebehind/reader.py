@@ -16,6 +16,7 @@ from ..errors import (
     describe,
 )
 from ..redis import (
+    QUEUE_GROUP,
     REDIS_ERRORS,
     Backend,
     RedisCall,
@@ -43,7 +44,7 @@ class StreamReader(WriteBehindQueue):
     above: the caller's enqueue and the flusher's settle."""
 
     durable = True
-    GROUP = "cachewise"
+    GROUP = QUEUE_GROUP
 
     @property
     def split(self) -> bool:
@@ -101,7 +102,9 @@ class StreamReader(WriteBehindQueue):
         # SET lease token PX lease_ms NX
         taken = yield RedisCall(backend, "set", self.lease, self.token, None, self.lease_ms, True)
         if taken:
-            yield RunScript(backend, "group", [self.stream], [self.GROUP])
+            yield RunScript(
+                backend, "group", [self.stream, self.epoch_key], [self.GROUP, secrets.token_hex(8)]
+            )
             self.leading = True
             self.claimed = 0.0
             yield Spawn(self._keep_lease(), self.engine.keep, background=True)

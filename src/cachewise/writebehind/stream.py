@@ -174,16 +174,17 @@ class StreamQueue(StreamReader):
         errors: list[str] = []
         left = 0
         try:
-            yield from self.loss.check()  # a lost queue is reported, never a silent pending=0
-            last = yield RedisCall(self.backend, "xrevrange", self.stream, "+", "-", 1)
-            while last:
-                if not (yield RedisCall(self.backend, "xrange", self.stream, "-", last[0][0], 1)):
+            # A lost queue is reported, never a silent pending=0: looked for before the wait
+            # and after it, and waited for again when it was lost meanwhile.
+            yield from self.loss.check()
+            while True:
+                losses = self.loss.losses
+                yield from self._drain(deadline)
+                yield from self.loss.check()
+                if self.loss.losses == losses or self._past(deadline):
                     break
-                if deadline is not None and self.engine.timer() >= deadline:
-                    break
-                self.kick()
-                yield Sleep(0.005)
             left = yield RedisCall(self.backend, "xlen", self.stream)
+            left += self.loss.unsettled_elsewhere()
         except REDIS_ERRORS as exc:
             self.engine.redis_failed(exc)
             errors.append(f"Redis failed while flushing {self.where}: {describe(exc)}")
@@ -192,6 +193,20 @@ class StreamQueue(StreamReader):
         report = self._end_flush(pending=left)
         report.errors.extend(errors)
         return report
+
+    def _drain(self, deadline: float | None) -> Plan[None]:
+        """Wait until the stream's entries of now are gone (settled), or the deadline."""
+        last = yield RedisCall(self.backend, "xrevrange", self.stream, "+", "-", 1)
+        while last:
+            if not (yield RedisCall(self.backend, "xrange", self.stream, "-", last[0][0], 1)):
+                break
+            if self._past(deadline):
+                break
+            self.kick()
+            yield Sleep(0.005)
+
+    def _past(self, deadline: float | None) -> bool:
+        return deadline is not None and self.engine.timer() >= deadline
 
     def dead_letters(self) -> Plan[list[DeadLetter]]:
         return dead_letters.read(self)
