@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachewise import codec
+from cachewise import codec, valuetypes
 from cachewise.codec import FORMAT, Envelope, SerializationError, pack, unpack
 
 values = st.recursive(
@@ -141,14 +141,20 @@ def test_time_zones_and_precision_survive() -> None:
     assert back.value[0].tzinfo == datetime.timezone.utc and str(back.value[1]) == "10.005"
 
 
-def test_subclasses_of_builtins_come_back_as_the_builtin() -> None:
-    class Level(enum.IntEnum):
-        HIGH = 3
+class Level(enum.IntEnum):
+    HIGH = 3
 
+
+def test_subclasses_of_builtins_come_back_as_the_builtin_and_enums_as_members() -> None:
     value = {"level": Level.HIGH, "order": collections.OrderedDict(a=1)}
-    back = unpack(pack(Envelope(value, 1, 2, 3, ()), "k"))
-    assert back is not None and back.value == {"level": 3, "order": {"a": 1}}
-    assert type(back.value["level"]) is int
+    raw = pack(Envelope(value, 1, 2, 3, ()), "k")
+    back = unpack(raw)
+    assert back is not None and back.value == {"level": Level.HIGH, "order": {"a": 1}}
+    assert back.value["level"] is Level.HIGH and type(back.value["order"]) is dict
+    valuetypes.REGISTERED.pop(f"{__name__}.Level")
+    assert unpack(raw) is None  # a process that never met the class: a miss, never an int
+    valuetypes.register_type(Level)
+    assert unpack(raw) is not None
 
 
 def test_a_dataclass_this_process_does_not_know_is_a_miss() -> None:

@@ -93,7 +93,7 @@ def test_a_fill_whose_tag_moved_during_the_load_is_refused(
         versions = run_sync(engine._tag_versions(("t",)))
         cache.invalidate_tags("t")
         entry = engine._entry(target, _policy(), "old", 0.0, ("t",))
-        assert run_sync(engine._script(*engine._store_call(entry, "", "k", versions))) == 0
+        assert run_sync(engine._script(*engine._store_call(entry, "", target, versions))) == 0
         assert redis_server.client().get(target.full_key) is None
 
 

@@ -19,6 +19,8 @@ from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
 from .engine import MISSING, InvalidationEvent
 from .errors import *  # noqa: F403  (every error type is public; errors.__all__ lists them)
 from .options import Connection, Freshness, Leases, WriteBehind
+from .serializers import Serializer
+from .valuetypes import register_type
 from .writebehind import DeadLetter, FlushReport, WriteCall
 
 __all__ = [
@@ -32,12 +34,14 @@ __all__ = [
     "InvalidationEvent",
     "Leases",
     "MISSING",
+    "Serializer",
     "WriteBehind",
     "WriteCall",
     "WriterArgumentError",
     "cached",
     "configure",
     "default_cache",
+    "register_type",
     *errors.__all__,
 ]
 
@@ -72,8 +76,10 @@ def cached(
     tags: Callable[..., Iterable[str]] | Iterable[str] | None = None,
     key: Callable[..., str] | None = None,
     unless: Callable[[Any], Any] | None = None,
+    serializer: Any = None,
 ) -> CachedDecorator:
     """``@cached(ttl=...)`` on the default cache (see ``configure``)."""
     return default_cache().cached(
-        *positional, ttl=ttl, stale_ttl=stale_ttl, tags=tags, key=key, unless=unless
-    )
+        *positional, ttl=ttl, stale_ttl=stale_ttl, tags=tags, key=key, unless=unless,
+        serializer=serializer,
+    )  # fmt: skip

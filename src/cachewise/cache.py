@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from . import _validate
+from . import _validate, serializers
 from ._clock import Clock, monotonic
 from ._drivers import Plan, run_async, run_sync
 from ._lifecycle import _OPEN, Lifecycle
@@ -49,6 +49,7 @@ class Cache(Lifecycle):
         clock: Clock | None = None,
         timer: Clock | None = None,
         fail_closed: bool = False,
+        serializer: Any = None,
         freshness: Freshness | None = None,
         leases: Leases | None = None,
         connection: Connection | None = None,
@@ -104,6 +105,7 @@ class Cache(Lifecycle):
             lease_wait_timeout=lease.wait_timeout,
             max_value_bytes=conn.max_value_bytes,
         )
+        self._engine.serializer = serializers.resolve(serializer, "Cache")
         self._groups = groups  # the option groups this cache runs on
         self._write_options = writes
         self._queues: list[WriteBehindQueue] = []
@@ -295,6 +297,7 @@ class Cache(Lifecycle):
         key: Callable[..., str] | None = None,
         fail_closed: bool | None = None,
         unless: Callable[[Any], Any] | None = None,
+        serializer: Any = None,
     ) -> CachedDecorator:
         """Cache-aside decorator for ``def`` and ``async def``; ``ttl`` is mandatory.
 
@@ -311,6 +314,7 @@ class Cache(Lifecycle):
             key=key,
             fail_closed=self._fail_closed if fail_closed is None else bool(fail_closed),
             unless=unless,
+            serializer=serializer,
         )
 
     def invalidates(self, target: Any, *, args: Mapper | None = None) -> Callable[[T], T]:

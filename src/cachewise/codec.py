@@ -12,23 +12,14 @@ whose tag versions are no longer the current ones is a miss, so a lost tag is ne
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import decimal
-import uuid
-import zoneinfo
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
 
-from .errors import CacheError
+from . import valuetypes
+from .errors import SerializationError as SerializationError  # where earlier releases had it
 
 FORMAT = 2  # 2: tag versions added; entries of format 1 are misses
-
-
-class SerializationError(CacheError, TypeError):
-    """A value msgpack cannot encode; nothing was stored."""
 
 
 class Envelope(NamedTuple):
@@ -42,161 +33,13 @@ class Envelope(NamedTuple):
     versions: tuple[str, ...] = ()  # the version of each tag when the entry was written
 
 
-# -- the types beyond msgpack's own, as extension types -----------------------------------------
-#
-# msgpack knows None, bool, int, float, str, bytes, list and dict. The types users cache beside
-# those travel as extension types, so they come back as what they were: a tuple stays a tuple,
-# a datetime keeps its time zone. Subclasses of the builtins (IntEnum, StrEnum, OrderedDict,
-# namedtuple) come back as the builtin. Dataclasses come back only in a process where their class
-# is registered (``register_dataclass``, or by encoding one): decoding never imports a module or
-# builds a class named by the bytes, so a shared Redis is not a path to code execution.
-
-_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _DATACLASS = range(
-    1, 11
-)
-#: A datetime in a named zone (``zoneinfo``): its wall time, fold and zone name, so it comes back
-#: in that zone (a fixed offset would compare unequal in a gap or a fold, PEP 495).
-_ZONED_DATETIME = 11
-_DATACLASSES: dict[str, type] = {}
-
-
-def register_dataclass(cls: type) -> type:
-    """Let values of the dataclass ``cls`` be decoded in this process (usable as a decorator)."""
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-        raise TypeError(f"register_dataclass() takes a dataclass, not {cls!r}")
-    _DATACLASSES[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return cls
-
-
-def _packb(value: Any) -> bytes:
-    return msgpack.packb(value, default=_encode, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
-
-
-def _encode(obj: Any) -> Any:
-    """msgpack's ``default``: an extension type, the builtin a subclass stands for, or TypeError."""
-    if isinstance(obj, tuple):
-        return msgpack.ExtType(_TUPLE, _packb(list(obj)))
-    if isinstance(obj, frozenset):
-        return msgpack.ExtType(_FROZENSET, _packb(list(obj)))
-    if isinstance(obj, set):
-        return msgpack.ExtType(_SET, _packb(list(obj)))
-    if isinstance(obj, datetime.datetime):
-        zone = obj.tzinfo
-        if isinstance(zone, zoneinfo.ZoneInfo) and zone.key:
-            wall = obj.replace(tzinfo=None).isoformat()
-            return msgpack.ExtType(_ZONED_DATETIME, _packb([wall, obj.fold, zone.key]))
-        return msgpack.ExtType(_DATETIME, obj.isoformat().encode())
-    if isinstance(obj, datetime.date):
-        return msgpack.ExtType(_DATE, obj.isoformat().encode())
-    if isinstance(obj, datetime.time):
-        return msgpack.ExtType(_TIME, obj.isoformat().encode())
-    if isinstance(obj, datetime.timedelta):
-        return msgpack.ExtType(_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
-    if isinstance(obj, decimal.Decimal):
-        return msgpack.ExtType(_DECIMAL, str(obj).encode())
-    if isinstance(obj, uuid.UUID):
-        return msgpack.ExtType(_UUID, obj.bytes)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        cls = type(obj)
-        name = f"{cls.__module__}.{cls.__qualname__}"
-        _DATACLASSES.setdefault(name, cls)
-        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-        return msgpack.ExtType(_DATACLASS, _packb([name, fields]))
-    builtins: tuple[Callable[[Any], Any], ...] = (bool, int, float, str, bytes, list, dict)
-    for builtin in builtins:
-        if isinstance(obj, builtin):  # type: ignore[arg-type]
-            return builtin(obj)
-    if isinstance(obj, (bytearray, memoryview)):
-        return bytes(obj)
-    raise TypeError(f"can not serialize {type(obj).__qualname__!r} object")
-
-
-def _unpackb(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, ext_hook=_decode, strict_map_key=False)
-
-
+# The value types beyond msgpack's own live in ``valuetypes``; re-exported here, where earlier
+# releases had them.
+_packb, _unpackb, _decode = valuetypes.packb, valuetypes.unpackb, valuetypes.decode
 _unpackb_raw = msgpack.unpackb
-
-
-def _decode(code: int, data: bytes) -> Any:
-    """msgpack's ``ext_hook``; raises (making the whole entry a miss) on anything unknown."""
-    if code == _TUPLE:
-        return tuple(_unpackb(data))
-    if code == _SET:
-        return set(_unpackb(data))
-    if code == _FROZENSET:
-        return frozenset(_unpackb(data))
-    if code == _DATETIME:
-        return datetime.datetime.fromisoformat(data.decode())
-    if code == _ZONED_DATETIME:
-        wall, fold, key = _unpackb(data)
-        # ZoneInfo refuses keys that are not normalized relative names (no path escapes).
-        return datetime.datetime.fromisoformat(wall).replace(
-            tzinfo=zoneinfo.ZoneInfo(key), fold=fold
-        )
-    if code == _DATE:
-        return datetime.date.fromisoformat(data.decode())
-    if code == _TIME:
-        return datetime.time.fromisoformat(data.decode())
-    if code == _TIMEDELTA:
-        days, seconds, micros = _unpackb(data)
-        return datetime.timedelta(days, seconds, micros)
-    if code == _DECIMAL:
-        return decimal.Decimal(data.decode())
-    if code == _UUID:
-        return uuid.UUID(bytes=data)
-    if code == _DATACLASS:
-        name, fields = _unpackb(data)
-        cls = _DATACLASSES.get(name)
-        if cls is None:
-            raise ValueError(f"dataclass {name} is not registered in this process")
-        return cls(**fields)
-    raise ValueError(f"unknown extension type {code}")
-
-
-def pack_value(value: Any, where: str) -> bytes:
-    """Encode ``value`` alone (to fail early, before anything is stored)."""
-    try:
-        return _packb(value)
-    except OverflowError:
-        raise SerializationError(
-            f"cannot store the value of {where} in Redis: it holds an integer outside "
-            "-2**63..2**64-1, which msgpack cannot encode (store it as a str or Decimal)"
-        ) from None
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(
-            f"cannot store the value of {where} in Redis: {_culprit(value)} is not supported "
-            f"by the codec ({exc}); supported: None, bool, int, float, str, bytes, list, tuple, "
-            "dict, set, frozenset, datetime, date, time, timedelta, Decimal, UUID, dataclasses"
-        ) from None
-
-
-def unpack_value(raw: bytes) -> Any:
-    """Decode what ``pack_value`` encoded."""
-    return _unpackb(raw)
-
-
-_SUPPORTED = (
-    str, bytes, bytearray, int, float, bool, type(None), datetime.date, datetime.time,
-    datetime.timedelta, decimal.Decimal, uuid.UUID,
-)  # fmt: skip
-
-
-def _culprit(value: Any) -> str:
-    """Name the innermost type the codec refuses, for the error message."""
-    seen: list[Any] = [value]
-    while seen:
-        item = seen.pop()
-        if isinstance(item, (list, tuple, set, frozenset)):
-            seen.extend(item)
-        elif isinstance(item, dict):
-            seen.extend(item.keys())
-            seen.extend(item.values())
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            seen.extend(getattr(item, f.name) for f in dataclasses.fields(item))
-        elif not isinstance(item, _SUPPORTED):
-            return f"{type(item).__module__}.{type(item).__qualname__}"
-    return type(value).__qualname__
+_DATACLASSES = valuetypes.REGISTERED
+register_dataclass = valuetypes.register_dataclass
+pack_value, unpack_value = valuetypes.pack_value, valuetypes.unpack_value
 
 
 def pack(envelope: Envelope, where: str) -> bytes:

@@ -13,13 +13,14 @@ import inspect
 from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import _validate
+from . import _validate, serializers, valuetypes
 from ._codegen import make_wrapper
 from ._drivers import Plan, run_async, run_sync
 from .engine import Engine, Policy, Target
 from .errors import ConfigTypeError
 from .keys import ArgKeyer
 from .keys import explicit as explicit_key
+from .serializers import Serializer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,8 +73,10 @@ class Spec(Generic[P]):
         policy: Policy,
         key: Callable[..., str] | None,
         tags: Callable[..., Iterable[str]] | Iterable[str] | None,
+        serializer: Serializer | None = None,
     ) -> None:
         self.engine = engine
+        self.serializer = serializer
         self.fn = fn
         self.policy = policy
         self.where = f"{fn.__module__}.{fn.__qualname__}"
@@ -98,10 +101,14 @@ class Spec(Generic[P]):
         if self.custom_key is not None:
             key = _validate.cache_key(call(self.custom_key), f"the key= function of {self.where}")
             full_key = self.engine.space.entry(explicit_key(key))
-            return Target(self.table, key, full_key, self.where, self._tags_for(call))
+            return Target(
+                self.table, key, full_key, self.where, self._tags_for(call), self.serializer
+            )
         l1_key = self.keyer.l1_key(values)
         full_key = self.engine.space.entry(self.base + self.keyer.args_text(l1_key))
-        return Target(self.table, l1_key, full_key, self.where, self._tags_for(call))
+        return Target(
+            self.table, l1_key, full_key, self.where, self._tags_for(call), self.serializer
+        )
 
     def target_of_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
         """The entry that ``fn(*args, **kwargs)`` reads and fills."""
@@ -171,9 +178,11 @@ def make_cached(
     key: Callable[..., str] | None = None,
     fail_closed: bool = False,
     unless: Callable[[Any], Any] | None = None,
+    serializer: Any = None,
 ) -> CachedDecorator:
     """Return the ``cached`` decorator; TTLs and options are checked here, at decoration time
-    (a TTL function's results, and ``unless``, on each result)."""
+    (a TTL function's results, and ``unless``, on each result). ``serializer`` None: the
+    cache's."""
     if unless is not None:
         _validate.callable_(unless, "unless=")
     if key is not None:
@@ -191,7 +200,9 @@ def make_cached(
         fixed_ttl, ttl_of = _lifetime(ttl, where, "ttl")
         fixed_stale, stale_of = _lifetime(stale_ttl, where, "stale_ttl")
         policy = Policy(fixed_ttl, fixed_stale, fail_closed, ttl_of, stale_of, unless)
-        spec: Spec[Any] = Spec(engine, fn, policy, key, tags)
+        chosen = engine.serializer if serializer is None else serializers.resolve(serializer, where)
+        valuetypes.register_annotation(fn)  # a process that only reads them decodes them too
+        spec: Spec[Any] = Spec(engine, fn, policy, key, tags, chosen)
         wrapper = _cached_wrapper(spec, fn)
         functools.update_wrapper(wrapper, fn)
         wrapper.key = lambda *a, **kw: spec.target_of_call(a, kw).full_key  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ __all__ = [
     "KeyBuildError",
     "LoaderResultError",
     "RedisUnavailable",
+    "SerializationError",
     "ValueTooLarge",
     "WriteBehindFull",
     "WriteBehindNotDurable",
@@ -64,6 +65,10 @@ class WriteBehindNotDurable(ConfigValueError):
 
 class RedisUnavailable(CacheError):
     """Redis could not be reached and the call is fail-closed: nothing was loaded or cached."""
+
+
+class SerializationError(CacheError, TypeError):
+    """A value the configured serializer cannot encode; nothing was stored."""
 
 
 class ValueTooLarge(CacheError, ValueError):

@@ -222,7 +222,7 @@ class Bulk(Reads):
         stored = {key: 1 for key in flights}
         if backend is not None and tokens:
             calls = [
-                self._store_call(entry, tokens[key], targets[key].where, flights[key].versions)
+                self._store_call(entry, tokens[key], targets[key], flights[key].versions)
                 for key, entry in entries.items()
             ]
             try:

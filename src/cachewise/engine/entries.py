@@ -8,7 +8,7 @@ import random
 import secrets
 from typing import Any
 
-from .. import codec, core
+from .. import codec, core, serializers
 from .._drivers import Plan
 from .._flight import Flight
 from ..core import Entry
@@ -54,6 +54,8 @@ class Entries(EngineState):
         self, target: Target, policy: Policy, value: Any, load_time: float, tags: tuple[str, ...]
     ) -> Entry:
         ttl, stale_ttl = policy.lifetimes(value, target.where)
+        if self.backend is None:  # with Redis, packing the value raises this error
+            serializers.check(target.serializer, value, target.described())
         return core.make_entry(
             value,
             now=self.clock(),
@@ -68,13 +70,19 @@ class Entries(EngineState):
             tags=tags,
         )
 
-    def _envelope(self, entry: Entry, versions: tuple[str, ...] = ()) -> codec.Envelope:
-        """The shared form of a local entry: its deadlines moved onto the Redis server's clock,
-        with the versions its tags had when it was made."""
+    def _envelope(
+        self, entry: Entry, target: Target, versions: tuple[str, ...] = ()
+    ) -> codec.Envelope:
+        """The shared form of a local entry: its value as its serializer makes it, its
+        deadlines moved onto the Redis server's clock, with the versions its tags had when it
+        was made."""
         assert self.backend is not None
         shift = self.backend.server_now_ms() - self.clock() * 1000
+        serializer = target.serializer
         return codec.Envelope(
-            entry.value,
+            entry.value
+            if serializer is None
+            else serializer.encode(entry.value, target.described()),
             fresh_until_ms=int(entry.fresh_until * 1000 + shift),
             stale_until_ms=int(entry.stale_until * 1000 + shift),
             load_time_ms=int(entry.load_time * 1000),
@@ -88,7 +96,7 @@ class Entries(EngineState):
         return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
 
     def _store_call(
-        self, entry: Entry, token: str, where: str, versions: tuple[str, ...] = ()
+        self, entry: Entry, token: str, target: Target, versions: tuple[str, ...] = ()
     ) -> StoreCall:
         """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally),
         recording ``versions`` of its tags (refused by Redis if one moved since).
@@ -99,8 +107,8 @@ class Entries(EngineState):
         assert backend is not None
         if len(versions) != len(entry.tags):
             raise AssertionError(f"{len(entry.tags)} tags but {len(versions)} versions")
-        env = self._envelope(entry, versions)
-        packed = codec.pack(env, where)
+        env = self._envelope(entry, target, versions)
+        packed = codec.pack(env, target.described())
         key = entry.full_key
         if len(packed) > self.max_value_bytes:
             # Too large to share: kept in this process only, and no older copy stays shared.

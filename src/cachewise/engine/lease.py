@@ -151,7 +151,7 @@ class Leases(Fills):
             )
             keep = policy.keeps(value, target.where)
             entry = self._entry(target, policy, value, took, flight.tags) if keep else None
-            store = self._store_call(entry, token, target.where, flight.versions) if entry else None
+            store = self._store_call(entry, token, target, flight.versions) if entry else None
         except BaseException:
             yield from self._give_back(lease, token)
             raise

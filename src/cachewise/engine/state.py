@@ -23,6 +23,7 @@ from ..redis import (
     CircuitOpen,
 )
 from ..redis.keyspace import KeySpace
+from ..serializers import Serializer
 from .values import (
     Count,
     InvalidationEvent,
@@ -98,6 +99,8 @@ class EngineState:
         self._last_redis_log = 0.0
         self._logged: dict[str, float] = {}
         self.max_value_bytes = max_value_bytes
+        #: How values go to Redis unless a function chooses (None: msgpack); ``serializers``.
+        self.serializer: Serializer | None = None
         #: Invalidations (and writes, which invalidate) that could not reach Redis: sent when it
         #: answers again, so other processes and L2 do not keep what this process dropped.
         self.backlog_keys: set[str] = set()
@@ -119,7 +122,9 @@ class EngineState:
     # -- small helpers --------------------------------------------------------------------------
 
     def explicit_target(self, key: str) -> Target:
-        return Target(self.explicit, key, self.space.entry(explicit_key(key)), key)
+        return Target(
+            self.explicit, key, self.space.entry(explicit_key(key)), key, None, self.serializer
+        )
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a strong reference to a task the engine started until it ends."""

@@ -23,6 +23,7 @@ from ..redis import (
     RunScript,
     ScriptCall,
 )
+from ..serializers import Serializer
 
 log = logging.getLogger("cachewise")
 
@@ -161,6 +162,12 @@ class Target:
     full_key: str
     where: str
     tags: Callable[[], Iterable[str]] | None = None
+    #: How its value goes to Redis (None: msgpack); ``serializers``.
+    serializer: Serializer | None = None
+
+    def described(self) -> str:
+        """The function and the key, for an error about this entry's value."""
+        return f"{self.where} (key {self.full_key!r})"
 
 
 class _Latency:

@@ -71,7 +71,7 @@ class Writes(Coherence):
                             raise
                         self.redis_failed(exc)
                         versions = ("",) * len(tags)  # refused by Redis if it answers again
-                store = self._store_call(entry, "", target.where, versions)
+                store = self._store_call(entry, "", target, versions)
         if enqueue is not None:
             assert store is not None
             reply = yield from enqueue(store)
