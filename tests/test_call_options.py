@@ -131,3 +131,81 @@ def test_a_function_given_positionally_is_still_the_bare_decorator_error() -> No
     with pytest.raises(TypeError, match="once"):
         cache.cached(60, ttl=60)
     cache.close()
+
+
+class Session:
+    """An argument with no stable key of its own (its repr is its address)."""
+
+
+def test_ignore_leaves_arguments_out_of_the_key(where: Callable[..., Cache], drive: Driver) -> None:
+    cache = where()
+    loads: list[tuple[int, str]] = []
+
+    def profile(user_id: int, session: Session, *, lang: str = "en") -> str:
+        loads.append((user_id, lang))
+        return f"{user_id}/{lang}"
+
+    f = cache.cached(ttl=60, ignore=("session",))(drive.function(profile))
+    assert drive.run(f, 1, Session()) == "1/en"
+    assert drive.run(f, 1, Session()) == "1/en"  # another session: the same entry (L1 hit)
+    assert drive.run(f, 1, session=Session(), lang="fr") == "1/fr"
+    assert loads == [(1, "en"), (1, "fr")]
+    assert f.key(1, Session()) == f.key(1, None)
+    g = cache.cached(ttl=60, ignore="session")(drive.function(profile))
+    assert g.key(2, Session()) == g.key(2, "anything")
+
+    store: dict[int, str] = {}
+
+    def save(user_id: int, text: str) -> None:
+        store[user_id] = text
+
+    # A writer may leave the ignored argument out of args= too.
+    cache.write_through(f, args=lambda uid, text: uid, value=lambda uid, text: text)(save)(1, "new")
+    assert drive.run(f, 1, Session()) == "new" and len(loads) == 2
+
+
+def test_bad_ignore_is_refused_at_decoration() -> None:
+    cache = Cache(namespace="t")
+
+    def f(a: int, b: int) -> int:
+        return a
+
+    class Repo:
+        def get(self, a: int) -> int:
+            return a
+
+    with pytest.raises(CacheError, match=r"'c', which is not one of its parameters \(a, b\)"):
+        cache.cached(ttl=1, ignore=["c"])(f)
+    with pytest.raises(CacheError, match="receiver"):
+        cache.cached(ttl=1, ignore=["self"])(Repo.get)
+    with pytest.raises(CacheError, match="must name parameters"):
+        cache.cached(ttl=1, ignore=[1])(f)  # type: ignore[list-item]
+    with pytest.raises(CacheError, match="key="):
+        cache.cached(ttl=1, ignore=["a"], key=lambda a, b: str(a))
+    cache.close()
+
+
+def test_when_caches_only_the_calls_it_holds_of(where: Callable[..., Cache], drive: Driver) -> None:
+    cache = where()
+    loads: list[int] = []
+
+    def report(day: int, live: bool = False) -> int:
+        loads.append(day)
+        return day
+
+    f = cache.cached(ttl=60, when=lambda day, live=False: not live)(drive.function(report))
+    assert drive.run(f, 1) == 1 and drive.run(f, 1) == 1 and loads == [1]
+    assert drive.run(f, 1, live=True) == 1 and drive.run(f, 1, True) == 1
+    assert loads == [1, 1, 1]  # live calls went through, and kept nothing
+    assert drive.run(f.peek, 2, True) is MISSING
+    assert drive.run(f, 1) == 1 and loads == [1, 1, 1]  # the cached entry stayed
+
+    def broken(day: int, live: bool = False) -> bool:
+        raise RuntimeError("no")
+
+    g = cache.cached(ttl=60, when=broken)(drive.function(report))
+    with pytest.raises(CacheError, match=r"when= of .*report raised RuntimeError\('no'\)"):
+        drive.run(g, 3)
+    assert 3 not in loads
+    with pytest.raises(CacheError, match="when="):
+        cache.cached(ttl=60, when=42)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import errors
+from ._switch import disable
 from ._writes import WriterArgumentError
 from .cache import Cache
 from .decorators import AsyncCachedFunction, CachedDecorator, CachedFunction
@@ -41,6 +42,7 @@ __all__ = [
     "cached",
     "configure",
     "default_cache",
+    "disable",
     "register_type",
     *errors.__all__,
 ]
@@ -77,9 +79,11 @@ def cached(
     key: Callable[..., str] | None = None,
     unless: Callable[[Any], Any] | None = None,
     serializer: Any = None,
+    ignore: Iterable[str] | str | None = None,
+    when: Callable[..., Any] | None = None,
 ) -> CachedDecorator:
     """``@cached(ttl=...)`` on the default cache (see ``configure``)."""
     return default_cache().cached(
         *positional, ttl=ttl, stale_ttl=stale_ttl, tags=tags, key=key, unless=unless,
-        serializer=serializer,
+        serializer=serializer, ignore=ignore, when=when,
     )  # fmt: skip

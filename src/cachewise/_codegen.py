@@ -78,10 +78,11 @@ def _render(signature: inspect.Signature) -> tuple[str, str, str, dict[str, Any]
 
 
 def _fast_condition(
-    signature: inspect.Signature, is_method: bool, enabled: bool
+    signature: inspect.Signature, is_method: bool, enabled: bool, ignore: frozenset[str]
 ) -> tuple[str, str]:
-    """The hit-path guard and in-process key expressions (see ``keys.ArgKeyer``)."""
-    params = list(signature.parameters.values())
+    """The hit-path guard and in-process key expressions (see ``keys.ArgKeyer``; the
+    parameters ``ignore`` names are not part of the key)."""
+    params = [p for p in signature.parameters.values() if p.name not in ignore]
     keyed = params[1:] if is_method else params
     if not enabled or any(
         p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in keyed
@@ -104,6 +105,7 @@ def make_wrapper(
     now: Callable[[], float],
     args: Callable[[tuple[Any, ...], Callable[[Callable[..., Any]], Any]], tuple[Any, ...]],
     read: Callable[..., Any],
+    ignore: frozenset[str] = frozenset(),
 ) -> Callable[..., Any] | None:
     """The wrapper of ``fn``, or None when its signature cannot be mirrored.
 
@@ -114,7 +116,7 @@ def make_wrapper(
     if rendered is None:
         return None
     params, values, call, defaults = rendered
-    guard, key = _fast_condition(signature, is_method, fast)
+    guard, key = _fast_condition(signature, is_method, fast, ignore)
     source = _TEMPLATE.format(
         async_="async " if is_async else "",
         await_="await " if is_async else "",
@@ -127,6 +129,7 @@ def make_wrapper(
     )
     namespace: dict[str, Any] = {
         "_cw_table": table,
+        "_cw_real_table": table,  # ``_cw_table`` is swapped while caching is off (``_switch``)
         "_cw_now": now,
         "_cw_args": args,
         "_cw_read": read,

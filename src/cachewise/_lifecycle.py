@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import weakref
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import _switch
 from ._drivers import run_async, run_sync
 from .engine import Engine
 from .writebehind import DeadLetter, FlushReport, StreamQueue, WriteBehindQueue, drain
@@ -52,6 +54,12 @@ class Lifecycle:
 
     async def aclear(self) -> int:
         return await run_async(self._engine.clear())
+
+    def bypass(self) -> contextlib.AbstractContextManager[None]:
+        """``with cache.bypass():`` this cache's calls in this thread or task go straight
+        through: loaders run, nothing is read or kept, writes drop the entry everywhere.
+        Other threads and tasks keep caching."""
+        return _switch.bypass(self._engine)
 
     # -- write-behind control -------------------------------------------------------------------
 

@@ -298,6 +298,8 @@ class Cache(Lifecycle):
         fail_closed: bool | None = None,
         unless: Callable[[Any], Any] | None = None,
         serializer: Any = None,
+        ignore: Iterable[str] | str | None = None,
+        when: Callable[..., Any] | None = None,
     ) -> CachedDecorator:
         """Cache-aside decorator for ``def`` and ``async def``; ``ttl`` is mandatory.
 
@@ -315,6 +317,8 @@ class Cache(Lifecycle):
             fail_closed=self._fail_closed if fail_closed is None else bool(fail_closed),
             unless=unless,
             serializer=serializer,
+            ignore=ignore,
+            when=when,
         )
 
     def invalidates(self, target: Any, *, args: Mapper | None = None) -> Callable[[T], T]:

@@ -13,11 +13,11 @@ import inspect
 from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import _validate, serializers, valuetypes
+from . import _switch, _validate, serializers, valuetypes
 from ._codegen import make_wrapper
 from ._drivers import Plan, run_async, run_sync
 from .engine import Engine, Policy, Target
-from .errors import ConfigTypeError
+from .errors import ConfigTypeError, ConfigValueError
 from .keys import ArgKeyer
 from .keys import explicit as explicit_key
 from .serializers import Serializer
@@ -74,13 +74,16 @@ class Spec(Generic[P]):
         key: Callable[..., str] | None,
         tags: Callable[..., Iterable[str]] | Iterable[str] | None,
         serializer: Serializer | None = None,
+        ignore: frozenset[str] = frozenset(),
+        when: Callable[..., Any] | None = None,
     ) -> None:
         self.engine = engine
         self.serializer = serializer
+        self.when = when
         self.fn = fn
         self.policy = policy
         self.where = f"{fn.__module__}.{fn.__qualname__}"
-        self.keyer = ArgKeyer(fn, self.where)
+        self.keyer = ArgKeyer(fn, self.where, ignore)
         self.custom_key = key
         self.tags = tags
         # Explicit keys (key=...) share the table of get/set so cache.invalidate(k) reaches them.
@@ -97,7 +100,18 @@ class Spec(Generic[P]):
 
     def target(self, values: tuple[Any, ...], call: Caller) -> Target:
         """The entry of one call, from its bound ``values``; ``call(f)`` calls ``f`` with the
-        call's own arguments (for ``key=`` and ``tags=`` functions)."""
+        call's own arguments (for ``key=``, ``tags=`` and ``when=`` functions)."""
+        target = self._target(values, call)
+        if self.when is not None:
+            try:
+                target.through = not call(self.when)
+            except Exception as exc:
+                raise ConfigValueError(
+                    f"when= of {self.where} raised {exc!r}: the call was not made"
+                ) from exc
+        return target
+
+    def _target(self, values: tuple[Any, ...], call: Caller) -> Target:
         if self.custom_key is not None:
             key = _validate.cache_key(call(self.custom_key), f"the key= function of {self.where}")
             full_key = self.engine.space.entry(explicit_key(key))
@@ -179,12 +193,18 @@ def make_cached(
     fail_closed: bool = False,
     unless: Callable[[Any], Any] | None = None,
     serializer: Any = None,
+    ignore: Iterable[str] | str | None = None,
+    when: Callable[..., Any] | None = None,
 ) -> CachedDecorator:
     """Return the ``cached`` decorator; TTLs and options are checked here, at decoration time
     (a TTL function's results, and ``unless``, on each result). ``serializer`` None: the
     cache's."""
     if unless is not None:
         _validate.callable_(unless, "unless=")
+    if when is not None:
+        _validate.callable_(when, "when=")
+    if ignore is not None and key is not None:
+        raise ConfigValueError("ignore= with key=: key= builds the whole key, give one of them")
     if key is not None:
         _validate.callable_(key, "key=")
     if tags is not None and not callable(tags):
@@ -202,7 +222,8 @@ def make_cached(
         policy = Policy(fixed_ttl, fixed_stale, fail_closed, ttl_of, stale_of, unless)
         chosen = engine.serializer if serializer is None else serializers.resolve(serializer, where)
         valuetypes.register_annotation(fn)  # a process that only reads them decodes them too
-        spec: Spec[Any] = Spec(engine, fn, policy, key, tags, chosen)
+        left_out = _ignored(ignore, fn, where)
+        spec: Spec[Any] = Spec(engine, fn, policy, key, tags, chosen, left_out, when)
         wrapper = _cached_wrapper(spec, fn)
         functools.update_wrapper(wrapper, fn)
         wrapper.key = lambda *a, **kw: spec.target_of_call(a, kw).full_key  # type: ignore[attr-defined]
@@ -220,6 +241,30 @@ def make_cached(
         return wrapper
 
     return cast(CachedDecorator, decorate)
+
+
+def _ignored(
+    ignore: Iterable[str] | str | None, fn: Callable[..., Any], where: str
+) -> frozenset[str]:
+    """``ignore=`` checked against ``fn``'s signature, at decoration time."""
+    if ignore is None:
+        return frozenset()
+    names = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    params = list(inspect.signature(fn).parameters)
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigTypeError(f"ignore= of {where} must name parameters (str), got {name!r}")
+        if name not in params:
+            raise ConfigValueError(
+                f"ignore= of {where} names {name!r}, which is not one of its parameters "
+                f"({', '.join(params) or 'none'})"
+            )
+        if name == params[0] and name in ("self", "cls"):
+            raise ConfigValueError(
+                f"ignore= of {where} names {name!r}: the method's receiver is never part of the "
+                "key (define __cache_key__() to make it one)"
+            )
+    return frozenset(names)
 
 
 def _refresh(spec: Spec[Any], *args: Any, **kwargs: Any) -> Plan[Any]:
@@ -242,13 +287,16 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
         fn,
         is_async=is_async,
         is_method=spec.keyer.is_method,
-        fast=spec.custom_key is None,
+        fast=spec.custom_key is None and spec.when is None,
         table=spec.table,
         now=engine.clock,
         args=args,
         read=engine.read_async if is_async else engine.read_sync,
+        ignore=spec.keyer.ignore,
     )
-    if wrapper is None:  # a parameter name the generated code cannot use: no fast path
+    if wrapper is not None:
+        _switch.register(engine, wrapper)
+    else:  # a parameter name the generated code cannot use: no fast path
         wrapper = _shell(
             fn,
             lambda *a, **kw: read(

@@ -179,11 +179,19 @@ class ArgKeyer:
     ``str`` otherwise. Each in-process key maps to exactly one canonical text.
     """
 
-    def __init__(self, fn: Callable[..., Any], where: str) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], where: str, ignore: frozenset[str] = frozenset()
+    ) -> None:
         self.where = where
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
         self.is_method = _is_method(params)
+        self.ignore = ignore
+        #: Where the keyed arguments sit among all parameter values (None: all of them).
+        self.kept: tuple[int, ...] | None = None
+        if ignore:
+            self.kept = tuple(i for i, p in enumerate(params) if p.name not in ignore)
+            params = [p for p in params if p.name not in ignore]
         keyed = params[1:] if self.is_method else params
         self.names = [p.name for p in keyed]
         self.single = len(keyed) == 1 and keyed[0].kind not in (
@@ -195,14 +203,29 @@ class ArgKeyer:
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """All parameter values of a call, in signature order (raises ``TypeError`` as the
         function would for a call that does not bind)."""
-        if self._binder is not None:
-            return self._binder(*args, **kwargs)
-        bound = self.signature.bind(*args, **kwargs)
+        try:
+            if self._binder is not None:
+                return self._binder(*args, **kwargs)
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            if not self.ignore:
+                raise
+            # Arguments left out of the key may be left out of a writer's args= too.
+            bound = self.signature.bind_partial(*args, **kwargs)
+            for name in self.ignore:
+                bound.arguments.setdefault(name, None)
+            bound.apply_defaults()
+            if len(bound.arguments) < len(self.signature.parameters):
+                raise
+            return tuple(bound.arguments[n] for n in self.signature.parameters)
         bound.apply_defaults()
         return tuple(bound.arguments.values())
 
     def keyed(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        """``values`` without ``self``/``cls`` (or with its ``__cache_key__()``)."""
+        """``values`` without ``self``/``cls`` (or with its ``__cache_key__()``), and without
+        the arguments ``ignore=`` leaves out."""
+        if self.kept is not None:
+            values = tuple(values[i] for i in self.kept)
         if not self.is_method:
             return values
         custom = getattr(values[0], "__cache_key__", None)

@@ -9,9 +9,10 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import codec
+from .. import _switch, codec
 from .._drivers import (
     BLOCKS_LOOP,
+    Invoke,
     Plan,
     Spawn,
     Wait,
@@ -49,6 +50,8 @@ class Bulk(Reads):
     ) -> Plan[dict[str, Any]]:
         """Bulk cache-aside: L1, one MGET, then one ``load_many`` call for the keys this caller
         leads; per-key single-flight throughout."""
+        if _switch.passing(self):  # caching is off here: straight through
+            return (yield from self._load_through(list(targets), load_many))
         found = yield from self.get_many(list(targets))
         waiting: dict[str, Flight] = {}
         leading: dict[str, Flight] = {}
@@ -77,6 +80,17 @@ class Bulk(Reads):
                 )
             found[key] = value
         return {key: found[key] for key in targets}
+
+    def _load_through(
+        self, keys: list[str], load_many: Callable[[list[str]], Any]
+    ) -> Plan[dict[str, Any]]:
+        result = yield Invoke(lambda: load_many(keys))
+        if not isinstance(result, Mapping):
+            raise ConfigTypeError(f"load_many must return a mapping, not {type(result).__name__}")
+        lost = [key for key in keys if key not in result]
+        if lost:
+            raise LoaderResultError(f"load_many returned no value for {lost!r}")
+        return {key: result[key] for key in keys}
 
     def _resolve_many(
         self,
@@ -251,6 +265,8 @@ class Bulk(Reads):
         Works on the key strings themselves (no ``Target`` per key until one is kept in L1):
         per-key work is what separates a bulk read from the raw ``MGET`` it wraps.
         """
+        if _switch.passing(self):
+            return {}
         found, rest = self._local_many(keys)
         backend = self.backend
         if not rest or backend is None:

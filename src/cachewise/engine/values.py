@@ -164,6 +164,8 @@ class Target:
     tags: Callable[[], Iterable[str]] | None = None
     #: How its value goes to Redis (None: msgpack); ``serializers``.
     serializer: Serializer | None = None
+    #: This call is not cached (``when=`` said so): its loader runs, nothing is read or kept.
+    through: bool = False
 
     def described(self) -> str:
         """The function and the key, for an error about this entry's value."""
