@@ -1,12 +1,14 @@
-# Sourced by the README commands: venv, package + dev extras, redis-server. Idempotent.
+# Sourced by the README commands: venv, the package (with the extras in CACHEWISE_EXTRAS, "dev"
+# unless set: the demo sets it empty and installs only the package), redis-server. Idempotent.
 PY=${PYTHON:-python3}
+extras=${CACHEWISE_EXTRAS-dev}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-stamp=.venv/.cachewise-installed
+stamp=".venv/.cachewise-installed-${extras:-base}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
     touch "$stamp"
 fi
 if ! command -v redis-server >/dev/null 2>&1; then
