@@ -173,3 +173,21 @@ def replicated() -> Iterator[tuple[Any, Any]]:
     finally:
         replica.stop()
         master.stop()
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def where(
+    request: pytest.FixtureRequest, redis_server: Any, namespace: str
+) -> Iterator[Callable[..., Cache]]:
+    """A maker of caches in this test's namespace: in-process, or on the shared server."""
+    made: list[Cache] = []
+
+    def make(**options: Any) -> Cache:
+        url = redis_server.url if request.param == "redis" else None
+        cache = Cache(url, namespace=namespace, **options)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close(timeout=5)

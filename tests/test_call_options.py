@@ -4,7 +4,7 @@ Redis."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,23 +14,6 @@ from cachewise.testing import FakeClock
 
 from .conftest import Driver
 from .test_concurrency import wait_until
-
-
-@pytest.fixture(params=["in-process", "redis"])
-def where(
-    request: pytest.FixtureRequest, redis_server: Any, namespace: str
-) -> Iterator[Callable[..., Cache]]:
-    made: list[Cache] = []
-
-    def make(**options: Any) -> Cache:
-        url = redis_server.url if request.param == "redis" else None
-        cache = Cache(url, namespace=namespace, **options)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close(timeout=5)
 
 
 def test_unless_keeps_a_result_out_of_the_cache(where: Callable[..., Cache], drive: Driver) -> None:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,23 +19,6 @@ from cachewise import MISSING, Cache, ConfigValueError
 from cachewise.testing import isolated_cache
 
 from .conftest import Driver
-
-
-@pytest.fixture(params=["in-process", "redis"])
-def where(
-    request: pytest.FixtureRequest, redis_server: Any, namespace: str
-) -> Iterator[Callable[..., Cache]]:
-    made: list[Cache] = []
-
-    def make(**options: Any) -> Cache:
-        url = redis_server.url if request.param == "redis" else None
-        cache = Cache(url, namespace=namespace, **options)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close(timeout=5)
 
 
 def _counted(cache: Cache, drive: Driver, name: str = "square") -> tuple[Any, list[int]]:

@@ -5,6 +5,7 @@ after the acknowledgement loses nothing when the replica is promoted."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -164,33 +165,45 @@ def test_a_bad_replica_wait_is_a_clear_error(bad: Any) -> None:
 # -- a lost queue is detected, reported and queued again ------------------------------------
 
 
-def test_flushall_before_a_flush_is_reported_and_held_writes_are_queued_again(
-    store: redis.Redis, namespace: str, redis_server: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+@contextlib.contextmanager
+def held_writes(namespace: str, writes: int) -> Iterator[tuple[RedisServer, Cache, Cache, Any]]:
+    """A server whose queue holds ``writes`` writes of a holder, neither of two caches' flushers
+    running: the test loses the queue, then starts the flusher's (``start_flusher``)."""
     with RedisServer() as server:
         holder, _, save = _workers.rows_cache(server.url, namespace)
         flusher, _, _ = _workers.rows_cache(server.url, namespace, write_behind_claim_idle=0.5)
         try:
             stop_flusher(holder)
             stop_flusher(flusher)
-            for i in range(50):
+            for i in range(writes):
                 save(i, f"v{i}")
-            server.client().flushall()
-            flusher._queues[0].stopped = False
-            flusher._queues[0].ensure_flusher()
-            with caplog.at_level("ERROR", logger="cachewise"):
-                report = holder.flush(timeout=30)
-            assert report.requeued == 50 and report.lost == 0
-            assert report.pending == 0
-            assert any("was lost" in e and "50 were queued again" in e for e in report.errors)
-            assert any("was lost" in r.getMessage() for r in caplog.records)
-            assert rows(store, namespace) == {i: f"v{i}" for i in range(50)}
-            stats = holder.stats()
-            assert stats["write_behind_losses"] == 1 and stats["write_behind_requeued"] == 50
-            assert holder.flush(timeout=5).requeued == 0  # reported once
+            yield server, holder, flusher, save
         finally:
             holder.close(timeout=5)
             flusher.close(timeout=5)
+
+
+def start_flusher(cache: Cache) -> None:
+    cache._queues[0].stopped = False
+    cache._queues[0].ensure_flusher()
+
+
+def test_flushall_before_a_flush_is_reported_and_held_writes_are_queued_again(
+    store: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with held_writes(namespace, 50) as (server, holder, flusher, _):
+        server.client().flushall()
+        start_flusher(flusher)
+        with caplog.at_level("ERROR", logger="cachewise"):
+            report = holder.flush(timeout=30)
+        assert report.requeued == 50 and report.lost == 0
+        assert report.pending == 0
+        assert any("was lost" in e and "50 were queued again" in e for e in report.errors)
+        assert any("was lost" in r.getMessage() for r in caplog.records)
+        assert rows(store, namespace) == {i: f"v{i}" for i in range(50)}
+        stats = holder.stats()
+        assert stats["write_behind_losses"] == 1 and stats["write_behind_requeued"] == 50
+        assert holder.flush(timeout=5).requeued == 0  # reported once
 
 
 @pytest.mark.parametrize("then", ["a new write", "another flusher leads"])
@@ -200,29 +213,18 @@ def test_a_stream_made_again_under_the_old_epoch_does_not_hide_the_loss(
     """An evicting Redis may drop the stream and keep the (hot) epoch key; whatever makes the
     stream again (the next write, a flusher taking the lead) starts a new epoch, so that the
     writes the holder still has are queued again, never taken as settled."""
-    with RedisServer() as server:
-        holder, _, save = _workers.rows_cache(server.url, namespace)
-        flusher, _, _ = _workers.rows_cache(server.url, namespace, write_behind_claim_idle=0.5)
-        try:
-            stop_flusher(holder)
-            stop_flusher(flusher)
-            for i in range(20):
-                save(i, f"v{i}")
-            server.client().delete(KeySpace(namespace).writer("wb", WRITER))
-            if then == "a new write":
-                save(20, "v20")
-            flusher._queues[0].stopped = False
-            flusher._queues[0].ensure_flusher()
-            if then == "another flusher leads":
-                assert flusher.flush(timeout=10).pending == 0
-            report = holder.flush(timeout=30)
-            want = {i: f"v{i}" for i in range(21 if then == "a new write" else 20)}
-            assert rows(store, namespace) == want, report
-            assert report.requeued == 20 and report.lost == 0
-            assert any("was lost" in e for e in report.errors)
-        finally:
-            holder.close(timeout=5)
-            flusher.close(timeout=5)
+    with held_writes(namespace, 20) as (server, holder, flusher, save):
+        server.client().delete(KeySpace(namespace).writer("wb", WRITER))
+        if then == "a new write":
+            save(20, "v20")
+        start_flusher(flusher)
+        if then == "another flusher leads":
+            assert flusher.flush(timeout=10).pending == 0
+        report = holder.flush(timeout=30)
+        want = {i: f"v{i}" for i in range(21 if then == "a new write" else 20)}
+        assert rows(store, namespace) == want, report
+        assert report.requeued == 20 and report.lost == 0
+        assert any("was lost" in e for e in report.errors)
 
 
 @pytest.mark.parametrize("fault", ["flushall", "group destroyed", "stream deleted"])
