@@ -1,10 +1,10 @@
-"""``python -m cachewise demo``: see ``cachewise._demo``."""
+"""``python -m cachewise``: the console script (``cli``): operations commands and the demo."""
 
 from __future__ import annotations
 
 import sys
 
-from ._demo import main
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

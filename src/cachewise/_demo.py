@@ -12,7 +12,6 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -178,21 +177,18 @@ async def demo(
           "shared it" + (", in every process." if url else "."))  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cachewise")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_demo(sub: Any) -> None:
+    """The ``demo`` command of the console script (``cli``)."""
     run = sub.add_parser("demo", help="a thundering herd with and without cachewise")
     run.add_argument("--callers", type=int, default=1000)
     run.add_argument("--load-ms", type=float, default=50.0)
     run.add_argument("--pool", type=int, default=20, help="origin queries that run at once")
     run.add_argument("--ttl", type=float, default=1.0)
-    args = parser.parse_args(argv)
+
+
+def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.callers < 1 or args.load_ms <= 0 or args.pool < 1 or args.ttl <= 0:
         parser.error("--callers, --load-ms, --pool and --ttl must be positive")
     with _redis() as (url, backend):
         asyncio.run(demo(args.callers, args.load_ms, args.pool, args.ttl, url, backend))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import threading
+import urllib.parse
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,9 @@ class RedisBackend:
             try:
                 redis.connection.parse_url(spec)  # type: ignore[no-untyped-call]
             except ValueError as exc:
-                raise ConfigValueError(f"redis= is not a usable Redis URL: {exc}") from None
+                raise ConfigValueError(
+                    f"redis= {redacted(spec)!r} is not a usable Redis URL: {exc}"
+                ) from None
             self._url = spec
             self._settings = timeouts
             self._cluster = None
@@ -327,3 +330,12 @@ class RedisBackend:
             self.listener.stop()
         if self._owns_sync and self._sync is not None:
             self._sync.close()
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) masked, for an error message."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
