@@ -1,4 +1,5 @@
-"""FastAPI: cached async reads, write-through updates, the cache closed with the app.
+"""FastAPI: cached async reads, write-through updates, a cached response (ETag, 304,
+Cache-Control), the cache closed with the app.
 
 Run: ``REDIS_URL=redis://localhost:6379/0 uvicorn examples.fastapi_app:app``
 """
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 
 from cachewise import Cache
+from cachewise.contrib.fastapi import cache_response
 
 from .store import UserStore
 
@@ -48,6 +50,13 @@ def create_app(cache: Cache, db: UserStore) -> FastAPI:
     async def update_user(user_id: int, data: dict[str, Any]) -> dict[str, Any]:
         await save_user(user_id, data)
         return {"id": user_id, **data}
+
+    @app.get("/users/{user_id}/card")
+    @cache_response(cache, ttl=30, stale_ttl=300, vary=("accept-language",))
+    async def user_card(user_id: int) -> dict[str, Any]:
+        db.card_renders += 1  # an expensive render: once per user and language
+        user = await load_user(user_id)
+        return {"title": (user or {}).get("name", "unknown"), "id": user_id}
 
     @app.get("/cache/stats")
     def stats() -> dict[str, Any]:

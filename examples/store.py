@@ -10,6 +10,7 @@ class UserStore:
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, Any]] = {1: {"id": 1, "name": "Ada"}}
         self.reads = 0
+        self.card_renders = 0  # the FastAPI example's cached response
 
     def get(self, user_id: int) -> dict[str, Any] | None:
         self.reads += 1

@@ -33,6 +33,13 @@ def test_fastapi_app(cache: Cache) -> None:
         assert client.get("/users/1").json() == {"id": 1, "name": "Grace"}
         assert db.reads == 2  # the write-through left the new value in the cache
         assert client.get("/cache/stats").json()["loads"] == 2
+        card = client.get("/users/1/card")
+        assert card.json() == {"title": "Grace", "id": 1} and db.card_renders == 1
+        assert client.get("/users/1/card").json() == card.json() and db.card_renders == 1
+        etag = card.headers["etag"]
+        assert client.get("/users/1/card", headers={"if-none-match": etag}).status_code == 304
+        client.get("/users/1/card", headers={"cache-control": "no-cache"})
+        assert db.card_renders == 2  # a request asked for a fresh one
 
 
 def test_flask_app(cache: Cache) -> None:
