@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import threading
-import urllib.parse
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -333,9 +333,6 @@ class RedisBackend:
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password (if any) masked, for an error message."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with its user information (user name, password) masked, for an error message;
+    by pattern, since a URL that does not parse is just when this is needed."""
+    return re.sub(r"//[^/?#]*@", "//***@", url)
