@@ -18,8 +18,8 @@ class Flight:
     """
 
     __slots__ = (
-        "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loop", "stale",
-        "tags", "versions",
+        "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loaded", "loop",
+        "stale", "tags", "versions",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -32,6 +32,8 @@ class Flight:
         #: Set when the key was invalidated or written while this load ran: its result is still
         #: handed to the callers that joined it, but never stored (no stale set).
         self.invalidated = False
+        #: Set when the value came from a loader (not from Redis): what observers are told.
+        self.loaded = False
         #: The tags the loaded entry will carry, known once the load is led: invalidating one
         #: of them invalidates the load too, though its key is in no tag index yet.
         self.tags: tuple[str, ...] = ()

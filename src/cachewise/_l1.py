@@ -13,6 +13,7 @@ only reads the dicts, which is safe under the GIL.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
@@ -21,6 +22,7 @@ import cachetools
 from .core import Entry
 
 Table = dict[Hashable, Entry]
+_HITS = operator.attrgetter("hits")
 
 
 class _SecondChanceLRU(cachetools.LRUCache[str, tuple[Table, Entry]]):
@@ -53,7 +55,8 @@ class L1:
         #: False while L1 cannot be kept coherent (the engine's event channel is refused).
         self.accepting = True
         self.evictions = 0
-        self.retired_hits = 0  # hits of entries no longer held (replaced, dropped, evicted)
+        #: Per table (by id): hits of its entries no longer held (replaced, dropped, evicted).
+        self.retired: dict[int, int] = {}
         self._lru = _SecondChanceLRU(max(maxsize, 1), self._evicted)
         self._tags: dict[str, set[str]] = {}
 
@@ -67,7 +70,8 @@ class L1:
     def _forget(self, table: Table, entry: Entry) -> None:
         if table.get(entry.l1_key) is entry:
             del table[entry.l1_key]
-        self.retired_hits += entry.hits
+        if entry.hits:
+            self.retired[id(table)] = self.retired.get(id(table), 0) + entry.hits
         for tag in entry.tags:
             members = self._tags.get(tag)
             if members is not None:
@@ -113,9 +117,12 @@ class L1:
         self._lru.clear()
         self._tags.clear()
 
-    def live_hits(self) -> int:
-        """Hits of all entries held now plus those retired."""
-        return self.retired_hits + sum(entry.hits for _, entry in self._lru.values())
+    def hits_of(self, table: Table) -> int:
+        """The L1 hits of one table's entries, held now or retired. Without the engine's lock
+        (a scrape never blocks readers): the sum over a plain dict runs in C, which no other
+        thread interleaves with under the GIL."""
+        hits: int = sum(map(_HITS, table.values()))
+        return self.retired.get(id(table), 0) + hits
 
     def entries(self) -> list[Any]:
         """The held entries (for tests and introspection)."""

@@ -89,6 +89,7 @@ class Spec(Generic[P]):
         # Explicit keys (key=...) share the table of get/set so cache.invalidate(k) reaches them.
         self.table: dict[Hashable, Any] = engine.explicit if key is not None else {}
         self.base = f"{fn.__module__}:{fn.__qualname__}:"
+        engine.functions.add(self)
 
     def _tags_for(self, call: Caller) -> Callable[[], Iterable[str]] | None:
         tags = self.tags

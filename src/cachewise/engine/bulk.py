@@ -134,8 +134,11 @@ class Bulk(Reads):
                 )
             try:
                 result, took = yield from self._invoke(
-                    lambda: load_many(keys), renew, self.lease_ttl / 3
-                )
+                    lambda: load_many(keys), renew, self.lease_ttl / 3,
+                    where="get_or_load_many", key=targets[keys[0]].full_key,
+                )  # fmt: skip
+                for key in keys:
+                    mine[key].loaded = True
                 if not isinstance(result, Mapping):
                     raise ConfigTypeError(
                         f"load_many must return a mapping, not {type(result).__name__}"
@@ -232,7 +235,6 @@ class Bulk(Reads):
             target = targets[key]
             entries[key] = self._entry(target, policy, result[key], took, flights[key].tags)
         self.counts[Count.LOADS] += len(entries)
-        self.load_latency.add(took)
         stored = {key: 1 for key in flights}
         if backend is not None and tokens:
             calls = [

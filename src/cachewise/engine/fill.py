@@ -21,6 +21,7 @@ from ..redis import (
     REDIS_ERRORS,
     RedisCall,
 )
+from . import observe
 from .values import (
     _NO_REDIS,
     _UNREAD,
@@ -56,10 +57,30 @@ class Fills(Writes):
         loader: Callable[[], Any],
         renew: Callable[[], Plan[Any]] | None = None,
         every: float = 0.0,
+        *,
+        where: str,
+        key: str,
+        flight: Flight | None = None,
     ) -> Plan[tuple[Any, float]]:
+        """Run a load (of ``where``'s entry ``key``), timed and told to the observers;
+        ``flight`` learns that it was loaded, not read from Redis."""
+        observers = self.observers
+        if observers:
+            loader = observe.traced(observers, where, key, loader)
         started = self.clock()
-        value = yield Invoke(loader, renew, every)
-        return value, self.clock() - started
+        try:
+            value = yield Invoke(loader, renew, every)
+        except BaseException as exc:
+            for observer in observers:
+                observer.loaded(where, self.clock() - started, exc)
+            raise
+        took = self.clock() - started
+        self.load_latency.add(took)
+        for observer in observers:
+            observer.loaded(where, took, None)
+        if flight is not None:
+            flight.loaded = True
+        return value, took
 
     def _resolve(
         self,
@@ -93,11 +114,12 @@ class Fills(Writes):
         self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy
     ) -> Plan[None]:
         """Load and keep the value in this process only (no Redis, or Redis unusable)."""
-        value, took = yield from self._invoke(loader)
+        value, took = yield from self._invoke(
+            loader, where=target.where, key=target.full_key, flight=flight
+        )
         keep = policy.keeps(value, target.where)
         entry = self._entry(target, policy, value, took, flight.tags) if keep else None
         self.counts[Count.LOADS] += 1
-        self.load_latency.add(took)
         self._settle(flight, target, entry, value)
 
     def _load_unshared(

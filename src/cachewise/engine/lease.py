@@ -148,6 +148,9 @@ class Leases(Fills):
                     [ScriptCall("renew", [lease, *self._tag_keys(flight)], [token, lease_ms])],
                 ),
                 every=self.lease_ttl / 3,
+                where=target.where,
+                key=target.full_key,
+                flight=flight,
             )
             keep = policy.keeps(value, target.where)
             entry = self._entry(target, policy, value, took, flight.tags) if keep else None
@@ -156,7 +159,6 @@ class Leases(Fills):
             yield from self._give_back(lease, token)
             raise
         self.counts[Count.LOADS] += 1
-        self.load_latency.add(took)
         if store is None:  # ``unless=`` held: the callers get the value, nothing is cached
             yield from self._give_back(lease, token)
             self._settle(flight, target, None, value)

@@ -116,8 +116,16 @@ class Reads(Leases):
                     alone = Flight()
                     yield Spawn(self._resolve(alone, target, loader, policy), self.keep)
                     value = yield Wait(alone, None)
-            self.miss_latency.add(self.clock() - started)
+            self._missed(target, started, flight, "leader" if leader else "waiter")
             return value
+
+    def _missed(self, target: Target, started: float, flight: Flight | None, role: str) -> None:
+        """A read L1 did not answer ended: timed, and told to the observers."""
+        seconds = self.clock() - started
+        self.miss_latency.add(seconds)
+        for observer in self.observers:
+            tier = "load" if flight is not None and flight.loaded else "l2"
+            observer.read(target.where, seconds, tier, role)
 
     def _being_refreshed(self, key: str) -> Entry | None:
         """The entry a running refresh of ``key`` replaces, unless an invalidation or a write
@@ -141,9 +149,8 @@ class Reads(Leases):
             "async API (aget_or_load, an async def function) from async code.",
             key,
         )
-        value, took = yield from self._invoke(loader)
+        value, _ = yield from self._invoke(loader, where=key, key=key)
         self.counts[Count.LOADS] += 1
-        self.load_latency.add(took)
         return value
 
     def _lead(
@@ -242,7 +249,7 @@ class Reads(Leases):
             # its tags' versions.
             return False, raw, joined
         self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
-        self.miss_latency.add(self.clock() - started)
+        self._missed(target, started, None, "alone")
         value = body[codec.VALUE]
         entry = self._adopt(target, codec.envelope(body)) if self.l1.maxsize else None
         # Kept in L1 only if no invalidation or write happened since the ticket: the bytes may
@@ -270,7 +277,7 @@ class Reads(Leases):
             return (yield from self.read(target, loader, policy, got, started))
         self.counts[Count.MISSES] += 1
         value = yield from self._lead(joined, target, loader, policy, got)
-        self.miss_latency.add(self.clock() - started)
+        self._missed(target, started, joined, "leader")
         return value
 
     # The two drivers of a read: the fast path's GET is the only step they carry out themselves

@@ -24,6 +24,7 @@ from ..redis import (
 )
 from ..redis.keyspace import KeySpace
 from ..serializers import Serializer
+from .observe import Observer
 from .values import (
     Count,
     InvalidationEvent,
@@ -99,6 +100,10 @@ class EngineState:
         self._last_redis_log = 0.0
         self._logged: dict[str, float] = {}
         self.max_value_bytes = max_value_bytes
+        #: The cached functions of this cache (their ``where`` and L1 ``table``), for stats.
+        self.functions: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Integrations told of loads and of reads L1 did not answer (``observe``).
+        self.observers: tuple[Observer, ...] = ()
         #: How values go to Redis unless a function chooses (None: msgpack); ``serializers``.
         self.serializer: Serializer | None = None
         #: Invalidations (and writes, which invalidate) that could not reach Redis: sent when it

@@ -16,11 +16,19 @@ class Stats(EngineState):
 
     # -- stats ----------------------------------------------------------------------------------
 
+    def function_hits(self) -> dict[str, int]:
+        """L1 hits per cached function (``explicit keys``: ``get``, ``set``, ``key=``
+        functions), each a sum over that function's table, without the lock."""
+        out = {"explicit keys": self.l1.hits_of(self.explicit)}
+        for spec in list(self.functions):
+            if spec.table is not self.explicit:
+                out[spec.where] = out.get(spec.where, 0) + self.l1.hits_of(spec.table)
+        return out
+
     def stats(self) -> dict[str, Any]:
-        with self.lock:
-            hits = self.l1.live_hits()
-            size = len(self.l1)
-            evictions = self.l1.evictions
+        hits = sum(self.function_hits().values())
+        size = len(self.l1)
+        evictions = self.l1.evictions
         counts = dict(self.counts)
         for name in (Count.MISSES, Count.L2_HITS):
             counts[name] = counts.get(name, 0) + self.lone_hits
