@@ -185,6 +185,7 @@ class Lifecycle:
         out["write_behind_unreplicated"] = sum(q.server.unreplicated for q in streams)
         out["write_behind_losses"] = sum(q.loss.losses for q in streams)
         out["write_behind_requeued"] = sum(q.totals.requeued for q in self._queues)
+        out["write_behind_retried"] = sum(q.totals.retried for q in self._queues)
         out["write_behind_lost"] = sum(q.totals.lost for q in self._queues)
         return out
 
