@@ -1,4 +1,5 @@
-"""Django: a cached view helper in a one-file project (settings, URLs and views in one module).
+"""Django: a cached view helper, and cachewise as Django's cache backend (``cache_page``), in a
+one-file project (settings, URLs and views in one module).
 
 Run: ``REDIS_URL=redis://localhost:6379/0 django-admin runserver --pythonpath . \
 --settings examples.django_app``. In a real project, make the ``Cache`` once in a module
@@ -14,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
+from django.views.decorators.cache import cache_page
 
 from cachewise import Cache
 
@@ -27,6 +29,14 @@ if not settings.configured:
         ALLOWED_HOSTS=["*"],
         INSTALLED_APPS=[],
         MIDDLEWARE=[],
+        # Django's own cache API (cache_page, django.core.cache.cache) on cachewise too.
+        CACHES={
+            "default": {
+                "BACKEND": "cachewise.contrib.django.CachewiseCache",
+                "LOCATION": os.environ.get("REDIS_URL", ""),
+                "OPTIONS": {"namespace": "example-django"},
+            }
+        },
     )
 
 cache = Cache(os.environ.get("REDIS_URL"), namespace="example")
@@ -58,11 +68,18 @@ def user_view(request: HttpRequest, user_id: int) -> HttpResponse:
     return JsonResponse(user)
 
 
+@cache_page(30)
+def report_view(request: HttpRequest) -> HttpResponse:
+    db.reports += 1  # an expensive page: rendered once per 30 s, whoever asks
+    return HttpResponse(f"users: {len(db.rows)}")
+
+
 def stats_view(request: HttpRequest) -> HttpResponse:
     return JsonResponse(cache.stats())
 
 
 urlpatterns = [
     path("users/<int:user_id>", user_view),
+    path("report", report_view),
     path("cache/stats", stats_view),
 ]

@@ -11,6 +11,7 @@ class UserStore:
         self.rows: dict[int, dict[str, Any]] = {1: {"id": 1, "name": "Ada"}}
         self.reads = 0
         self.card_renders = 0  # the FastAPI example's cached response
+        self.reports = 0  # the Django example's cached page
 
     def get(self, user_id: int) -> dict[str, Any] | None:
         self.reads += 1

@@ -75,3 +75,6 @@ def test_django_app() -> None:
     assert client.get("/users/1").json() == {"id": 1, "name": "Grace"}
     assert db.reads == before + 1  # write-through: the cache already holds the new value
     assert client.get("/users/9").status_code == 404
+    first = client.get("/report")
+    assert client.get("/report").content == first.content == b"users: 1"
+    assert db.reports == 1  # cache_page, on the cachewise backend
