@@ -1,5 +1,5 @@
 """FastAPI: cached async reads, write-through updates, a cached response (ETag, 304,
-Cache-Control), the cache closed with the app.
+Cache-Control), Prometheus metrics at /metrics, the cache closed with the app.
 
 Run: ``REDIS_URL=redis://localhost:6379/0 uvicorn examples.fastapi_app:app``
 """
@@ -12,9 +12,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from prometheus_client import CollectorRegistry, make_asgi_app
 
 from cachewise import Cache
 from cachewise.contrib.fastapi import cache_response
+from cachewise.contrib.prometheus import instrument
 
 from .store import UserStore
 
@@ -38,6 +40,9 @@ def create_app(cache: Cache, db: UserStore) -> FastAPI:
         await cache.aclose()  # drains write-behind queues, stops the listener
 
     app = FastAPI(lifespan=lifespan)
+    registry = CollectorRegistry()  # the app's own (prometheus_client.REGISTRY in most apps)
+    instrument(cache, registry)
+    app.mount("/metrics", make_asgi_app(registry))  # Prometheus scrapes this
 
     @app.get("/users/{user_id}")
     async def read_user(user_id: int) -> dict[str, Any]:

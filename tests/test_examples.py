@@ -40,6 +40,9 @@ def test_fastapi_app(cache: Cache) -> None:
         assert client.get("/users/1/card", headers={"if-none-match": etag}).status_code == 304
         client.get("/users/1/card", headers={"cache-control": "no-cache"})
         assert db.card_renders == 2  # a request asked for a fresh one
+        metrics = client.get("/metrics/").text
+        assert 'cachewise_loads_total{namespace="' in metrics
+        assert "cachewise_load_seconds_bucket" in metrics
 
 
 def test_flask_app(cache: Cache) -> None:
