@@ -3,8 +3,6 @@ format parsed back; in-process and with Redis."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachewise import Cache, ConfigTypeError
 from cachewise.contrib.prometheus import instrument
+
+from .conftest import Driver
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -95,32 +95,49 @@ def test_counters_gauges_and_histograms(where: Callable[..., Cache]) -> None:
         assert l2_reads == 1
 
 
-def test_counters_never_go_down_and_a_scrape_does_not_wait_for_the_lock() -> None:
+def test_hits_are_counted_as_they_happen_once_exported(
+    drive: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hits before instrumenting are the base; after it, a scrape never walks L1 (so it costs
+    the same whatever the cache holds) and never takes the cache's lock."""
     cache = Cache(l1_maxsize=2)
+    loads: list[int] = []
+
+    def f(x: int) -> int:
+        loads.append(x)
+        return x
+
+    g = cache.cached(ttl=60)(drive.function(f))
+    for x in (1, 1, 1, 2, 3):  # the hit entry is evicted: its hits stay counted
+        drive.run(g, x)
+    cache.set("k", 1, ttl=60)
+    cache.get("k")
     registry = CollectorRegistry()
     instrument(cache, registry)
 
     @cache.cached(ttl=60)
-    def f(x: int) -> int:
+    def later(x: int) -> int:  # decorated after: counts too
         return x
 
-    for x in (1, 1, 1, 2, 3, 4):  # the hit entry is evicted: its hits stay counted
-        f(x)
-    name = f"{f.__module__}.{f.__qualname__}"
-    assert value(scrape(registry), "cachewise_l1_hits_total", namespace="cachewise",
-                 function=name) == 2  # fmt: skip
-    held = threading.Event()
+    def no_walk(*args: Any) -> int:
+        raise AssertionError("a scrape walked L1")
 
-    def hold() -> None:
-        with cache._engine.lock:
-            held.set()
-            time.sleep(1.0)
-
-    threading.Thread(target=hold).start()
-    assert held.wait(5)
-    started = time.monotonic()
-    scrape(registry)
-    assert time.monotonic() - started < 0.9  # it did not wait for the lock to be let go
+    monkeypatch.setattr(type(cache._engine.l1), "hits_of", no_walk)
+    for x in (3, 3, 3):
+        drive.run(g, x)
+    later(1)
+    later(1)
+    cache.get("k")
+    name = f"{g.__module__}.{g.__qualname__}"
+    with cache._engine.lock:  # held by another thread, it would not be waited for
+        samples = scrape(registry)
+    assert value(samples, "cachewise_l1_hits_total", namespace="cachewise", function=name) == 5
+    later_name = f"{later.__module__}.{later.__qualname__}"
+    assert value(samples, "cachewise_l1_hits_total", namespace="cachewise",
+                 function=later_name) == 1  # fmt: skip
+    assert value(samples, "cachewise_l1_hits_total", namespace="cachewise",
+                 function="explicit keys") == 2  # fmt: skip
+    assert cache.stats()["l1_hits"] == 8 and len(loads) == 3
 
 
 def test_bad_input() -> None:

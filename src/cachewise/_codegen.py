@@ -18,15 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 #: The L1 hit is ``core.serves_at_once``, inlined: a call would be a fifth of the whole hit.
+#: ``{count}`` is empty, or (the counting variant, ``_hits``) a per-function hit counter.
 _TEMPLATE = """\
 {async_}def {name}({params}):
     if {fast}:
         _cw_entry = _cw_table.get({key})
         if _cw_entry is not None and _cw_now() < _cw_entry.early_at:
-            _cw_entry.hits += 1
+            _cw_entry.hits += 1{count}
             return _cw_entry.value
     return {await_}_cw_read(*_cw_args(({values}), lambda _cw_f: _cw_f({call})))
 """
+_COUNT = "\n            _cw_count[0] += 1"
 
 _BIND_TEMPLATE = """\
 def _cw_bind({params}):
@@ -117,16 +119,20 @@ def make_wrapper(
         return None
     params, values, call, defaults = rendered
     guard, key = _fast_condition(signature, is_method, fast, ignore)
-    source = _TEMPLATE.format(
-        async_="async " if is_async else "",
-        await_="await " if is_async else "",
-        name="cached_wrapper",
-        params=params,
-        fast=guard,
-        key=key,
-        values=values,
-        call=call,
-    )
+    sources = [
+        _TEMPLATE.format(
+            async_="async " if is_async else "",
+            await_="await " if is_async else "",
+            name="cached_wrapper",
+            params=params,
+            fast=guard,
+            key=key,
+            values=values,
+            call=call,
+            count=count,
+        )
+        for count in ("", _COUNT)
+    ]
     namespace: dict[str, Any] = {
         "_cw_table": table,
         "_cw_real_table": table,  # ``_cw_table`` is swapped while caching is off (``_switch``)
@@ -134,9 +140,14 @@ def make_wrapper(
         "_cw_args": args,
         "_cw_read": read,
         "_cw_plain": (int, str),
+        "_cw_count": [0],
         **defaults,
     }
-    exec(compile(source, f"<cachewise wrapper of {fn.__qualname__}>", "exec"), namespace)
+    where = f"<cachewise wrapper of {fn.__qualname__}>"
+    exec(compile(sources[1], where, "exec"), namespace)
+    #: The counting variant's code, swapped in while an exporter needs exact hits (``_hits``).
+    namespace["_cw_counting_code"] = namespace["cached_wrapper"].__code__
+    exec(compile(sources[0], where, "exec"), namespace)
     return namespace["cached_wrapper"]  # type: ignore[no-any-return]
 
 

@@ -57,6 +57,9 @@ class L1:
         self.evictions = 0
         #: Per table (by id): hits of its entries no longer held (replaced, dropped, evicted).
         self.retired: dict[int, int] = {}
+        #: Per table (by id), once an exporter counts hits (``_hits``): its base and the hits
+        #: the slow path served; None until then.
+        self.counted: dict[int, int] | None = None
         self._lru = _SecondChanceLRU(max(maxsize, 1), self._evicted)
         self._tags: dict[str, set[str]] = {}
 
@@ -116,6 +119,13 @@ class L1:
             self._forget(table, entry)
         self._lru.clear()
         self._tags.clear()
+
+    def hit(self, table: Table, entry: Entry) -> None:
+        """A hit the slow path served from ``table``."""
+        entry.hits += 1
+        counted = self.counted
+        if counted is not None:
+            counted[id(table)] = counted.get(id(table), 0) + 1
 
     def hits_of(self, table: Table) -> int:
         """The L1 hits of one table's entries, held now or retired. Without the engine's lock

@@ -52,6 +52,12 @@ def register(engine: Any, wrapper: Callable[..., Any]) -> None:
         _apply(engine)
 
 
+def wrappers_of(engine: Any) -> list[Callable[..., Any]]:
+    """The generated wrappers of ``engine`` alive now."""
+    with _lock:
+        return list(_wrappers.get(engine, ()))
+
+
 def _apply(engine: Any) -> None:
     off = _disabled[0] > 0 or _bypasses.get(id(engine), 0) > 0
     for wrapper in _wrappers.get(engine, ()):

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import _switch, _validate, serializers, valuetypes
+from . import _hits, _switch, _validate, serializers, valuetypes
 from ._codegen import make_wrapper
 from ._drivers import Plan, run_async, run_sync
 from .engine import Engine, Policy, Target
@@ -297,6 +297,8 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
     )
     if wrapper is not None:
         _switch.register(engine, wrapper)
+        if engine.l1.counted is not None:  # an exporter counts this cache's hits
+            _hits.counting(wrapper)
     else:  # a parameter name the generated code cannot use: no fast path
         wrapper = _shell(
             fn,

@@ -33,6 +33,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Status, StatusCode
 
+from .. import _hits
 from ..cache import Cache
 from ..errors import ConfigTypeError
 
@@ -143,6 +144,7 @@ def instrument(
     meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
     engine = cache._engine
     engine.observers = (*engine.observers, _Observer(cache.namespace, tracer, meter))
+    _hits.start(engine)  # stats() then counts L1 hits per function, never walking L1
     ref = weakref.ref(cache)
     taken: list[Any] = [0.0, {}]  # one stats() per collection, not one per counter
 

@@ -14,9 +14,10 @@ as gauges, and two histograms in seconds: ``cachewise_load_seconds`` (each load,
 outcome) and ``cachewise_get_seconds`` (each read L1 did not answer, by function, tier and
 single-flight role). Labels: ``namespace``, and ``function`` where the figure is per function.
 
-A scrape reads counters and sums each function's L1 table in C, without the cache's lock: it
-never blocks a reader. Counters exported only ever grow (a figure that a concurrent change makes
-momentarily lower is held at its last value).
+A scrape costs the same whatever the cache holds, and never takes the cache's lock: once
+instrumented, a cache counts its L1 hits per function as they happen (``cachewise._hits``: a
+cost on each hit that only exported caches pay) instead of summing its entries'. Counters
+exported only ever grow (a figure a concurrent change makes momentarily lower is held).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .. import _hits
 from ..cache import Cache
 from ..errors import ConfigTypeError
 
@@ -108,6 +110,7 @@ class PrometheusExporter(Collector):
         if any(isinstance(o, _Observer) and o.exporter is self for o in engine.observers):
             return
         engine.observers = (*engine.observers, _Observer(self, cache.namespace))
+        _hits.start(engine)  # L1 hits counted as they happen: a scrape never walks L1
         self._caches.add(cache)
 
     def observe(self, kind: str, labels: tuple[str, ...], seconds: float) -> None:

@@ -306,7 +306,7 @@ class Bulk(Reads):
         for key in keys:
             entry = table.get(key)
             if is_fresh(entry, now):
-                entry.hits += 1
+                self.l1.hit(table, entry)
                 found[key] = entry.value
             else:
                 rest.append(key)

@@ -73,7 +73,7 @@ class Reads(Leases):
                 draw=1.0 - random.random(),
             )
             if entry is not None and decision is Decision.SERVE:
-                entry.hits += 1
+                self.l1.hit(target.table, entry)
                 return entry.value
             if entry is not None and decision is Decision.SERVE_STALE:
                 self.counts[Count.STALE_SERVED] += 1
@@ -82,7 +82,7 @@ class Reads(Leases):
                 if not core.is_fresh(entry, now):
                     self.counts[Count.STALE_SERVED] += 1
                 else:
-                    entry.hits += 1
+                    self.l1.hit(target.table, entry)
                 yield from self._refresh(
                     target, loader, policy, entry, early=core.is_fresh(entry, now)
                 )
@@ -98,7 +98,7 @@ class Reads(Leases):
                 if core.is_fresh(entry, self.clock()):
                     assert entry is not None
                     self._settle(flight, target, None, entry.value)
-                    entry.hits += 1
+                    self.l1.hit(target.table, entry)
                     return entry.value
                 self.counts[Count.MISSES] += 1
                 value = yield from self._lead(flight, target, loader, policy, prefetched)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from .. import _hits
+from .._l1 import Table
 from .state import EngineState
 from .values import Count
 
@@ -19,10 +23,13 @@ class Stats(EngineState):
     def function_hits(self) -> dict[str, int]:
         """L1 hits per cached function (``explicit keys``: ``get``, ``set``, ``key=``
         functions), each a sum over that function's table, without the lock."""
-        out = {"explicit keys": self.l1.hits_of(self.explicit)}
+        hits_of: Callable[[Table], int] = self.l1.hits_of
+        if self.l1.counted is not None:  # counted as they happen: O(functions), not entries
+            hits_of = functools.partial(_hits.of_table, self)
+        out = {"explicit keys": hits_of(self.explicit)}
         for spec in list(self.functions):
             if spec.table is not self.explicit:
-                out[spec.where] = out.get(spec.where, 0) + self.l1.hits_of(spec.table)
+                out[spec.where] = out.get(spec.where, 0) + hits_of(spec.table)
         return out
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""Exact L1 hit counts per cached function, for exporters (``contrib.prometheus``), at a cost
+only caches that are exported pay.
+
+Why not always: an L1 hit bumps only its entry's ``hits`` (second-chance eviction needs it), and
+a scrape that sums those walks every entry. Counting per function as well costs every hit of
+every cache (a sixth of a hit) for a figure only an exporter reads. So a cache counts once an
+exporter asks (``start``): its generated wrappers switch to the code compiled beside theirs
+with a per-function counter (``function.__code__`` is swapped: callers keep the function they
+hold), the slow path counts its L1 hits per table, and each table's hits until then are taken
+once as the base. A scrape then costs the same whatever the cache holds: a sum per function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _switch
+
+
+def start(engine: Any) -> None:
+    """Count ``engine``'s L1 hits per table from now on (idempotent)."""
+    with engine.lock:
+        if engine.l1.counted is not None:
+            return
+        tables = {id(engine.explicit): engine.explicit}
+        tables.update((id(spec.table), spec.table) for spec in list(engine.functions))
+        engine.l1.counted = {key: engine.l1.hits_of(table) for key, table in tables.items()}
+    # After ``counted`` is set: a wrapper made from now on sees it and counts by itself.
+    for wrapper in _switch.wrappers_of(engine):
+        counting(wrapper)
+
+
+def counting(wrapper: Any) -> None:
+    """Switch one generated wrapper to its counting code."""
+    wrapper.__code__ = wrapper.__globals__["_cw_counting_code"]
+
+
+def of_table(engine: Any, table: Any) -> int:
+    """The L1 hits of one table while counting: the base and slow-path hits, plus the inline
+    hits of the wrappers that read it."""
+    hits: int = engine.l1.counted.get(id(table), 0)
+    for wrapper in _switch.wrappers_of(engine):
+        names = wrapper.__globals__
+        if names["_cw_real_table"] is table:
+            hits += names["_cw_count"][0]
+    return hits
