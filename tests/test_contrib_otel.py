@@ -5,6 +5,7 @@ none per hit, metrics through the metrics API; sync and async, in-process and wi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from opentelemetry.trace import StatusCode
 
 from cachewise import Cache, ConfigTypeError
 from cachewise.contrib.otel import instrument
+from cachewise.testing import FakeClock
 
 from .conftest import Driver
 
@@ -114,3 +116,28 @@ def test_nothing_is_observed_unless_instrumented() -> None:
     assert cache._engine.observers == ()
     with pytest.raises(ConfigTypeError, match="needs a cachewise"):
         instrument(object())  # type: ignore[arg-type]
+
+
+def test_a_refresh_says_the_stale_entry_was_served(otel: Any) -> None:
+    tracer_provider, spans, meter_provider, _ = otel
+    clock = FakeClock()
+    cache = Cache(clock=clock, ttl_jitter=0, early_refresh_beta=0)
+    instrument(cache, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    version = [1]
+
+    @cache.cached(ttl=10, stale_ttl=60)
+    def current(x: int) -> int:
+        return version[0]
+
+    assert current(1) == 1
+    clock.advance(11)
+    version[0] = 2
+    assert current(1) == 1  # served stale; the refresh runs beside
+    for _ in range(200):
+        if len([s for s in spans.get_finished_spans() if s.name == "cachewise.load"]) == 2:
+            break
+        time.sleep(0.01)  # the refresh runs in the background
+    first, refresh = [s for s in spans.get_finished_spans() if s.name == "cachewise.load"]
+    assert first.attributes["cachewise.reason"] == "miss"
+    assert refresh.attributes["cachewise.reason"] == "stale"
+    assert refresh.attributes["cachewise.stale_served"] is True

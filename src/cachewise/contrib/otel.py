@@ -7,8 +7,10 @@
     instrument(cache)     # the global tracer and meter providers; or tracer_provider=...
 
 Traces: a span ``cachewise.load`` around each loader run, current while it runs (the loader's
-own spans, a database query, nest under it), with the function and key, and the error if it
-raised; a span ``cachewise.get`` for each read L1 did not answer, with the function, the tier
+own spans, a database query, nest under it), with the function and key, why it loads
+(``cachewise.reason``: ``miss``, ``stale``: a refresh while callers are served the stale entry,
+so ``cachewise.stale_served`` is true, or ``early``: a refresh before expiry), and the error if
+it raised; a span ``cachewise.get`` for each read L1 did not answer, with the function, the tier
 that answered (``l2``: Redis; ``load``: a loader, this caller's or the one it waited for) and
 the single-flight role (``leader``, ``waiter``, ``alone``). L1 hits make no span: that would
 cost more than the hit.
@@ -63,9 +65,14 @@ class _Observer:
             "cachewise.get.duration", unit="s", description="Reads L1 did not answer."
         )
 
-    def around_load(self, where: str, key: str, loader: Callable[[], Any]) -> Callable[[], Any]:
-        attributes = {"cachewise.namespace": self.namespace, "cachewise.function": where,
-                      "cachewise.key": key}  # fmt: skip
+    def around_load(
+        self, where: str, key: str, reason: str, loader: Callable[[], Any]
+    ) -> Callable[[], Any]:
+        attributes: dict[str, str | bool] = {
+            "cachewise.namespace": self.namespace, "cachewise.function": where,
+            "cachewise.key": key, "cachewise.reason": reason,
+            "cachewise.stale_served": reason == "stale", "cachewise.role": "leader",
+        }  # fmt: skip
         tracer = self.tracer
 
         def traced() -> Any:

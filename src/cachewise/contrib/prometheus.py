@@ -85,7 +85,9 @@ class _Observer:
         self.exporter = exporter
         self.namespace = namespace
 
-    def around_load(self, where: str, key: str, loader: Callable[[], Any]) -> Callable[[], Any]:
+    def around_load(
+        self, where: str, key: str, reason: str, loader: Callable[[], Any]
+    ) -> Callable[[], Any]:
         return loader
 
     def loaded(self, where: str, seconds: float, error: BaseException | None) -> None:

@@ -66,7 +66,10 @@ class Fills(Writes):
         ``flight`` learns that it was loaded, not read from Redis."""
         observers = self.observers
         if observers:
-            loader = observe.traced(observers, where, key, loader)
+            reason = "miss"
+            if flight is not None and flight.stale is not None:  # a background refresh
+                reason = "early" if core.is_fresh(flight.stale, self.clock()) else "stale"
+            loader = observe.traced(observers, where, key, reason, loader)
         started = self.clock()
         try:
             value = yield Invoke(loader, renew, every)

@@ -13,8 +13,12 @@ from typing import Any, Protocol
 class Observer(Protocol):
     """Told of loads and of reads L1 did not answer; its methods must not raise."""
 
-    def around_load(self, where: str, key: str, loader: Callable[[], Any]) -> Callable[[], Any]:
-        """The loader to call instead of ``loader`` (``loader`` itself when not tracing)."""
+    def around_load(
+        self, where: str, key: str, reason: str, loader: Callable[[], Any]
+    ) -> Callable[[], Any]:
+        """The loader to call instead of ``loader`` (``loader`` itself when not tracing);
+        ``reason``: ``miss``, ``stale`` (a refresh while the stale entry is served) or
+        ``early`` (a refresh before expiry)."""
         ...
 
     def loaded(self, where: str, seconds: float, error: BaseException | None) -> None:
@@ -29,9 +33,9 @@ class Observer(Protocol):
 
 
 def traced(
-    observers: tuple[Observer, ...], where: str, key: str, loader: Callable[[], Any]
+    observers: tuple[Observer, ...], where: str, key: str, reason: str, loader: Callable[[], Any]
 ) -> Callable[[], Any]:
     """``loader`` wrapped by every observer, the first outermost."""
     for observer in reversed(observers):
-        loader = observer.around_load(where, key, loader)
+        loader = observer.around_load(where, key, reason, loader)
     return loader
