@@ -9,6 +9,7 @@ downloaded once into ``.venv`` (pip, from the package index the set-up uses).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -75,3 +76,31 @@ def test_djangos_own_cache_tests_pass(redis_server: Any, where: str) -> None:
     skipped = re.search(r"skipped=(\d+)", out)
     passed = int(ran.group(1)) - (int(skipped.group(1)) if skipped else 0)
     assert passed >= 51, out[-3000:]
+
+
+@pytest.mark.parametrize("where", ["redis", "in-process"])
+def test_the_async_forms_and_what_differs(redis_server: Any, where: str, namespace: str) -> None:
+    """Django's ``a…`` forms; ``timeout=None`` is ``FOREVER``; ``close()`` keeps the cache."""
+    from cachewise.contrib.django import FOREVER, CachewiseCache
+
+    location = redis_server.url if where == "redis" else ""
+    backend = CachewiseCache(location, {"OPTIONS": {"namespace": namespace}, "TIMEOUT": 60})
+
+    async def main() -> None:
+        await backend.aset("a", {"x": 1})
+        assert await backend.aget("a") == {"x": 1}
+        assert await backend.aadd("a", 2) is False and await backend.aadd("b", 2) is True
+        assert await backend.aget_or_set("c", lambda: [3]) == [3]
+        assert await backend.aincr("b", 5) == 7
+        assert await backend.ahas_key("c") is True
+        assert await backend.adelete("c") is True and await backend.adelete("c") is False
+        assert await backend.aget_many(["a", "b", "zz"]) == {"a": {"x": 1}, "b": 7}
+
+    asyncio.run(main())
+    backend.set("forever", 1, timeout=None)
+    if where == "redis":
+        full = backend._cache._target(backend.make_key("forever")).full_key
+        ttl = redis_server.client().pttl(full) / 1000
+        assert FOREVER * 0.9 - 60 < ttl <= FOREVER  # less the TTL jitter (up to a tenth)
+    backend.close()
+    assert backend.get("forever") == 1  # Django closes caches after each request: still usable
