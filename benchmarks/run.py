@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -533,7 +534,22 @@ def write_docs(section: str) -> None:
     )
     analysis = ROOT / "benchmarks" / "analysis.md"
     notes = "\n" + analysis.read_text() if analysis.exists() else ""
-    path.write_text(header + section + notes)
+    path.write_text(header + section + notes + _kept_sections(path))
+
+
+def _kept_sections(path: Path) -> str:
+    """The sections other scripts keep on the page (``cluster.py``, ``scaling.py``: between
+    ``<!-- name -->`` markers, under their heading), carried over as they are."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for i, line in enumerate(lines):
+        found = re.fullmatch(r"<!-- (\w+) -->", line)
+        if not found:
+            continue
+        end = lines.index(f"<!-- /{found.group(1)} -->", i)
+        start = max(j for j in range(i) if lines[j].startswith("## "))
+        kept.append("\n" + "\n".join(lines[start : end + 1]) + "\n")
+    return "".join(kept)
 
 
 def main() -> int:
