@@ -182,11 +182,16 @@ def test_acknowledged_writes_and_invalidations_survive_a_master_killed(
         missing = {row: value for row, value in writer.acked.items() if landed.get(row) != value}
         assert missing == {}
         on_cluster = redis.cluster.RedisCluster.from_url(cluster.url)
+        # No invalidation that returned is undone by the failover: those a replica acknowledged
+        # hold at once, those the outage held back are sent within seconds by the listener,
+        # with no further call of this process.
         try:
-            back = [key for key in writer.invalidated if on_cluster.exists(space.entry(key))]
+            wait_until(
+                lambda: not [k for k in writer.invalidated if on_cluster.exists(space.entry(k))],
+                timeout=15,
+            )
         finally:
             on_cluster.close()
-        assert back == []  # no invalidation that returned was undone by the failover
         cache.close(timeout=5)
 
 

@@ -128,6 +128,25 @@ def test_paused_redis_costs_bounded_time_and_outage_invalidations_are_sent_after
     assert writer.get_or_load("k", lambda: store["k"], ttl=60) == "new"
 
 
+def test_an_idle_process_sends_what_an_outage_held_back(
+    server: RedisServer, make: Callable[..., Cache]
+) -> None:
+    """An invalidation that could not reach Redis is sent once Redis answers again, with no
+    further call of that process: its listener sends it (else an idle process would leave the
+    old value in Redis for every other process to read)."""
+    writer, reader = make(), make()
+    store = {"k": "old"}
+    assert writer.get_or_load("k", lambda: store["k"], ttl=60) == "old"
+    server.pause()
+    try:
+        store["k"] = "new"
+        writer.invalidate("k")  # cannot reach Redis: held back
+    finally:
+        server.resume()
+    until(lambda: writer.stats()["outage_invalidations_sent"] >= 1)  # no call of the writer
+    until(lambda: reader.get_or_load("k", lambda: store["k"], ttl=60) == "new")
+
+
 def test_fail_closed_raises_on_a_miss_instead_of_loading(
     server: RedisServer, make: Callable[..., Cache]
 ) -> None:

@@ -12,6 +12,7 @@ from .. import codec, core
 from .._drivers import (
     TIMED_OUT,
     Plan,
+    run_sync,
     start_renewals,
 )
 from ..core import L1Effect
@@ -66,8 +67,9 @@ class Coherence(Entries):
             with self.lock:
                 if backend.listener is None:
                     backend.listener = Listener(
-                        backend, self._on_event, self._on_reset, self._on_refused
-                    )
+                        backend, self._on_event, self._on_reset, self._on_refused,
+                        self._on_tick,
+                    )  # fmt: skip
                     start_renewals()  # loads under a lease renew it from there
         listener = backend.listener
         if listener.first_due:
@@ -123,6 +125,16 @@ class Coherence(Entries):
             self.backlog_overflow |= overflow
             self.backlog_clear |= cleared
             raise
+
+    def _on_tick(self) -> None:
+        """From the listener's thread, about once a second: send what an outage held back
+        (invalidations, a clear) without waiting for this process' next call."""
+        if not self.backlog_due():
+            return
+        try:
+            run_sync(self._send_backlog())
+        except REDIS_ERRORS as exc:  # kept for the next tick or call
+            self.redis_failed(exc)
 
     def _clear_shared(self) -> Plan[int]:
         """Drop the namespace's cache data from Redis, then tell every process to empty its L1

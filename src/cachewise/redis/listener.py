@@ -44,8 +44,13 @@ class Listener:
         on_event: Callable[[events.Event], None],
         on_reset: Callable[[bool], None],
         on_refused: Callable[[bool], None] = lambda refused: None,
+        on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         self.backend = backend
+        #: Called about once a second from the listener's thread while it is subscribed: the
+        #: engine sends there the invalidations an outage held back, so that a process with no
+        #: calls of its own does not leave them undone in Redis.
+        self.on_tick = on_tick
         self.on_event = on_event
         self.on_reset = on_reset
         #: Told when Redis refuses the subscription (an ACL without the channel) and when it
@@ -186,6 +191,8 @@ class Listener:
                 while not self._stopped.is_set():
                     message = self._pubsub.get_message(timeout=1.0)
                     self.backend.refresh_topology()  # a cluster's, if a node went away
+                    if self.heard:
+                        self.on_tick()
                     if self.backend.timer() >= self._register_due:
                         self._register()
                     if message is None or self._stopped.is_set():
