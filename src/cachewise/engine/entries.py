@@ -180,7 +180,10 @@ class Entries(EngineState):
             yield RedisCall(backend, "publish", space.channel, message)
 
     def _adopt(self, target: Target, env: codec.Envelope) -> Entry:
-        """The local entry of a shared one: it never outlives the Redis key it came from."""
+        """The local entry of a shared one: it never outlives the Redis key it came from, and
+        it is not refreshed early here: the process that loaded it does that, under the lease,
+        and its notification hands every L1 the new value (a refresh per process would make an
+        expiry's Redis traffic grow with the fleet; DESIGN.md section 10)."""
         assert self.backend is not None
         shift = self.clock() * 1000 - self.backend.server_now_ms() - self.backend.uncertainty_ms
         fresh_until = (env.fresh_until_ms + shift) / 1000
@@ -189,7 +192,7 @@ class Entries(EngineState):
             env.value,
             fresh_until=fresh_until,
             stale_until=(env.stale_until_ms + shift) / 1000,
-            early_at=core.early_window(self.clock(), fresh_until, load_time, self.beta),
+            early_at=fresh_until,
             load_time=load_time,
             full_key=target.full_key,
             l1_key=target.l1_key,
