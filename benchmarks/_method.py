@@ -3,6 +3,8 @@ ratios taken inside a round, summaries as median with min..max."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import random
 import statistics
 import time
@@ -85,3 +87,19 @@ def write_section(path: Path, marks: tuple[str, str], title: str, section: str) 
     else:
         text = text.rstrip("\n") + f"\n\n{title}\n\n" + section
     path.write_text(text)
+
+
+def publish(
+    kind: str, data: dict[str, Any], render: Callable[[dict[str, Any]], str],
+    marks: tuple[str, str], title: str,
+) -> None:  # fmt: skip
+    """Stamp a run (``data["when"]``), save it under results/ as ``<kind>-<time>.json``, and
+    put its rendered section on docs/benchmarks.md (see ``write_section``)."""
+    root = Path(__file__).resolve().parent.parent
+    now = datetime.datetime.now(datetime.timezone.utc)
+    data["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
+    saved = root / "benchmarks" / "results" / f"{kind}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    saved.write_text(json.dumps(data, indent=1))
+    section = render(data)
+    write_section(root / "docs" / "benchmarks.md", marks, title, section)
+    print(section)

@@ -14,8 +14,6 @@ docs/benchmarks.md between the ``fleet`` markers; the run is saved under results
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import multiprocessing
 import sys
 import threading
@@ -29,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import redis  # noqa: E402
 
-from _method import percentile, write_section  # noqa: E402
+from _method import percentile, publish  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise.testing import RedisServer  # noqa: E402
 
@@ -170,13 +168,8 @@ def main() -> int:
     parser.add_argument("--processes", default="2,4,8,16")
     args = parser.parse_args()
     rows = [run(int(p), args.seconds) for p in args.processes.split(",")]
-    now = datetime.datetime.now(datetime.timezone.utc)
-    data = {"when": now.strftime("%Y-%m-%d %H:%M UTC"), "seconds": args.seconds, "rows": rows}
-    saved = ROOT / "benchmarks" / "results" / f"fleet-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
-    saved.write_text(json.dumps(data, indent=1))
-    section = render(data)
-    write_section(ROOT / "docs" / "benchmarks.md", (MARK, END), "## The fleet row", section)
-    print(section)
+    publish("fleet", {"seconds": args.seconds, "rows": rows}, render, (MARK, END),
+            "## The fleet row")  # fmt: skip
     return 0
 
 

@@ -12,9 +12,7 @@ docs/benchmarks.md between the ``scaling`` markers; the run is saved under resul
 
 from __future__ import annotations
 
-import datetime
 import functools
-import json
 import sys
 import timeit
 from pathlib import Path
@@ -26,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _method import interleaved, ratio, summarize, write_section  # noqa: E402
+from _method import interleaved, publish, ratio, summarize  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise._hits import start as count_hits  # noqa: E402
 from cachewise.testing import RedisServer  # noqa: E402
@@ -148,13 +146,7 @@ def main() -> int:
     data: dict[str, Any] = {"in_process": in_process()}
     with RedisServer() as server:
         data["bulk"] = bulk(server.url)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    data["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
-    saved = ROOT / "benchmarks" / "results" / f"scaling-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
-    saved.write_text(json.dumps(data, indent=1))
-    section = render(data)
-    write_section(ROOT / "docs" / "benchmarks.md", (MARK, END), "## How cost grows", section)
-    print(section)
+    publish("scaling", data, render, (MARK, END), "## How cost grows")
     return 0
 
 
