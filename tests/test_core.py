@@ -172,3 +172,15 @@ def test_what_another_process_event_does_to_l1() -> None:
     assert l1_effect(Invalidated("other", ("k",)), "me") is L1Effect.DROP_NAMED
     assert l1_effect(Reset("other"), "me") is L1Effect.FLUSH
     assert l1_effect(Released("other", "k"), "me") is L1Effect.NOTHING
+
+
+def test_a_stale_copy_waits_for_its_loaders_refresh_until_refresh_at() -> None:
+    """An entry taken from another process' load is served stale until ``refresh_at`` before
+    this process refreshes it; an entry of its own load refreshes at once."""
+    own = entry(ttl=10, stale=60)
+    assert decide(own, 10.5, loading=False, beta=0, draw=0.5) is Decision.REFRESH
+    copy = entry(ttl=10, stale=60)
+    copy.refresh_at = 12.0
+    assert decide(copy, 10.5, loading=False, beta=0, draw=0.5) is Decision.SERVE_STALE
+    assert decide(copy, 12.0, loading=False, beta=0, draw=0.5) is Decision.REFRESH
+    assert decide(copy, 70.0, loading=False, beta=0, draw=0.5) is Decision.LOAD

@@ -11,6 +11,7 @@ import pytest
 from cachewise import Cache
 from cachewise.testing import FakeClock
 
+from .conftest import caches
 from .test_concurrency import await_until, wait_until
 
 
@@ -127,3 +128,32 @@ def test_early_refresh_off_with_beta_zero(clock: FakeClock) -> None:
     clock.advance(49)
     cache.get_or_load("k", load, ttl=100)
     assert len(calls) == 1 and cache.stats()["early_refreshes"] == 0
+
+
+def test_a_copy_of_another_process_load_waits_a_little_for_its_refresh(
+    redis_server: Any, namespace: str
+) -> None:
+    """At expiry, the process that loaded an entry refreshes it; another process' copy is
+    served stale for two of its load times first (the refresh's notification should replace it),
+    and only then does that process refresh it itself."""
+    clock = FakeClock()
+    with caches(redis_server.url, namespace=namespace, clock=clock, ttl_jitter=0,
+                early_refresh_beta=0) as make:  # fmt: skip
+        a, b = make(), make()
+        loads: list[str] = []
+
+        def load(x: int) -> int:
+            loads.append("load")
+            clock.advance(1.0)  # a load of one second
+            return x
+
+        load.__qualname__ = "shared_load"
+        fa = a.cached(ttl=10, stale_ttl=60)(load)
+        fb = b.cached(ttl=10, stale_ttl=60)(load)
+        assert fa(1) == 1 and fb(1) == 1 and loads == ["load"]  # b took a's value
+        clock.advance(10.5)  # both copies stale
+        assert fb(1) == 1
+        assert b.stats()["refreshes"] == 0 and b.stats()["stale_served"] == 1
+        clock.advance(2.0)  # past two load times: b asks Redis itself
+        assert fb(1) == 1
+        assert b.stats()["refreshes"] == 1

@@ -59,6 +59,7 @@ class Entry:
         "hits",
         "l1_key",
         "load_time",
+        "refresh_at",
         "seen",
         "stale_until",
         "tags",
@@ -75,9 +76,14 @@ class Entry:
         full_key: str,
         l1_key: Hashable,
         tags: tuple[str, ...] = (),
+        refresh_at: float | None = None,
     ) -> None:
         self.value = value
         self.fresh_until = fresh_until
+        #: When a stale entry's read starts its refresh: at once (``fresh_until``) for an entry
+        #: this process loaded; a little later for a copy of another process' load, whose own
+        #: refresh and notification should replace it first (see ``engine.entries._adopt``).
+        self.refresh_at = fresh_until if refresh_at is None else refresh_at
         self.stale_until = stale_until
         self.early_at = early_at
         self.load_time = load_time
@@ -158,7 +164,8 @@ def decide(entry: Entry | None, now: float, *, loading: bool, beta: float, draw:
     if entry is None or now >= entry.stale_until:
         return Decision.WAIT if loading else Decision.LOAD
     if now >= entry.fresh_until:
-        return Decision.SERVE_STALE if loading else Decision.REFRESH
+        waits = loading or now < entry.refresh_at
+        return Decision.SERVE_STALE if waits else Decision.REFRESH
     if loading or now < entry.early_at or beta <= 0:
         return Decision.SERVE
     # XFetch: refresh when now - delta * beta * ln(draw) >= expiry.

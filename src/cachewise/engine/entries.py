@@ -18,6 +18,10 @@ from ..redis import Fetch, RedisCall, RunPipeline, RunReplicated, RunScript, Scr
 from .state import EngineState
 from .values import EVENT_VALUE_LIMIT, Count, Policy, StoreCall, Target
 
+#: How many of its loader's load times a stale copy of another process' entry is served before
+#: this process asks Redis itself (plus 10 ms for the notification to travel).
+ADOPTED_GRACE_LOADS = 2.0
+
 
 class Entries(EngineState):
     """Entries, local and shared. A layer of ``Engine``."""
@@ -187,16 +191,20 @@ class Entries(EngineState):
         assert self.backend is not None
         shift = self.clock() * 1000 - self.backend.server_now_ms() - self.backend.uncertainty_ms
         fresh_until = (env.fresh_until_ms + shift) / 1000
+        stale_until = (env.stale_until_ms + shift) / 1000
         load_time = env.load_time_ms / 1000
         return Entry(
             env.value,
             fresh_until=fresh_until,
-            stale_until=(env.stale_until_ms + shift) / 1000,
+            stale_until=stale_until,
             early_at=fresh_until,
             load_time=load_time,
             full_key=target.full_key,
             l1_key=target.l1_key,
             tags=env.tags,
+            # Stale, it is served a while longer (within stale_ttl) before this process asks
+            # Redis itself: the loader's refresh, started late, is about to replace it.
+            refresh_at=min(stale_until, fresh_until + ADOPTED_GRACE_LOADS * load_time + 0.01),
         )
 
     def _decode(self, raw: Any, count: bool = True, key: str = "") -> codec.Envelope | None:
