@@ -474,3 +474,27 @@ async def test_clear_scans_every_master(cluster: LocalCluster, namespace: str) -
         raw.close()
         await cache.aclose()
         await other.aclose()
+
+
+def test_the_operations_command_sees_every_master(
+    cluster: LocalCluster, caches: list[Cache], namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cachewise stats`` counts the keys of every master; ``invalidate`` and ``clear`` reach
+    the key's own master."""
+    import json
+
+    from cachewise.cli import main
+
+    cache = Cache(cluster.url, namespace=namespace)
+    caches.append(cache)
+    for i in range(30):
+        cache.set(f"k{i}", i, ttl=60)
+
+    def run(command: str, *rest: str) -> Any:
+        assert main([command, cluster.url, "-n", namespace, *rest, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert run("stats")["keys"]["value"] == 30
+    assert run("invalidate", "k1", "k2", "absent") == {"dropped": 2}
+    assert run("clear", "--yes") == {"dropped": 28}
+    assert run("stats")["keys"].get("value", 0) == 0
