@@ -13,7 +13,6 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from . import _switch
 from ._drivers import Invoke, Plan
 from .decorators import Spec, _shell, spec_of
 from .engine import Engine
@@ -140,7 +139,7 @@ def write_behind(
             keys = spec.args_of(_mapped(spec, args, "args", a, kw))
             new = _mapped(spec, value_of, "value", a, kw)
             entry = spec.target_of_call(keys, {})
-            if _switch.passing(spec.engine):  # caching is off here: the store write, now
+            if spec.engine.uncached():  # caching is off here: the store write, now
                 yield from call_writer(spec.engine, fn, a, kw)
                 yield from spec.engine.invalidate([entry.full_key])
                 return

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import _switch, codec
+from .. import codec
 from .._drivers import (
     BLOCKS_LOOP,
     Invoke,
@@ -50,7 +50,7 @@ class Bulk(Reads):
     ) -> Plan[dict[str, Any]]:
         """Bulk cache-aside: L1, one MGET, then one ``load_many`` call for the keys this caller
         leads; per-key single-flight throughout."""
-        if _switch.passing(self):  # caching is off here: straight through
+        if self.uncached():  # straight through
             return (yield from self._load_through(list(targets), load_many))
         found = yield from self.get_many(list(targets))
         waiting: dict[str, Flight] = {}
@@ -84,12 +84,10 @@ class Bulk(Reads):
     def _load_through(
         self, keys: list[str], load_many: Callable[[list[str]], Any]
     ) -> Plan[dict[str, Any]]:
-        result = yield Invoke(lambda: load_many(keys))
-        if not isinstance(result, Mapping):
-            raise ConfigTypeError(f"load_many must return a mapping, not {type(result).__name__}")
+        result = _mapping((yield Invoke(lambda: load_many(keys))))
         lost = [key for key in keys if key not in result]
         if lost:
-            raise LoaderResultError(f"load_many returned no value for {lost!r}")
+            raise _no_value(lost)
         return {key: result[key] for key in keys}
 
     def _resolve_many(
@@ -139,10 +137,7 @@ class Bulk(Reads):
                 )  # fmt: skip
                 for key in keys:
                     mine[key].loaded = True
-                if not isinstance(result, Mapping):
-                    raise ConfigTypeError(
-                        f"load_many must return a mapping, not {type(result).__name__}"
-                    )
+                result = _mapping(result)
             except BaseException:
                 yield from self._give_back_all(list(leases.values()))
                 raise
@@ -152,7 +147,7 @@ class Bulk(Reads):
                 self._fail_flights(
                     targets,
                     {key: mine.pop(key) for key in lost},
-                    LoaderResultError(f"load_many returned no value for {lost!r}"),
+                    _no_value(lost),
                 )
             yield from self._fill_many(targets, mine, tokens, policy, result, took)
         except BaseException as exc:
@@ -267,7 +262,7 @@ class Bulk(Reads):
         Works on the key strings themselves (no ``Target`` per key until one is kept in L1):
         per-key work is what separates a bulk read from the raw ``MGET`` it wraps.
         """
-        if _switch.passing(self):
+        if self.uncached():
             return {}
         found, rest = self._local_many(keys)
         backend = self.backend
@@ -353,3 +348,14 @@ class Bulk(Reads):
                     for entry in entries:
                         if entry.full_key not in self.flights:
                             self.l1.put(self.explicit, entry)
+
+
+def _mapping(result: Any) -> Mapping[str, Any]:
+    """What ``load_many`` returned, which must be a mapping."""
+    if not isinstance(result, Mapping):
+        raise ConfigTypeError(f"load_many must return a mapping, not {type(result).__name__}")
+    return result
+
+
+def _no_value(lost: list[str]) -> LoaderResultError:
+    return LoaderResultError(f"load_many returned no value for {lost!r}")

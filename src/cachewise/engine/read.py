@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from .. import _switch, codec, core
+from .. import codec, core
 from .._clock import monotonic
 from .._drivers import (
     BLOCKS_LOOP,
@@ -58,7 +58,7 @@ class Reads(Leases):
         ``_NO_REDIS``), used if this caller leads the load instead of reading again; that
         path's ``started`` time, so that ``miss_latency`` counts its GET.
         """
-        if target.through or _switch.passing(self):  # not cached here: straight through
+        if self.uncached(target):  # straight through
             return (yield Invoke(loader))
         if started is None:
             started = self.clock()
@@ -303,7 +303,7 @@ class Reads(Leases):
     def peek(self, target: Target) -> Plan[Any]:
         """The fresh value of ``target`` held here or in Redis, or ``MISSING``: never loads,
         never waits for a load, keeps nothing. Redis failing is a ``MISSING`` (counted)."""
-        if target.through or _switch.passing(self):
+        if self.uncached(target):
             return MISSING
         entry = target.table.get(target.l1_key)
         if core.is_fresh(entry, self.clock()):
@@ -326,7 +326,7 @@ class Reads(Leases):
     def probe(self, target: Target) -> tuple[Fetch, int, float] | None:
         """The fast path's GET of ``target`` (with the ticket and start time ``probed`` needs),
         when it applies; None when the read goes the full path."""
-        if target.through or _switch.passing(self):
+        if self.uncached(target):
             return None
         ticket = self.ticket(target)
         if ticket < 0:

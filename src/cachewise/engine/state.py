@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import _switch
 from .._clock import monotonic
 from .._flight import Flight
 from .._l1 import L1, Table
@@ -125,6 +126,11 @@ class EngineState:
         _ENGINES.add(self)
 
     # -- small helpers --------------------------------------------------------------------------
+
+    def uncached(self, target: Target | None = None) -> bool:
+        """Whether calls here go straight through: caching off (``_switch``), or ``when=``
+        said so for this call's ``target``."""
+        return (target is not None and target.through) or _switch.passing(self)
 
     def explicit_target(self, key: str) -> Target:
         return Target(

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .. import _switch
 from .._drivers import (
     Plan,
 )
@@ -46,9 +45,7 @@ class Writes(Coherence):
         the write; it runs before anything changes here, and if Redis fails, the error is raised
         (a write that was not queued must not look done). Returns the script's reply.
         """
-        if enqueue is None and (
-            target.through or _switch.passing(self) or not policy.keeps(value, target.where)
-        ):
+        if enqueue is None and (self.uncached(target) or not policy.keeps(value, target.where)):
             # Caching is off here (``_switch``, ``when=``), or ``unless=`` holds of the new
             # value: not cached, and the old one is out of date.
             yield from self.invalidate([target.full_key])
