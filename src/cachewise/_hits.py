@@ -35,12 +35,10 @@ def counting(wrapper: Any) -> None:
     wrapper.__code__ = wrapper.__globals__["_cw_counting_code"]
 
 
-def of_table(engine: Any, table: Any) -> int:
-    """The L1 hits of one table while counting: the base and slow-path hits, plus the inline
-    hits of the wrappers that read it."""
+def of(engine: Any, table: Any, wrapper: Any) -> int:
+    """The L1 hits of one table while counting: its base and slow-path hits, plus the inline
+    hits of ``wrapper``, the generated wrapper that reads it (if any)."""
     hits: int = engine.l1.counted.get(id(table), 0)
-    for wrapper in _switch.wrappers_of(engine):
-        names = wrapper.__globals__
-        if names["_cw_real_table"] is table:
-            hits += names["_cw_count"][0]
+    if wrapper is not None:
+        hits += wrapper.__globals__["_cw_count"][0]
     return hits

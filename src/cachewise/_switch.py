@@ -34,10 +34,9 @@ _disabled = [1 if os.environ.get("CACHEWISE_DISABLE", "").strip() not in ("", "0
 _bypassing: ContextVar[frozenset[int]] = ContextVar("cachewise_bypassing", default=frozenset())
 #: Per engine: how many ``bypass()`` blocks are open on it, in any thread or task.
 _bypasses: dict[int, int] = {}
-#: Per engine: its generated wrappers (their globals hold the table they read).
-_wrappers: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+#: The engines with generated wrappers (each cached function's ``Spec.wrapper``, in
+#: ``engine.functions``; their globals hold the table they read).
+_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def passing(engine: Any) -> bool:
@@ -45,40 +44,40 @@ def passing(engine: Any) -> bool:
     return _disabled[0] > 0 or (id(engine) in _bypassing.get())
 
 
-def register(engine: Any, wrapper: Callable[..., Any]) -> None:
-    """A generated wrapper of ``engine``: its table is swapped while a switch concerns it."""
+def register(engine: Any) -> None:
+    """``engine`` has a new generated wrapper: its table follows the switches from now on."""
     with _lock:
-        _wrappers.setdefault(engine, weakref.WeakSet()).add(wrapper)
+        _engines.add(engine)
         _apply(engine)
 
 
 def wrappers_of(engine: Any) -> list[Callable[..., Any]]:
     """The generated wrappers of ``engine`` alive now."""
-    with _lock:
-        return list(_wrappers.get(engine, ()))
+    return [spec.wrapper for spec in list(engine.functions) if spec.wrapper is not None]
 
 
 def _apply(engine: Any) -> None:
     off = _disabled[0] > 0 or _bypasses.get(id(engine), 0) > 0
-    for wrapper in _wrappers.get(engine, ()):
+    for wrapper in wrappers_of(engine):
         names = wrapper.__globals__
         names["_cw_table"] = EMPTY if off else names["_cw_real_table"]
+
+
+def _apply_all(change: int) -> None:
+    with _lock:
+        _disabled[0] += change
+        for engine in list(_engines):
+            _apply(engine)
 
 
 @contextlib.contextmanager
 def disable() -> Iterator[None]:
     """Every cache of this process calls straight through inside the block (see the module)."""
-    with _lock:
-        _disabled[0] += 1
-        for engine in list(_wrappers):
-            _apply(engine)
+    _apply_all(+1)
     try:
         yield
     finally:
-        with _lock:
-            _disabled[0] -= 1
-            for engine in list(_wrappers):
-                _apply(engine)
+        _apply_all(-1)
 
 
 @contextlib.contextmanager

@@ -89,6 +89,8 @@ class Spec(Generic[P]):
         # Explicit keys (key=...) share the table of get/set so cache.invalidate(k) reaches them.
         self.table: dict[Hashable, Any] = engine.explicit if key is not None else {}
         self.base = f"{fn.__module__}:{fn.__qualname__}:"
+        #: The generated wrapper (``_codegen``), whose globals ``_switch`` and ``_hits`` change.
+        self.wrapper: Callable[..., Any] | None = None
         engine.functions.add(self)
 
     def _tags_for(self, call: Caller) -> Callable[[], Iterable[str]] | None:
@@ -296,7 +298,8 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
         ignore=spec.keyer.ignore,
     )
     if wrapper is not None:
-        _switch.register(engine, wrapper)
+        spec.wrapper = wrapper
+        _switch.register(engine)
         if engine.l1.counted is not None:  # an exporter counts this cache's hits
             _hits.counting(wrapper)
     else:  # a parameter name the generated code cannot use: no fast path

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from .. import _hits
@@ -23,13 +21,16 @@ class Stats(EngineState):
     def function_hits(self) -> dict[str, int]:
         """L1 hits per cached function (``explicit keys``: ``get``, ``set``, ``key=``
         functions), each a sum over that function's table, without the lock."""
-        hits_of: Callable[[Table], int] = self.l1.hits_of
-        if self.l1.counted is not None:  # counted as they happen: O(functions), not entries
-            hits_of = functools.partial(_hits.of_table, self)
+        counting = self.l1.counted is not None  # counted as they happen: O(functions)
+
+        def hits_of(table: Table, wrapper: Any = None) -> int:
+            return _hits.of(self, table, wrapper) if counting else self.l1.hits_of(table)
+
+        # Functions with key= share the explicit table (their wrappers never hit inline).
         out = {"explicit keys": hits_of(self.explicit)}
         for spec in list(self.functions):
             if spec.table is not self.explicit:
-                out[spec.where] = out.get(spec.where, 0) + hits_of(spec.table)
+                out[spec.where] = out.get(spec.where, 0) + hits_of(spec.table, spec.wrapper)
         return out
 
     def stats(self) -> dict[str, Any]:
