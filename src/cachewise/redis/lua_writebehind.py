@@ -13,11 +13,6 @@ from .lua import _PUBLISH_FN, _STORE_FN
 # can pick them, and none ends them while a write waits). The stream's entries are deleted once
 # settled; the pending record and the newest-write field of a key once its write lands.
 
-# Appends a write to the writer's stream and records it as the writer's newest write to the key
-# (its flusher skips older ones); the queue's epoch (made if missing: see ``writebehind.loss``).
-# The newest-write hash keeps a field ``~`` (no cache key is named so) besides the keys' own, so
-# that it never empties: a missing hash means it was lost (evicted, flushed), never "every write
-# landed", and the flusher then writes what it holds instead of taking it all as superseded.
 #: The consumer group of every writer's stream.
 QUEUE_GROUP = "cachewise"
 
@@ -49,6 +44,12 @@ end
 """
 )
 
+# Appends a write to the writer's stream and records it as the writer's newest write to the key
+# (its flusher skips older ones); the queue's epoch (a new one if it or the stream is missing:
+# see ``writebehind.loss``).
+# The newest-write hash keeps a field ``~`` (no cache key is named so) besides the keys' own, so
+# that it never empties: a missing hash means it was lost (evicted, flushed), never "every write
+# landed", and the flusher then writes what it holds instead of taking it all as superseded.
 _ENQUEUE_QUEUE_FN = (
     _NEW_EPOCH_FN
     + """
