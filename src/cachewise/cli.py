@@ -20,7 +20,7 @@ from .errors import CacheError
 from .redis import OUTAGE_ERRORS, REDIS_ERRORS, text
 from .redis.keyspace import KeySpace, unbraced
 from .redis.scripts import SCRIPTS
-from .writebehind.types import unpack_call
+from .writebehind.dead_letters import letter
 
 #: The kinds of a namespace's keys, by what follows ``<namespace>:`` (``{`` is a value).
 _KINDS = ("lease", "wbpending", "tagv", "wbdead", "wbflusher", "wbnewest", "wbepoch", "wb")
@@ -106,27 +106,28 @@ class Ops:
         for name in [writer] if writer else self.writers():
             dead = self.space.writer("wbdead", name)
             for ident, fields in self.client.xrange(dead, "-", "+"):
-                try:
-                    call = unpack_call(fields[b"a"])
-                    args: Any = {"args": list(call.args), "kwargs": call.kwargs}
-                except Exception:
-                    args = None
+                found, decoded = letter(name, ident, fields)
+                call = {"args": list(found.args), "kwargs": found.kwargs} if decoded else None
                 letters.append({
-                    "writer": name, "id": text(ident), "key": text(fields[b"k"]),
-                    "attempts": int(fields[b"n"]), "error": text(fields[b"e"]), "call": args,
+                    "writer": name, "id": found.id, "key": found.key,
+                    "attempts": found.attempts, "error": found.error, "call": call,
                 })  # fmt: skip
         return letters
 
+    def _letter_ids(self, dead: str, ids: list[str]) -> list[str]:
+        """``ids``, or every dead letter's of the stream ``dead`` when none are given."""
+        return ids or [text(i) for i, _ in self.client.xrange(dead, "-", "+")]
+
     def replay(self, writer: str, ids: list[str]) -> int:
         stream, dead = self.space.writer("wb", writer), self.space.writer("wbdead", writer)
-        ids = ids or [text(i) for i, _ in self.client.xrange(dead, "-", "+")]
+        ids = self._letter_ids(dead, ids)
         if not ids:
             return 0
         return int(self.client.eval(SCRIPTS["replay"], 2, stream, dead, *ids))
 
     def drop(self, writer: str, ids: list[str]) -> int:
         dead = self.space.writer("wbdead", writer)
-        ids = ids or [text(i) for i, _ in self.client.xrange(dead, "-", "+")]
+        ids = self._letter_ids(dead, ids)
         return int(self.client.xdel(dead, *ids)) if ids else 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._drivers import Plan
 from ..redis import (
@@ -19,24 +19,21 @@ if TYPE_CHECKING:
 def read(queue: StreamHost) -> Plan[list[DeadLetter]]:
     """The dead letters of a writer, from its dead-letter stream."""
     found = yield RedisCall(queue.backend, "xrange", queue.dead_stream, "-", "+")
-    letters = []
-    for entry_id, fields in found:
-        try:
-            call = unpack_call(fields[b"a"])
-        except Exception:
-            call = WriteCall((), {})
-        letters.append(
-            DeadLetter(
-                queue.where,
-                text(fields[b"k"]),
-                call.args,
-                call.kwargs,
-                int(fields[b"n"]),
-                text(fields[b"e"]),
-                text(entry_id),
-            )
-        )
-    return letters
+    return [letter(queue.where, entry_id, fields)[0] for entry_id, fields in found]
+
+
+def letter(writer: str, entry_id: Any, fields: dict[bytes, Any]) -> tuple[DeadLetter, bool]:
+    """A dead letter from its entry in the dead-letter stream, and whether its call decoded
+    (one that does not comes with no arguments)."""
+    try:
+        call, decoded = unpack_call(fields[b"a"]), True
+    except Exception:
+        call, decoded = WriteCall((), {}), False
+    dead = DeadLetter(
+        writer, text(fields[b"k"]), call.args, call.kwargs, int(fields[b"n"]),
+        text(fields[b"e"]), text(entry_id),
+    )  # fmt: skip
+    return dead, decoded
 
 
 def replay(queue: StreamHost, letters: list[DeadLetter]) -> Plan[int]:
