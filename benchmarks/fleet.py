@@ -36,8 +36,9 @@ TTL, STALE, LOAD_S, RATE_PER_THREAD = 1.0, 5.0, 0.05, 50.0
 WARMUP = 2.0  # seconds of the run before commands and expiries are counted
 
 
-def _worker(url: str, counter_url: str, seconds: float, start: float, out: Any) -> None:
-    """One process: two threads calling the hot key until ``start + seconds``."""
+def _worker(url: str, counter_url: str, seconds: float, start: float, out: Any, done: Any) -> None:
+    """One process: two threads calling the hot key until ``start + seconds``; closes its cache
+    once ``done`` is set (after the commands are counted: closing is not an expiry's cost)."""
     counter = redis.Redis.from_url(counter_url)
     cache = Cache(url, namespace="fleet")
 
@@ -77,6 +78,7 @@ def _worker(url: str, counter_url: str, seconds: float, start: float, out: Any) 
     for t in threads:
         t.join()
     out.put(latencies)
+    done.wait(60)
     cache.close(timeout=5)
 
 
@@ -90,10 +92,12 @@ def run(processes: int, seconds: float) -> dict[str, Any]:
     with RedisServer() as server, RedisServer() as counter_server:
         admin, counter = server.client(), counter_server.client()
         ctx = multiprocessing.get_context("spawn")
-        out = ctx.Queue()
+        out, done = ctx.Queue(), ctx.Event()
         start = time.monotonic() + 3.0 + processes * 0.3  # after every process imported
         workers = [
-            ctx.Process(target=_worker, args=(server.url, counter_server.url, seconds, start, out))
+            ctx.Process(
+                target=_worker, args=(server.url, counter_server.url, seconds, start, out, done)
+            )
             for _ in range(processes)
         ]
         for w in workers:
@@ -106,6 +110,7 @@ def run(processes: int, seconds: float) -> dict[str, Any]:
         for _ in workers:
             latencies.extend(out.get(timeout=seconds + 60))
         after = _commands(admin)
+        done.set()
         for w in workers:
             w.join(30)
         starts = sorted(t for t in map(float, counter.lrange("loads", 0, -1)) if t > since)
@@ -137,6 +142,12 @@ def run(processes: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def _met(row: dict[str, Any]) -> bool:
+    return bool(
+        row["loads_per_expiry"] == 1.0 and row["commands_per_expiry"] <= 10 and row["p99_ms"] <= 1
+    )
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         MARK,
@@ -147,8 +158,8 @@ def render(data: dict[str, Any]) -> str:
         "ttl of each other; commands are the cache server's over the same time.",
         "",
         "| P | calls | loads per expiry | Redis commands per expiry | the most frequent | p50 ms "
-        "| p99 ms | target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| p99 ms | target | |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in data["rows"]:
         lines.append(
@@ -156,7 +167,7 @@ def render(data: dict[str, Any]) -> str:
             f"{r['commands_per_expiry']:.1f} | "
             + ", ".join(f"{k} {v:g}" for k, v in list(r["per_expiry_by_command"].items())[:4])
             + f" | {r['p50_ms']:.3f} | {r['p99_ms']:.2f} | "
-            "1.0 load, ≤ 10 commands, p99 ≤ 1 ms |"
+            "1.0 load, ≤ 10 commands, p99 ≤ 1 ms | " + ("met" if _met(r) else "**MISSED**") + " |"
         )
     lines.append(END)
     return "\n".join(lines) + "\n"

@@ -780,6 +780,49 @@ def test_one_refresh_across_processes_while_stale_is_served(make_cache: MakeCach
     assert len(loads) == 2  # one refresh for the three processes
 
 
+def test_a_refresh_costs_one_publish_and_no_read_before_its_lease(
+    make_cache: MakeCache, redis_server: Any
+) -> None:
+    """The fleet's steady state: a refresh of a hot key goes to Redis as its lease script and
+    its store script, and its event reaches every other process in one ``PUBLISH`` on the
+    shared channel, however many listen (not one per listener), with the new value in it."""
+    caches = [listening(make_cache(ttl_jitter=0, early_refresh_beta=0)) for _ in range(4)]
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        return len(loads)
+
+    def held(cache: Cache) -> list[Any]:
+        return [e.value for e in cache._engine.l1.entries() if e.l1_key == "k"]
+
+    for cache in caches:
+        # Held in every L1 (a copy read while the fill's event was on its way is not kept).
+        wait_until(
+            lambda cache=cache: (
+                cache.get_or_load("k", load, ttl=1, stale_ttl=30) == 1 and held(cache) == [1]
+            )
+        )
+    time.sleep(1.05)  # stale everywhere
+    admin = redis_server.client()
+
+    def calls() -> dict[str, int]:
+        stats = admin.info("commandstats")
+        return {k[len("cmdstat_") :]: v["calls"] for k, v in stats.items() if k != "cmdstat_info"}
+
+    before = calls()
+    assert caches[0].get_or_load("k", load, ttl=1, stale_ttl=30) == 1  # stale, refreshes
+    # Every process' copy is replaced: the others' from the event, with no Redis call.
+    for cache in caches:
+        wait_until(lambda cache=cache: held(cache) == [2])  # type: ignore[misc]
+    after = calls()
+    spent = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+    assert spent.get("publish") == 1, spent
+    assert spent.get("evalsha") == 2, spent  # the lease, the store
+    assert spent.get("get") == 2, spent  # the lease script's look at the value and at the lease
+    assert len(loads) == 2
+
+
 def test_early_refresh_reloads_through_the_lease(make_cache: MakeCache) -> None:
     # A 20 ms load, beta 100, 2 s TTL: each read refreshes early with p = exp(-2 / 2) ~ 0.37.
     cache = make_cache(ttl_jitter=0, early_refresh_beta=100.0)

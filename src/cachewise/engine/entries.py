@@ -100,10 +100,20 @@ class Entries(EngineState):
         return local_time * 1000 + self.backend.server_now_ms() - self.clock() * 1000
 
     def _store_call(
-        self, entry: Entry, token: str, target: Target, versions: tuple[str, ...] = ()
+        self,
+        entry: Entry,
+        token: str,
+        target: Target,
+        versions: tuple[str, ...] = (),
+        refresh: bool = False,
     ) -> StoreCall:
         """The STORE script call that writes ``entry`` (``token`` "" writes unconditionally),
         recording ``versions`` of its tags (refused by Redis if one moved since).
+
+        A ``refresh``'s event goes on the shared channel: refreshes of hot keys are a fleet's
+        most frequent event, so they cost one ``PUBLISH`` whatever its size, and no caller of
+        this process waits on one (they are served the stale value), so its echo here costs
+        none of them anything.
 
         Packs the value first, so a value msgpack refuses raises before anything is stored.
         """
@@ -134,7 +144,8 @@ class Entries(EngineState):
             if len(packed) <= EVENT_VALUE_LIMIT
             else encode(Fill(backend.origin, key))
         )
-        args = [token, packed, env.stale_until_ms, backend.sender, event, *versions]
+        sender = backend.everyone if refresh else backend.sender
+        args = [token, packed, env.stale_until_ms, sender, event, *versions]
         return StoreCall("store", keys, args)
 
     def _drop_call(self, keys: list[str], tags: list[str] | None = None) -> StoreCall:

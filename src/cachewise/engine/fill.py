@@ -138,13 +138,16 @@ class Fills(Writes):
         self.counts[Count.LOADS_WITHOUT_REDIS] += 1
         yield from self._load_here(flight, target, loader, policy)
 
-    def _read_l2(self, target: Target) -> Plan[Any]:
-        """GET the shared entry: its raw bytes, or ``_NO_REDIS`` when Redis failed (counted)."""
+    def _read_l2(self, target: Target, read: bool = True) -> Plan[Any]:
+        """GET the shared entry: its raw bytes, or ``_NO_REDIS`` when Redis failed (counted).
+        ``read=False`` sets the tier up only and answers None (nothing read)."""
         backend = self.backend
         assert backend is not None
         try:
             if self._setup_due(backend):
                 yield from self._ensure_backend()
+            if not read:
+                return None
             return (yield RedisCall(backend, "get", target.full_key))
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)

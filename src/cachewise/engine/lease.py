@@ -60,7 +60,9 @@ class Leases(Fills):
         key = target.full_key
         prefetched = raw is not _UNREAD  # then decoded (and counted) by the leader already
         if not prefetched:
-            raw = yield from self._read_l2(target)
+            # A refresh asks for the lease at once, without a GET first: the lease's reply
+            # carries the value there, which is taken below if someone refreshed it first.
+            raw = yield from self._read_l2(target, read=refreshing is None)
         if raw is _NO_REDIS:
             yield from self._load_unshared(flight, target, loader, policy)
             return
@@ -154,7 +156,11 @@ class Leases(Fills):
             )
             keep = policy.keeps(value, target.where)
             entry = self._entry(target, policy, value, took, flight.tags) if keep else None
-            store = self._store_call(entry, token, target, flight.versions) if entry else None
+            store = (
+                self._store_call(entry, token, target, flight.versions, flight.stale is not None)
+                if entry
+                else None
+            )
         except BaseException:
             yield from self._give_back(lease, token)
             raise

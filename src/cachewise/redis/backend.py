@@ -313,6 +313,12 @@ class RedisBackend:
         script may not read the registry (another slot), ``!`` and the shared channel."""
         return "!" + self.keys.channel if self.cluster else self.inbox
 
+    @property
+    def everyone(self) -> str:
+        """What publishing scripts are given to send an event on the shared channel alone: one
+        ``PUBLISH`` whatever the number of listeners; the sender's own listener skips it."""
+        return "!" + self.keys.channel
+
     def reset_after_fork(self) -> None:
         """In a forked child: no listener thread, no connections or scripts of the parent's."""
         self._lock = threading.Lock()

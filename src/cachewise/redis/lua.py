@@ -19,6 +19,8 @@ from __future__ import annotations
 # (the registry was flushed, evicted or is being rebuilt, a listener has not registered yet, an
 # older client listens, the user may not run PUBSUB), the event goes to the shared channel,
 # which all hear; the sender's listener then skips its own event by its origin.
+# A background refresh's store is given ``!`` and the shared channel (``Backend.everyone``): one
+# PUBLISH whatever the fleet's size, for the most frequent event of a fleet.
 # Also past 8 listeners: a PUBLISH per listener costs Redis about 3 us each, against well under
 # 1 us per subscriber of one shared PUBLISH, and in a large fleet one echo is a small share of
 # the events every listener handles anyway.
