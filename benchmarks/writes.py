@@ -86,9 +86,13 @@ def call_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     # fields as the queue holds them), to a stream of its own.
     stream = next(raw.scan_iter(match="bench-wb-call*", _type="stream"))
     [(_, fields)] = raw.xrevrange(stream, count=1)
+    # And the same XADD from a script: what running any script costs on top of the command.
+    only_xadd = raw.register_script("return redis.call('XADD', KEYS[1], '*', unpack(ARGV))")
+    flat = [part for pair in fields.items() for part in pair]
     variants = {
         "PING": raw.ping,
         "XADD of the same entry": lambda: raw.xadd("bench-call-xadd", fields),
+        "a script that only XADDs it": lambda: only_xadd(keys=["bench-call-xadd"], args=flat),
         "write_behind call": lambda: behind(next(counter) % 1000, 1),
         "write_through call": lambda: through(next(counter) % 1000, 1),
     }
@@ -104,6 +108,9 @@ def call_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
             "write_behind / PING": ratio(per_round, "write_behind call", "PING"),
             "write_behind / XADD": ratio(per_round, "write_behind call", "XADD of the same entry"),
             "XADD / PING": ratio(per_round, "XADD of the same entry", "PING"),
+            "script XADD / XADD": ratio(
+                per_round, "a script that only XADDs it", "XADD of the same entry"
+            ),
             "write_through / PING": ratio(per_round, "write_through call", "PING"),
         },
     }
