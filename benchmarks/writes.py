@@ -98,8 +98,8 @@ def call_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     }
     per_round = interleaved(variants, rounds, timed)
     trips = _round_trips(variants["write_behind call"], 200)
+    cache.close(timeout=1)  # before its queue is deleted, which it would report as lost
     raw.delete(*raw.keys("bench-wb-call*"), "bench-call-store", "bench-call-xadd")
-    cache.close(timeout=1)
     return {
         "rounds": rounds,
         "calls": number,

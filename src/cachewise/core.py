@@ -62,6 +62,7 @@ class Entry:
         "refresh_at",
         "seen",
         "stale_until",
+        "table",
         "tags",
         "value",
     )
@@ -92,6 +93,8 @@ class Entry:
         self.tags = tags
         self.hits = 0
         self.seen = 0
+        #: The table (one per decorated function, one for explicit keys) L1 holds it in.
+        self.table: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -133,7 +136,8 @@ def make_entry(
     return Entry(
         value,
         fresh_until=fresh_until,
-        stale_until=fresh_until + stale_ttl,
+        # Without a stale window, one float for both deadlines (24 bytes less per L1 entry).
+        stale_until=fresh_until + stale_ttl if stale_ttl else fresh_until,
         early_at=early_window(now, fresh_until, load_time, beta),
         load_time=load_time,
         full_key=full_key,
