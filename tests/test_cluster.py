@@ -250,6 +250,28 @@ def test_stale_while_revalidate_with_l1_off(
     assert cache.stats()["stale_served"] >= 5
 
 
+def test_the_operations_command_counts_the_listeners_of_every_node(
+    cluster: LocalCluster, namespace: str, caches: list[Cache], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a cluster listeners keep no registry and subscribe on different nodes: the command
+    still counts every one of them."""
+    import json
+
+    from cachewise.cli import main
+
+    for node in (0, 1, 2):
+        cache = on(cluster, namespace, caches, node=node)
+        cache.get("warm-up")  # starts its listener
+        listener = cache._engine.backend.listener  # type: ignore[union-attr]
+        assert listener is not None and listener.ready.wait(10)
+
+    def listening() -> int:
+        assert main(["stats", cluster.url, "-n", namespace, "--json"]) == 0
+        return int(json.loads(capsys.readouterr().out)["processes_listening"])
+
+    wait_until(lambda: listening() == 3)
+
+
 def test_a_plain_client_of_a_cluster_node_is_reported(
     cluster: LocalCluster, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -15,6 +15,9 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
+import redis.cluster
+
 from .cache import Cache
 from .errors import CacheError
 from .redis import OUTAGE_ERRORS, REDIS_ERRORS, text
@@ -60,6 +63,19 @@ class Ops:
         seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
+    def listening(self) -> int:
+        """The processes subscribed to the namespace's event channel: ``PUBSUB NUMSUB``, summed
+        by redis-py over every node of a cluster (where listeners keep no registry and
+        subscribe on any node); the registry of listeners when the user may not run it."""
+        where = {}
+        if isinstance(self.client, redis.cluster.RedisCluster):  # replicas hold listeners too
+            where = {"target_nodes": redis.cluster.RedisCluster.ALL_NODES}
+        try:
+            counts = self.client.pubsub_numsub(self.space.channel, **where)
+        except redis.exceptions.ResponseError:  # NOPERM included
+            return int(self.client.zcard(self.space.channel))
+        return int(sum(n for _, n in counts))
+
     def stats(self, limit: int) -> dict[str, Any]:
         kinds = dict.fromkeys(("value", *_KINDS), 0)
         scanned = 0
@@ -71,7 +87,7 @@ class Ops:
                 kinds[kind] += 1
         return {
             "namespace": self.space.namespace,
-            "processes_listening": int(self.client.zcard(self.space.channel)),
+            "processes_listening": self.listening(),
             "keys": {k: v for k, v in kinds.items() if v},
             "keys_scanned": scanned,
             "scan_complete": scanned < limit,
