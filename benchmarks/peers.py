@@ -238,6 +238,7 @@ def thread_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Cal
     """Fresh decorated loaders (a cold key each time) for a herd of threads."""
     import threading
 
+    from cachekit import cache as cachekit_cache
     from dogpile.cache import make_region
     from theine import Memoize
 
@@ -260,6 +261,7 @@ def thread_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Cal
         )(body),
         "functools.lru_cache (no stampede protection)": functools.lru_cache(maxsize=1000)(body),
         "theine Memoize": Memoize(1000, datetime.timedelta(seconds=3600))(body),
+        "cachekit @cache (L1 only)": cachekit_cache(ttl=3600, backend=None)(body),
     }
 
 
@@ -267,6 +269,7 @@ def task_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Calla
     """Fresh decorated async loaders for a herd of tasks (made inside the running loop)."""
     from aiocache import Cache as AioCache
     from aiocache import cached_stampede
+    from cachekit import cache as cachekit_cache
     from cashews import Cache as Cashews
     from theine import Memoize
 
@@ -286,4 +289,5 @@ def task_stampede_variants(load_s: float, loads: list[float]) -> dict[str, Calla
             lease=2, ttl=3600, cache=AioCache.MEMORY
         )(body),
         "theine Memoize": Memoize(1000, datetime.timedelta(seconds=3600))(body),
+        "cachekit @cache (L1 only)": cachekit_cache(ttl=3600, backend=None)(body),
     }

@@ -237,7 +237,8 @@ def bench_stampede(rounds: int, load_s: float) -> dict[str, Any]:
     for name in peers.thread_stampede_variants(load_s, []):
         scenarios[f"100 threads: {name}"] = functools.partial(_threads_cold_key, name, 100, load_s)
     for name in ("cachewise @cached", "cashews mem:// @cache(lock=True)",
-                 "aiocache cached_stampede (memory)", "theine Memoize"):  # fmt: skip
+                 "aiocache cached_stampede (memory)", "theine Memoize",
+                 "cachekit @cache (L1 only)"):  # fmt: skip
         scenarios[f"500 tasks: {name}"] = functools.partial(_tasks_cold_key, name, 500, load_s)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
     for i in range(rounds):
