@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import redis.asyncio.cluster  # noqa: E402
 import redis.cluster  # noqa: E402
 
-import redis_tier  # noqa: E402
+import cold_keys  # noqa: E402
+import expiry  # noqa: E402
 from _method import ainterleaved, arate, interleaved, rate, ratio, write_section  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise.testing import LocalCluster, RedisServer  # noqa: E402
@@ -116,10 +117,10 @@ def herds(cluster_url: str, single_url: str, counter_url: str, rounds: int = 3) 
     out: dict[str, Any] = {}
     for where, url in (("single", single_url), ("cluster", cluster_url)):
         out[where] = {
-            "cold": redis_tier.cold_key_fleet(
+            "cold": cold_keys.cold_key_fleet(
                 url, rounds, variants=HERD_VARIANTS, counter_url=counter_url
             ),
-            "expiry": redis_tier.expiry_under_load(
+            "expiry": expiry.expiry_under_load(
                 url, variants=EXPIRY_VARIANTS, counter_url=counter_url
             ),
         }

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from _method import percentile, write_section  # noqa: E402
 from cachewise import Cache  # noqa: E402
 from cachewise.testing import RedisServer  # noqa: E402
-from redis_tier import _max_cluster, offer_async, offer_sync, run_fleet  # noqa: E402
+from expiry import _max_cluster, offer_async, offer_sync, run_fleet  # noqa: E402
 
 TTL, STALE_TTL, LOAD_S, RATE, SECONDS = 1.0, 30.0, 0.1, 500.0, 3.0
 TIERS = ("in-process", "redis-only", "two-tier")
