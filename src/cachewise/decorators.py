@@ -63,6 +63,10 @@ class CachedDecorator(Protocol):
 Caller = Callable[[Callable[..., Any]], Any]
 
 
+#: No in-process key equals it (``Spec._last`` before the first miss).
+_NO_KEY = object()
+
+
 class Spec(Generic[P]):
     """What the wrapper and the writer decorators need to know about a cached function."""
 
@@ -91,6 +95,10 @@ class Spec(Generic[P]):
         self.base = f"{fn.__module__}:{fn.__qualname__}:"
         #: The generated wrapper (``_codegen``), whose globals ``_switch`` and ``_hits`` change.
         self.wrapper: Callable[..., Any] | None = None
+        #: The in-process key and full key of the last call that missed L1: the callers of a
+        #: herd, or of a hot key with L1 off, ask for one key again and again, and building its
+        #: text is a third of what each of them does before it waits. One tuple, replaced whole.
+        self._last: tuple[Hashable, str] = (_NO_KEY, "")
         engine.functions.add(self)
 
     def _tags_for(self, call: Caller) -> Callable[[], Iterable[str]] | None:
@@ -122,7 +130,10 @@ class Spec(Generic[P]):
                 self.table, key, full_key, self.where, self._tags_for(call), self.serializer
             )
         l1_key = self.keyer.l1_key(values)
-        full_key = self.engine.space.entry(self.base + self.keyer.args_text(l1_key))
+        last_key, full_key = self._last
+        if last_key != l1_key:  # equal in-process keys have one text (``ArgKeyer.l1_key``)
+            full_key = self.engine.space.entry(self.base + self.keyer.args_text(l1_key))
+            self._last = (l1_key, full_key)
         return Target(
             self.table, l1_key, full_key, self.where, self._tags_for(call), self.serializer
         )

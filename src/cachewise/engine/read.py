@@ -326,7 +326,7 @@ class Reads(Leases):
     def probe(self, target: Target) -> tuple[Fetch, int, float] | None:
         """The fast path's GET of ``target`` (with the ticket and start time ``probed`` needs),
         when it applies; None when the read goes the full path."""
-        if self.uncached(target):
+        if self.backend is None or self.uncached(target):
             return None
         ticket = self.ticket(target)
         if ticket < 0:
