@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cachewise import CacheError
+from cachewise import Cache, CacheError
 from cachewise.events import Invalidated
 
 from .conftest import Gate, in_thread
@@ -94,15 +94,23 @@ def test_waiters_in_another_process_are_woken_by_the_fill(make_cache: MakeCache)
     assert after < 1.0  # woken by the event, not by the lease expiring
 
 
+def load_past_a_lease(
+    cache: Cache, redis_server: Any, namespace: str, holder: str, px: int
+) -> float:
+    """Give ``holder`` the lease of key ``k`` for ``px`` ms, then load ``k``: the seconds the
+    load took."""
+    redis_server.client().set(lease_key(namespace, "k"), holder, px=px)
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "mine", ttl=30) == "mine"
+    return time.monotonic() - started
+
+
 def test_a_dead_lease_holder_is_taken_over(
     make_cache: MakeCache, redis_server: Any, namespace: str
 ) -> None:
     cache = listening(make_cache(lease_ttl=0.3))
     # A holder that took the lease and died: nobody will renew or fill it.
-    redis_server.client().set(lease_key(namespace, "k"), "dead-holder", px=300)
-    started = time.monotonic()
-    assert cache.get_or_load("k", lambda: "mine", ttl=30) == "mine"
-    waited = time.monotonic() - started
+    waited = load_past_a_lease(cache, redis_server, namespace, "dead-holder", 300)
     assert 0.2 < waited < 3.0
     assert cache.stats()["loads"] == 1
 
@@ -291,10 +299,7 @@ def test_waiting_for_a_lease_is_bounded(
 ) -> None:
     cache = listening(make_cache(lease_wait_timeout=0.3))
     # A live holder that keeps its lease (a long lease standing in for renewals).
-    redis_server.client().set(lease_key(namespace, "k"), "busy-holder", px=60_000)
-    started = time.monotonic()
-    assert cache.get_or_load("k", lambda: "mine", ttl=30) == "mine"
-    assert 0.25 < time.monotonic() - started < 3.0
+    assert 0.25 < load_past_a_lease(cache, redis_server, namespace, "busy-holder", 60_000) < 3.0
     assert cache.stats()["lease_wait_timeouts"] == 1
     # It loaded without the lease, so it did not write over the holder's coming fill.
     assert make_cache().get("k") is None

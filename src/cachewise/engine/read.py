@@ -331,7 +331,7 @@ class Reads(Leases):
         ticket = self.ticket(target)
         if ticket < 0:
             return None
-        return Fetch(self.backend, target.full_key), ticket, self.clock()  # type: ignore[arg-type]
+        return Fetch(self.backend, target.full_key), ticket, self.clock()
 
     def probed(
         self,
