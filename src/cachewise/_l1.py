@@ -70,9 +70,10 @@ class L1:
 
     def _evicted(self, entry: Entry) -> None:
         self.evictions += 1
-        self._forget(entry.table, entry)
+        self._forget(entry)
 
-    def _forget(self, table: Table, entry: Entry) -> None:
+    def _forget(self, entry: Entry) -> None:
+        table = entry.table
         if table.get(entry.l1_key) is entry:
             del table[entry.l1_key]
         if entry.hits:
@@ -90,7 +91,7 @@ class L1:
             return
         old = self._lru.pop(entry.full_key, None)
         if old is not None:
-            self._forget(old.table, old)
+            self._forget(old)
         entry.table = table
         self._lru[entry.full_key] = entry
         table[entry.l1_key] = entry
@@ -102,13 +103,13 @@ class L1:
         held = self._lru.pop(full_key, None)
         if held is None:
             return None
-        self._forget(held.table, held)
+        self._forget(held)
         return held
 
-    def held(self, full_key: str) -> tuple[Table, Entry] | None:
-        """The table and entry held under ``full_key``, without touching the LRU order."""
-        entry = self._lru.get(full_key) if full_key in self._lru else None
-        return None if entry is None else (entry.table, entry)
+    def held(self, full_key: str) -> Entry | None:
+        """The entry held under ``full_key`` (its ``table`` is where it is held), without
+        touching the LRU order."""
+        return self._lru.get(full_key) if full_key in self._lru else None
 
     def tagged(self, tags: Iterable[str]) -> set[str]:
         """Full keys of the held entries carrying any of ``tags``."""
@@ -120,7 +121,7 @@ class L1:
     def clear(self) -> None:
         """Drop everything (a fork, or a coherence channel that cannot say what it missed)."""
         for entry in list(self._lru.values()):
-            self._forget(entry.table, entry)
+            self._forget(entry)
         self._lru.clear()
         self._tags.clear()
 

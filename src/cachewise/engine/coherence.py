@@ -161,12 +161,11 @@ class Coherence(Entries):
             env = codec.unpack(event.value) if effect is L1Effect.REPLACE else None
             with self.lock:
                 self.epoch += 1  # a fast-path read of this key may have got the older value
-                held = self.l1.held(event.key)
-                if held is not None:
-                    table, old = held
-                    target = Target(table, old.l1_key, old.full_key, old.full_key)
+                old = self.l1.held(event.key)
+                if old is not None:
+                    target = Target(old.table, old.l1_key, old.full_key, old.full_key)
                     if env is not None:
-                        self.l1.put(table, self._adopt(target, env))
+                        self.l1.put(old.table, self._adopt(target, env))
                     else:
                         self.l1.drop(event.key)
 
