@@ -17,23 +17,27 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _UNPROTECTED = ("lru_cache",)
 
 
-def _best_peer(rows: dict[str, Any], prefix: str) -> tuple[str, float] | None:
-    """The peer of a herd (rows named ``prefix: library``) with the lowest median p99 among
-    those that loaded once."""
+def _best_peer(rows: dict[str, Any]) -> tuple[str, float] | None:
+    """Of one herd's rows (by library), the peer with the lowest median p99 among those that
+    loaded once."""
     peers = [
-        (name.split(": ", 1)[1], row["p99_ms"]["median"])
+        (name, row["p99_ms"]["median"])
         for name, row in rows.items()
-        if name.startswith(prefix)
-        and "cachewise" not in name
+        if "cachewise" not in name
         and row["loads_max"] == 1
         and not any(u in name for u in _UNPROTECTED)
     ]
     return min(peers, key=lambda p: p[1]) if peers else None
 
 
-def _herd_row(rows: dict[str, Any], prefix: str, ours: str, label: str, limit: float) -> list[str]:
-    best = _best_peer(rows, prefix)
-    mine = rows.get(f"{prefix}: {ours}")
+def _herd(rows: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The rows of one in-process herd (named ``prefix: library``), by library."""
+    return {n.split(": ", 1)[1]: r for n, r in rows.items() if n.startswith(prefix + ": ")}
+
+
+def _herd_row(mine: Any, rows: dict[str, Any], label: str, limit: float) -> list[str]:
+    """cachewise's row ``mine`` of a herd against the best peer among ``rows``."""
+    best = _best_peer(rows)
     if best is None or mine is None:
         return [label, "not measured", f"≤ {limit}× the best peer", ""]
     value = mine["p99_ms"]["median"] / best[1]
@@ -92,28 +96,20 @@ def report(data: dict[str, Any]) -> str:
     hits, redis, writes = data["hits"]["ratios"], data["redis"], data["writes"]
     memory = data.get("memory", {}).get("cachewise @cached")
     miss = data.get("miss")
+    threads, tasks = _herd(data["stampede"], "100 threads"), _herd(data["stampede"], "500 tasks")
     rows = [
-        _herd_row(data["stampede"], "100 threads", "cachewise @cached",
+        _herd_row(threads.get("cachewise @cached"), threads,
                   "cold key, 100 threads in one process, 50 ms loader: p99 / best peer's", 1.05),
-        _herd_row(data["stampede"], "500 tasks", "cachewise @cached",
+        _herd_row(tasks.get("cachewise @cached"), tasks,
                   "cold key, 500 asyncio tasks, 50 ms loader: p99 / best peer's", 1.05),
     ]  # fmt: skip
     cold = redis["cold"]
-    peers = [(n, r["p99_ms"]["median"]) for n, r in cold.items()
-             if "cachewise" not in n and r["loads_max"] == 1]  # fmt: skip
-    if peers:
-        best_name, best = min(peers, key=lambda p: p[1])
-        for name, row in cold.items():
-            if "cachewise" not in name:
-                continue
-            value = row["p99_ms"]["median"] / best
-            rows.append([
-                f"cold key, 4 processes × 25, shared Redis: p99 / best peer's ({name})",
-                f"{value:.2f} ({row['p99_ms']['median']:.1f} ms; best peer {best_name} "
-                f"{best:.1f} ms; {row['loads_max']} load)",
-                "≤ 1.0× the best peer, 1 load",
-                _verdict(value <= 1.0 and row["loads_max"] == 1),
-            ])  # fmt: skip
+    rows += [
+        _herd_row(row, cold,
+                  f"cold key, 4 processes × 25, shared Redis: p99 / best peer's ({name})", 1.0)
+        for name, row in cold.items()
+        if "cachewise" in name
+    ]  # fmt: skip
     rows += [
         _ratio_row("L1 hit, sync `@cached` / `functools.lru_cache` hit",
                    lambda: hits["sync hit / lru_cache hit"], 2.0),
