@@ -33,6 +33,7 @@ import cachewise
 import page
 import peers
 from _method import Rounds, ainterleaved, interleaved, medians, percentile, ratio, summarize
+from cachewise import _codegen
 from cachewise.testing import task_herd, thread_herd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "cachewise": cachewise.__version__,
+        "compiled hit": _codegen._speedups is not None,
         **{
             name: _version(name)
             for name in (
@@ -103,7 +105,27 @@ def _sync_hit_variants() -> dict[str, Callable[[int], int]]:
             return entry[0]
         return None
 
-    return {"dict floor": dict_floor, "expiry floor": expiry_floor, **peers.sync_variants()}
+    return {
+        "dict floor": dict_floor,
+        "expiry floor": expiry_floor,
+        "cachewise @cached (pure Python)": _pure_python_hit(),
+        **peers.sync_variants(),
+    }
+
+
+def _pure_python_hit() -> Callable[[int], int]:
+    """cachewise's sync hit as a package built without its C extension serves it."""
+    saved, _codegen._speedups = _codegen._speedups, None
+    try:
+        cache = cachewise.Cache(namespace="bench-pure")
+
+        @cache.cached(ttl=3600)
+        def cw(x: int) -> int:
+            return x
+    finally:
+        _codegen._speedups = saved
+    cw(1)
+    return cw  # type: ignore[no-any-return]
 
 
 def _time_sync(fn: Callable[[int], int], number: int) -> float:
@@ -172,6 +194,7 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
             f"{name} / cachewise": ratio(per_round, name, "cachewise @cached")
             for name in per_round[0]
             if name not in ("dict floor", "expiry floor", "cachewise @cached")
+            and "pure Python" not in name
         },
         **{
             f"{name} / cachewise (async)": ratio(async_per_round, name, "cachewise @cached (async)")
@@ -180,6 +203,9 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
         },
         "sync hit / lru_cache hit": ratio(
             per_round, "cachewise @cached", "functools.lru_cache (no TTL)"
+        ),
+        "pure-Python sync hit / lru_cache hit": ratio(
+            per_round, "cachewise @cached (pure Python)", "functools.lru_cache (no TTL)"
         ),
         "expiry floor / lru_cache hit": ratio(
             per_round, "expiry floor", "functools.lru_cache (no TTL)"

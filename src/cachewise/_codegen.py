@@ -9,13 +9,34 @@ generate their methods the same way.
 
 The sync and async wrappers come from one template (``async``/``await`` filled in or left out),
 so the two cannot drift apart.
+
+A sync function whose key arguments are all positional gets, where the package was built with
+its C extension (``_speedups.c``), a compiled front: the same hit in C, for the calls that give
+every argument by position as an exact ``int`` or ``str``; every other call goes to the
+generated wrapper. Why: the Python function call alone costs three ``functools.lru_cache``
+hits. Async functions keep the Python wrapper: a compiled one would be neither a coroutine
+function nor return a coroutine, which frameworks and ``asyncio.create_task`` check.
+``CACHEWISE_PURE_PYTHON=1`` turns the compiled front off.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+import time
 from collections.abc import Callable
 from typing import Any
+
+from .core import Entry
+
+try:
+    from . import _speedups
+except ImportError:  # built without a C compiler: the Python wrapper serves every call
+    _speedups = None  # type: ignore[assignment]
+if os.environ.get("CACHEWISE_PURE_PYTHON", "").strip() not in ("", "0"):
+    _speedups = None  # type: ignore[assignment]
+if _speedups is not None:
+    _speedups.bind_entry(Entry)
 
 #: The L1 hit is ``core.serves_at_once``, inlined: a call would be a fifth of the whole hit.
 #: ``{count}`` is empty, or (the counting variant, ``_hits``) a per-function hit counter.
@@ -108,8 +129,9 @@ def make_wrapper(
     args: Callable[[tuple[Any, ...], Callable[[Callable[..., Any]], Any]], tuple[Any, ...]],
     read: Callable[..., Any],
     ignore: frozenset[str] = frozenset(),
-) -> Callable[..., Any] | None:
-    """The wrapper of ``fn``, or None when its signature cannot be mirrored.
+) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """``(front, generated)``: what callers call, and the generated wrapper (the same function,
+    or behind the compiled front); None when ``fn``'s signature cannot be mirrored.
 
     Past the L1 hit, the wrapper returns ``read(*args(values, call))``: ``values`` are the
     parameters in order, ``call(f)`` calls ``f`` with the caller's own arguments."""
@@ -148,7 +170,21 @@ def make_wrapper(
     #: The counting variant's code, swapped in while an exporter needs exact hits (``_hits``).
     namespace["_cw_counting_code"] = namespace["cached_wrapper"].__code__
     exec(compile(sources[0], where, "exec"), namespace)
-    return namespace["cached_wrapper"]  # type: ignore[no-any-return]
+    generated: Callable[..., Any] = namespace["cached_wrapper"]
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = signature.parameters.values()
+    if (
+        _speedups is None
+        or is_async
+        or is_method
+        or guard == "False"
+        or ignore
+        or not parameters
+        or any(p.kind not in plain for p in parameters)
+    ):
+        return generated, generated
+    clock = None if now is time.monotonic else now  # None: the C side reads that clock itself
+    return _speedups.HitWrapper(generated, len(parameters), clock), generated
 
 
 def make_binder(fn: Callable[..., Any]) -> Callable[..., tuple[Any, ...]] | None:

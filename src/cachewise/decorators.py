@@ -297,7 +297,7 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
     def args(values: tuple[Any, ...], call: Caller) -> tuple[Target, Callable[[], Any], Policy]:
         return spec.target(values, call), functools.partial(call, fn), policy
 
-    wrapper = make_wrapper(
+    made = make_wrapper(
         fn,
         is_async=is_async,
         is_method=spec.keyer.is_method,
@@ -308,11 +308,11 @@ def _cached_wrapper(spec: Spec[Any], fn: Callable[..., Any]) -> Callable[..., An
         read=engine.read_async if is_async else engine.read_sync,
         ignore=spec.keyer.ignore,
     )
-    if wrapper is not None:
-        spec.wrapper = wrapper
+    if made is not None:
+        wrapper, spec.wrapper = made
         _switch.register(engine)
         if engine.l1.counted is not None:  # an exporter counts this cache's hits
-            _hits.counting(wrapper)
+            _hits.counting(spec.wrapper)
     else:  # a parameter name the generated code cannot use: no fast path
         wrapper = _shell(
             fn,

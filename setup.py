@@ -1,0 +1,14 @@
+"""The compiled L1 hit (``cachewise._speedups``), built when a C compiler is at hand.
+
+``optional=True``: without a compiler, or where the build fails, the package installs without
+it and every cached function runs on its generated Python wrapper (``_codegen.py``).
+Everything else about the package is declared in ``pyproject.toml``.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("cachewise._speedups", ["src/cachewise/_speedups.c"], optional=True),
+    ]
+)

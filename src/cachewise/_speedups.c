@@ -1,0 +1,392 @@
+/* The L1 hit of a sync cached function, compiled: ``HitWrapper``.
+ *
+ * Why C: a hit in the generated Python wrapper (_codegen.py) is one dict lookup, one clock read
+ * and one compare, yet the Python function call around them costs three times a
+ * ``functools.lru_cache`` hit, which is a C object called directly. No library serves a TTL'd
+ * lookup into our own L1 entries that way, so this module does it for the one case that is
+ * most of the calls: every key argument given by position, each an exact ``int`` or ``str``.
+ * Every other call, and every call the hit does not serve, goes to the generated Python
+ * wrapper (the "fallback") with the same arguments, so the two paths cannot disagree. Without
+ * a compiler the package runs on the Python wrapper alone.
+ *
+ * It reads the same state the Python hit reads: the fallback's globals ``_cw_table`` (swapped
+ * by _switch.py while caching is off), the entry's ``early_at``, ``hits`` and ``value`` slots,
+ * and, while the fallback runs its counting code (_hits.py), the ``_cw_count`` list.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fallback;      /* the generated Python wrapper */
+    PyObject *globals;       /* its globals */
+    PyObject *counting_code; /* its counting variant's code */
+    PyObject *count;         /* [hits counted inline], read by _hits.py */
+    PyObject *now;           /* the clock; NULL: CLOCK_MONOTONIC, which time.monotonic reads */
+    PyObject *dict;
+    PyObject *weakreflist;
+    Py_ssize_t nargs;        /* the key arguments, all positional */
+} HitWrapper;
+
+/* The entry class and where its slots lie (``bind_entry``). */
+static PyTypeObject *entry_type = NULL;
+static Py_ssize_t off_early = -1, off_hits = -1, off_value = -1;
+static PyObject *str_table = NULL;
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+static int
+read_clock(HitWrapper *self, double *now)
+{
+    if (self->now == NULL) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        /* As time.monotonic converts it: integer nanoseconds, then seconds as a double. */
+        *now = (double)((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
+        return 0;
+    }
+    PyObject *value = PyObject_CallNoArgs(self->now);
+    if (value == NULL) {
+        return -1;
+    }
+    *now = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *
+add_one(PyObject *number)
+{
+    if (PyLong_CheckExact(number)) {
+        long n = PyLong_AsLong(number);
+        if (!(n == -1 && PyErr_Occurred()) && n < LONG_MAX) {
+            return PyLong_FromLong(n + 1);
+        }
+        PyErr_Clear();
+    }
+    PyObject *one = PyLong_FromLong(1);
+    if (one == NULL) {
+        return NULL;
+    }
+    PyObject *sum = PyNumber_Add(number, one);
+    Py_DECREF(one);
+    return sum;
+}
+
+/* The hit, or NULL without an error when the fallback must serve the call. */
+static PyObject *
+serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyLong_CheckExact(args[i]) && !PyUnicode_CheckExact(args[i])) {
+            return NULL;
+        }
+    }
+    PyObject *table = PyDict_GetItemWithError(self->globals, str_table);
+    if (table == NULL || !PyDict_CheckExact(table)) {
+        return NULL; /* _switch's read-only empty table: caching is off */
+    }
+    PyObject *entry;
+    if (n == 1) {
+        entry = PyDict_GetItemWithError(table, args[0]);
+    }
+    else {
+        PyObject *key = PyTuple_New(n);
+        if (key == NULL) {
+            *failed = 1;
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyTuple_SET_ITEM(key, i, Py_NewRef(args[i]));
+        }
+        entry = PyDict_GetItemWithError(table, key);
+        Py_DECREF(key);
+    }
+    if (entry == NULL || Py_TYPE(entry) != entry_type) {
+        if (PyErr_Occurred()) {
+            *failed = 1;
+        }
+        return NULL;
+    }
+    PyObject *early = SLOT(entry, off_early);
+    if (early == NULL || !PyFloat_CheckExact(early)) {
+        return NULL;
+    }
+    Py_INCREF(entry); /* a clock of the user's may run code that drops it */
+    double now;
+    PyObject *result = NULL;
+    if (read_clock(self, &now) < 0) {
+        *failed = 1;
+    }
+    else if (now < PyFloat_AS_DOUBLE(early)) {
+        PyObject *hits = SLOT(entry, off_hits);
+        PyObject *value = SLOT(entry, off_value);
+        if (hits != NULL && value != NULL) {
+            PyObject *more = add_one(hits);
+            if (more == NULL) {
+                *failed = 1;
+            }
+            else {
+                SLOT(entry, off_hits) = more;
+                Py_DECREF(hits);
+                result = Py_NewRef(value);
+            }
+        }
+    }
+    Py_DECREF(entry);
+    if (result != NULL && PyFunction_GET_CODE(self->fallback) == self->counting_code) {
+        PyObject *counted = add_one(PyList_GET_ITEM(self->count, 0));
+        if (counted == NULL) {
+            Py_DECREF(result);
+            *failed = 1;
+            return NULL;
+        }
+        PyList_SetItem(self->count, 0, counted);
+    }
+    return result;
+}
+
+static PyObject *
+hit_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HitWrapper *self = (HitWrapper *)op;
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && n == self->nargs) {
+        int failed = 0;
+        PyObject *value = serve(self, args, n, &failed);
+        if (value != NULL || failed) {
+            return value;
+        }
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static PyObject *
+hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"fallback", "nargs", "now", NULL};
+    PyObject *fallback, *now;
+    Py_ssize_t nargs;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnO:HitWrapper", names, &fallback, &nargs,
+                                     &now)) {
+        return NULL;
+    }
+    if (entry_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "HitWrapper: bind_entry() was not called");
+        return NULL;
+    }
+    if (!PyFunction_Check(fallback) || nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "HitWrapper(fallback, nargs, now): fallback must be a "
+                                         "function and nargs at least 1");
+        return NULL;
+    }
+    PyObject *globals = PyFunction_GET_GLOBALS(fallback);
+    PyObject *code = PyDict_GetItemString(globals, "_cw_counting_code");
+    PyObject *count = PyDict_GetItemString(globals, "_cw_count");
+    if (code == NULL || count == NULL || !PyList_CheckExact(count) || PyList_GET_SIZE(count) < 1) {
+        PyErr_SetString(PyExc_TypeError, "HitWrapper: fallback is not a generated wrapper");
+        return NULL;
+    }
+    HitWrapper *self = (HitWrapper *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = hit_vectorcall;
+    self->fallback = Py_NewRef(fallback);
+    self->globals = Py_NewRef(globals);
+    self->counting_code = Py_NewRef(code);
+    self->count = Py_NewRef(count);
+    self->now = now == Py_None ? NULL : Py_NewRef(now);
+    self->nargs = nargs;
+    return (PyObject *)self;
+}
+
+static int
+hit_traverse(HitWrapper *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->globals);
+    Py_VISIT(self->counting_code);
+    Py_VISIT(self->count);
+    Py_VISIT(self->now);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+hit_clear(HitWrapper *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->globals);
+    Py_CLEAR(self->counting_code);
+    Py_CLEAR(self->count);
+    Py_CLEAR(self->now);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+hit_dealloc(HitWrapper *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    hit_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* Bound to an instance as a function is (a cached function stored on a class). */
+static PyObject *
+hit_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == Py_None || obj == NULL) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+/* Pickled by reference, as functions are: by module and qualified name. */
+static PyObject *
+hit_reduce(PyObject *self, PyObject *unused)
+{
+    return PyObject_GetAttrString(self, "__qualname__");
+}
+
+static PyObject *
+hit_copy(PyObject *self, PyObject *unused)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+hit_repr(PyObject *self)
+{
+    PyObject *name = PyObject_GetAttrString(self, "__qualname__");
+    if (name == NULL) {
+        PyErr_Clear();
+        return PyUnicode_FromFormat("<cached function at %p>", self);
+    }
+    PyObject *text = PyUnicode_FromFormat("<cached function %S at %p>", name, self);
+    Py_DECREF(name);
+    return text;
+}
+
+static PyMethodDef hit_methods[] = {
+    {"__reduce__", hit_reduce, METH_NOARGS, NULL},
+    {"__copy__", hit_copy, METH_NOARGS, NULL},
+    {"__deepcopy__", hit_copy, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef hit_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(HitWrapper, dict), READONLY},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(HitWrapper, weakreflist), READONLY},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(HitWrapper, vectorcall), READONLY},
+    {"fallback", T_OBJECT, offsetof(HitWrapper, fallback), READONLY,
+     "The generated Python wrapper: every call the compiled hit does not serve."},
+    {NULL},
+};
+
+static PyGetSetDef hit_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+static PyType_Slot hit_slots[] = {
+    {Py_tp_new, hit_new},
+    {Py_tp_dealloc, hit_dealloc},
+    {Py_tp_traverse, hit_traverse},
+    {Py_tp_clear, hit_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, hit_get},
+    {Py_tp_repr, hit_repr},
+    {Py_tp_methods, hit_methods},
+    {Py_tp_members, hit_members},
+    {Py_tp_getset, hit_getset},
+    {Py_tp_doc, "A cached function whose L1 hit runs compiled (cachewise._codegen)."},
+    {0, NULL},
+};
+
+static PyType_Spec hit_spec = {
+    .name = "cachewise._speedups.HitWrapper",
+    .basicsize = sizeof(HitWrapper),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+             Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = hit_slots,
+};
+
+static Py_ssize_t
+slot_offset(PyObject *cls, const char *name)
+{
+    PyObject *descr = PyDict_GetItemString(((PyTypeObject *)cls)->tp_dict, name);
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+        ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "bind_entry: %R has no slot %s", cls, name);
+        return -1;
+    }
+    return ((PyMemberDescrObject *)descr)->d_member->offset;
+}
+
+/* Tell the module the entry class whose slots the hit reads (core.Entry). */
+static PyObject *
+bind_entry(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_entry: expected a class");
+        return NULL;
+    }
+    Py_ssize_t early = slot_offset(cls, "early_at");
+    Py_ssize_t hits = early < 0 ? -1 : slot_offset(cls, "hits");
+    Py_ssize_t value = hits < 0 ? -1 : slot_offset(cls, "value");
+    if (value < 0) {
+        return NULL;
+    }
+    Py_XSETREF(entry_type, (PyTypeObject *)Py_NewRef(cls));
+    off_early = early;
+    off_hits = hits;
+    off_value = value;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind_entry", bind_entry, METH_O, "Set the entry class whose slots the hit reads."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cachewise._speedups",
+    .m_doc = "The compiled L1 hit of sync cached functions (see _codegen.py).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    str_table = PyUnicode_InternFromString("_cw_table");
+    if (str_table == NULL) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    PyObject *type = PyType_FromSpec(&hit_spec);
+    if (type == NULL || PyModule_AddObject(module, "HitWrapper", type) < 0) {
+        Py_XDECREF(type);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,238 @@
+"""The compiled L1 hit (``_speedups.HitWrapper``, see ``_codegen``): built here, and a cached
+function behaves the same with it and without it, call for call."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import os
+import pickle
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cachewise
+from cachewise import Cache, _codegen, _hits
+from cachewise.testing import FakeClock
+
+pure_only = os.environ.get("CACHEWISE_PURE_PYTHON", "").strip() not in ("", "0")
+needs_compiled = pytest.mark.skipif(pure_only, reason="CACHEWISE_PURE_PYTHON=1")
+
+
+@contextlib.contextmanager
+def pure_python() -> Iterator[None]:
+    """Functions decorated inside the block get the Python wrapper alone."""
+    saved = _codegen._speedups
+    _codegen._speedups = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _codegen._speedups = saved
+
+
+@cachewise.cached(ttl=60)
+def module_level(x: int) -> int:
+    """Doubles."""
+    return x * 2
+
+
+@needs_compiled
+def test_the_compiled_hit_is_built_and_used_for_sync_positional_functions() -> None:
+    assert _codegen._speedups is not None, "the C extension was not built (see setup.py)"
+    cache = Cache(namespace="compiled")
+
+    @cache.cached(ttl=60)
+    def sync(x: int, y: str = "") -> str:
+        return f"{x}{y}"
+
+    @cache.cached(ttl=60)
+    async def asynchronous(x: int) -> int:
+        return x
+
+    @cache.cached(ttl=60)
+    def keyword_only(*, x: int) -> int:
+        return x
+
+    class Shop:
+        @cache.cached(ttl=60)
+        def price(self, item: int) -> int:
+            return item
+
+    compiled = type(sync)
+    assert compiled.__module__ == "cachewise._speedups"
+    for python in (asynchronous, keyword_only, Shop.price):
+        assert type(python) is not compiled
+    with pure_python():
+
+        @cache.cached(ttl=60)
+        def plain(x: int) -> int:
+            return x
+
+    assert type(plain) is not compiled
+    cache.close()
+
+
+def _cache_and_functions(clock: FakeClock) -> tuple[Cache, Any, Any, list[tuple[Any, ...]]]:
+    cache = Cache(namespace="parity", clock=clock, ttl_jitter=0, early_refresh_beta=0)
+    loads: list[tuple[Any, ...]] = []
+
+    @cache.cached(ttl=10)
+    def one(x: Any) -> tuple[Any, ...]:
+        loads.append(("one", x))
+        return ("one", type(x).__name__, x, len(loads))
+
+    @cache.cached(ttl=10)
+    def two(a: Any, b: Any = 0) -> tuple[Any, ...]:
+        loads.append(("two", a, b))
+        return ("two", type(a).__name__, a, type(b).__name__, b, len(loads))
+
+    return cache, one, two, loads
+
+
+_args = st.one_of(
+    st.integers(-2, 2), st.sampled_from(["a", "b", ""]), st.booleans(), st.just(1.0), st.none()
+)
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("one"), _args),
+        st.tuples(st.just("one-kw"), _args),
+        st.tuples(st.just("two"), _args, _args),
+        st.tuples(st.just("two-default"), _args),
+        st.tuples(st.just("two-kw"), _args, _args),
+        st.tuples(st.just("tick"), st.sampled_from([1.0, 9.99, 10.0, 11.0])),
+        st.tuples(st.just("invalidate"), _args),
+        st.tuples(st.just("disabled"), _args),
+    ),
+    max_size=40,
+)
+
+
+def _run(step: tuple[Any, ...], clock: FakeClock, one: Any, two: Any) -> Any:
+    kind, *args = step
+    if kind == "one":
+        return one(args[0])
+    if kind == "one-kw":
+        return one(x=args[0])
+    if kind == "two":
+        return two(args[0], args[1])
+    if kind == "two-default":
+        return two(args[0])
+    if kind == "two-kw":
+        return two(args[0], b=args[1])
+    if kind == "tick":
+        clock.advance(args[0])
+        return None
+    if kind == "invalidate":
+        return one.invalidate(args[0])
+    with cachewise.disable():
+        return one(args[0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(_steps)
+def test_compiled_and_python_wrappers_answer_every_call_alike(steps: list[tuple[Any, ...]]) -> None:
+    compiled_clock, python_clock = FakeClock(), FakeClock()
+    compiled = _cache_and_functions(compiled_clock)
+    with pure_python():
+        python = _cache_and_functions(python_clock)
+    try:
+        for step in steps:
+            got = _run(step, compiled_clock, compiled[1], compiled[2])
+            expected = _run(step, python_clock, python[1], python[2])
+            assert got == expected, step
+        assert compiled[3] == python[3]
+        names = ("l1_hits", "misses", "loads")
+        compiled_stats, python_stats = compiled[0].stats(), python[0].stats()
+        assert {n: compiled_stats[n] for n in names} == {n: python_stats[n] for n in names}
+        assert compiled[0]._engine.function_hits() == python[0]._engine.function_hits()
+    finally:
+        compiled[0].close()
+        python[0].close()
+
+
+def test_the_monotonic_clock_read_in_c_is_time_monotonic() -> None:
+    """Default clock: the compiled hit reads CLOCK_MONOTONIC itself, on time.monotonic's scale."""
+    cache = Cache(namespace="monotonic")
+    loads = []
+
+    @cache.cached(ttl=60)
+    def f(x: int) -> int:
+        loads.append(x)
+        return x
+
+    f(1)
+    spec = f._cachewise
+    entry = spec.table[1]
+    entry.early_at = time.monotonic() + 30
+    f(1)
+    assert loads == [1]
+    entry.early_at = entry.fresh_until = entry.stale_until = time.monotonic() - 0.001
+    f(1)
+    assert loads == [1, 1]
+    cache.close()
+
+
+def test_a_bool_or_a_float_argument_is_not_served_from_the_ints_entry(cache: Cache) -> None:
+    @cache.cached(ttl=60)
+    def kind(x: Any) -> str:
+        return type(x).__name__
+
+    assert kind(1) == "int"
+    assert kind(True) == "bool"
+    assert kind(1.0) == "float"
+    assert kind(1) == "int"
+
+
+def test_hits_are_counted_once_an_exporter_counts(cache: Cache) -> None:
+    @cache.cached(ttl=60)
+    def f(x: int) -> int:
+        return x
+
+    f(1)
+    f(1)
+    _hits.start(cache._engine)
+    for _ in range(5):
+        f(1)
+    f(x=1)  # the Python wrapper's counting code
+    assert cache.stats()["l1_hits"] == 7
+
+
+def test_it_behaves_as_a_function_would(cache: Cache) -> None:
+    assert pickle.loads(pickle.dumps(module_level)) is module_level
+    assert copy.copy(module_level) is module_level and copy.deepcopy(module_level) is module_level
+    assert module_level.__name__ == "module_level" and module_level.__doc__ == "Doubles."
+    assert "module_level" in repr(module_level)
+    assert module_level.__wrapped__(2) == 4
+
+    @cache.cached(ttl=60)
+    def double(x: int) -> int:
+        return x * 2
+
+    class Holder:
+        method = double  # bound like a function: the instance is the first argument
+
+    with pytest.raises(TypeError):
+        Holder().method(1)
+    assert Holder.method(3) == 6
+    assert double.key(3) == double.key(x=3)
+    double.invalidate(3)
+
+    ref = weakref.ref(double)
+    del double, Holder
+    gc.collect()
+    assert ref() is None
+
+
+@needs_compiled
+def test_hitwrapper_refuses_what_is_not_a_generated_wrapper() -> None:
+    compiled = type(module_level)
+    with pytest.raises(TypeError, match="generated wrapper"):
+        compiled(lambda x: x, 1, None)
+    with pytest.raises(TypeError, match="nargs"):
+        compiled(module_level.fallback, 0, None)
