@@ -3,6 +3,7 @@ function behaves the same with it and without it, call for call."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import gc
@@ -78,21 +79,76 @@ def test_the_compiled_hit_is_built_and_used_for_sync_positional_functions() -> N
     cache.close()
 
 
-def _cache_and_functions(clock: FakeClock) -> tuple[Cache, Any, Any, list[tuple[Any, ...]]]:
-    cache = Cache(namespace="parity", clock=clock, ttl_jitter=0, early_refresh_beta=0)
-    loads: list[tuple[Any, ...]] = []
+class Functions:
+    """One cache's cached functions of every shape the compiled hit serves differently."""
 
-    @cache.cached(ttl=10)
-    def one(x: Any) -> tuple[Any, ...]:
-        loads.append(("one", x))
-        return ("one", type(x).__name__, x, len(loads))
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.cache = cache = Cache(namespace="parity", clock=clock, ttl_jitter=0,
+                                   early_refresh_beta=0)  # fmt: skip
+        self.loads = loads = []  # type: list[tuple[Any, ...]]
 
-    @cache.cached(ttl=10)
-    def two(a: Any, b: Any = 0) -> tuple[Any, ...]:
-        loads.append(("two", a, b))
-        return ("two", type(a).__name__, a, type(b).__name__, b, len(loads))
+        @cache.cached(ttl=10)
+        def one(x: Any) -> tuple[Any, ...]:  # the compiled front
+            loads.append(("one", x))
+            return ("one", type(x).__name__, x, len(loads))
 
-    return cache, one, two, loads
+        @cache.cached(ttl=10)
+        def two(a: Any, b: Any = 0) -> tuple[Any, ...]:
+            loads.append(("two", a, b))
+            return ("two", type(a).__name__, a, type(b).__name__, b, len(loads))
+
+        @cache.cached(ttl=10)
+        def keyword(*, x: Any) -> tuple[Any, ...]:  # the probe, sync
+            loads.append(("keyword", x))
+            return ("keyword", type(x).__name__, x, len(loads))
+
+        @cache.cached(ttl=10)
+        async def asynchronous(x: Any) -> tuple[Any, ...]:  # the probe, async
+            loads.append(("async", x))
+            return ("async", type(x).__name__, x, len(loads))
+
+        class Shop:
+            @cache.cached(ttl=10)
+            def price(self, x: Any) -> tuple[Any, ...]:  # the probe, a method
+                loads.append(("method", x))
+                return ("method", type(x).__name__, x, len(loads))
+
+        self.one, self.two, self.keyword, self.shop = one, two, keyword, Shop()
+        self.asynchronous = asynchronous
+        self.loop = asyncio.new_event_loop()
+
+    def run(self, step: tuple[Any, ...]) -> Any:
+        kind, *args = step
+        if kind == "one":
+            return self.one(args[0])
+        if kind == "one-kw":
+            return self.one(x=args[0])
+        if kind == "two":
+            return self.two(args[0], args[1])
+        if kind == "two-default":
+            return self.two(args[0])
+        if kind == "two-kw":
+            return self.two(args[0], b=args[1])
+        if kind == "keyword":
+            return self.keyword(x=args[0])
+        if kind == "method":
+            return self.shop.price(args[0])
+        if kind == "async":
+            return self.loop.run_until_complete(self.asynchronous(args[0]))
+        if kind == "tick":
+            self.clock.advance(args[0])
+            return None
+        if kind == "invalidate":
+            return self.one.invalidate(args[0])
+        if kind == "count":  # an exporter starts counting hits per function
+            return _hits.start(self.cache._engine)
+        with cachewise.disable():
+            return self.one(args[0])
+
+    def close(self) -> None:
+        self.cache.close()
+        self.loop.close()
 
 
 _args = st.one_of(
@@ -105,55 +161,34 @@ _steps = st.lists(
         st.tuples(st.just("two"), _args, _args),
         st.tuples(st.just("two-default"), _args),
         st.tuples(st.just("two-kw"), _args, _args),
+        st.tuples(st.sampled_from(["keyword", "method", "async"]), _args),
         st.tuples(st.just("tick"), st.sampled_from([1.0, 9.99, 10.0, 11.0])),
         st.tuples(st.just("invalidate"), _args),
+        st.tuples(st.just("count")),
         st.tuples(st.just("disabled"), _args),
     ),
     max_size=40,
 )
 
 
-def _run(step: tuple[Any, ...], clock: FakeClock, one: Any, two: Any) -> Any:
-    kind, *args = step
-    if kind == "one":
-        return one(args[0])
-    if kind == "one-kw":
-        return one(x=args[0])
-    if kind == "two":
-        return two(args[0], args[1])
-    if kind == "two-default":
-        return two(args[0])
-    if kind == "two-kw":
-        return two(args[0], b=args[1])
-    if kind == "tick":
-        clock.advance(args[0])
-        return None
-    if kind == "invalidate":
-        return one.invalidate(args[0])
-    with cachewise.disable():
-        return one(args[0])
-
-
 @settings(max_examples=150, deadline=None)
 @given(_steps)
 def test_compiled_and_python_wrappers_answer_every_call_alike(steps: list[tuple[Any, ...]]) -> None:
-    compiled_clock, python_clock = FakeClock(), FakeClock()
-    compiled = _cache_and_functions(compiled_clock)
+    compiled = Functions(FakeClock())
     with pure_python():
-        python = _cache_and_functions(python_clock)
+        python = Functions(FakeClock())
     try:
         for step in steps:
-            got = _run(step, compiled_clock, compiled[1], compiled[2])
-            expected = _run(step, python_clock, python[1], python[2])
-            assert got == expected, step
-        assert compiled[3] == python[3]
+            assert compiled.run(step) == python.run(step), step
+        assert compiled.loads == python.loads
         names = ("l1_hits", "misses", "loads")
-        compiled_stats, python_stats = compiled[0].stats(), python[0].stats()
+        compiled_stats, python_stats = compiled.cache.stats(), python.cache.stats()
         assert {n: compiled_stats[n] for n in names} == {n: python_stats[n] for n in names}
-        assert compiled[0]._engine.function_hits() == python[0]._engine.function_hits()
+        hits = compiled.cache._engine.function_hits(), python.cache._engine.function_hits()
+        assert hits[0] == hits[1]
     finally:
-        compiled[0].close()
-        python[0].close()
+        compiled.close()
+        python.close()
 
 
 def test_the_monotonic_clock_read_in_c_is_time_monotonic() -> None:

@@ -14,9 +14,11 @@ A sync function whose key arguments are all positional gets, where the package w
 its C extension (``_speedups.c``), a compiled front: the same hit in C, for the calls that give
 every argument by position as an exact ``int`` or ``str``; every other call goes to the
 generated wrapper. Why: the Python function call alone costs three ``functools.lru_cache``
-hits. Async functions keep the Python wrapper: a compiled one would be neither a coroutine
-function nor return a coroutine, which frameworks and ``asyncio.create_task`` check.
-``CACHEWISE_PURE_PYTHON=1`` turns the compiled front off.
+hits. Async functions keep a generated wrapper (a compiled one would be neither a coroutine
+function nor return a coroutine, which frameworks and ``asyncio.create_task`` check), as do
+methods and functions with keyword-only or ignored parameters; with the extension, their hit
+is one call of a compiled probe (``HitProbe``: the type checks, the lookup, the clock and the
+count) instead of those steps in Python. ``CACHEWISE_PURE_PYTHON=1`` turns both off.
 """
 
 from __future__ import annotations
@@ -47,9 +49,29 @@ _TEMPLATE = """\
         if _cw_entry is not None and _cw_now() < _cw_entry.early_at:
             _cw_entry.hits += 1{count}
             return _cw_entry.value
-    return {await_}_cw_read(*_cw_args(({values}), lambda _cw_f: _cw_f({call})))
+    return {await_}_cw_slow({call})
 """
 _COUNT = "\n            _cw_count[0] += 1"
+
+#: Past the hit, in a function of its own: the lambda closes over the parameters, and in the
+#: wrapper itself that would make each a cell, allocated on every call, hits included.
+_SLOW_TEMPLATE = """\
+def _cw_slow({params}):
+    return _cw_read(*_cw_args(({values}), lambda _cw_f: _cw_f({call})))
+"""
+
+#: The same, with the hit in the compiled probe (which counts by itself while the wrapper runs
+#: its counting code, so both variants are this one).
+_PROBE_TEMPLATE = """\
+{async_}def {name}({params}):
+    if {fast}:
+        _cw_value = _cw_hit({keyed})
+        if _cw_value is not _cw_miss:
+            return _cw_value
+    return {await_}_cw_slow({call})
+"""
+#: What the probe answers for a call it does not serve (never a cached value).
+_MISS = object()
 
 _BIND_TEMPLATE = """\
 def _cw_bind({params}):
@@ -102,20 +124,21 @@ def _render(signature: inspect.Signature) -> tuple[str, str, str, dict[str, Any]
 
 def _fast_condition(
     signature: inspect.Signature, is_method: bool, enabled: bool, ignore: frozenset[str]
-) -> tuple[str, str]:
+) -> tuple[str, str, list[str] | None]:
     """The hit-path guard and in-process key expressions (see ``keys.ArgKeyer``; the
-    parameters ``ignore`` names are not part of the key)."""
+    parameters ``ignore`` names are not part of the key), and the key's parameters (None: no
+    hit path)."""
     params = [p for p in signature.parameters.values() if p.name not in ignore]
     keyed = params[1:] if is_method else params
     if not enabled or any(
         p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in keyed
     ):
-        return "False", "None"
+        return "False", "None", None
     checks = [f"type({p.name}) in _cw_plain" for p in keyed]
     if is_method:
         checks.append(f"not hasattr({params[0].name}, '__cache_key__')")
     key = keyed[0].name if len(keyed) == 1 else "(" + "".join(p.name + ", " for p in keyed) + ")"
-    return " and ".join(checks) or "True", key
+    return " and ".join(checks) or "True", key, [p.name for p in keyed]
 
 
 def make_wrapper(
@@ -140,21 +163,29 @@ def make_wrapper(
     if rendered is None:
         return None
     params, values, call, defaults = rendered
-    guard, key = _fast_condition(signature, is_method, fast, ignore)
-    sources = [
-        _TEMPLATE.format(
-            async_="async " if is_async else "",
-            await_="await " if is_async else "",
-            name="cached_wrapper",
-            params=params,
-            fast=guard,
-            key=key,
-            values=values,
-            call=call,
-            count=count,
-        )
-        for count in ("", _COUNT)
-    ]
+    guard, key, keyed = _fast_condition(signature, is_method, fast, ignore)
+    probed = _speedups is not None and bool(keyed)
+    if probed:
+        assert keyed is not None
+        guard = (
+            f"not hasattr({next(iter(signature.parameters))}, '__cache_key__')"
+            if (is_method)
+            else "True"
+        )  # the probe checks the key arguments' types
+    fill = dict(
+        async_="async " if is_async else "",
+        await_="await " if is_async else "",
+        name="cached_wrapper",
+        params=params,
+        fast=guard,
+        key=key,
+        keyed=", ".join(keyed or ()),
+        values=values,
+        call=call,
+    )
+    template = _PROBE_TEMPLATE if probed else _TEMPLATE
+    sources = [template.format(count=count, **fill) for count in ("", _COUNT)]
+    slow = _SLOW_TEMPLATE.format(params=params, values=values, call=call)
     namespace: dict[str, Any] = {
         "_cw_table": table,
         "_cw_real_table": table,  # ``_cw_table`` is swapped while caching is off (``_switch``)
@@ -162,28 +193,26 @@ def make_wrapper(
         "_cw_args": args,
         "_cw_read": read,
         "_cw_plain": (int, str),
+        "_cw_miss": _MISS,
         "_cw_count": [0],
         **defaults,
     }
     where = f"<cachewise wrapper of {fn.__qualname__}>"
+    exec(compile(slow, where, "exec"), namespace)
     exec(compile(sources[1], where, "exec"), namespace)
     #: The counting variant's code, swapped in while an exporter needs exact hits (``_hits``).
     namespace["_cw_counting_code"] = namespace["cached_wrapper"].__code__
     exec(compile(sources[0], where, "exec"), namespace)
     generated: Callable[..., Any] = namespace["cached_wrapper"]
+    if not probed:
+        return generated, generated
+    assert keyed is not None
+    clock = None if now is time.monotonic else now  # None: the C side reads that clock itself
+    namespace["_cw_hit"] = _speedups.HitProbe(generated, len(keyed), clock, _MISS)
     plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     parameters = signature.parameters.values()
-    if (
-        _speedups is None
-        or is_async
-        or is_method
-        or guard == "False"
-        or ignore
-        or not parameters
-        or any(p.kind not in plain for p in parameters)
-    ):
+    if is_async or is_method or ignore or any(p.kind not in plain for p in parameters):
         return generated, generated
-    clock = None if now is time.monotonic else now  # None: the C side reads that clock itself
     return _speedups.HitWrapper(generated, len(parameters), clock), generated
 
 

@@ -26,6 +26,7 @@ typedef struct {
     PyObject *counting_code; /* its counting variant's code */
     PyObject *count;         /* [hits counted inline], read by _hits.py */
     PyObject *now;           /* the clock; NULL: CLOCK_MONOTONIC, which time.monotonic reads */
+    PyObject *miss;          /* HitProbe: what a call the hit does not serve returns */
     PyObject *dict;
     PyObject *weakreflist;
     Py_ssize_t nargs;        /* the key arguments, all positional */
@@ -168,6 +169,57 @@ hit_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
 }
 
 static PyObject *
+probe_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HitWrapper *self = (HitWrapper *)op;
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || n != self->nargs) {
+        PyErr_SetString(PyExc_TypeError, "HitProbe: called with the wrong arguments");
+        return NULL;
+    }
+    int failed = 0;
+    PyObject *value = serve(self, args, n, &failed);
+    if (value != NULL || failed) {
+        return value;
+    }
+    return Py_NewRef(self->miss);
+}
+
+static PyObject *
+make(PyTypeObject *type, PyObject *fallback, Py_ssize_t nargs, PyObject *now, PyObject *miss)
+{
+    if (entry_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cachewise._speedups: bind_entry() was not called");
+        return NULL;
+    }
+    if (!PyFunction_Check(fallback) || nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "HitWrapper/HitProbe: the wrapper must be a function "
+                                         "and nargs at least 1");
+        return NULL;
+    }
+    PyObject *globals = PyFunction_GET_GLOBALS(fallback);
+    PyObject *code = PyDict_GetItemString(globals, "_cw_counting_code");
+    PyObject *count = PyDict_GetItemString(globals, "_cw_count");
+    if (code == NULL || count == NULL || !PyList_CheckExact(count) || PyList_GET_SIZE(count) < 1) {
+        PyErr_SetString(PyExc_TypeError, "cachewise._speedups: not a generated wrapper");
+        return NULL;
+    }
+    HitWrapper *self = (HitWrapper *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = miss == NULL ? hit_vectorcall : probe_vectorcall;
+    self->miss = Py_XNewRef(miss);
+    self->fallback = Py_NewRef(fallback);
+    self->globals = Py_NewRef(globals);
+    self->counting_code = Py_NewRef(code);
+    self->count = Py_NewRef(count);
+    self->now = now == Py_None ? NULL : Py_NewRef(now);
+    self->nargs = nargs;
+    return (PyObject *)self;
+}
+
+static PyObject *
 hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"fallback", "nargs", "now", NULL};
@@ -177,34 +229,20 @@ hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &now)) {
         return NULL;
     }
-    if (entry_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "HitWrapper: bind_entry() was not called");
+    return make(type, fallback, nargs, now, NULL);
+}
+
+static PyObject *
+probe_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"wrapper", "nargs", "now", "miss", NULL};
+    PyObject *fallback, *now, *miss;
+    Py_ssize_t nargs;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnOO:HitProbe", names, &fallback, &nargs,
+                                     &now, &miss)) {
         return NULL;
     }
-    if (!PyFunction_Check(fallback) || nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "HitWrapper(fallback, nargs, now): fallback must be a "
-                                         "function and nargs at least 1");
-        return NULL;
-    }
-    PyObject *globals = PyFunction_GET_GLOBALS(fallback);
-    PyObject *code = PyDict_GetItemString(globals, "_cw_counting_code");
-    PyObject *count = PyDict_GetItemString(globals, "_cw_count");
-    if (code == NULL || count == NULL || !PyList_CheckExact(count) || PyList_GET_SIZE(count) < 1) {
-        PyErr_SetString(PyExc_TypeError, "HitWrapper: fallback is not a generated wrapper");
-        return NULL;
-    }
-    HitWrapper *self = (HitWrapper *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = hit_vectorcall;
-    self->fallback = Py_NewRef(fallback);
-    self->globals = Py_NewRef(globals);
-    self->counting_code = Py_NewRef(code);
-    self->count = Py_NewRef(count);
-    self->now = now == Py_None ? NULL : Py_NewRef(now);
-    self->nargs = nargs;
-    return (PyObject *)self;
+    return make(type, fallback, nargs, now, miss);
 }
 
 static int
@@ -216,6 +254,7 @@ hit_traverse(HitWrapper *self, visitproc visit, void *arg)
     Py_VISIT(self->counting_code);
     Py_VISIT(self->count);
     Py_VISIT(self->now);
+    Py_VISIT(self->miss);
     Py_VISIT(self->dict);
     return 0;
 }
@@ -228,6 +267,7 @@ hit_clear(HitWrapper *self)
     Py_CLEAR(self->counting_code);
     Py_CLEAR(self->count);
     Py_CLEAR(self->now);
+    Py_CLEAR(self->miss);
     Py_CLEAR(self->dict);
     return 0;
 }
@@ -325,6 +365,30 @@ static PyType_Spec hit_spec = {
     .slots = hit_slots,
 };
 
+static PyMemberDef probe_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(HitWrapper, vectorcall), READONLY},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(HitWrapper, weakreflist), READONLY},
+    {NULL},
+};
+
+static PyType_Slot probe_slots[] = {
+    {Py_tp_new, probe_new},
+    {Py_tp_dealloc, hit_dealloc},
+    {Py_tp_traverse, hit_traverse},
+    {Py_tp_clear, hit_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, probe_members},
+    {Py_tp_doc, "The L1 hit of a generated wrapper as one call: its value, or ``miss``."},
+    {0, NULL},
+};
+
+static PyType_Spec probe_spec = {
+    .name = "cachewise._speedups.HitProbe",
+    .basicsize = sizeof(HitWrapper),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = probe_slots,
+};
+
 static Py_ssize_t
 slot_offset(PyObject *cls, const char *name)
 {
@@ -384,6 +448,12 @@ PyInit__speedups(void)
     }
     PyObject *type = PyType_FromSpec(&hit_spec);
     if (type == NULL || PyModule_AddObject(module, "HitWrapper", type) < 0) {
+        Py_XDECREF(type);
+        Py_DECREF(module);
+        return NULL;
+    }
+    type = PyType_FromSpec(&probe_spec);
+    if (type == NULL || PyModule_AddObject(module, "HitProbe", type) < 0) {
         Py_XDECREF(type);
         Py_DECREF(module);
         return NULL;
