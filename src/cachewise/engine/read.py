@@ -64,29 +64,32 @@ class Reads(Leases):
             started = self.clock()
         while True:
             entry = target.table.get(target.l1_key) or self._being_refreshed(target.full_key)
-            now = self.clock()
-            decision = core.decide(
-                entry,
-                now,
-                loading=target.full_key in self.flights,
-                beta=self.beta,
-                draw=1.0 - random.random(),
-            )
-            if entry is not None and decision is Decision.SERVE:
-                self.l1.hit(target.table, entry)
-                return entry.value
-            if entry is not None and decision is Decision.SERVE_STALE:
-                self.counts[Count.STALE_SERVED] += 1
-                return entry.value
-            if entry is not None and decision is Decision.REFRESH:
-                if not core.is_fresh(entry, now):
-                    self.counts[Count.STALE_SERVED] += 1
-                else:
-                    self.l1.hit(target.table, entry)
-                yield from self._refresh(
-                    target, loader, policy, entry, early=core.is_fresh(entry, now)
+            # With no entry, ``decide`` can only say WAIT or LOAD, and the claim below tells
+            # which: a miss does not ask it (nor draws XFetch's random number).
+            if entry is not None:
+                now = self.clock()
+                decision = core.decide(
+                    entry,
+                    now,
+                    loading=target.full_key in self.flights,
+                    beta=self.beta,
+                    draw=1.0 - random.random(),
                 )
-                return entry.value
+                if decision is Decision.SERVE:
+                    self.l1.hit(target.table, entry)
+                    return entry.value
+                if decision is Decision.SERVE_STALE:
+                    self.counts[Count.STALE_SERVED] += 1
+                    return entry.value
+                if decision is Decision.REFRESH:
+                    if not core.is_fresh(entry, now):
+                        self.counts[Count.STALE_SERVED] += 1
+                    else:
+                        self.l1.hit(target.table, entry)
+                    yield from self._refresh(
+                        target, loader, policy, entry, early=core.is_fresh(entry, now)
+                    )
+                    return entry.value
             pinned = self.pinned.get(target.full_key)
             if pinned is not None:
                 yield from self.set(target, pinned[1], policy)
