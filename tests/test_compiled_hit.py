@@ -271,3 +271,50 @@ def test_hitwrapper_refuses_what_is_not_a_generated_wrapper() -> None:
         compiled(lambda x: x, 1, None)
     with pytest.raises(TypeError, match="nargs"):
         compiled(module_level.fallback, 0, None)
+
+
+def test_wrappers_with_a_probe_are_collected_and_bind_as_before(cache: Cache) -> None:
+    @cache.cached(ttl=60)
+    async def fetch(x: int) -> int:
+        return x
+
+    class Shop:
+        @cache.cached(ttl=60)
+        def price(self, item: int) -> int:
+            return item * 10
+
+        @cache.cached(ttl=60)
+        @classmethod
+        def tax(cls, item: int) -> int:
+            return item
+
+    assert asyncio.iscoroutinefunction(fetch)
+    assert asyncio.run(fetch(2)) == 2 and asyncio.run(fetch(2)) == 2
+    assert Shop().price(3) == 30 and Shop().price(3) == 30
+    assert Shop.tax(4) == 4 and Shop().tax(4) == 4
+    refs = [weakref.ref(fetch), weakref.ref(Shop)]
+    del fetch, Shop
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
+def test_a_clock_that_calls_back_into_the_cache_is_served_safely() -> None:
+    """An injected clock runs Python code inside the compiled hit: here it drops the very
+    entry being read, every time, and the call is still answered (from the entry it read)."""
+    calls = [0]
+
+    def clock() -> float:
+        calls[0] += 1
+        if calls[0] > 2:
+            double.invalidate(1)  # the entry the hit holds goes away while it is read
+        return 1_000.0
+
+    cache = Cache(namespace="reentrant", clock=clock)
+
+    @cache.cached(ttl=60)
+    def double(x: int) -> int:
+        return x * 2
+
+    for _ in range(5):
+        assert double(1) == 2
+    cache.close()

@@ -119,13 +119,16 @@ serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed)
     if (early == NULL || !PyFloat_CheckExact(early)) {
         return NULL;
     }
-    Py_INCREF(entry); /* a clock of the user's may run code that drops it */
+    /* Read before the clock: a clock of the user's runs code (other threads too) that may
+     * drop the entry or its deadline, so hold the entry and keep the deadline's value. */
+    double deadline = PyFloat_AS_DOUBLE(early);
+    Py_INCREF(entry);
     double now;
     PyObject *result = NULL;
     if (read_clock(self, &now) < 0) {
         *failed = 1;
     }
-    else if (now < PyFloat_AS_DOUBLE(early)) {
+    else if (now < deadline) {
         PyObject *hits = SLOT(entry, off_hits);
         PyObject *value = SLOT(entry, off_value);
         if (hits != NULL && value != NULL) {
