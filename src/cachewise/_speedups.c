@@ -36,6 +36,7 @@ typedef struct {
 static PyTypeObject *entry_type = NULL;
 static Py_ssize_t off_early = -1, off_hits = -1, off_value = -1;
 static PyObject *str_table = NULL;
+static PyObject *probe_type = NULL; /* HitProbe, told apart by hit_new */
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
@@ -222,27 +223,19 @@ make(PyTypeObject *type, PyObject *fallback, Py_ssize_t nargs, PyObject *now, Py
     return (PyObject *)self;
 }
 
+/* HitWrapper(wrapper, nargs, now) and HitProbe(wrapper, nargs, now, miss). */
 static PyObject *
 hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"fallback", "nargs", "now", NULL};
-    PyObject *fallback, *now;
+    static char *names[] = {"wrapper", "nargs", "now", "miss", NULL};
+    PyObject *fallback, *now, *miss = NULL;
     Py_ssize_t nargs;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnO:HitWrapper", names, &fallback, &nargs,
-                                     &now)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnO|O", names, &fallback, &nargs, &now,
+                                     &miss)) {
         return NULL;
     }
-    return make(type, fallback, nargs, now, NULL);
-}
-
-static PyObject *
-probe_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    static char *names[] = {"wrapper", "nargs", "now", "miss", NULL};
-    PyObject *fallback, *now, *miss;
-    Py_ssize_t nargs;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnOO:HitProbe", names, &fallback, &nargs,
-                                     &now, &miss)) {
+    if (((PyObject *)type == probe_type) != (miss != NULL)) {
+        PyErr_SetString(PyExc_TypeError, "HitProbe takes a miss object; HitWrapper does not");
         return NULL;
     }
     return make(type, fallback, nargs, now, miss);
@@ -375,7 +368,7 @@ static PyMemberDef probe_members[] = {
 };
 
 static PyType_Slot probe_slots[] = {
-    {Py_tp_new, probe_new},
+    {Py_tp_new, hit_new},
     {Py_tp_dealloc, hit_dealloc},
     {Py_tp_traverse, hit_traverse},
     {Py_tp_clear, hit_clear},
@@ -455,8 +448,8 @@ PyInit__speedups(void)
         Py_DECREF(module);
         return NULL;
     }
-    type = PyType_FromSpec(&probe_spec);
-    if (type == NULL || PyModule_AddObject(module, "HitProbe", type) < 0) {
+    type = probe_type = PyType_FromSpec(&probe_spec);
+    if (type == NULL || PyModule_AddObject(module, "HitProbe", Py_NewRef(type)) < 0) {
         Py_XDECREF(type);
         Py_DECREF(module);
         return NULL;

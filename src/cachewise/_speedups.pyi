@@ -6,7 +6,7 @@ class HitWrapper:
 
     fallback: Callable[..., Any]
     def __init__(
-        self, fallback: Callable[..., Any], nargs: int, now: Callable[[], float] | None
+        self, wrapper: Callable[..., Any], nargs: int, now: Callable[[], float] | None
     ) -> None: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
