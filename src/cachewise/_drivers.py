@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -264,22 +264,28 @@ class Wait(Op):
             return TIMED_OUT
         return flight.result()
 
-    async def run_async(self) -> Any:
-        if self.flight.done():  # settled already (an L2 hit, a sync leader)
-            return self.flight.result()
+    def run_async(self) -> Awaitable[Any]:  # type: ignore[override]
+        """The waiter's own future itself when there is no timeout: awaited directly, without a
+        coroutine around it to step through (a herd of 500 tasks wakes through it)."""
         # A future of this waiter's own: cancelling it never reaches the shared load.
         loop = asyncio.get_running_loop()
-        waiter = self.flight.waiter(loop)
+        waiter = self.flight.waiter(loop)  # settled at once if the flight is done
         if self.timeout is None:
-            return await waiter
-        # The timeout settles the waiter's own future, rather than ``asyncio.wait_for``, which
-        # puts a second future and a callback hop between the flight and each of its waiters:
-        # with 500 tasks on one key, most of the time from the load's end to the last of them.
-        timer = loop.call_later(self.timeout, _time_out, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+            return waiter
+        return _timed(waiter, loop, self.timeout)
+
+
+async def _timed(
+    waiter: asyncio.Future[Any], loop: asyncio.AbstractEventLoop, timeout: float
+) -> Any:
+    # The timeout settles the waiter's own future, rather than ``asyncio.wait_for``, which
+    # puts a second future and a callback hop between the flight and each of its waiters:
+    # with 500 tasks on one key, most of the time from the load's end to the last of them.
+    timer = loop.call_later(timeout, _time_out, waiter)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
 
 
 def _time_out(waiter: asyncio.Future[Any]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import codec, core
@@ -295,11 +295,20 @@ class Reads(Leases):
         served, got = self.probed(target, loader, policy, probe, probe[0].outcome_sync())
         return got if served else run_sync(got)
 
-    async def read_async(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
-        """``read`` carried out on the running loop, after the fast path's GET where it applies."""
+    def read_async(
+        self, target: Target, loader: Callable[[], Any], policy: Policy
+    ) -> Awaitable[Any]:
+        """``read`` carried out on the running loop, after the fast path's GET where it applies
+        (to be awaited). Without that GET, the driver's own coroutine: a coroutine less for
+        every caller to step through, twice (a herd of 500 tasks on one key waits on it)."""
         probe = self.probe(target)
         if probe is None:
-            return await run_async(self.read(target, loader, policy))
+            return run_async(self.read(target, loader, policy))
+        return self._read_probed_async(target, loader, policy, probe)
+
+    async def _read_probed_async(
+        self, target: Target, loader: Callable[[], Any], policy: Policy, probe: Any
+    ) -> Any:
         served, got = self.probed(target, loader, policy, probe, await probe[0].outcome_async())
         return got if served else await run_async(got)
 
