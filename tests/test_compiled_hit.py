@@ -9,6 +9,8 @@ import copy
 import gc
 import os
 import pickle
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -318,3 +320,20 @@ def test_a_clock_that_calls_back_into_the_cache_is_served_safely() -> None:
     for _ in range(5):
         assert double(1) == 2
     cache.close()
+
+
+def test_cachewise_pure_python_turns_the_compiled_hit_off() -> None:
+    """What a package built without a C compiler runs: the generated wrappers alone."""
+    script = (
+        "from cachewise import Cache, _codegen\n"
+        "assert _codegen._speedups is None\n"
+        "cache = Cache()\n"
+        "@cache.cached(ttl=60)\n"
+        "def double(x): return x * 2\n"
+        "assert type(double).__name__ == 'function'\n"
+        "assert [double(2), double(2), double(x=2)] == [4, 4, 4]\n"
+        "assert cache.stats()['l1_hits'] == 2 and cache.stats()['loads'] == 1\n"
+    )
+    env = {**os.environ, "CACHEWISE_PURE_PYTHON": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
