@@ -115,15 +115,13 @@ def _sync_hit_variants() -> dict[str, Callable[[int], int]]:
 
 def _pure_python_hit() -> Callable[[int], int]:
     """cachewise's sync hit as a package built without its C extension serves it."""
-    saved, _codegen._speedups = _codegen._speedups, None
-    try:
+    with _codegen.pure_python():
         cache = cachewise.Cache(namespace="bench-pure")
 
         @cache.cached(ttl=3600)
         def cw(x: int) -> int:
             return x
-    finally:
-        _codegen._speedups = saved
+
     cw(1)
     return cw  # type: ignore[no-any-return]
 

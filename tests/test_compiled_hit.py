@@ -4,7 +4,6 @@ function behaves the same with it and without it, call for call."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import gc
 import os
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,21 +20,11 @@ from hypothesis import strategies as st
 
 import cachewise
 from cachewise import Cache, _codegen, _hits
+from cachewise._codegen import pure_python
 from cachewise.testing import FakeClock
 
 pure_only = os.environ.get("CACHEWISE_PURE_PYTHON", "").strip() not in ("", "0")
 needs_compiled = pytest.mark.skipif(pure_only, reason="CACHEWISE_PURE_PYTHON=1")
-
-
-@contextlib.contextmanager
-def pure_python() -> Iterator[None]:
-    """Functions decorated inside the block get the Python wrapper alone."""
-    saved = _codegen._speedups
-    _codegen._speedups = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        _codegen._speedups = saved
 
 
 @cachewise.cached(ttl=60)

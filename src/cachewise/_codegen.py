@@ -23,10 +23,11 @@ count) instead of those steps in Python. ``CACHEWISE_PURE_PYTHON=1`` turns both 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .core import Entry
@@ -39,6 +40,19 @@ if os.environ.get("CACHEWISE_PURE_PYTHON", "").strip() not in ("", "0"):
     _speedups = None  # type: ignore[assignment]
 if _speedups is not None:
     _speedups.bind_entry(Entry)
+
+
+@contextlib.contextmanager
+def pure_python() -> Iterator[None]:
+    """Functions decorated inside the block get the generated wrappers alone, as where the
+    extension is not built (for the tests and the benchmark's fallback row)."""
+    global _speedups
+    saved, _speedups = _speedups, None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _speedups = saved
+
 
 #: The L1 hit is ``core.serves_at_once``, inlined: a call would be a fifth of the whole hit.
 #: ``{count}`` is empty, or (the counting variant, ``_hits``) a per-function hit counter.
@@ -123,18 +137,22 @@ def _render(signature: inspect.Signature) -> tuple[str, str, str, dict[str, Any]
 
 
 def _fast_condition(
-    signature: inspect.Signature, is_method: bool, enabled: bool, ignore: frozenset[str]
-) -> tuple[str, str, list[str] | None]:
+    signature: inspect.Signature,
+    is_method: bool,
+    enabled: bool,
+    ignore: frozenset[str],
+    compiled: bool,
+) -> tuple[str, str, list[str]]:
     """The hit-path guard and in-process key expressions (see ``keys.ArgKeyer``; the
-    parameters ``ignore`` names are not part of the key), and the key's parameters (None: no
-    hit path)."""
+    parameters ``ignore`` names are not part of the key), and the key's parameters (empty: no
+    hit path). With ``compiled`` the guard leaves the key arguments' types to the probe."""
     params = [p for p in signature.parameters.values() if p.name not in ignore]
     keyed = params[1:] if is_method else params
     if not enabled or any(
         p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in keyed
     ):
-        return "False", "None", None
-    checks = [f"type({p.name}) in _cw_plain" for p in keyed]
+        return "False", "None", []
+    checks = [] if compiled and keyed else [f"type({p.name}) in _cw_plain" for p in keyed]
     if is_method:
         checks.append(f"not hasattr({params[0].name}, '__cache_key__')")
     key = keyed[0].name if len(keyed) == 1 else "(" + "".join(p.name + ", " for p in keyed) + ")"
@@ -163,15 +181,10 @@ def make_wrapper(
     if rendered is None:
         return None
     params, values, call, defaults = rendered
-    guard, key, keyed = _fast_condition(signature, is_method, fast, ignore)
+    guard, key, keyed = _fast_condition(
+        signature, is_method, fast, ignore, compiled=_speedups is not None
+    )
     probed = _speedups is not None and bool(keyed)
-    if probed:
-        assert keyed is not None
-        guard = (
-            f"not hasattr({next(iter(signature.parameters))}, '__cache_key__')"
-            if (is_method)
-            else "True"
-        )  # the probe checks the key arguments' types
     fill = dict(
         async_="async " if is_async else "",
         await_="await " if is_async else "",
@@ -179,7 +192,7 @@ def make_wrapper(
         params=params,
         fast=guard,
         key=key,
-        keyed=", ".join(keyed or ()),
+        keyed=", ".join(keyed),
         values=values,
         call=call,
     )
@@ -206,7 +219,6 @@ def make_wrapper(
     generated: Callable[..., Any] = namespace["cached_wrapper"]
     if not probed:
         return generated, generated
-    assert keyed is not None
     clock = None if now is time.monotonic else now  # None: the C side reads that clock itself
     namespace["_cw_hit"] = _speedups.HitProbe(generated, len(keyed), clock, _MISS)
     plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

@@ -53,7 +53,8 @@ class Op:
     def run_sync(self) -> Any:
         raise NotImplementedError
 
-    async def run_async(self) -> Any:
+    def run_async(self) -> Awaitable[Any]:
+        """What to await on the running loop: a coroutine, or (``Wait``) a future itself."""
         raise NotImplementedError
 
     def outcome_sync(self) -> tuple[Any, BaseException | None]:
@@ -264,7 +265,7 @@ class Wait(Op):
             return TIMED_OUT
         return flight.result()
 
-    def run_async(self) -> Awaitable[Any]:  # type: ignore[override]
+    def run_async(self) -> Awaitable[Any]:
         """The waiter's own future itself when there is no timeout: awaited directly, without a
         coroutine around it to step through (a herd of 500 tasks wakes through it)."""
         # A future of this waiter's own: cancelling it never reaches the shared load.

@@ -311,7 +311,7 @@ class RedisBackend:
         """What scripts that publish an event are given (``lua._PUBLISH_FN``): this cache's
         inbox, so the registry of listeners spares it its own events; on a cluster, where a
         script may not read the registry (another slot), ``!`` and the shared channel."""
-        return "!" + self.keys.channel if self.cluster else self.inbox
+        return self.everyone if self.cluster else self.inbox
 
     @property
     def everyone(self) -> str:
