@@ -108,22 +108,38 @@ def _sync_hit_variants() -> dict[str, Callable[[int], int]]:
     return {
         "dict floor": dict_floor,
         "expiry floor": expiry_floor,
-        "cachewise @cached (pure Python)": _pure_python_hit(),
         **peers.sync_variants(),
     }
 
 
-def _pure_python_hit() -> Callable[[int], int]:
-    """cachewise's sync hit as a package built without its C extension serves it."""
-    with _codegen.pure_python():
-        cache = cachewise.Cache(namespace="bench-pure")
+def _pure_python_hits(rounds: int, number: int) -> Rounds:
+    """cachewise's sync hit as a package built without its C extension serves it, beside
+    ``lru_cache`` in the same rounds: in a child process with ``CACHEWISE_PURE_PYTHON=1``,
+    since the extension also holds the entries' storage, which a process chooses once."""
+    code = f"import json, run; print(json.dumps(run.pure_python_rounds({rounds}, {number})))"
+    env = {**os.environ, "CACHEWISE_PURE_PYTHON": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, check=True,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
-        @cache.cached(ttl=3600)
-        def cw(x: int) -> int:
-            return x
+
+def pure_python_rounds(rounds: int, number: int) -> Rounds:
+    """The child's half of ``_pure_python_hits``."""
+    assert _codegen._speedups is None, "CACHEWISE_PURE_PYTHON=1 is not set"
+    cache = cachewise.Cache(namespace="bench-pure")
+
+    @cache.cached(ttl=3600)
+    def cw(x: int) -> int:
+        return x
 
     cw(1)
-    return cw  # type: ignore[no-any-return]
+    variants = {
+        "cachewise @cached (pure Python)": cw,
+        "functools.lru_cache (no TTL)": peers.sync_variants()["functools.lru_cache (no TTL)"],
+    }
+    return interleaved(variants, rounds, lambda fn: _time_sync(fn, number))
 
 
 def _time_sync(fn: Callable[[int], int], number: int) -> float:
@@ -176,6 +192,7 @@ async def _time_async(fn: Callable[[int], Any], number: int) -> float:
 
 def bench_hits(rounds: int, number: int) -> dict[str, Any]:
     per_round = interleaved(_sync_hit_variants(), rounds, lambda fn: _time_sync(fn, number))
+    pure_per_round = _pure_python_hits(rounds, number)
 
     async def async_rounds() -> Rounds:
         return await ainterleaved(
@@ -192,7 +209,6 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
             f"{name} / cachewise": ratio(per_round, name, "cachewise @cached")
             for name in per_round[0]
             if name not in ("dict floor", "expiry floor", "cachewise @cached")
-            and "pure Python" not in name
         },
         **{
             f"{name} / cachewise (async)": ratio(async_per_round, name, "cachewise @cached (async)")
@@ -203,7 +219,7 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
             per_round, "cachewise @cached", "functools.lru_cache (no TTL)"
         ),
         "pure-Python sync hit / lru_cache hit": ratio(
-            per_round, "cachewise @cached (pure Python)", "functools.lru_cache (no TTL)"
+            pure_per_round, "cachewise @cached (pure Python)", "functools.lru_cache (no TTL)"
         ),
         "expiry floor / lru_cache hit": ratio(
             per_round, "expiry floor", "functools.lru_cache (no TTL)"
@@ -220,6 +236,7 @@ def bench_hits(rounds: int, number: int) -> dict[str, Any]:
         "calls_per_round": number,
         "ratios": ratios,
         "ns_per_call_median": medians([per_round, async_per_round], 1e9),
+        "ns_per_call_median_pure_python": medians([pure_per_round], 1e9),
     }
 
 

@@ -25,19 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._compiled import speedups
 from .core import Entry
 
-try:
-    from . import _speedups
-except ImportError:  # built without a C compiler: the Python wrapper serves every call
-    _speedups = None  # type: ignore[assignment]
-if os.environ.get("CACHEWISE_PURE_PYTHON", "").strip() not in ("", "0"):
-    _speedups = None  # type: ignore[assignment]
+_speedups = speedups
 if _speedups is not None:
     _speedups.bind_entry(Entry)
 

@@ -1,11 +1,11 @@
-"""L1: the in-process tier, a bounded LRU on ``cachetools`` with a plain-dict fast path in front.
+"""L1: the in-process tier, a bounded cache on ``cachetools`` with a plain-dict fast path in front.
 
 A hit through ``cachetools.LRUCache.__getitem__`` runs several Python-level calls to update the
 recency order, which alone costs more than the whole hit budget (a few dict lookups). So the hit
 path reads plain dicts (one per decorated function, one for explicit keys) and only bumps the
-entry's ``hits`` counter; ``cachetools`` keeps the bookkeeping of what is held and in which order,
-and on eviction gives an entry that was hit since it was last considered a second chance (the
-CLOCK approximation of LRU that OS page caches use) instead of moving it on every hit.
+entry's ``hits`` counter; a ``cachetools.Cache`` keeps what is held and its bound, and evicts
+by CLOCK, the approximation of LRU that OS page caches use: the entries sit in a ring, and the
+eviction hand gives an entry that was hit since it last passed a second chance.
 
 Not thread-safe by itself: the engine calls every method here under its lock. The hit path
 only reads the dicts, which is safe under the GIL.
@@ -23,30 +23,62 @@ from .core import Entry
 
 Table = dict[Hashable, Entry]
 _HITS = operator.attrgetter("hits")
+#: ``Entry.seen`` keeps the low 32 bits of the hit count (4 bytes an entry, not 8).
+_LOW_BITS = 0xFFFFFFFF
 
 
-class _SecondChanceLRU(cachetools.LRUCache[str, Entry]):
-    """``cachetools.LRUCache`` keyed by full key, whose eviction skips entries hit recently.
-    Holds the entries themselves (each knows its table): a (table, entry) pair per entry
-    cost 56 bytes more."""
+class _ClockCache(cachetools.Cache[str, Entry]):
+    """``cachetools.Cache`` keyed by full key, evicting by CLOCK: built the way cachetools'
+    own LRU and LFU caches are (their order kept beside ``Cache``'s mapping), with a ring of
+    the entries instead of an ordered dict, since the hit path never tells this class about a
+    hit. A ring slot costs 8 bytes an entry; the ordered dict's link and slot cost about 90.
+    Each entry knows its ring slot (``Entry.slot``), so dropping one frees its slot at once
+    and a dropped value is never kept alive by the ring."""
 
     def __init__(self, maxsize: int, on_evict: Callable[[Entry], None]) -> None:
         super().__init__(maxsize)
         self._on_evict = on_evict
+        self._ring: list[Entry | None] = []
+        self._free: list[int] = []
+        self._hand = 0
+
+    def __setitem__(self, key: str, entry: Entry) -> None:
+        if key in self:
+            del self[key]
+        super().__setitem__(key, entry)  # calls popitem() first when full
+        if self._free:
+            entry.slot = self._free.pop()
+            self._ring[entry.slot] = entry
+        else:
+            entry.slot = len(self._ring)
+            self._ring.append(entry)
+
+    def __delitem__(self, key: str) -> None:
+        entry = self[key]
+        super().__delitem__(key)
+        self._ring[entry.slot] = None
+        self._free.append(entry.slot)
+        entry.slot = -1
 
     def popitem(self) -> tuple[str, Entry]:
-        for _ in range(len(self)):
-            key, entry = super().popitem()
-            if entry.hits != entry.seen:
-                # Hit since last considered: move it to the most-recent end (there is room now).
-                entry.seen = entry.hits
-                super().__setitem__(key, entry)
+        ring = self._ring
+        # Two turns at most: the first may only take away second chances.
+        for _ in range(2 * len(ring)):
+            if self._hand >= len(ring):
+                self._hand = 0
+            entry = ring[self._hand]
+            self._hand += 1
+            if entry is None:
                 continue
+            hits = entry.hits & _LOW_BITS
+            if hits != entry.seen:  # hit since the hand last passed: a second chance
+                entry.seen = hits
+                continue
+            key = entry.full_key
+            del self[key]
             self._on_evict(entry)
             return key, entry
-        key, entry = super().popitem()
-        self._on_evict(entry)
-        return key, entry
+        raise KeyError("popitem(): cache is empty")
 
 
 class L1:
@@ -62,11 +94,11 @@ class L1:
         #: Per table (by id), once an exporter counts hits (``_hits``): its base and the hits
         #: the slow path served; None until then.
         self.counted: dict[int, int] | None = None
-        self._lru = _SecondChanceLRU(max(maxsize, 1), self._evicted)
+        self._bounded = _ClockCache(max(maxsize, 1), self._evicted)
         self._tags: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
-        return len(self._lru)
+        return len(self._bounded)
 
     def _evicted(self, entry: Entry) -> None:
         self.evictions += 1
@@ -89,27 +121,26 @@ class L1:
         """Hold ``entry`` (replacing what ``table`` held under its key)."""
         if self.maxsize == 0 or not self.accepting:
             return
-        old = self._lru.pop(entry.full_key, None)
+        old = self._bounded.pop(entry.full_key, None)
         if old is not None:
             self._forget(old)
         entry.table = table
-        self._lru[entry.full_key] = entry
+        self._bounded[entry.full_key] = entry
         table[entry.l1_key] = entry
         for tag in entry.tags:
             self._tags.setdefault(tag, set()).add(entry.full_key)
 
     def drop(self, full_key: str) -> Entry | None:
         """Stop holding the entry under ``full_key``; return it if there was one."""
-        held = self._lru.pop(full_key, None)
+        held = self._bounded.pop(full_key, None)
         if held is None:
             return None
         self._forget(held)
         return held
 
     def held(self, full_key: str) -> Entry | None:
-        """The entry held under ``full_key`` (its ``table`` is where it is held), without
-        touching the LRU order."""
-        return self._lru.get(full_key) if full_key in self._lru else None
+        """The entry held under ``full_key`` (its ``table`` is where it is held)."""
+        return self._bounded.get(full_key)
 
     def tagged(self, tags: Iterable[str]) -> set[str]:
         """Full keys of the held entries carrying any of ``tags``."""
@@ -120,9 +151,10 @@ class L1:
 
     def clear(self) -> None:
         """Drop everything (a fork, or a coherence channel that cannot say what it missed)."""
-        for entry in list(self._lru.values()):
+        for entry in list(self._bounded.values()):
             self._forget(entry)
-        self._lru.clear()
+            entry.slot = -1
+        self._bounded = _ClockCache(max(self.maxsize, 1), self._evicted)
         self._tags.clear()
 
     def hit(self, table: Table, entry: Entry) -> None:
@@ -141,4 +173,4 @@ class L1:
 
     def entries(self) -> list[Any]:
         """The held entries (for tests and introspection)."""
-        return list(self._lru.values())
+        return list(self._bounded.values())

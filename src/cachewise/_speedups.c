@@ -1,4 +1,5 @@
-/* The L1 hit of a sync cached function, compiled: ``HitWrapper``.
+/* The L1 hit of a sync cached function, compiled (``HitWrapper``, ``HitProbe``), and the
+ * storage of an L1 entry (``EntryFields``).
  *
  * Why C: a hit in the generated Python wrapper (_codegen.py) is one dict lookup, one clock read
  * and one compare, yet the Python function call around them costs three times a
@@ -10,8 +11,13 @@
  * a compiler the package runs on the Python wrapper alone.
  *
  * It reads the same state the Python hit reads: the fallback's globals ``_cw_table`` (swapped
- * by _switch.py while caching is off), the entry's ``early_at``, ``hits`` and ``value`` slots,
+ * by _switch.py while caching is off), the entry's ``early_at``, ``hits`` and ``value``,
  * and, while the fallback runs its counting code (_hits.py), the ``_cw_count`` list.
+ *
+ * ``EntryFields`` holds an entry's deadlines and counters as C numbers: in a class with
+ * ``__slots__`` each is an object of its own (a float is 24 bytes), which made them a third
+ * of what an L1 entry costs. ``core.Entry`` subclasses it (or, without the extension, a class
+ * with the same fields as slots).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,13 +38,29 @@ typedef struct {
     Py_ssize_t nargs;        /* the key arguments, all positional */
 } HitWrapper;
 
-/* The entry class and where its slots lie (``bind_entry``). */
-static PyTypeObject *entry_type = NULL;
-static Py_ssize_t off_early = -1, off_hits = -1, off_value = -1;
-static PyObject *str_table = NULL;
-static PyObject *probe_type = NULL; /* HitProbe, told apart by hit_new */
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;
+    PyObject *full_key;
+    PyObject *l1_key;
+    PyObject *tags;
+    PyObject *table;
+    double fresh_until;
+    double stale_until;
+    double refresh_at;
+    double early_at;
+    double load_time;
+    Py_ssize_t hits;
+    unsigned int seen; /* the low 32 bits of hits when L1's eviction hand last passed */
+    int slot;          /* where L1's eviction ring holds it; -1: not held */
+} EntryFields;
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+static PyTypeObject *fields_type = NULL; /* EntryFields */
+static PyTypeObject *entry_type = NULL;  /* core.Entry, the subclass the hit serves (bind_entry) */
+static PyObject *str_table = NULL;
+static PyObject *empty_tuple = NULL;
+static PyObject *one = NULL;
+static PyObject *probe_type = NULL; /* HitProbe, told apart by hit_new */
 
 static int
 read_clock(HitWrapper *self, double *now)
@@ -60,25 +82,6 @@ read_clock(HitWrapper *self, double *now)
     *now = PyFloat_AsDouble(value);
     Py_DECREF(value);
     return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static PyObject *
-add_one(PyObject *number)
-{
-    if (PyLong_CheckExact(number)) {
-        long n = PyLong_AsLong(number);
-        if (!(n == -1 && PyErr_Occurred()) && n < LONG_MAX) {
-            return PyLong_FromLong(n + 1);
-        }
-        PyErr_Clear();
-    }
-    PyObject *one = PyLong_FromLong(1);
-    if (one == NULL) {
-        return NULL;
-    }
-    PyObject *sum = PyNumber_Add(number, one);
-    Py_DECREF(one);
-    return sum;
 }
 
 /* The hit, or NULL without an error when the fallback must serve the call. */
@@ -116,37 +119,23 @@ serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed)
         }
         return NULL;
     }
-    PyObject *early = SLOT(entry, off_early);
-    if (early == NULL || !PyFloat_CheckExact(early)) {
-        return NULL;
-    }
+    EntryFields *fields = (EntryFields *)entry;
     /* Read before the clock: a clock of the user's runs code (other threads too) that may
-     * drop the entry or its deadline, so hold the entry and keep the deadline's value. */
-    double deadline = PyFloat_AS_DOUBLE(early);
+     * drop the entry, so hold the entry and keep the deadline's value. */
+    double deadline = fields->early_at;
     Py_INCREF(entry);
     double now;
     PyObject *result = NULL;
     if (read_clock(self, &now) < 0) {
         *failed = 1;
     }
-    else if (now < deadline) {
-        PyObject *hits = SLOT(entry, off_hits);
-        PyObject *value = SLOT(entry, off_value);
-        if (hits != NULL && value != NULL) {
-            PyObject *more = add_one(hits);
-            if (more == NULL) {
-                *failed = 1;
-            }
-            else {
-                SLOT(entry, off_hits) = more;
-                Py_DECREF(hits);
-                result = Py_NewRef(value);
-            }
-        }
+    else if (now < deadline && fields->value != NULL) {
+        fields->hits++;
+        result = Py_NewRef(fields->value);
     }
     Py_DECREF(entry);
     if (result != NULL && PyFunction_GET_CODE(self->fallback) == self->counting_code) {
-        PyObject *counted = add_one(PyList_GET_ITEM(self->count, 0));
+        PyObject *counted = PyNumber_Add(PyList_GET_ITEM(self->count, 0), one);
         if (counted == NULL) {
             Py_DECREF(result);
             *failed = 1;
@@ -385,48 +374,140 @@ static PyType_Spec probe_spec = {
     .slots = probe_slots,
 };
 
-static Py_ssize_t
-slot_offset(PyObject *cls, const char *name)
+/* -- EntryFields ------------------------------------------------------------------------- */
+
+/* EntryFields(value, fresh_until, stale_until, early_at, load_time, full_key, l1_key,
+ *             tags=(), refresh_at=None): refresh_at None is fresh_until. */
+static int
+fields_init(EntryFields *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *descr = PyDict_GetItemString(((PyTypeObject *)cls)->tp_dict, name);
-    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
-        ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_TypeError, "bind_entry: %R has no slot %s", cls, name);
+    static char *names[] = {"value", "fresh_until", "stale_until", "early_at", "load_time",
+                            "full_key", "l1_key", "tags", "refresh_at", NULL};
+    PyObject *value, *full_key, *l1_key, *tags = empty_tuple, *refresh_at = Py_None;
+    double fresh_until, stale_until, early_at, load_time;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OddddOO|OO:Entry", names, &value,
+                                     &fresh_until, &stale_until, &early_at, &load_time,
+                                     &full_key, &l1_key, &tags, &refresh_at)) {
         return -1;
     }
-    return ((PyMemberDescrObject *)descr)->d_member->offset;
+    double refresh = fresh_until;
+    if (refresh_at != Py_None) {
+        refresh = PyFloat_AsDouble(refresh_at);
+        if (refresh == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    Py_XSETREF(self->value, Py_NewRef(value));
+    Py_XSETREF(self->full_key, Py_NewRef(full_key));
+    Py_XSETREF(self->l1_key, Py_NewRef(l1_key));
+    Py_XSETREF(self->tags, Py_NewRef(tags));
+    Py_XSETREF(self->table, Py_NewRef(Py_None));
+    self->fresh_until = fresh_until;
+    self->stale_until = stale_until;
+    self->refresh_at = refresh;
+    self->early_at = early_at;
+    self->load_time = load_time;
+    self->hits = 0;
+    self->seen = 0;
+    self->slot = -1;
+    return 0;
 }
 
-/* Tell the module the entry class whose slots the hit reads (core.Entry). */
+static int
+fields_traverse(EntryFields *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->value);
+    Py_VISIT(self->full_key);
+    Py_VISIT(self->l1_key);
+    Py_VISIT(self->tags);
+    Py_VISIT(self->table);
+    return 0;
+}
+
+static int
+fields_clear(EntryFields *self)
+{
+    Py_CLEAR(self->value);
+    Py_CLEAR(self->full_key);
+    Py_CLEAR(self->l1_key);
+    Py_CLEAR(self->tags);
+    Py_CLEAR(self->table);
+    return 0;
+}
+
+static void
+fields_dealloc(EntryFields *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    fields_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+#define FIELD(name, kind) {#name, kind, offsetof(EntryFields, name), 0, NULL}
+
+static PyMemberDef fields_members[] = {
+    FIELD(value, T_OBJECT_EX),
+    FIELD(full_key, T_OBJECT_EX),
+    FIELD(l1_key, T_OBJECT_EX),
+    FIELD(tags, T_OBJECT_EX),
+    FIELD(table, T_OBJECT_EX),
+    FIELD(fresh_until, T_DOUBLE),
+    FIELD(stale_until, T_DOUBLE),
+    FIELD(refresh_at, T_DOUBLE),
+    FIELD(early_at, T_DOUBLE),
+    FIELD(load_time, T_DOUBLE),
+    FIELD(hits, T_PYSSIZET),
+    FIELD(seen, T_UINT),
+    FIELD(slot, T_INT),
+    {NULL},
+};
+
+static PyType_Slot fields_slots[] = {
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, fields_init},
+    {Py_tp_dealloc, fields_dealloc},
+    {Py_tp_traverse, fields_traverse},
+    {Py_tp_clear, fields_clear},
+    {Py_tp_members, fields_members},
+    {Py_tp_doc, "What an L1 entry holds, deadlines and counters as C numbers (core.Entry)."},
+    {0, NULL},
+};
+
+static PyType_Spec fields_spec = {
+    .name = "cachewise._speedups.EntryFields",
+    .basicsize = sizeof(EntryFields),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = fields_slots,
+};
+
+/* Tell the module the entry class the hit serves: core.Entry, a subclass of EntryFields that
+ * adds no storage (the hit reads the fields at their C offsets). */
 static PyObject *
 bind_entry(PyObject *module, PyObject *cls)
 {
-    if (!PyType_Check(cls)) {
-        PyErr_SetString(PyExc_TypeError, "bind_entry: expected a class");
-        return NULL;
-    }
-    Py_ssize_t early = slot_offset(cls, "early_at");
-    Py_ssize_t hits = early < 0 ? -1 : slot_offset(cls, "hits");
-    Py_ssize_t value = hits < 0 ? -1 : slot_offset(cls, "value");
-    if (value < 0) {
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, fields_type) ||
+        ((PyTypeObject *)cls)->tp_basicsize != fields_type->tp_basicsize) {
+        PyErr_Format(PyExc_TypeError,
+                     "bind_entry: expected a subclass of EntryFields with __slots__ = (), got %R",
+                     cls);
         return NULL;
     }
     Py_XSETREF(entry_type, (PyTypeObject *)Py_NewRef(cls));
-    off_early = early;
-    off_hits = hits;
-    off_value = value;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"bind_entry", bind_entry, METH_O, "Set the entry class whose slots the hit reads."},
+    {"bind_entry", bind_entry, METH_O, "Set the entry class the hit serves."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "cachewise._speedups",
-    .m_doc = "The compiled L1 hit of sync cached functions (see _codegen.py).",
+    .m_doc = "The compiled L1 hit of cached functions and the L1 entry's storage.",
     .m_size = -1,
     .m_methods = module_methods,
 };
@@ -435,7 +516,9 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     str_table = PyUnicode_InternFromString("_cw_table");
-    if (str_table == NULL) {
+    empty_tuple = PyTuple_New(0);
+    one = PyLong_FromLong(1);
+    if (str_table == NULL || empty_tuple == NULL || one == NULL) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);
@@ -450,6 +533,13 @@ PyInit__speedups(void)
     }
     type = probe_type = PyType_FromSpec(&probe_spec);
     if (type == NULL || PyModule_AddObject(module, "HitProbe", Py_NewRef(type)) < 0) {
+        Py_XDECREF(type);
+        Py_DECREF(module);
+        return NULL;
+    }
+    type = PyType_FromSpec(&fields_spec);
+    fields_type = (PyTypeObject *)type;
+    if (type == NULL || PyModule_AddObject(module, "EntryFields", Py_NewRef(type)) < 0) {
         Py_XDECREF(type);
         Py_DECREF(module);
         return NULL;

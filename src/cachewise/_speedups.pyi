@@ -1,4 +1,4 @@
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 class HitWrapper:
@@ -19,3 +19,32 @@ class HitProbe:
         self, wrapper: Callable[..., Any], nargs: int, now: Callable[[], float] | None, miss: Any
     ) -> None: ...
     def __call__(self, *args: Any) -> Any: ...
+
+class EntryFields:
+    """What an L1 entry holds, deadlines and counters as C numbers (``core.Entry``)."""
+
+    value: Any
+    full_key: str
+    l1_key: Hashable
+    tags: tuple[str, ...]
+    table: Any
+    fresh_until: float
+    stale_until: float
+    refresh_at: float
+    early_at: float
+    load_time: float
+    hits: int
+    seen: int
+    slot: int
+    def __init__(
+        self,
+        value: Any,
+        fresh_until: float,
+        stale_until: float,
+        early_at: float,
+        load_time: float,
+        full_key: str,
+        l1_key: Hashable,
+        tags: tuple[str, ...] = (),
+        refresh_at: float | None = None,
+    ) -> None: ...

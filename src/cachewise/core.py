@@ -21,8 +21,9 @@ import enum
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
+from ._compiled import speedups
 from .events import Event, Fill, Invalidated, Reset
 
 __all__ = [
@@ -45,12 +46,9 @@ __all__ = [
 XFETCH_HORIZON = 20.0
 
 
-class Entry:
-    """A cached value with the times that decide its state, and what refresh needs to know.
-
-    Mutable only in ``hits``/``seen`` (hit counting and the L1 second-chance bit); the rest is
-    set once when the entry is made.
-    """
+class _Fields:
+    """What an entry holds, as slots: the storage where the C extension is not built (with it,
+    ``_speedups.EntryFields`` holds the same fields, its deadlines and counters as C numbers)."""
 
     __slots__ = (
         "early_at",
@@ -61,6 +59,7 @@ class Entry:
         "load_time",
         "refresh_at",
         "seen",
+        "slot",
         "stale_until",
         "table",
         "tags",
@@ -92,9 +91,29 @@ class Entry:
         self.l1_key = l1_key
         self.tags = tags
         self.hits = 0
+        #: The low 32 bits of ``hits`` when L1's eviction hand last passed it.
         self.seen = 0
+        #: Where L1's eviction ring holds it (-1: not held).
+        self.slot = -1
         #: The table (one per decorated function, one for explicit keys) L1 holds it in.
         self.table: Any = None
+
+
+# Not a conditional expression: mypy takes a class for a base only from a plain assignment.
+if TYPE_CHECKING or speedups is None:  # noqa: SIM108
+    _Stored = _Fields
+else:
+    _Stored = speedups.EntryFields
+
+
+class Entry(_Stored):
+    """A cached value with the times that decide its state, and what refresh needs to know.
+
+    Mutable only in ``hits``, ``seen``, ``slot`` and ``table`` (hit counting and L1's
+    bookkeeping); the rest is set once when the entry is made.
+    """
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return (

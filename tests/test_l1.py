@@ -1,0 +1,199 @@
+"""L1 on its own: the entry's storage (compiled and pure Python alike) and the CLOCK eviction
+that keeps it bounded (``_l1._ClockCache``)."""
+
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cachewise import core
+from cachewise._compiled import speedups
+from cachewise._l1 import L1, Table
+from cachewise.core import Entry
+
+
+class PureEntry(core._Fields):
+    """The entry as the package builds it without the C extension."""
+
+    __slots__ = ()
+
+
+KINDS = [PureEntry] if speedups is None else [Entry, PureEntry]
+FIELDS = [
+    "value", "fresh_until", "stale_until", "early_at", "load_time", "full_key", "l1_key",
+    "tags", "refresh_at", "hits", "seen", "slot", "table",
+]  # fmt: skip
+
+deadline = st.floats(allow_nan=False, min_value=-1e12, max_value=1e12)
+
+
+@given(
+    value=st.one_of(st.none(), st.integers(), st.text(), st.lists(st.integers())),
+    times=st.tuples(deadline, deadline, deadline, deadline),
+    key=st.text(),
+    tags=st.lists(st.text(max_size=5), max_size=3).map(tuple),
+    refresh_at=st.one_of(st.none(), deadline),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_compiled_entry_holds_what_the_pure_python_one_does(
+    value: Any,
+    times: tuple[float, float, float, float],
+    key: str,
+    tags: tuple[str, ...],
+    refresh_at: float | None,
+) -> None:
+    made = [
+        kind(value, *times, full_key=key, l1_key=key, tags=tags, refresh_at=refresh_at)
+        for kind in KINDS
+    ]
+    for field in FIELDS:
+        assert [getattr(e, field) for e in made] == [getattr(made[0], field)] * len(made)
+
+
+def test_a_compiled_entry_refuses_a_deadline_that_is_not_a_number() -> None:
+    if speedups is None:
+        pytest.skip("CACHEWISE_PURE_PYTHON=1")
+    with pytest.raises(TypeError):
+        Entry("v", "soon", 2.0, 1.0, 0.1, full_key="k", l1_key="k")  # type: ignore[arg-type]
+    e = Entry("v", 1.0, 2.0, 1.0, 0.1, full_key="k", l1_key="k")
+    with pytest.raises(TypeError):
+        e.fresh_until = None
+    e.fresh_until = 5  # an int is a number
+    assert e.fresh_until == 5.0
+
+
+def test_a_compiled_entry_is_collected_with_a_cycle_through_its_value() -> None:
+    if speedups is None:
+        pytest.skip("CACHEWISE_PURE_PYTHON=1")
+
+    class Box:
+        entry: Any = None
+
+    box = Box()
+    e = Entry(box, 1.0, 2.0, 1.0, 0.1, full_key="k", l1_key="k")
+    box.entry = e
+    gone = weakref.ref(box)
+    del box, e
+    gc.collect()
+    assert gone() is None
+
+
+def make(kind: type[Any], key: str, value: Any = "v") -> Any:
+    return kind(value, math.inf, math.inf, math.inf, 0.0, full_key=key, l1_key=key)
+
+
+def check(l1: L1) -> None:
+    """What L1 must hold after every step: each held entry in its table and at its ring slot,
+    every other ring slot free, the bound kept."""
+    bounded = l1._bounded
+    held = l1.entries()
+    assert len(held) <= l1.maxsize
+    for e in held:
+        assert bounded._ring[e.slot] is e
+        assert e.table[e.l1_key] is e
+    assert sum(slot is not None for slot in bounded._ring) == len(held)
+    assert all(bounded._ring[i] is None for i in bounded._free)
+    assert len(set(bounded._free)) == len(bounded._free)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_entry_hit_since_the_hand_passed_gets_a_second_chance(kind: type[Any]) -> None:
+    l1, table = L1(3), Table()
+    a, b, c = (make(kind, k) for k in "abc")
+    for e in (a, b, c):
+        l1.put(table, e)
+    l1.hit(table, a)
+    l1.put(table, make(kind, "d"))  # the hand passes a (hit: kept), evicts b
+    assert set(table) == {"a", "c", "d"}
+    assert (l1.evictions, b.slot) == (1, -1)
+    l1.put(table, make(kind, "e"))  # then c, never hit
+    assert set(table) == {"a", "d", "e"}
+    l1.put(table, make(kind, "f"))  # a's chance was spent: it goes now
+    assert set(table) == {"d", "e", "f"}
+    check(l1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_when_every_entry_was_hit_the_hand_turns_once_and_evicts(kind: type[Any]) -> None:
+    l1, table = L1(2), Table()
+    a, b = make(kind, "a"), make(kind, "b")
+    l1.put(table, a)
+    l1.put(table, b)
+    a.hits = b.hits = 2**40 + 3  # beyond the 32 bits the second-chance mark keeps
+    l1.put(table, make(kind, "c"))
+    assert set(table) == {"b", "c"}
+    assert b.seen == 3
+    check(l1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dropped_entry_frees_its_slot_and_its_value(kind: type[Any]) -> None:
+    class Value:
+        pass
+
+    l1, table = L1(10), Table()
+    value = Value()
+    gone = weakref.ref(value)
+    l1.put(table, make(kind, "a", value))
+    l1.put(table, make(kind, "b"))
+    slot = l1.held("a").slot  # type: ignore[union-attr]
+    dropped = l1.drop("a")
+    assert dropped is not None and dropped.slot == -1 and "a" not in table
+    del value, dropped
+    gc.collect()
+    assert gone() is None  # the ring does not keep it alive
+    l1.put(table, make(kind, "c"))
+    assert l1.held("c").slot == slot  # type: ignore[union-attr]
+    check(l1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_replacing_and_clearing_keep_the_ring_consistent(kind: type[Any]) -> None:
+    l1, table = L1(2), Table()
+    old = make(kind, "a")
+    l1.put(table, old)
+    l1.put(table, make(kind, "a", "new"))
+    assert old.slot == -1 and table["a"].value == "new" and len(l1) == 1
+    check(l1)
+    l1.clear()
+    assert (len(l1), table) == (0, {})
+    l1.put(table, make(kind, "b"))
+    check(l1)
+    with pytest.raises(KeyError):
+        L1(1)._bounded.popitem()
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["put", "hit", "drop"]), st.integers(0, 11)), max_size=120
+    ),
+    maxsize=st.integers(1, 6),
+    pure=st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_any_sequence_of_puts_hits_and_drops_keeps_l1_bounded_and_consistent(
+    steps: list[tuple[str, int]], maxsize: int, pure: bool
+) -> None:
+    kind = PureEntry if pure else KINDS[0]
+    l1, table = L1(maxsize), Table()
+    last_put = None
+    for op, n in steps:
+        key = f"k{n}"
+        if op == "put":
+            l1.put(table, make(kind, key))
+            last_put = key
+        elif op == "hit" and key in table:
+            l1.hit(table, table[key])
+        elif op == "drop":
+            l1.drop(key)
+            if key == last_put:
+                last_put = None
+        check(l1)
+        if last_put is not None:
+            assert last_put in table  # what was just stored is never the one evicted
