@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import decimal
 import enum
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -195,19 +197,34 @@ replies = st.lists(
     | envelopes
     | st.binary(max_size=40)
     | envelopes.flatmap(lambda raw: st.integers(0, len(raw)).map(lambda cut: raw[:cut]))
-    | st.builds(lambda v: msgpack.packb([FORMAT, v, 1, 2, 3, [1], ["v"]]), values),
+    | st.builds(lambda v: msgpack.packb([FORMAT, v, 1, 2, 3, [1], ["v"]]), values)
+    | st.builds(lambda v: codec._packb((FORMAT, v, 1, 2, 3, [], [])), values),  # a tuple
     max_size=12,
 )
+#: Bulk decoding's loop: compiled (``_speedups.fresh_values``, where built) and in Python.
+LOOPS = ["python"] if codec._compiled_values is None else ["compiled", "python"]
 
 
-@given(replies, st.integers(-1, 2**50))
+@contextlib.contextmanager
+def bulk_loop(which: str) -> Iterator[None]:
+    saved = codec._compiled_values
+    codec._compiled_values = saved if which == "compiled" else None
+    try:
+        yield
+    finally:
+        codec._compiled_values = saved
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@given(raws=replies, now_ms=st.integers(-1, 2**50))
 def test_bulk_decoding_equals_decoding_each_value_alone(
-    raws: list[bytes | None], now_ms: int
+    loop: str, raws: list[bytes | None], now_ms: int
 ) -> None:
     keys = [f"k{i}" for i in range(len(raws))]
     found: dict[str, Any] = {}
     kept: list[tuple[str, list[Any]]] = []
-    bad = codec.fresh_values(keys, raws, now_ms, found, kept)
+    with bulk_loop(loop):
+        bad = codec.fresh_values(keys, raws, now_ms, found, kept)
     expected = {key: unpack(raw) for key, raw in zip(keys, raws, strict=True)}
     absent = [k for k, raw in zip(keys, raws, strict=True) if raw is None]
     assert bad == [k for k in keys if expected[k] is None and k not in absent]
@@ -222,7 +239,8 @@ def test_bulk_decoding_equals_decoding_each_value_alone(
         assert (single is None) == (env is None), raw
 
 
-def test_a_malformed_value_cannot_swallow_its_neighbour() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_malformed_value_cannot_swallow_its_neighbour(loop: str) -> None:
     """Two values written by someone else, around a victim's: the first one's bytes run on into
     the victim's (a bin header longer than the value), and the second carries what the victim's
     slot would then decode. Read from one buffer without checks, the victim's key would get the
@@ -235,9 +253,38 @@ def test_a_malformed_value_cannot_swallow_its_neighbour() -> None:
     naive.feed(b"".join([first, victim, second]))
     assert list(naive)[1][1] == "forged"  # the attack works on a decoder without the check
     found: dict[str, Any] = {}
-    bad = codec.fresh_values(["a", "victim", "b"], [first, victim, second], 0, found)
+    with bulk_loop(loop):
+        bad = codec.fresh_values(["a", "victim", "b"], [first, victim, second], 0, found)
     assert found == {"victim": "victim's value"}
     assert bad == ["a", "b"]
+
+
+def test_the_compiled_bulk_loop_falls_back_on_what_it_cannot_decide() -> None:
+    """A comparison that raises (a value of the user's own type as the format) is no verdict
+    for the compiled loop: it says so (None) and the Python loop decides, as for any surprise;
+    an interrupt goes through."""
+    compiled = codec._compiled_values
+    if compiled is None:
+        pytest.skip("the C extension is not built")
+
+    class Odd:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("no")
+
+    def odd_unpackb(raw: bytes) -> Any:
+        return [Odd(), "v", 1, 2, 3, [], []]
+
+    found: dict[str, Any] = {}
+    rest = ((), (), FORMAT, codec._checked)  # no keyword arguments for unpackb
+    assert compiled(["k"], [b"x"], 0, found, None, odd_unpackb, *rest) is None
+
+    def interrupted(raw: bytes) -> Any:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compiled(["k"], [b"x"], 0, found, None, interrupted, *rest)
+    with pytest.raises(TypeError):
+        compiled(["k"], [b"x"], 0, found)
 
 
 def test_datetimes_in_a_named_zone_keep_it_in_gaps_and_folds() -> None:

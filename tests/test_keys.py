@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cachewise import Cache, KeyBuildError
-from cachewise.keys import MAX_ARGS_CHARS, canonical, encode
+from cachewise.keys import MAX_ARGS_CHARS, canonical, encode, explicit
 
 
 def text(value: Any) -> str:
@@ -221,3 +221,19 @@ def test_plain_fast_text_equals_the_general_encoding(values: list[Any]) -> None:
     from cachewise.keys import _plain_text, _shorten
 
     assert _plain_text(tuple(values)) == _shorten(encode([canonical(v) for v in values]))
+
+
+@given(
+    st.lists(
+        st.text(min_size=1, max_size=12)
+        | st.sampled_from(["{a}", "#x", "a\0b", "\0", "x" * 600, "é{", "}"]),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_a_bulk_reads_names_are_each_keys_own_name(keys: list[str]) -> None:
+    """``get_many`` builds its keys' Redis names for all keys at once when it can; they are
+    the names each key has alone, whatever the keys hold."""
+    engine = Cache(namespace="names")._engine
+    expected = [engine.space.entry(explicit(k)) for k in keys]
+    assert engine._names(keys) == expected

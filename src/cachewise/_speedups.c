@@ -1,5 +1,5 @@
-/* The L1 hit of a sync cached function, compiled (``HitWrapper``, ``HitProbe``), and the
- * storage of an L1 entry (``EntryFields``).
+/* The L1 hit of a sync cached function, compiled (``HitWrapper``, ``HitProbe``), the storage of
+ * an L1 entry (``EntryFields``) and the checks of a bulk read (``fresh_values``).
  *
  * Why C: a hit in the generated Python wrapper (_codegen.py) is one dict lookup, one clock read
  * and one compare, yet the Python function call around them costs three times a
@@ -13,6 +13,8 @@
  * It reads the same state the Python hit reads: the fallback's globals ``_cw_table`` (swapped
  * by _switch.py while caching is off), the entry's ``early_at``, ``hits`` and ``value``,
  * and, while the fallback runs its counting code (_hits.py), the ``_cw_count`` list.
+ *
+ * ``fresh_values`` is the loop of codec.fresh_values (a bulk read's checks per value).
  *
  * ``EntryFields`` holds an entry's deadlines and counters as C numbers: in a class with
  * ``__slots__`` each is an object of its own (a float is 24 bytes), which made them a third
@@ -499,15 +501,158 @@ bind_entry(PyObject *module, PyObject *cls)
     Py_RETURN_NONE;
 }
 
+/* -- fresh_values ------------------------------------------------------------------------ */
+
+/* The loop of codec.fresh_values, compiled: per value of a bulk read, the Python loop around
+ * msgpack's decoding cost as much as the decoding itself. The decoding stays msgpack's: each
+ * value is decoded from its own bytes by ``unpackb`` (so it cannot run into its neighbour's);
+ * this loop checks the envelope's shape and sorts it, as ``codec.body`` would one by one.
+ * Returns the keys whose bytes are not an envelope, or None at an error outside msgpack's
+ * decoding, which the caller answers by decoding every value on its own in Python. */
+
+enum { FORMAT_AT, VALUE_AT, FRESH_AT, STALE_AT, LOAD_AT, TAGS_AT, VERSIONS_AT, FIELDS };
+
+/* 1: an envelope; 0: not one; -1: an error. */
+static int
+is_envelope(PyObject *const *item, PyObject *body, PyObject *format, PyObject *checked)
+{
+    int same = PyObject_RichCompareBool(item[FORMAT_AT], format, Py_EQ);
+    if (same <= 0) {
+        return same;
+    }
+    if (!PyLong_CheckExact(item[FRESH_AT]) || !PyLong_CheckExact(item[STALE_AT]) ||
+        !PyLong_CheckExact(item[LOAD_AT]) || !PyList_CheckExact(item[TAGS_AT]) ||
+        !PyList_CheckExact(item[VERSIONS_AT])) {
+        return 0;
+    }
+    if (PyList_GET_SIZE(item[TAGS_AT]) == 0) {
+        return 1;
+    }
+    PyObject *envelope = PyObject_CallOneArg(checked, body); /* the tags' own checks */
+    if (envelope == NULL) {
+        return -1;
+    }
+    int ok = envelope != Py_None;
+    Py_DECREF(envelope);
+    return ok;
+}
+
+/* One value: 1 sorted, 0 a surprise (the caller falls back), -1 an error. */
+static int
+sort_value(PyObject *key, PyObject *body, PyObject *now, PyObject *found, PyObject *kept,
+           PyObject *bad, PyObject *format, PyObject *checked)
+{
+    if (!PyList_CheckExact(body) || PyList_GET_SIZE(body) != FIELDS) {
+        return PyList_Append(bad, key) < 0 ? -1 : 1;
+    }
+    /* Held apart from the list: a comparison may run code of a value's own type. */
+    PyObject *item[FIELDS];
+    for (int i = 0; i < FIELDS; i++) {
+        item[i] = Py_NewRef(PyList_GET_ITEM(body, i));
+    }
+    int result = -1;
+    int ok = is_envelope(item, body, format, checked);
+    if (ok == 0) {
+        result = PyList_Append(bad, key) < 0 ? -1 : 1;
+    }
+    else if (ok > 0) {
+        int fresh = PyObject_RichCompareBool(now, item[FRESH_AT], Py_LT);
+        if (fresh == 0) {
+            result = 1;
+        }
+        else if (fresh > 0 && PyDict_SetItem(found, key, item[VALUE_AT]) == 0) {
+            result = 1;
+            if (kept != Py_None) {
+                PyObject *pair = PyTuple_Pack(2, key, body);
+                result = pair != NULL && PyList_Append(kept, pair) == 0 ? 1 : -1;
+                Py_XDECREF(pair);
+            }
+        }
+    }
+    for (int i = 0; i < FIELDS; i++) {
+        Py_DECREF(item[i]);
+    }
+    return result;
+}
+
+/* fresh_values(keys, raws, now_ms, found, kept, unpackb, kwnames, kwvalues, format, checked):
+ * each value is ``unpackb(raw, **dict(zip(kwnames, kwvalues)))``. */
+static PyObject *
+fresh_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "fresh_values takes 10 arguments");
+        return NULL;
+    }
+    PyObject *keys = args[0], *raws = args[1], *now = args[2], *found = args[3];
+    PyObject *kept = args[4], *unpackb = args[5], *kwnames = args[6], *kwvalues = args[7];
+    PyObject *format = args[8], *checked = args[9];
+    if (!PyList_CheckExact(keys) || !PyList_CheckExact(raws) || !PyDict_CheckExact(found) ||
+        (kept != Py_None && !PyList_CheckExact(kept)) || !PyTuple_CheckExact(kwnames) ||
+        !PyTuple_CheckExact(kwvalues) || PyTuple_GET_SIZE(kwnames) != PyTuple_GET_SIZE(kwvalues) ||
+        PyTuple_GET_SIZE(kwnames) > 4) {
+        PyErr_SetString(PyExc_TypeError, "fresh_values: wrong argument types");
+        return NULL;
+    }
+    PyObject *argv[5];
+    Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        argv[1 + i] = PyTuple_GET_ITEM(kwvalues, i); /* borrowed from kwvalues, held by the caller */
+    }
+    PyObject *bad = PyList_New(0);
+    if (bad == NULL) {
+        return NULL;
+    }
+    if (PyList_GET_SIZE(keys) != PyList_GET_SIZE(raws)) {
+        goto surprise;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys) && i < PyList_GET_SIZE(raws); i++) {
+        PyObject *raw = PyList_GET_ITEM(raws, i);
+        if (raw == Py_None) {
+            continue;
+        }
+        PyObject *key = Py_NewRef(PyList_GET_ITEM(keys, i));
+        argv[0] = raw = Py_NewRef(raw);
+        PyObject *body = PyObject_Vectorcall(unpackb, argv, 1, nkw ? kwnames : NULL);
+        Py_DECREF(raw);
+        int sorted;
+        if (body == NULL) { /* undecodable: not an envelope, as codec.body says */
+            sorted = PyErr_ExceptionMatches(PyExc_Exception) ? 1 : -1;
+            if (sorted > 0) {
+                PyErr_Clear();
+                sorted = PyList_Append(bad, key) < 0 ? -1 : 1;
+            }
+        }
+        else {
+            sorted = sort_value(key, body, now, found, kept, bad, format, checked);
+            Py_DECREF(body);
+        }
+        Py_DECREF(key);
+        if (sorted <= 0) {
+            goto surprise;
+        }
+    }
+    return bad;
+surprise: /* an Exception is one (as in Python): the caller decodes each value on its own */
+    Py_DECREF(bad);
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+        return NULL; /* KeyboardInterrupt, SystemExit: not ours to swallow */
+    }
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"bind_entry", bind_entry, METH_O, "Set the entry class the hit serves."},
+    {"fresh_values", (PyCFunction)(void (*)(void))fresh_values, METH_FASTCALL,
+     "codec.fresh_values' loop: the keys whose bytes are not an envelope, or None."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "cachewise._speedups",
-    .m_doc = "The compiled L1 hit of cached functions and the L1 entry's storage.",
+    .m_doc = "The compiled L1 hit of cached functions, the L1 entry's storage, bulk decoding.",
     .m_size = -1,
     .m_methods = module_methods,
 };

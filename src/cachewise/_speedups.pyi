@@ -11,6 +11,19 @@ class HitWrapper:
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 def bind_entry(cls: type, /) -> None: ...
+def fresh_values(
+    keys: list[str],
+    raws: list[bytes | None],
+    now_ms: float,
+    found: dict[str, Any],
+    kept: list[tuple[str, list[Any]]] | None,
+    unpackb: Callable[..., Any],
+    kwnames: tuple[str, ...],
+    kwvalues: tuple[Any, ...],
+    format: int,
+    checked: Callable[[Any], Any],
+    /,
+) -> list[str] | None: ...
 
 class HitProbe:
     """The L1 hit of a generated wrapper as one call: its value, or ``miss``."""
