@@ -349,3 +349,20 @@ def test_a_lost_record_of_newest_writes_never_makes_writes_look_superseded(
                 flusher.close(timeout=5)
         finally:
             cache.close(timeout=5)
+
+
+def test_a_record_of_newest_writes_made_again_by_a_new_write_does_not_hide_the_loss(
+    store: redis.Redis, namespace: str
+) -> None:
+    """An evicting Redis may drop the hash of newest writes and keep the stream; the next write
+    makes the hash again, without the fields of the writes queued before it. Those must not
+    look superseded (acknowledged without a store call): making the hash again starts a new
+    epoch, and the holder queues its writes again."""
+    with held_writes(namespace, 20) as (server, holder, flusher, save):
+        server.client().delete(KeySpace(namespace).writer("wbnewest", WRITER))
+        save(20, "v20")
+        start_flusher(flusher)
+        report = holder.flush(timeout=30)
+        assert rows(store, namespace) == {i: f"v{i}" for i in range(21)}, report
+        assert report.lost == 0
+        assert any("was lost" in e for e in report.errors)

@@ -188,21 +188,27 @@ class LocalCluster:
 
     def _replicas_online(self) -> bool:
         """Whether every running master's replicas finished their first sync (a replica that
-        has not cannot be promoted), and ``CLUSTER SLOTS`` lists them (it leaves out a replica
-        whose replication offset it has not heard of yet, so a client would not know it)."""
+        has not cannot be promoted), and every running node's ``CLUSTER SLOTS`` lists them (it
+        leaves out a replica whose replication offset it has not heard of yet, so a client
+        asking that node would not know it; nodes hear of it at different times)."""
+        expected: dict[int, int] = {}
         for node in self.masters():
             info = _replication(node)
             replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
             if any(replica.get("state") != "online" for replica in replicas):
                 return False
+            expected[node.port] = len(replicas)
+        for node in self.nodes:
+            if node.proc.poll() is not None:
+                continue
             client = node.client()
             try:
                 slots = client.execute_command("CLUSTER", "SLOTS")
             finally:
                 client.close()
-            own = [entry for entry in slots if int(entry[2][1]) == node.port]
-            if any(len(entry) - 3 < len(replicas) for entry in own):
-                return False
+            for entry in slots:
+                if len(entry) - 3 < expected.get(int(entry[2][1]), 0):
+                    return False
         return True
 
     def replica_of(self, master: RedisServer) -> RedisServer:

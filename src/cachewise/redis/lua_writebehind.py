@@ -23,10 +23,24 @@ QUEUE_GROUP = "cachewise"
 # held from before would look settled. A stream made again starts its ids a second past the
 # server's clock: a new stream would otherwise give again the ids of the lost one (same
 # millisecond), which processes still hold for writes of the old epoch.
+# The same holds for the hash of newest writes (made with the epoch, never emptied): made again
+# by a new write under the old epoch, it would lack the fields of the writes queued before,
+# which the flusher would then take as superseded and acknowledge without a store call. Made
+# again, its field ``~`` holds the id of the stream's last entry then: the hash says nothing of
+# the entries up to it, which the flusher writes (at least once) unless the hash names a newer
+# write to their key.
 _NEW_EPOCH_FN = (
     """
-local function new_epoch(stream, epochkey, nonce)
+local function queue_lost(stream, newest)
+  return redis.call('EXISTS', stream) == 0 or redis.call('EXISTS', newest) == 0
+end
+
+local function new_epoch(stream, epochkey, nonce, newest)
   redis.call('SET', epochkey, nonce)
+  if redis.call('EXISTS', newest) == 0 then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    redis.call('HSET', newest, '~', last[1] and last[1][1] or '0-0')
+  end
   if redis.call('EXISTS', stream) == 0 then
     redis.call('XGROUP', 'CREATE', stream, '"""
     + QUEUE_GROUP
@@ -49,17 +63,18 @@ end
 # see ``writebehind.loss``).
 # The newest-write hash keeps a field ``~`` (no cache key is named so) besides the keys' own, so
 # that it never empties: a missing hash means it was lost (evicted, flushed), never "every write
-# landed", and the flusher then writes what it holds instead of taking it all as superseded.
+# landed", and the flusher then writes what it holds instead of taking it all as superseded
+# (``~`` is set where the hash is made: ``new_epoch``).
 _ENQUEUE_QUEUE_FN = (
     _NEW_EPOCH_FN
     + """
 local function enqueue(stream, newest, epochkey, key, packed, nonce)
   local epoch = redis.call('GET', epochkey)
-  if not epoch or redis.call('EXISTS', stream) == 0 then
-    epoch = new_epoch(stream, epochkey, nonce)
+  if not epoch or queue_lost(stream, newest) then
+    epoch = new_epoch(stream, epochkey, nonce, newest)
   end
   local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)
-  redis.call('HSET', newest, key, id, '~', '1')
+  redis.call('HSET', newest, key, id)
   return stream .. '|' .. id, epoch
 end
 """
@@ -176,31 +191,31 @@ return 1
 """
 )
 
-# KEYS: stream, epoch. ARGV: group, a nonce for a new epoch. Creates the consumer group (and the
-# stream) if missing, a missing stream under a new epoch; an expiry an older release set on the
-# stream is removed (queue keys are data).
+# KEYS: stream, epoch, newest. ARGV: group, a nonce for a new epoch. Creates the consumer group
+# (and the stream) if missing, a missing stream or hash of newest writes under a new epoch; an
+# expiry an older release set on the stream is removed (queue keys are data).
 GROUP = (
     _NEW_EPOCH_FN
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then new_epoch(KEYS[1], KEYS[2], ARGV[2]) end
+if queue_lost(KEYS[1], KEYS[3]) then new_epoch(KEYS[1], KEYS[2], ARGV[2], KEYS[3]) end
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 redis.call('PERSIST', KEYS[1])
 return 1
 """
 )
 
-# KEYS: stream, epoch. ARGV: group, nonce, "1" to declare the queue lost (its consumer group
-# vanished). The queue's state for loss detection (see ``writebehind.loss``): a queue whose epoch or
-# stream is gone, or declared lost, gets a new epoch (and its stream and group again), so that
-# every process holding writes of the old one queues them again. Returns {epoch, the oldest
-# entry's id or "", 1 if the epoch changed here}.
+# KEYS: stream, epoch, newest. ARGV: group, nonce, "1" to declare the queue lost (its consumer
+# group vanished). The queue's state for loss detection (see ``writebehind.loss``): a queue whose
+# epoch, stream or hash of newest writes is gone, or declared lost, gets a new epoch (and those
+# again), so that every process holding writes of the old one queues them again. Returns
+# {epoch, the oldest entry's id or "", 1 if the epoch changed here}.
 WB_STATE = (
     _NEW_EPOCH_FN
     + """
 local epoch = redis.call('GET', KEYS[2])
 local changed = 0
-if not epoch or redis.call('EXISTS', KEYS[1]) == 0 or ARGV[3] == '1' then
-  epoch = new_epoch(KEYS[1], KEYS[2], ARGV[2])
+if not epoch or queue_lost(KEYS[1], KEYS[3]) or ARGV[3] == '1' then
+  epoch = new_epoch(KEYS[1], KEYS[2], ARGV[2], KEYS[3])
   changed = 1
 end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
@@ -209,17 +224,19 @@ return {epoch, first[1] and first[1][1] or '', changed}
 )
 
 # Queues again a write held by a process when the queue it went into was lost, unless the epoch
-# moved again or the stream is gone again (-1: tried at the next check) or another write to
-# that key is the newest (0: that one lands instead). Returns the new entry's id.
+# moved again or the stream or hash of newest writes is gone again (-1: tried at the next check,
+# which starts a new epoch) or another write to that key is the newest (0: that one lands
+# instead). Returns the new entry's id.
 _REQUEUE_QUEUE_FN = """
 local function requeue(stream, newest, epochkey, key, packed, epoch, old)
-  if redis.call('GET', epochkey) ~= epoch or redis.call('EXISTS', stream) == 0 then
+  if redis.call('GET', epochkey) ~= epoch or redis.call('EXISTS', stream) == 0
+      or redis.call('EXISTS', newest) == 0 then
     return -1
   end
   local last = redis.call('HGET', newest, key)
   if last and last ~= old then return 0 end
   local id = redis.call('XADD', stream, '*', 'k', key, 'a', packed)
-  redis.call('HSET', newest, key, id, '~', '1')
+  redis.call('HSET', newest, key, id)
   return id
 end
 """

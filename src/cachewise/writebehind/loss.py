@@ -170,7 +170,7 @@ class LossDetection:
         reply = yield RunScript(
             self.queue.backend,
             "wb_state",
-            [self.queue.stream, self.queue.epoch_key],
+            [self.queue.stream, self.queue.epoch_key, self.queue.newest],
             [self.queue.GROUP, secrets.token_hex(8), "1" if cause else ""],
         )
         self.nogroup = None

@@ -24,7 +24,7 @@ from ..redis import (
     text,
 )
 from .durable import ServerCheck
-from .loss import LossDetection
+from .loss import LossDetection, stream_order
 from .queue import WriteBehindQueue
 from .types import (
     PendingWrite,
@@ -103,7 +103,10 @@ class StreamReader(WriteBehindQueue):
         taken = yield RedisCall(backend, "set", self.lease, self.token, None, self.lease_ms, True)
         if taken:
             yield RunScript(
-                backend, "group", [self.stream, self.epoch_key], [self.GROUP, secrets.token_hex(8)]
+                backend,
+                "group",
+                [self.stream, self.epoch_key, self.newest],
+                [self.GROUP, secrets.token_hex(8)],
             )
             self.leading = True
             self.claimed = 0.0
@@ -161,17 +164,23 @@ class StreamReader(WriteBehindQueue):
         except REDIS_ERRORS as exc:
             self.engine.redis_failed(exc)
             return set()
-        if newest.pop() is None:
+        made_after = newest.pop()
+        if made_after is None:
             # The record of newest writes was lost (eviction, a flush): nothing tells an older
             # write from the newest, so all are written (at least once), and the loss is looked
             # into at once (the holders queue their writes again).
             self.loss.nogroup = "the queue's record of newest writes vanished"
             self.loss.check_due = 0.0
             return set()
+        # The record was made (again) after the entries up to ``made_after``: of those, only a
+        # newer write it names is known; no field is no news (written, at least once).
+        mark = text(made_after)  # "1" where an older release made it: no entry before it
+        unknown_upto = stream_order(mark) if "-" in mark else (0, 0)
         return {
             item.key
             for item, last in zip(mine, newest, strict=True)
-            if last is None or text(last) != item.ids[-1]
+            if (last is None and stream_order(item.ids[-1]) > unknown_upto)
+            or (last is not None and text(last) != item.ids[-1])
         }
 
     def _refill(self, version: int, wait: float) -> Plan[None]:
