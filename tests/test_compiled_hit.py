@@ -228,6 +228,44 @@ def test_hits_are_counted_once_an_exporter_counts(cache: Cache) -> None:
     assert cache.stats()["l1_hits"] == 7
 
 
+@needs_compiled
+def test_stats_sum_a_count_per_function_never_the_entries(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the extension, hits are counted as they are served (the compiled front, the probe
+    of a generated wrapper, the slow path): ``stats()`` costs the same whatever L1 holds."""
+
+    @cache.cached(ttl=60)
+    def f(x: int) -> int:
+        return x
+
+    @cache.cached(ttl=60)
+    async def g(x: int) -> int:
+        return x
+
+    async def hit_g() -> None:
+        for i in range(50):
+            await g(i)
+            await g(i)
+
+    for i in range(100):
+        f(i)
+    for _ in range(3):
+        for i in range(100):
+            f(i)
+    f(x=1)  # through the generated wrapper's slow path
+    cache.set("k", 1, ttl=60)
+    cache.get("k")  # an explicit key's hit
+    asyncio.run(hit_g())
+
+    def walked(*args: Any) -> int:
+        raise AssertionError("stats() walked L1's entries")
+
+    monkeypatch.setattr(type(cache._engine.l1), "hits_of", walked)
+    assert cache.stats()["l1_hits"] == 300 + 1 + 1 + 50
+    assert f.served == 300
+
+
 def test_it_behaves_as_a_function_would(cache: Cache) -> None:
     assert pickle.loads(pickle.dumps(module_level)) is module_level
     assert copy.copy(module_level) is module_level and copy.deepcopy(module_level) is module_level

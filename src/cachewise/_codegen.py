@@ -220,7 +220,9 @@ def make_wrapper(
     parameters = signature.parameters.values()
     if is_async or is_method or ignore or any(p.kind not in plain for p in parameters):
         return generated, generated
-    return _speedups.HitWrapper(generated, len(parameters), clock), generated
+    front = _speedups.HitWrapper(generated, len(parameters), clock)
+    namespace["_cw_front"] = front  # its count of hits served (``_hits.of``)
+    return front, generated
 
 
 def make_binder(fn: Callable[..., Any]) -> Callable[..., tuple[Any, ...]] | None:

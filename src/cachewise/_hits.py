@@ -1,13 +1,15 @@
-"""Exact L1 hit counts per cached function, for exporters (``contrib.prometheus``), at a cost
-only caches that are exported pay.
+"""Exact L1 hit counts per cached function, so that ``stats()`` and exporters sum a count per
+function instead of every entry's.
 
-Why not always: an L1 hit bumps only its entry's ``hits`` (second-chance eviction needs it), and
-a scrape that sums those walks every entry. Counting per function as well costs every hit of
-every cache (a sixth of a hit) for a figure only an exporter reads. So a cache counts once an
-exporter asks (``start``): its generated wrappers switch to the code compiled beside theirs
-with a per-function counter (``function.__code__`` is swapped: callers keep the function they
-hold), the slow path counts its L1 hits per table, and each table's hits until then are taken
-once as the base. A scrape then costs the same whatever the cache holds: a sum per function.
+An L1 hit bumps its entry's ``hits`` (second-chance eviction needs it). Where the C extension
+is built, the compiled hit also counts the hits it serves (a C integer: free), the slow path
+counts its L1 hits per table, and a cache counts from the start: ``stats()`` costs the same
+whatever the cache holds. In pure Python, counting per function as well would cost every hit
+(a sixth of one) for a figure only an exporter needs, so a cache counts once an exporter asks
+(``start``): its generated wrappers switch to the code compiled beside theirs with a
+per-function counter (``function.__code__`` is swapped: callers keep the function they hold),
+the slow path counts, and each table's hits until then are taken once as the base. Until then
+``stats()`` sums the entries' hits.
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ def counting(wrapper: Any) -> None:
 
 def of(engine: Any, table: Any, wrapper: Any) -> int:
     """The L1 hits of one table while counting: its base and slow-path hits, plus the inline
-    hits of ``wrapper``, the generated wrapper that reads it (if any)."""
+    hits of ``wrapper``, the generated wrapper that reads it (if any), and of its compiled
+    front and probe."""
     hits: int = engine.l1.counted.get(id(table), 0)
     if wrapper is not None:
-        hits += wrapper.__globals__["_cw_count"][0]
+        names = wrapper.__globals__
+        hits += names["_cw_count"][0]
+        for compiled in (names.get("_cw_front"), names.get("_cw_hit")):
+            if compiled is not None:
+                hits += compiled.served
     return hits

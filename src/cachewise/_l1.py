@@ -19,6 +19,7 @@ from typing import Any
 
 import cachetools
 
+from ._compiled import speedups
 from .core import Entry
 
 Table = dict[Hashable, Entry]
@@ -91,9 +92,10 @@ class L1:
         self.evictions = 0
         #: Per table (by id): hits of its entries no longer held (replaced, dropped, evicted).
         self.retired: dict[int, int] = {}
-        #: Per table (by id), once an exporter counts hits (``_hits``): its base and the hits
-        #: the slow path served; None until then.
-        self.counted: dict[int, int] | None = None
+        #: Per table (by id), while hits are counted (``_hits``: from the start where the C
+        #: extension is built, else once an exporter asks): its base and the hits the slow
+        #: path served; None until then.
+        self.counted: dict[int, int] | None = None if speedups is None else {}
         self._bounded = _ClockCache(max(maxsize, 1), self._evicted)
         self._tags: dict[str, set[str]] = {}
 

@@ -11,8 +11,9 @@
  * a compiler the package runs on the Python wrapper alone.
  *
  * It reads the same state the Python hit reads: the fallback's globals ``_cw_table`` (swapped
- * by _switch.py while caching is off), the entry's ``early_at``, ``hits`` and ``value``,
- * and, while the fallback runs its counting code (_hits.py), the ``_cw_count`` list.
+ * by _switch.py while caching is off), the entry's ``early_at``, ``hits`` and ``value``. It
+ * counts the hits it serves (``served``, a C integer: free), so that a cache's stats() sums
+ * a count per function instead of every entry's (_hits.py).
  *
  * ``fresh_values`` is the loop of codec.fresh_values (a bulk read's checks per value).
  *
@@ -31,13 +32,12 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *fallback;      /* the generated Python wrapper */
     PyObject *globals;       /* its globals */
-    PyObject *counting_code; /* its counting variant's code */
-    PyObject *count;         /* [hits counted inline], read by _hits.py */
     PyObject *now;           /* the clock; NULL: CLOCK_MONOTONIC, which time.monotonic reads */
     PyObject *miss;          /* HitProbe: what a call the hit does not serve returns */
     PyObject *dict;
     PyObject *weakreflist;
     Py_ssize_t nargs;        /* the key arguments, all positional */
+    Py_ssize_t served;       /* the hits served here, read by _hits.py */
 } HitWrapper;
 
 typedef struct {
@@ -61,7 +61,6 @@ static PyTypeObject *fields_type = NULL; /* EntryFields */
 static PyTypeObject *entry_type = NULL;  /* core.Entry, the subclass the hit serves (bind_entry) */
 static PyObject *str_table = NULL;
 static PyObject *empty_tuple = NULL;
-static PyObject *one = NULL;
 static PyObject *probe_type = NULL; /* HitProbe, told apart by hit_new */
 
 static int
@@ -133,18 +132,10 @@ serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed)
     }
     else if (now < deadline && fields->value != NULL) {
         fields->hits++;
+        self->served++;
         result = Py_NewRef(fields->value);
     }
     Py_DECREF(entry);
-    if (result != NULL && PyFunction_GET_CODE(self->fallback) == self->counting_code) {
-        PyObject *counted = PyNumber_Add(PyList_GET_ITEM(self->count, 0), one);
-        if (counted == NULL) {
-            Py_DECREF(result);
-            *failed = 1;
-            return NULL;
-        }
-        PyList_SetItem(self->count, 0, counted);
-    }
     return result;
 }
 
@@ -193,9 +184,7 @@ make(PyTypeObject *type, PyObject *fallback, Py_ssize_t nargs, PyObject *now, Py
         return NULL;
     }
     PyObject *globals = PyFunction_GET_GLOBALS(fallback);
-    PyObject *code = PyDict_GetItemString(globals, "_cw_counting_code");
-    PyObject *count = PyDict_GetItemString(globals, "_cw_count");
-    if (code == NULL || count == NULL || !PyList_CheckExact(count) || PyList_GET_SIZE(count) < 1) {
+    if (PyDict_GetItemString(globals, "_cw_table") == NULL) {
         PyErr_SetString(PyExc_TypeError, "cachewise._speedups: not a generated wrapper");
         return NULL;
     }
@@ -207,8 +196,6 @@ make(PyTypeObject *type, PyObject *fallback, Py_ssize_t nargs, PyObject *now, Py
     self->miss = Py_XNewRef(miss);
     self->fallback = Py_NewRef(fallback);
     self->globals = Py_NewRef(globals);
-    self->counting_code = Py_NewRef(code);
-    self->count = Py_NewRef(count);
     self->now = now == Py_None ? NULL : Py_NewRef(now);
     self->nargs = nargs;
     return (PyObject *)self;
@@ -238,8 +225,6 @@ hit_traverse(HitWrapper *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->fallback);
     Py_VISIT(self->globals);
-    Py_VISIT(self->counting_code);
-    Py_VISIT(self->count);
     Py_VISIT(self->now);
     Py_VISIT(self->miss);
     Py_VISIT(self->dict);
@@ -251,8 +236,6 @@ hit_clear(HitWrapper *self)
 {
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->globals);
-    Py_CLEAR(self->counting_code);
-    Py_CLEAR(self->count);
     Py_CLEAR(self->now);
     Py_CLEAR(self->miss);
     Py_CLEAR(self->dict);
@@ -321,6 +304,7 @@ static PyMemberDef hit_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(HitWrapper, vectorcall), READONLY},
     {"fallback", T_OBJECT, offsetof(HitWrapper, fallback), READONLY,
      "The generated Python wrapper: every call the compiled hit does not serve."},
+    {"served", T_PYSSIZET, offsetof(HitWrapper, served), READONLY, "The hits served here."},
     {NULL},
 };
 
@@ -355,6 +339,7 @@ static PyType_Spec hit_spec = {
 static PyMemberDef probe_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(HitWrapper, vectorcall), READONLY},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(HitWrapper, weakreflist), READONLY},
+    {"served", T_PYSSIZET, offsetof(HitWrapper, served), READONLY, "The hits served here."},
     {NULL},
 };
 
@@ -662,8 +647,7 @@ PyInit__speedups(void)
 {
     str_table = PyUnicode_InternFromString("_cw_table");
     empty_tuple = PyTuple_New(0);
-    one = PyLong_FromLong(1);
-    if (str_table == NULL || empty_tuple == NULL || one == NULL) {
+    if (str_table == NULL || empty_tuple == NULL) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);

@@ -5,6 +5,7 @@ class HitWrapper:
     """A cached function whose L1 hit runs compiled (``_codegen``)."""
 
     fallback: Callable[..., Any]
+    served: int
     def __init__(
         self, wrapper: Callable[..., Any], nargs: int, now: Callable[[], float] | None
     ) -> None: ...
@@ -28,6 +29,7 @@ def fresh_values(
 class HitProbe:
     """The L1 hit of a generated wrapper as one call: its value, or ``miss``."""
 
+    served: int
     def __init__(
         self, wrapper: Callable[..., Any], nargs: int, now: Callable[[], float] | None, miss: Any
     ) -> None: ...

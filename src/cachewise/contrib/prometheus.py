@@ -14,9 +14,10 @@ as gauges, and two histograms in seconds: ``cachewise_load_seconds`` (each load,
 outcome) and ``cachewise_get_seconds`` (each read L1 did not answer, by function, tier and
 single-flight role). Labels: ``namespace``, and ``function`` where the figure is per function.
 
-A scrape costs the same whatever the cache holds, and never takes the cache's lock: once
-instrumented, a cache counts its L1 hits per function as they happen (``cachewise._hits``: a
-cost on each hit that only exported caches pay) instead of summing its entries'. Counters
+A scrape costs the same whatever the cache holds, and never takes the cache's lock: a cache
+counts its L1 hits per function as they happen (``cachewise._hits``: from the start where the C
+extension is built; in pure Python once instrumented, a cost on each hit only exported caches
+pay) instead of summing its entries'. Counters
 exported only ever grow (a figure a concurrent change makes momentarily lower is held).
 """
 
