@@ -1,4 +1,4 @@
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 class HitWrapper:
@@ -36,30 +36,7 @@ class HitProbe:
     def __call__(self, *args: Any) -> Any: ...
 
 class EntryFields:
-    """What an L1 entry holds, deadlines and counters as C numbers (``core.Entry``)."""
+    """What an L1 entry holds, deadlines and counters as C numbers (``core.Entry``, whose
+    pure-Python twin ``core._Fields`` is what type checkers see: its fields and signature)."""
 
-    value: Any
-    full_key: str
-    l1_key: Hashable
-    tags: tuple[str, ...]
-    table: Any
-    fresh_until: float
-    stale_until: float
-    refresh_at: float
-    early_at: float
-    load_time: float
-    hits: int
-    seen: int
-    slot: int
-    def __init__(
-        self,
-        value: Any,
-        fresh_until: float,
-        stale_until: float,
-        early_at: float,
-        load_time: float,
-        full_key: str,
-        l1_key: Hashable,
-        tags: tuple[str, ...] = (),
-        refresh_at: float | None = None,
-    ) -> None: ...
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
