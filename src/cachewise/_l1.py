@@ -26,6 +26,7 @@ Table = dict[Hashable, Entry]
 _HITS = operator.attrgetter("hits")
 #: ``Entry.seen`` keeps the low 32 bits of the hit count (4 bytes an entry, not 8).
 _LOW_BITS = 0xFFFFFFFF
+_Cache = cachetools.Cache  # its methods called directly: a super() lookup per call is measurable
 
 
 class _ClockCache(cachetools.Cache[str, Entry]):
@@ -46,39 +47,51 @@ class _ClockCache(cachetools.Cache[str, Entry]):
     def __setitem__(self, key: str, entry: Entry) -> None:
         if key in self:
             del self[key]
-        super().__setitem__(key, entry)  # calls popitem() first when full
-        if self._free:
-            entry.slot = self._free.pop()
-            self._ring[entry.slot] = entry
+        self.add(key, entry)
+
+    def add(self, key: str, entry: Entry) -> None:
+        """``self[key] = entry`` for a ``key`` not held (``L1.put`` drops it first)."""
+        _Cache.__setitem__(self, key, entry)  # calls popitem() first when full
+        free = self._free
+        if free:
+            entry.slot = slot = free.pop()
+            self._ring[slot] = entry
         else:
             entry.slot = len(self._ring)
             self._ring.append(entry)
 
     def __delitem__(self, key: str) -> None:
-        entry = self[key]
-        super().__delitem__(key)
+        self._unring(self[key])
+        _Cache.__delitem__(self, key)
+
+    def _unring(self, entry: Entry) -> None:
         self._ring[entry.slot] = None
         self._free.append(entry.slot)
         entry.slot = -1
 
     def popitem(self) -> tuple[str, Entry]:
         ring = self._ring
+        size = len(ring)
+        hand = self._hand
         # Two turns at most: the first may only take away second chances.
-        for _ in range(2 * len(ring)):
-            if self._hand >= len(ring):
-                self._hand = 0
-            entry = ring[self._hand]
-            self._hand += 1
+        for _ in range(2 * size):
+            if hand >= size:
+                hand = 0
+            entry = ring[hand]
+            hand += 1
             if entry is None:
                 continue
             hits = entry.hits & _LOW_BITS
             if hits != entry.seen:  # hit since the hand last passed: a second chance
                 entry.seen = hits
                 continue
+            self._hand = hand
             key = entry.full_key
-            del self[key]
+            self._unring(entry)
+            _Cache.__delitem__(self, key)
             self._on_evict(entry)
             return key, entry
+        self._hand = hand
         raise KeyError("popitem(): cache is empty")
 
 
@@ -123,11 +136,11 @@ class L1:
         """Hold ``entry`` (replacing what ``table`` held under its key)."""
         if self.maxsize == 0 or not self.accepting:
             return
-        old = self._bounded.pop(entry.full_key, None)
-        if old is not None:
-            self._forget(old)
+        bounded = self._bounded
+        if entry.full_key in bounded:
+            self._forget(bounded.pop(entry.full_key))
         entry.table = table
-        self._bounded[entry.full_key] = entry
+        bounded.add(entry.full_key, entry)
         table[entry.l1_key] = entry
         for tag in entry.tags:
             self._tags.setdefault(tag, set()).add(entry.full_key)

@@ -32,7 +32,7 @@ QUEUE_GROUP = "cachewise"
 _NEW_EPOCH_FN = (
     """
 local function queue_lost(stream, newest)
-  return redis.call('EXISTS', stream) == 0 or redis.call('EXISTS', newest) == 0
+  return redis.call('EXISTS', stream, newest) < 2
 end
 
 local function new_epoch(stream, epochkey, nonce, newest)
@@ -229,8 +229,7 @@ return {epoch, first[1] and first[1][1] or '', changed}
 # instead). Returns the new entry's id.
 _REQUEUE_QUEUE_FN = """
 local function requeue(stream, newest, epochkey, key, packed, epoch, old)
-  if redis.call('GET', epochkey) ~= epoch or redis.call('EXISTS', stream) == 0
-      or redis.call('EXISTS', newest) == 0 then
+  if redis.call('GET', epochkey) ~= epoch or redis.call('EXISTS', stream, newest) < 2 then
     return -1
   end
   local last = redis.call('HGET', newest, key)
