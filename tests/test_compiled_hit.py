@@ -363,3 +363,31 @@ def test_cachewise_pure_python_turns_the_compiled_hit_off() -> None:
     env = {**os.environ, "CACHEWISE_PURE_PYTHON": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@needs_compiled
+def test_an_extension_built_from_other_c_is_not_used() -> None:
+    """An editable install whose extension was not rebuilt after the C changed: the package
+    says so (a RuntimeWarning) and runs in pure Python, rather than failing or misreading."""
+    from cachewise import _compiled, _speedups
+
+    assert _speedups.VERSION == _compiled.VERSION
+    script = (
+        "import sys, types, warnings\n"
+        "stale = types.ModuleType('cachewise._speedups')\n"
+        "stale.__file__ = 'stale.so'\n"
+        "stale.HitWrapper = stale.HitProbe = stale.bind_entry = object()\n"
+        "sys.modules['cachewise._speedups'] = stale\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from cachewise import Cache, _compiled, core\n"
+        "assert _compiled.speedups is None\n"
+        "assert any('built from another version' in str(w.message) for w in seen)\n"
+        "assert core.Entry.__mro__[1] is core._Fields\n"
+        "cache = Cache()\n"
+        "@cache.cached(ttl=60)\n"
+        "def double(x): return x * 2\n"
+        "assert [double(2), double(2)] == [4, 4]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -666,6 +666,11 @@ PyInit__speedups(void)
         Py_DECREF(module);
         return NULL;
     }
+    /* What _compiled.py checks: a build of older C beside newer Python is not used. */
+    if (PyModule_AddIntConstant(module, "VERSION", 3) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
     type = PyType_FromSpec(&fields_spec);
     fields_type = (PyTypeObject *)type;
     if (type == NULL || PyModule_AddObject(module, "EntryFields", Py_NewRef(type)) < 0) {
