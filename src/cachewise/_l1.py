@@ -123,7 +123,7 @@ class L1:
         table = entry.table
         if table.get(entry.l1_key) is entry:
             del table[entry.l1_key]
-        if entry.hits:
+        if entry.hits and self.counted is None:  # read only by ``hits_of``, until counting
             self.retired[id(table)] = self.retired.get(id(table), 0) + entry.hits
         for tag in entry.tags:
             members = self._tags.get(tag)
