@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import hashlib
 import subprocess
 import sys
 import uuid
@@ -237,3 +238,29 @@ def test_a_bulk_reads_names_are_each_keys_own_name(keys: list[str]) -> None:
     engine = Cache(namespace="names")._engine
     expected = [engine.space.entry(explicit(k)) for k in keys]
     assert engine._names(keys) == expected
+
+
+@given(
+    st.one_of(
+        st.integers(),
+        st.integers(min_value=10**600, max_value=10**700),  # long enough to be hashed
+        st.text(),
+        st.text(min_size=MAX_ARGS_CHARS - 3, max_size=MAX_ARGS_CHARS + 3),
+    )
+)
+def test_the_text_of_one_int_or_str_argument_is_the_encoders(value: Any) -> None:
+    """``args_text`` spells one int or str argument by hand (a miss pays for it): the same
+    text as the canonical encoder's, hashed past the same length."""
+    from cachewise.keys import ArgKeyer
+
+    def f(x: Any) -> Any:
+        return x
+
+    keyer = ArgKeyer(f, "f")
+    text = encode([canonical(value)])
+    expected = (
+        text
+        if len(text) <= MAX_ARGS_CHARS
+        else "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    )
+    assert keyer.args_text(keyer.l1_key((value,))) == expected

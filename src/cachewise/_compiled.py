@@ -10,7 +10,7 @@ import warnings
 __all__ = ["VERSION", "speedups"]
 
 #: The version of ``_speedups.c`` this Python code works with (its ``VERSION``).
-VERSION = 3
+VERSION = 4
 
 try:
     from . import _speedups as speedups

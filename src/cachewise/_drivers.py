@@ -97,6 +97,19 @@ class Spawn(Op):
             await asyncio.shield(task)
 
 
+def call_sync(fn: Callable[[], Any]) -> Any:
+    """``fn()`` for sync code: an awaitable it returns is refused (closed, not left pending)."""
+    value = fn()
+    if type(value) not in _PLAIN and inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise ConfigTypeError(
+            f"{fn!r} returned an awaitable to a sync call: use the async API "
+            "(await aget_or_load / an async def function)"
+        )
+    return value
+
+
 @dataclass(slots=True)
 class Invoke(Op):
     """Call a loader or store writer: ``fn()``, awaited in async code when it returns an awaitable.
@@ -110,20 +123,13 @@ class Invoke(Op):
     every: float = 0.0
 
     def run_sync(self) -> Any:
-        job = None if self.renew is None else _RENEWER.add(self.every, self.renew)
+        if self.renew is None:
+            return call_sync(self.fn)
+        job = _RENEWER.add(self.every, self.renew)
         try:
-            value = self.fn()
+            return call_sync(self.fn)
         finally:
-            if job is not None:
-                _RENEWER.remove(job)
-        if type(value) not in _PLAIN and inspect.isawaitable(value):
-            if inspect.iscoroutine(value):
-                value.close()
-            raise ConfigTypeError(
-                f"{self.fn!r} returned an awaitable to a sync call: use the async API "
-                "(await aget_or_load / an async def function)"
-            )
-        return value
+            _RENEWER.remove(job)
 
     async def run_async(self) -> Any:
         renewer = None

@@ -31,6 +31,7 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *fallback;      /* the generated Python wrapper */
+    PyObject *slow;          /* HitWrapper: the wrapper's ``_cw_slow``, past the hit */
     PyObject *globals;       /* its globals */
     PyObject *now;           /* the clock; NULL: CLOCK_MONOTONIC, which time.monotonic reads */
     PyObject *miss;          /* HitProbe: what a call the hit does not serve returns */
@@ -85,9 +86,10 @@ read_clock(HitWrapper *self, double *now)
     return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* The hit, or NULL without an error when the fallback must serve the call. */
+/* The hit, or NULL without an error when the fallback must serve the call; ``*looked`` is
+ * set once the call was looked up in the table (a miss there is a miss for the fallback too). */
 static PyObject *
-serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed)
+serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed, int *looked)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyLong_CheckExact(args[i]) && !PyUnicode_CheckExact(args[i])) {
@@ -98,6 +100,7 @@ serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed)
     if (table == NULL || !PyDict_CheckExact(table)) {
         return NULL; /* _switch's read-only empty table: caching is off */
     }
+    *looked = 1;
     PyObject *entry;
     if (n == 1) {
         entry = PyDict_GetItemWithError(table, args[0]);
@@ -145,10 +148,14 @@ hit_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     HitWrapper *self = (HitWrapper *)op;
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
     if (kwnames == NULL && n == self->nargs) {
-        int failed = 0;
-        PyObject *value = serve(self, args, n, &failed);
+        int failed = 0, looked = 0;
+        PyObject *value = serve(self, args, n, &failed, &looked);
         if (value != NULL || failed) {
             return value;
+        }
+        if (looked && self->slow != NULL) {
+            /* Not a hit: straight past it, without the fallback's Python frame asking again. */
+            return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
         }
     }
     return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
@@ -163,8 +170,8 @@ probe_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         PyErr_SetString(PyExc_TypeError, "HitProbe: called with the wrong arguments");
         return NULL;
     }
-    int failed = 0;
-    PyObject *value = serve(self, args, n, &failed);
+    int failed = 0, looked = 0;
+    PyObject *value = serve(self, args, n, &failed, &looked);
     if (value != NULL || failed) {
         return value;
     }
@@ -195,6 +202,8 @@ make(PyTypeObject *type, PyObject *fallback, Py_ssize_t nargs, PyObject *now, Py
     self->vectorcall = miss == NULL ? hit_vectorcall : probe_vectorcall;
     self->miss = Py_XNewRef(miss);
     self->fallback = Py_NewRef(fallback);
+    /* Only a HitWrapper calls it, and only with the function's own positional arguments. */
+    self->slow = miss == NULL ? Py_XNewRef(PyDict_GetItemString(globals, "_cw_slow")) : NULL;
     self->globals = Py_NewRef(globals);
     self->now = now == Py_None ? NULL : Py_NewRef(now);
     self->nargs = nargs;
@@ -224,6 +233,7 @@ hit_traverse(HitWrapper *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->fallback);
+    Py_VISIT(self->slow);
     Py_VISIT(self->globals);
     Py_VISIT(self->now);
     Py_VISIT(self->miss);
@@ -235,6 +245,7 @@ static int
 hit_clear(HitWrapper *self)
 {
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->slow);
     Py_CLEAR(self->globals);
     Py_CLEAR(self->now);
     Py_CLEAR(self->miss);
@@ -667,7 +678,7 @@ PyInit__speedups(void)
         return NULL;
     }
     /* What _compiled.py checks: a build of older C beside newer Python is not used. */
-    if (PyModule_AddIntConstant(module, "VERSION", 3) < 0) {
+    if (PyModule_AddIntConstant(module, "VERSION", 4) < 0) {
         Py_DECREF(module);
         return NULL;
     }

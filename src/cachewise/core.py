@@ -152,16 +152,18 @@ def make_entry(
     expire together and no entry outlives the TTL the user asked for.
     """
     fresh_until = now + ttl * (1.0 - jitter * jitter_draw)
+    # By position (a miss pays for every keyword the entry's constructor matches):
+    # value, fresh_until, stale_until, early_at, load_time, full_key, l1_key, tags.
     return Entry(
         value,
-        fresh_until=fresh_until,
+        fresh_until,
         # Without a stale window, one float for both deadlines (24 bytes less per L1 entry).
-        stale_until=fresh_until + stale_ttl if stale_ttl else fresh_until,
-        early_at=early_window(now, fresh_until, load_time, beta),
-        load_time=load_time,
-        full_key=full_key,
-        l1_key=l1_key,
-        tags=tags,
+        fresh_until + stale_ttl if stale_ttl else fresh_until,
+        early_window(now, fresh_until, load_time, beta),
+        load_time,
+        full_key,
+        l1_key,
+        tags,
     )
 
 

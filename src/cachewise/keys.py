@@ -245,6 +245,11 @@ class ArgKeyer:
 
     def args_text(self, l1_key: Hashable) -> str:
         """The canonical argument text behind an in-process key made by ``l1_key``."""
+        if self.single:  # one int or str argument, the key every miss of such a function pays
+            tp = type(l1_key)
+            if tp is int or tp is str:
+                text = "[" + (int.__repr__(l1_key) if tp is int else _quote(l1_key)) + "]"  # type: ignore[arg-type]
+                return text if len(text) <= MAX_ARGS_CHARS else _shorten(text)
         if isinstance(l1_key, _Canonical):
             return l1_key[0]  # type: ignore[no-any-return]
         if isinstance(l1_key, str) and not self.single:

@@ -127,13 +127,14 @@ def resolve(spec: Any, where: str) -> Serializer | None:
 _PLAIN = frozenset({str, bytes, float, bool, type(None)})
 
 
-def check(serializer: Serializer | None, value: Any, where: str) -> None:
+def check(serializer: Serializer | None, value: Any, where: Callable[[], str]) -> None:
     """Raise the ``SerializationError`` storing ``value`` in Redis would: the same error in
-    every configuration, so a test run without Redis fails where production would."""
+    every configuration, so a test run without Redis fails where production would.
+    ``where()`` names the entry (made only when there is something to try)."""
     if serializer is None:
         kind = type(value)
         if kind in _PLAIN or (kind is int and -(2**63) <= value < 2**64):
             return  # msgpack's own scalars: nothing to try (the in-process miss path)
-        valuetypes.pack_value(value, where)
+        valuetypes.pack_value(value, where())
     else:
-        serializer.encode(value, where)
+        serializer.encode(value, where())

@@ -55,14 +55,21 @@ class Entries(EngineState):
         return tags
 
     def _entry(
-        self, target: Target, policy: Policy, value: Any, load_time: float, tags: tuple[str, ...]
+        self,
+        target: Target,
+        policy: Policy,
+        value: Any,
+        load_time: float,
+        tags: tuple[str, ...],
+        now: float | None = None,
     ) -> Entry:
+        """The L1 entry of a loaded ``value`` (``now``: the engine's clock, if just read)."""
         ttl, stale_ttl = policy.lifetimes(value, target.where)
         if self.backend is None:  # with Redis, packing the value raises this error
-            serializers.check(target.serializer, value, target.described())
+            serializers.check(target.serializer, value, target.described)
         return core.make_entry(
             value,
-            now=self.clock(),
+            now=self.clock() if now is None else now,
             ttl=ttl,
             stale_ttl=stale_ttl,
             load_time=load_time,

@@ -13,6 +13,7 @@ from .._drivers import (
     Invoke,
     Plan,
     Spawn,
+    call_sync,
 )
 from .._flight import Flight
 from ..core import Entry, Shared
@@ -51,6 +52,14 @@ class Fills(Writes):
         ) -> Plan[None]: ...
 
     # -- loading --------------------------------------------------------------------------------
+
+    def _missed(self, target: Target, started: float, flight: Flight | None, role: str) -> None:
+        """A read L1 did not answer ended: timed, and told to the observers."""
+        seconds = self.clock() - started
+        self.miss_latency.add(seconds)
+        for observer in self.observers:
+            tier = "load" if flight is not None and flight.loaded else "l2"
+            observer.read(target.where, seconds, tier, role)
 
     def _invoke(
         self,
@@ -120,10 +129,69 @@ class Fills(Writes):
         value, took = yield from self._invoke(
             loader, where=target.where, key=target.full_key, flight=flight
         )
+        self._keep_here(flight, target, policy, value, took)
+
+    def _keep_here(
+        self,
+        flight: Flight,
+        target: Target,
+        policy: Policy,
+        value: Any,
+        took: float,
+        now: float | None = None,
+    ) -> None:
+        """Keep a value loaded in this process in L1 (unless ``unless=`` refuses it) and settle
+        the flight with it. ``now``: the engine's clock, if the caller just read it."""
         keep = policy.keeps(value, target.where)
-        entry = self._entry(target, policy, value, took, flight.tags) if keep else None
+        entry = self._entry(target, policy, value, took, flight.tags, now) if keep else None
         self.counts[Count.LOADS] += 1
         self._settle(flight, target, entry, value)
+
+    def load_alone(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
+        """A sync miss of a cache without Redis that no one else is loading, carried out
+        without a plan; ``_UNREAD`` when the read is not that (``read`` then does it all).
+
+        The plan's generators and driver steps were a third of such a miss, and in one thread
+        with no Redis every one of them ends at once: claim, load, keep, settle, as ``read``,
+        ``_resolve`` and ``_load_here`` do them, in that order, with the same helpers.
+        """
+        key = target.full_key
+        clock = self.clock
+        held = target.table.get(target.l1_key)
+        if (
+            self.observers
+            or (held is not None and clock() < held.stale_until)  # ``read`` decides for it
+            or key in self.flights
+            or key in self.pinned
+            or self.uncached(target)
+        ):
+            return _UNREAD
+        flight, leader = self._claim(key)
+        if not leader:
+            return _UNREAD  # ``read`` joins it
+        started = clock()
+        entry = target.table.get(target.l1_key)  # a load may have landed before the claim
+        if core.is_fresh(entry, started):
+            assert entry is not None
+            self._settle(flight, target, None, entry.value)
+            self.l1.hit(target.table, entry)
+            return entry.value
+        self.counts[Count.MISSES] += 1
+        try:
+            loading = started
+            if target.tags is not None:
+                flight.tags = self._tags(target)
+                loading = clock()
+            value = call_sync(loader)
+            ended = clock()
+            self.load_latency.add(ended - loading)
+            flight.loaded = True
+            self._keep_here(flight, target, policy, value, ended - loading, ended)
+        except BaseException as exc:  # every caller that joined gets it; nothing is cached
+            self._fail(flight, target, exc)
+            raise
+        self.miss_latency.add(ended - started)  # ``_missed``, with no observers to tell
+        return value
 
     def _load_unshared(
         self, flight: Flight, target: Target, loader: Callable[[], Any], policy: Policy

@@ -122,14 +122,6 @@ class Reads(Leases):
             self._missed(target, started, flight, "leader" if leader else "waiter")
             return value
 
-    def _missed(self, target: Target, started: float, flight: Flight | None, role: str) -> None:
-        """A read L1 did not answer ended: timed, and told to the observers."""
-        seconds = self.clock() - started
-        self.miss_latency.add(seconds)
-        for observer in self.observers:
-            tier = "load" if flight is not None and flight.loaded else "l2"
-            observer.read(target.where, seconds, tier, role)
-
     def _being_refreshed(self, key: str) -> Entry | None:
         """The entry a running refresh of ``key`` replaces, unless an invalidation or a write
         happened since: with L1 off it is the only copy a caller can be served while the
@@ -288,7 +280,11 @@ class Reads(Leases):
     # make of it is ``probed``, shared.
 
     def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
-        """``read`` carried out in this thread, after the fast path's GET where it applies."""
+        """``read`` carried out in this thread, after the fast path's GET where it applies
+        (without Redis, ``load_alone`` where it applies)."""
+        if self.backend is None:
+            value = self.load_alone(target, loader, policy)
+            return run_sync(self.read(target, loader, policy)) if value is _UNREAD else value
         probe = self.probe(target)
         if probe is None:
             return run_sync(self.read(target, loader, policy))
