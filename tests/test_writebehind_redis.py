@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import redis
 
-from cachewise import Cache, ConfigValueError, WriteBehindUnavailable
+from cachewise import Cache, ConfigValueError, WriteBehindUnavailable, codec
 from cachewise.codec import SerializationError
 from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import free_port
@@ -296,7 +296,7 @@ def test_write_through_with_redis_wins_over_a_slow_load_and_failure_drops(
     loading.join(5)
     assert result == ["old"]  # the caller that asked before the write gets its load...
     assert get_row(1) == "new"  # ...but the cache keeps the write
-    assert msgpack.unpackb(rows.client.get(get_row.key(1)))[1] == "new"
+    assert msgpack.unpackb(rows.client.get(get_row.key(1)))[codec.VALUE] == "new"
     with pytest.raises(RuntimeError, match="store refused"):
         save(1, "bad")
     assert not rows.client.exists(get_row.key(1))  # dropped, not half-updated

@@ -1,6 +1,6 @@
 """Entry <-> bytes: one versioned msgpack envelope per value stored in Redis.
 
-``[FORMAT, value, fresh_until_ms, stale_until_ms, load_time_ms, tags, versions]``: the times
+``[FORMAT, fresh_until_ms, stale_until_ms, load_time_ms, tags, versions, value]``: the times
 are on the Redis server's clock (``stale_until_ms`` is also the key's own ``PXAT`` expiry), so
 every host decides freshness from the same clock whatever its own wall clock says. Bytes that
 do not decode, a wrong shape or an unknown version are a miss (``None``), never an error: the
@@ -20,7 +20,9 @@ from . import valuetypes
 from ._compiled import speedups
 from .errors import SerializationError as SerializationError  # where earlier releases had it
 
-FORMAT = 2  # 2: tag versions added; entries of format 1 are misses
+#: 2: tag versions added; 3: the value last, after the fields every read checks first (a
+#: bulk read reads them without decoding them as objects). Entries of other formats are misses.
+FORMAT = 3
 
 
 class Envelope(NamedTuple):
@@ -46,12 +48,12 @@ pack_value, unpack_value = valuetypes.pack_value, valuetypes.unpack_value
 def pack(envelope: Envelope, where: str) -> bytes:
     body = [
         FORMAT,
-        envelope.value,
         envelope.fresh_until_ms,
         envelope.stale_until_ms,
         envelope.load_time_ms,
         list(envelope.tags),
         list(envelope.versions),
+        envelope.value,
     ]
     try:
         return _packb(body)
@@ -94,7 +96,7 @@ def body(raw: bytes) -> list[Any] | None:
     """
     try:
         got = _unpackb_raw(raw, ext_hook=_decode, strict_map_key=False)
-        version, _, fresh, stale, load_ms, tags, versions = got
+        version, fresh, stale, load_ms, tags, versions, _ = got
     except Exception:  # malformed, or not seven items: a miss
         return None
     if (
@@ -105,7 +107,7 @@ def body(raw: bytes) -> list[Any] | None:
         and type(load_ms) is _int
         and type(tags) is _list
         and type(versions) is _list
-        and (not tags or _checked(got) is not None)
+        and ((not tags and not versions) or _checked(got) is not None)
     ):
         return got
     return None
@@ -113,7 +115,7 @@ def body(raw: bytes) -> list[Any] | None:
 
 #: Where a checked body (``body``, ``fresh_values``) holds the value, the server time it is
 #: fresh until, and its tags.
-VALUE, FRESH, TAGS = 1, 2, 5
+FRESH, TAGS, VALUE = 1, 4, 6
 
 
 def fresh_values(
@@ -165,7 +167,7 @@ def fresh_values(
             if type(got) is not list_ or len(got) != 7:
                 bad.append(key)
                 continue
-            version, value, fresh, stale, load_ms, tags, versions = got
+            version, fresh, stale, load_ms, tags, versions, value = got
             if (
                 version == FORMAT
                 and type(fresh) is int_
@@ -173,7 +175,7 @@ def fresh_values(
                 and type(load_ms) is int_
                 and type(tags) is list_
                 and type(versions) is list_
-                and (not tags or _checked(got) is not None)
+                and ((not tags and not versions) or _checked(got) is not None)
             ):
                 if now_ms < fresh:
                     found[key] = value
@@ -201,14 +203,14 @@ def fresh_values(
 
 def envelope(body: list[Any]) -> Envelope:
     """The ``Envelope`` of a checked body (``body``, ``fresh_values``)."""
-    return _new(Envelope, (body[1], body[2], body[3], body[4], tuple(body[5]), tuple(body[6])))
+    return _new(Envelope, (body[6], body[1], body[2], body[3], tuple(body[4]), tuple(body[5])))
 
 
 def _checked(body: Any) -> Envelope | None:
     """The envelope a decoded body holds, or None when its shape or types are wrong."""
     if type(body) is not _list or len(body) != 7:
         return None
-    version, value, fresh, stale, load_ms, tags, versions = body
+    version, fresh, stale, load_ms, tags, versions, value = body
     if (
         version != FORMAT
         or type(fresh) is not _int
