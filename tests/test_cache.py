@@ -330,3 +330,19 @@ def test_forked_child_starts_with_empty_l1(cache: Cache) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert cache.get("k") == 1
+
+
+def test_explicit_keys_targets_are_remembered_within_a_bound(cache: Cache) -> None:
+    """An explicit key's target (its names) is made once and kept for the next reads, for a
+    bounded number of keys; reads of many keys stay right across the bound."""
+    from cachewise.engine import state
+
+    engine = cache._engine
+    assert engine.explicit_target("k") is engine.explicit_target("k")
+    for i in range(state._TARGETS_KEPT * 2 + 5):
+        cache.set(f"key{i}", i, ttl=60)
+        assert len(engine._targets) <= state._TARGETS_KEPT
+    assert [cache.get(f"key{i}") for i in range(state._TARGETS_KEPT * 2 + 5)] == list(
+        range(state._TARGETS_KEPT * 2 + 5)
+    )
+    assert engine.explicit_target("key7").full_key == "t:{key7}"

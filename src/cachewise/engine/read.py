@@ -173,23 +173,6 @@ class Reads(Leases):
     # and wait: the GET's caller settles it with what it found, or leads its load. A herd on a
     # cold key costs one GET, as with the full path.
 
-    def ticket(self, target: Target) -> int:
-        """The epoch, when a read of ``target`` may try the fast path (the key is then marked
-        as probed until ``_unprobe``); -1 when it may not."""
-        key = target.full_key
-        if (
-            target.l1_key in target.table
-            or key in self.flights
-            or key in self.probing
-            or key in self.pinned
-        ):
-            return -1
-        epoch = self._lone()
-        if epoch >= 0:
-            # The loop of the GET's caller, if any, which the flight it settles depends on.
-            self.probing.setdefault(key, asyncio._get_running_loop())
-        return epoch
-
     def _unprobe(self, key: str, abandoned: bool = False) -> Flight | None:
         """End the fast-path GET of ``key``: the flight started meanwhile, which this caller
         now settles or leads. ``abandoned`` (the GET raised): that flight's callers start over.
@@ -218,44 +201,6 @@ class Reads(Leases):
         ):
             return -1
         return self.epoch
-
-    def lone_read(
-        self,
-        target: Target,
-        outcome: tuple[Any, BaseException | None],
-        ticket: int,
-        started: float,
-    ) -> tuple[bool, Any, Flight | None]:
-        """End the fast path's GET: ``(True, value, _)`` when it found a fresh entry (the
-        flight callers joined meanwhile is settled with it); otherwise ``(False, what to hand
-        to read, that flight)``: the raw bytes, or ``_NO_REDIS`` if Redis failed."""
-        joined = self._unprobe(target.full_key)
-        raw, error = outcome
-        if error is not None:
-            self.redis_failed(error)
-            return False, _NO_REDIS, joined
-        body = codec.body(raw) if raw is not None else None
-        offset = self.backend.offset_ms  # type: ignore[union-attr]
-        assert offset is not None
-        # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
-        now_ms = monotonic() * 1000 + offset
-        if body is None or not core.shared_fresh(body[codec.FRESH], now_ms) or body[codec.TAGS]:
-            # Absent, undecodable (``read`` counts it), stale, or tagged: the full path checks
-            # its tags' versions.
-            return False, raw, joined
-        self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
-        self._missed(target, started, None, "alone")
-        value = body[codec.VALUE]
-        entry = self._adopt(target, codec.envelope(body)) if self.l1.maxsize else None
-        # Kept in L1 only if no invalidation or write happened since the ticket: the bytes may
-        # be the older value.
-        if joined is not None:
-            self._settle(joined, target, entry, value, ticket)
-        elif entry is not None:
-            with self.lock:
-                if self.epoch == ticket and target.full_key not in self.flights:
-                    self.l1.put(target.table, entry)
-        return True, value, joined
 
     def _after_probe(
         self,
@@ -334,12 +279,23 @@ class Reads(Leases):
     def probe(self, target: Target) -> tuple[Fetch, int, float] | None:
         """The fast path's GET of ``target`` (with the ticket and start time ``probed`` needs),
         when it applies; None when the read goes the full path."""
-        if self.backend is None or self.uncached(target):
+        key = target.full_key
+        if (
+            self.backend is None
+            or target.l1_key in target.table
+            or key in self.flights
+            or key in self.probing
+            or key in self.pinned
+            or self.uncached(target)
+        ):
             return None
-        ticket = self.ticket(target)
+        ticket = self._lone()  # the epoch (-1: Redis may not be read without a plan now)
         if ticket < 0:
             return None
-        return Fetch(self.backend, target.full_key), ticket, self.clock()
+        # The key is probed until ``_unprobe``; the loop of the GET's caller, if any, which
+        # the flight it settles depends on.
+        self.probing.setdefault(key, asyncio._get_running_loop())
+        return Fetch(self.backend, key), ticket, self.clock()
 
     def probed(
         self,
@@ -349,14 +305,38 @@ class Reads(Leases):
         probe: tuple[Fetch, int, float],
         outcome: tuple[Any, BaseException | None],
     ) -> tuple[bool, Any]:
-        """After the fast path's GET: ``(True, value)`` when it served, else ``(False, the
-        plan of the rest of the read)``."""
+        """After the fast path's GET: ``(True, value)`` when it found a fresh entry (the flight
+        callers joined meanwhile is settled with it), else ``(False, the plan of the rest of
+        the read)``, handed the raw bytes, or ``_NO_REDIS`` if Redis failed."""
         fetched, interrupted = outcome
         if interrupted is not None:  # cancelled or interrupted: who joined meanwhile starts over
             self._unprobe(target.full_key, abandoned=True)
             raise interrupted
         _, ticket, started = probe
-        done, got, joined = self.lone_read(target, fetched, ticket, started)
-        if done:
-            return True, got
-        return False, self._after_probe(target, loader, policy, got, joined, started)
+        joined = self._unprobe(target.full_key)
+        raw, error = fetched
+        if error is not None:
+            self.redis_failed(error)
+            return False, self._after_probe(target, loader, policy, _NO_REDIS, joined, started)
+        body = codec.body(raw) if raw is not None else None
+        offset = self.backend.offset_ms  # type: ignore[union-attr]
+        assert offset is not None
+        # backend.server_now_ms(), inlined: this is the hot path of every shared-tier hit.
+        now_ms = monotonic() * 1000 + offset
+        if body is None or not core.shared_fresh(body[codec.FRESH], now_ms) or body[codec.TAGS]:
+            # Absent, undecodable (``read`` counts it), stale, or tagged: the full path checks
+            # its tags' versions.
+            return False, self._after_probe(target, loader, policy, raw, joined, started)
+        self.lone_hits += 1  # an L1 miss and an L2 hit, added to both counts by ``stats``
+        self._missed(target, started, None, "alone")
+        value = body[codec.VALUE]
+        entry = self._adopt(target, codec.envelope(body)) if self.l1.maxsize else None
+        # Kept in L1 only if no invalidation or write happened since the ticket: the bytes may
+        # be the older value.
+        if joined is not None:
+            self._settle(joined, target, entry, value, ticket)
+        elif entry is not None:
+            with self.lock:
+                if self.epoch == ticket and target.full_key not in self.flights:
+                    self.l1.put(target.table, entry)
+        return True, value
