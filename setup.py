@@ -7,8 +7,15 @@ Everything else about the package is declared in ``pyproject.toml``.
 
 from setuptools import Extension, setup
 
+_PARTS = ["_speedups.c", "_speedups_hit.c", "_speedups_entry.c", "_speedups_bulk.c"]
+
 setup(
     ext_modules=[
-        Extension("cachewise._speedups", ["src/cachewise/_speedups.c"], optional=True),
+        Extension(
+            "cachewise._speedups",
+            [f"src/cachewise/{part}" for part in _PARTS],
+            depends=["src/cachewise/_speedups.h"],
+            optional=True,
+        ),
     ]
 )

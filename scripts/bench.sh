@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 [ -x .venv-bench/bin/python ] || "$PY" -m venv .venv-bench
 stamp=.venv-bench/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ benchmarks/requirements.txt -nt "$stamp" ] \
-    || [ setup.py -nt "$stamp" ] || [ src/cachewise/_speedups.c -nt "$stamp" ]; then
+    || [ setup.py -nt "$stamp" ] || [ -n "$(find src/cachewise -name '_speedups*.[ch]' -newer "$stamp")" ]; then
     .venv-bench/bin/python -m pip install -q --upgrade pip
     .venv-bench/bin/python -m pip install -q -e . -r benchmarks/requirements.txt
     touch "$stamp"

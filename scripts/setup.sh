@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.cachewise-installed-${extras:-base}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
-    || [ setup.py -nt "$stamp" ] || [ src/cachewise/_speedups.c -nt "$stamp" ]; then
+    || [ setup.py -nt "$stamp" ] || [ -n "$(find src/cachewise -name '_speedups*.[ch]' -newer "$stamp")" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
     touch "$stamp"

@@ -1,0 +1,43 @@
+/* What the parts of ``cachewise._speedups`` share (see _speedups.c for why it exists). */
+#ifndef CACHEWISE_SPEEDUPS_H
+#define CACHEWISE_SPEEDUPS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* Shared by the parts, not exported from the module's library. */
+#if defined(__GNUC__)
+#define CW_INTERNAL __attribute__((visibility("hidden")))
+#else
+#define CW_INTERNAL
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;
+    PyObject *full_key;
+    PyObject *l1_key;
+    PyObject *tags;
+    PyObject *table;
+    double fresh_until;
+    double stale_until;
+    double refresh_at;
+    double early_at;
+    double load_time;
+    Py_ssize_t hits;
+    unsigned int seen; /* the low 32 bits of hits when L1's eviction hand last passed */
+    int slot;          /* where L1's eviction ring holds it; -1: not held */
+} EntryFields;
+
+/* core.Entry, the subclass of EntryFields the hit serves (set by bind_entry). */
+extern CW_INTERNAL PyTypeObject *cw_entry_type;
+
+/* Each part adds its types to the module: 0, or -1 with an exception set. */
+CW_INTERNAL int cw_add_hit_types(PyObject *module);
+CW_INTERNAL int cw_add_entry_fields(PyObject *module);
+
+CW_INTERNAL PyObject *cw_bind_entry(PyObject *module, PyObject *cls);
+CW_INTERNAL PyObject *cw_fresh_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+#endif
