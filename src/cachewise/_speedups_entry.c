@@ -44,26 +44,23 @@ fields_init(EntryFields *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
+/* The objects an entry holds, listed once for the collector's two walks over them. */
+#define FIELD_OBJECTS(DO) DO(value) DO(full_key) DO(l1_key) DO(tags) DO(table)
+#define FIELD_VISIT(field) Py_VISIT(self->field);
+#define FIELD_CLEAR(field) Py_CLEAR(self->field);
+
 static int
 fields_traverse(EntryFields *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->value);
-    Py_VISIT(self->full_key);
-    Py_VISIT(self->l1_key);
-    Py_VISIT(self->tags);
-    Py_VISIT(self->table);
+    FIELD_OBJECTS(FIELD_VISIT)
     return 0;
 }
 
 static int
 fields_clear(EntryFields *self)
 {
-    Py_CLEAR(self->value);
-    Py_CLEAR(self->full_key);
-    Py_CLEAR(self->l1_key);
-    Py_CLEAR(self->tags);
-    Py_CLEAR(self->table);
+    FIELD_OBJECTS(FIELD_CLEAR)
     return 0;
 }
 

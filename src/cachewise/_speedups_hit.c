@@ -184,28 +184,23 @@ hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return make(type, fallback, nargs, now, miss);
 }
 
+/* The objects a wrapper holds, listed once for the collector's two walks over them. */
+#define HIT_OBJECTS(DO) DO(fallback) DO(slow) DO(globals) DO(now) DO(miss) DO(dict)
+#define HIT_VISIT(field) Py_VISIT(self->field);
+#define HIT_CLEAR(field) Py_CLEAR(self->field);
+
 static int
 hit_traverse(HitWrapper *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->fallback);
-    Py_VISIT(self->slow);
-    Py_VISIT(self->globals);
-    Py_VISIT(self->now);
-    Py_VISIT(self->miss);
-    Py_VISIT(self->dict);
+    HIT_OBJECTS(HIT_VISIT)
     return 0;
 }
 
 static int
 hit_clear(HitWrapper *self)
 {
-    Py_CLEAR(self->fallback);
-    Py_CLEAR(self->slow);
-    Py_CLEAR(self->globals);
-    Py_CLEAR(self->now);
-    Py_CLEAR(self->miss);
-    Py_CLEAR(self->dict);
+    HIT_OBJECTS(HIT_CLEAR)
     return 0;
 }
 
