@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from cachewise import Cache, CacheError, ConfigTypeError, ConfigValueError
+from cachewise import Cache, CacheError, ConfigTypeError, ConfigValueError, codec
 
 from .redis_helpers import MakeCache, listening
 from .test_concurrency import wait_until
@@ -145,6 +145,25 @@ def test_undecodable_bytes_are_a_counted_miss_and_get_overwritten(
     assert cache.stats()["decode_errors"] == 3
     cache.get_or_load("k", lambda: "fresh", ttl=30)
     assert make_cache().get("k") == "fresh"
+
+
+def test_an_entry_an_earlier_release_wrote_is_a_miss_then_overwritten(
+    make_cache: MakeCache, redis_server: Any, namespace: str
+) -> None:
+    """After an upgrade, entries of the earlier layout (format 2, the value second) are misses,
+    one at a time or in bulk, and the next load writes the current layout over them."""
+    client = redis_server.client()
+    far = 2**45  # fresh for a long while on the server's clock
+    old = msgpack.packb([2, "old", far, far, 1, [], []])
+    for key in ("a", "b"):
+        client.set(f"{namespace}:{{{key}}}", old, px=30_000)
+    cache = make_cache(l1_maxsize=0)
+    assert cache.get_many(["a", "b"]) == {}
+    assert cache.get_or_load("a", lambda: "new", ttl=30) == "new"
+    assert cache.get("b") is None
+    raw = client.get(f"{namespace}:{{a}}")
+    assert raw is not None and msgpack.unpackb(raw)[0] == codec.FORMAT
+    assert make_cache().get_many(["a", "b"]) == {"a": "new"}
 
 
 def test_unserializable_values_are_a_clear_error_and_nothing_is_stored(
