@@ -70,8 +70,9 @@ class Flight:
             event, loops = self._event, self._loops
         if event is not None:
             event.set()
-        for loop, waiters in (loops or {}).items():
-            _deliver(self, loop, waiters)
+        if loops:  # tasks wait (a dict made per flight only for them)
+            for loop, waiters in loops.items():
+                _deliver(self, loop, waiters)
 
     def wait(self, timeout: float | None) -> bool:
         """Block this thread until done (True) or ``timeout`` passed (False)."""
