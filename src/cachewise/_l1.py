@@ -87,9 +87,7 @@ class _ClockCache(cachetools.Cache[str, Entry]):
                 continue
             self._hand = hand
             key = entry.full_key
-            ring[entry.slot] = None  # ``_unring``, inlined: every miss of a full L1 runs this
-            self._free.append(entry.slot)
-            entry.slot = -1
+            self._unring(entry)
             _Cache.__delitem__(self, key)
             self._on_evict(entry)
             return key, entry
