@@ -249,7 +249,7 @@ class ArgKeyer:
             tp = type(l1_key)
             if tp is int or tp is str:
                 text = "[" + (int.__repr__(l1_key) if tp is int else _quote(l1_key)) + "]"  # type: ignore[arg-type]
-                return text if len(text) <= MAX_ARGS_CHARS else _shorten(text)
+                return _shorten(text)
         if isinstance(l1_key, _Canonical):
             return l1_key[0]  # type: ignore[no-any-return]
         if isinstance(l1_key, str) and not self.single:
