@@ -29,12 +29,15 @@ QUEUE_GROUP = "cachewise"
 # again, its field ``~`` holds the id of the stream's last entry then: the hash says nothing of
 # the entries up to it, which the flusher writes (at least once) unless the hash names a newer
 # write to their key.
-_NEW_EPOCH_FN = (
-    """
+# Whether the stream or the hash of newest writes is gone: either way the queue was lost.
+_QUEUE_LOST_FN = """
 local function queue_lost(stream, newest)
   return redis.call('EXISTS', stream, newest) < 2
 end
-
+"""
+_NEW_EPOCH_FN = (
+    _QUEUE_LOST_FN
+    + """
 local function new_epoch(stream, epochkey, nonce, newest)
   redis.call('SET', epochkey, nonce)
   if redis.call('EXISTS', newest) == 0 then
@@ -227,9 +230,11 @@ return {epoch, first[1] and first[1][1] or '', changed}
 # moved again or the stream or hash of newest writes is gone again (-1: tried at the next check,
 # which starts a new epoch) or another write to that key is the newest (0: that one lands
 # instead). Returns the new entry's id.
-_REQUEUE_QUEUE_FN = """
+_REQUEUE_QUEUE_FN = (
+    _QUEUE_LOST_FN
+    + """
 local function requeue(stream, newest, epochkey, key, packed, epoch, old)
-  if redis.call('GET', epochkey) ~= epoch or redis.call('EXISTS', stream, newest) < 2 then
+  if redis.call('GET', epochkey) ~= epoch or queue_lost(stream, newest) then
     return -1
   end
   local last = redis.call('HGET', newest, key)
@@ -239,6 +244,7 @@ local function requeue(stream, newest, epochkey, key, packed, epoch, old)
   return id
 end
 """
+)
 
 # On one Redis, with the write's pending record again. KEYS: stream, pending, newest, epoch.
 # ARGV: cache key, packed call, envelope, epoch, the write's id in the lost queue.
