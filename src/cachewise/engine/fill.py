@@ -147,6 +147,16 @@ class Fills(Writes):
         self.counts[Count.LOADS] += 1
         self._settle(flight, target, entry, value)
 
+    def _landed(self, flight: Flight, target: Target, now: float) -> Entry | None:
+        """A leader's second look: the fresh entry of a load that landed between its read and
+        its claim, which then settles the flight (and counts as a hit); None if there is none."""
+        entry = target.table.get(target.l1_key)
+        if not core.is_fresh(entry, now):
+            return None
+        self._settle(flight, target, None, entry.value)
+        self.l1.hit(target.table, entry)
+        return entry
+
     def load_alone(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
         """A sync miss of a cache without Redis that no one else is loading, carried out
         without a plan; ``_UNREAD`` when the read is not that (``read`` then does it all).
@@ -170,12 +180,9 @@ class Fills(Writes):
         if not leader:
             return _UNREAD  # ``read`` joins it
         started = clock()
-        entry = target.table.get(target.l1_key)  # a load may have landed before the claim
-        if core.is_fresh(entry, started):
-            assert entry is not None
-            self._settle(flight, target, None, entry.value)
-            self.l1.hit(target.table, entry)
-            return entry.value
+        landed = self._landed(flight, target, started)
+        if landed is not None:
+            return landed.value
         self.counts[Count.MISSES] += 1
         try:
             loading = started

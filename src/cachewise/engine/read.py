@@ -96,13 +96,9 @@ class Reads(Leases):
                 return pinned[1]
             flight, leader = self._claim(target.full_key, join_probe=True)
             if leader:
-                # Second look: a load may have landed between our read and the claim.
-                entry = target.table.get(target.l1_key)
-                if core.is_fresh(entry, self.clock()):
-                    assert entry is not None
-                    self._settle(flight, target, None, entry.value)
-                    self.l1.hit(target.table, entry)
-                    return entry.value
+                landed = self._landed(flight, target, self.clock())
+                if landed is not None:
+                    return landed.value
                 self.counts[Count.MISSES] += 1
                 value = yield from self._lead(flight, target, loader, policy, prefetched)
             else:
