@@ -26,7 +26,7 @@ class PureEntry(core._Fields):
 
 KINDS = [PureEntry] if speedups is None else [Entry, PureEntry]
 FIELDS = [
-    "value", "fresh_until", "stale_until", "early_at", "load_time", "full_key", "l1_key",
+    "value", "fresh_until", "stale_until", "early_at", "load_time", "key_hash", "l1_key",
     "tags", "refresh_at", "hits", "seen", "slot", "table",
 ]  # fmt: skip
 
@@ -197,3 +197,48 @@ def test_any_sequence_of_puts_hits_and_drops_keeps_l1_bounded_and_consistent(
         check(l1)
         if last_put is not None:
             assert last_put in table  # what was just stored is never the one evicted
+
+
+class _SameHash(str):
+    """A name whose hash is another name's: a collision L1 must tell apart by the name."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash("a")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_entry_stands_for_its_full_key_without_keeping_its_text(kind: type[Any]) -> None:
+    table = Table(lambda key: f"ns:{{{key}}}")
+    e = kind("v", 1.0, 2.0, 1.0, 0.1, full_key="ns:{a}", l1_key="a", table=table)
+    assert hash(e) == hash("ns:{a}") and e == "ns:{a}"
+    assert "ns:{a}" == e  # noqa: SIM300 (the reflected comparison, as a dict lookup makes it)
+    assert e != "ns:{b}" and e != 1 and e != _SameHash("ns:{a}x")
+    newer = kind("w", 1.0, 2.0, 1.0, 0.1, full_key="ns:{a}", l1_key="a", table=table)
+    elsewhere = kind("v", 1.0, 2.0, 1.0, 0.1, full_key="ns:{a}", l1_key="x",
+                     table=Table(lambda key: "ns:{a}"))  # fmt: skip
+    other = kind("v", 1.0, 2.0, 1.0, 0.1, full_key="ns:{b}", l1_key="b", table=table)
+    assert e == newer == elsewhere and e != other
+    assert "ns:{a}" not in gc.get_referents(e)  # its table names it when asked
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_name_sharing_an_entrys_hash_does_not_find_it(kind: type[Any]) -> None:
+    l1, table = L1(4), Table()
+    l1.put(table, make(kind, "a"))
+    collision = _SameHash("b")
+    assert hash(collision) == hash("a")
+    assert l1.held(collision) is None and l1.drop(collision) is None
+    assert l1.held("a") is table["a"] and len(l1) == 1
+    check(l1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_tables_naming_one_key_hold_one_entry_of_it(kind: type[Any]) -> None:
+    """Two functions of one name in one cache write one Redis key: L1 holds its last entry."""
+    l1, first, second = L1(4), Table(), Table()
+    l1.put(first, make(kind, "a"))
+    l1.put(second, make(kind, "a", "new"))
+    assert "a" not in first and second["a"].value == "new" and len(l1) == 1
+    check(l1)

@@ -2,7 +2,7 @@
 
 A hit through ``cachetools.LRUCache.__getitem__`` runs several Python-level calls to update the
 recency order, which alone costs more than the whole hit budget (a few dict lookups). So the hit
-path reads plain dicts (one per decorated function, one for explicit keys) and only bumps the
+path reads dicts (a ``Table`` per decorated function, one for explicit keys) and only bumps the
 entry's ``hits`` counter; a ``cachetools.Cache`` keeps what is held and its bound, and evicts
 by CLOCK, the approximation of LRU that OS page caches use: the entries sit in a ring, and the
 eviction hand gives an entry that was hit since it last passed a second chance.
@@ -22,20 +22,40 @@ import cachetools
 from ._compiled import speedups
 from .core import Entry
 
-Table = dict[Hashable, Entry]
+
+def _same(key: Hashable) -> str:
+    """The name of a table whose in-process keys are their own full keys."""
+    return str(key)
+
+
+class Table(dict[Hashable, Entry]):
+    """One function's entries by in-process key (or the explicit keys'), the dict the hit path
+    reads; it also names an entry's full key (``name_of``), which the entry does not keep."""
+
+    __slots__ = ("name_of",)
+
+    def __init__(self, name_of: Callable[[Hashable], str] = _same) -> None:
+        super().__init__()
+        #: The full (Redis) key of an in-process key of this table.
+        self.name_of = name_of
+
+
 _HITS = operator.attrgetter("hits")
 #: ``Entry.seen`` keeps the low 32 bits of the hit count (4 bytes an entry, not 8).
 _LOW_BITS = 0xFFFFFFFF
 _Cache = cachetools.Cache  # its methods called directly: a super() lookup per call is measurable
 
 
-class _ClockCache(cachetools.Cache[str, Entry]):
-    """``cachetools.Cache`` keyed by full key, evicting by CLOCK: built the way cachetools'
-    own LRU and LFU caches are (their order kept beside ``Cache``'s mapping), with a ring of
-    the entries instead of an ordered dict, since the hit path never tells this class about a
-    hit. A ring slot costs 8 bytes an entry; the ordered dict's link and slot cost about 90.
-    Each entry knows its ring slot (``Entry.slot``), so dropping one frees its slot at once
-    and a dropped value is never kept alive by the ring."""
+class _ClockCache(cachetools.Cache[Any, Entry]):
+    """``cachetools.Cache`` of entries, each its own key, evicting by CLOCK.
+
+    An entry hashes as its full key and equals it, so it is found by that name, which it does
+    not keep (the text was a fifth of its memory). Built the way cachetools' own LRU and LFU
+    caches are (their order kept beside ``Cache``'s mapping), with a ring of the entries
+    instead of an ordered dict, since the hit path never tells this class about a hit. A ring
+    slot costs 8 bytes an entry; the ordered dict's link and slot cost about 90. Each entry
+    knows its ring slot (``Entry.slot``), so dropping one frees its slot at once and a dropped
+    value is never kept alive by the ring."""
 
     def __init__(self, maxsize: int, on_evict: Callable[[Entry], None]) -> None:
         super().__init__(maxsize)
@@ -44,14 +64,14 @@ class _ClockCache(cachetools.Cache[str, Entry]):
         self._free: list[int] = []
         self._hand = 0
 
-    def __setitem__(self, key: str, entry: Entry) -> None:
+    def __setitem__(self, key: Any, entry: Entry) -> None:
         if key in self:
             del self[key]
-        self.add(key, entry)
+        self.add(entry)
 
-    def add(self, key: str, entry: Entry) -> None:
-        """``self[key] = entry`` for a ``key`` not held (``L1.put`` drops it first)."""
-        _Cache.__setitem__(self, key, entry)  # calls popitem() first when full
+    def add(self, entry: Entry) -> None:
+        """Hold ``entry``, whose key is not held (``L1.put`` drops it first)."""
+        _Cache.__setitem__(self, entry, entry)  # calls popitem() first when full
         free = self._free
         if free:
             entry.slot = slot = free.pop()
@@ -60,7 +80,7 @@ class _ClockCache(cachetools.Cache[str, Entry]):
             entry.slot = len(self._ring)
             self._ring.append(entry)
 
-    def __delitem__(self, key: str) -> None:
+    def __delitem__(self, key: Any) -> None:
         self._unring(self[key])
         _Cache.__delitem__(self, key)
 
@@ -69,7 +89,7 @@ class _ClockCache(cachetools.Cache[str, Entry]):
         self._free.append(entry.slot)
         entry.slot = -1
 
-    def popitem(self) -> tuple[str, Entry]:
+    def popitem(self) -> tuple[Entry, Entry]:
         ring = self._ring
         size = len(ring)
         hand = self._hand
@@ -86,11 +106,10 @@ class _ClockCache(cachetools.Cache[str, Entry]):
                 entry.seen = hits
                 continue
             self._hand = hand
-            key = entry.full_key
             self._unring(entry)
-            _Cache.__delitem__(self, key)
+            _Cache.__delitem__(self, entry)
             self._on_evict(entry)
-            return key, entry
+            return entry, entry
         self._hand = hand
         raise KeyError("popitem(): cache is empty")
 
@@ -110,7 +129,8 @@ class L1:
         #: path served; None until then.
         self.counted: dict[int, int] | None = None if speedups is None else {}
         self._bounded = _ClockCache(max(maxsize, 1), self._evicted)
-        self._tags: dict[str, set[str]] = {}
+        #: Tag -> the held entries carrying it.
+        self._tags: dict[str, set[Entry]] = {}
 
     def __len__(self) -> int:
         return len(self._bounded)
@@ -128,7 +148,7 @@ class L1:
         for tag in entry.tags:
             members = self._tags.get(tag)
             if members is not None:
-                members.discard(entry.full_key)
+                members.discard(entry)
                 if not members:
                     del self._tags[tag]
 
@@ -137,19 +157,20 @@ class L1:
         if self.maxsize == 0 or not self.accepting:
             return
         bounded = self._bounded
-        if entry.full_key in bounded:
-            self._forget(bounded.pop(entry.full_key))
         entry.table = table
-        bounded.add(entry.full_key, entry)
+        if entry in bounded:  # an entry of the same key
+            self._forget(bounded.pop(entry))
+        bounded.add(entry)
         table[entry.l1_key] = entry
         for tag in entry.tags:
-            self._tags.setdefault(tag, set()).add(entry.full_key)
+            self._tags.setdefault(tag, set()).add(entry)
 
     def drop(self, full_key: str) -> Entry | None:
         """Stop holding the entry under ``full_key``; return it if there was one."""
-        held = self._bounded.pop(full_key, None)
+        held = self._bounded.get(full_key)
         if held is None:
             return None
+        del self._bounded[held]  # by the entry: one lookup, without naming it again
         self._forget(held)
         return held
 
@@ -159,10 +180,7 @@ class L1:
 
     def tagged(self, tags: Iterable[str]) -> set[str]:
         """Full keys of the held entries carrying any of ``tags``."""
-        found: set[str] = set()
-        for tag in tags:
-            found |= self._tags.get(tag, set())
-        return found
+        return {entry.full_key for tag in tags for entry in self._tags.get(tag, ())}
 
     def clear(self) -> None:
         """Drop everything (a fork, or a coherence channel that cannot say what it missed)."""

@@ -16,7 +16,7 @@
 typedef struct {
     PyObject_HEAD
     PyObject *value;
-    PyObject *full_key;
+    Py_hash_t key_hash; /* hash(full key): L1's index holds the entry as its own key */
     PyObject *l1_key;
     PyObject *tags;
     PyObject *table;

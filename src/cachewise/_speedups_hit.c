@@ -53,7 +53,7 @@ serve(HitWrapper *self, PyObject *const *args, Py_ssize_t n, int *failed, int *l
         }
     }
     PyObject *table = PyDict_GetItemWithError(self->globals, str_table);
-    if (table == NULL || !PyDict_CheckExact(table)) {
+    if (table == NULL || !PyDict_Check(table)) {
         return NULL; /* _switch's read-only empty table: caching is off */
     }
     *looked = 1;

@@ -48,13 +48,18 @@ XFETCH_HORIZON = 20.0
 
 class _Fields:
     """What an entry holds, as slots: the storage where the C extension is not built (with it,
-    ``_speedups.EntryFields`` holds the same fields, its deadlines and counters as C numbers)."""
+    ``_speedups.EntryFields`` holds the same fields, its deadlines and counters as C numbers).
+
+    It keeps its full key's hash, not the key's text (a fifth of an entry's memory): an entry
+    hashes as its full key and equals it, so L1's index holds each entry as its own key and
+    finds it by name, and its table names it when asked (``Entry.full_key``).
+    """
 
     __slots__ = (
         "early_at",
         "fresh_until",
-        "full_key",
         "hits",
+        "key_hash",
         "l1_key",
         "load_time",
         "refresh_at",
@@ -77,6 +82,7 @@ class _Fields:
         l1_key: Hashable,
         tags: tuple[str, ...] = (),
         refresh_at: float | None = None,
+        table: Any = None,
     ) -> None:
         self.value = value
         self.fresh_until = fresh_until
@@ -87,7 +93,9 @@ class _Fields:
         self.stale_until = stale_until
         self.early_at = early_at
         self.load_time = load_time
-        self.full_key = full_key
+        if not isinstance(full_key, str):
+            raise TypeError(f"Entry: full_key must be a str, not {type(full_key).__name__}")
+        self.key_hash = hash(full_key)
         self.l1_key = l1_key
         self.tags = tags
         self.hits = 0
@@ -95,8 +103,27 @@ class _Fields:
         self.seen = 0
         #: Where L1's eviction ring holds it (-1: not held).
         self.slot = -1
-        #: The table (one per decorated function, one for explicit keys) L1 holds it in.
-        self.table: Any = None
+        #: The table (one per decorated function, one for explicit keys) L1 holds it in, which
+        #: names its full key (``_l1.Table.name_of``).
+        self.table: Any = table
+
+    def __hash__(self) -> int:
+        return self.key_hash
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to its full key, and to an entry of the same key (in one table: the same
+        in-process key, which has one text)."""
+        if other is self:
+            return True
+        if isinstance(other, str):
+            return hash(other) == self.key_hash and self.table.name_of(self.l1_key) == other
+        if not isinstance(other, _Fields):
+            return NotImplemented
+        if other.key_hash != self.key_hash:
+            return False
+        if other.table is self.table:
+            return bool(other.l1_key == self.l1_key)
+        return bool(other.table.name_of(other.l1_key) == self.table.name_of(self.l1_key))
 
 
 # Not a conditional expression: mypy takes a class for a base only from a plain assignment.
@@ -115,9 +142,15 @@ class Entry(_Stored):
 
     __slots__ = ()
 
+    @property
+    def full_key(self) -> str:
+        """Its Redis key, named by its table (an entry keeps only the key's hash)."""
+        name: str = self.table.name_of(self.l1_key)
+        return name
+
     def __repr__(self) -> str:
         return (
-            f"Entry({self.full_key!r}, fresh_until={self.fresh_until:.3f}, "
+            f"Entry({self.l1_key!r}, fresh_until={self.fresh_until:.3f}, "
             f"stale_until={self.stale_until:.3f}, load_time={self.load_time:.4f})"
         )
 
@@ -145,6 +178,7 @@ def make_entry(
     full_key: str,
     l1_key: Hashable,
     tags: tuple[str, ...] = (),
+    table: Any = None,
 ) -> Entry:
     """Build the entry a load of ``load_time`` seconds fills at ``now``.
 
@@ -153,7 +187,8 @@ def make_entry(
     """
     fresh_until = now + ttl * (1.0 - jitter * jitter_draw)
     # By position (a miss pays for every keyword the entry's constructor matches):
-    # value, fresh_until, stale_until, early_at, load_time, full_key, l1_key, tags.
+    # value, fresh_until, stale_until, early_at, load_time, full_key, l1_key, tags, refresh_at,
+    # table.
     return Entry(
         value,
         fresh_until,
@@ -164,6 +199,8 @@ def make_entry(
         full_key,
         l1_key,
         tags,
+        None,
+        table,
     )
 
 

@@ -16,10 +16,10 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 from . import _hits, _switch, _validate, serializers, valuetypes
 from ._codegen import make_wrapper
 from ._drivers import Plan, run_async, run_sync
+from ._l1 import Table
 from .engine import Engine, Policy, Target
 from .errors import ConfigTypeError, ConfigValueError
 from .keys import ArgKeyer
-from .keys import explicit as explicit_key
 from .serializers import Serializer
 
 P = ParamSpec("P")
@@ -91,8 +91,11 @@ class Spec(Generic[P]):
         self.custom_key = key
         self.tags = tags
         # Explicit keys (key=...) share the table of get/set so cache.invalidate(k) reaches them.
-        self.table: dict[Hashable, Any] = engine.explicit if key is not None else {}
         self.base = f"{fn.__module__}:{fn.__qualname__}:"
+        #: The full key of one of this function's in-process keys. Not a method: its tables'
+        #: entries keep it, and must not keep the function alive.
+        self.name_of = _namer(engine.space.entry, self.base, self.keyer.args_text)
+        self.table = engine.explicit if key is not None else Table(self.name_of)
         #: The generated wrapper (``_codegen``), whose globals ``_switch`` and ``_hits`` change.
         self.wrapper: Callable[..., Any] | None = None
         #: The in-process key and full key of the last call that missed L1: the callers of a
@@ -125,14 +128,14 @@ class Spec(Generic[P]):
     def _target(self, values: tuple[Any, ...], call: Caller) -> Target:
         if self.custom_key is not None:
             key = _validate.cache_key(call(self.custom_key), f"the key= function of {self.where}")
-            full_key = self.engine.space.entry(explicit_key(key))
+            full_key = self.engine.explicit_name(key)
             return Target(
                 self.table, key, full_key, self.where, self._tags_for(call), self.serializer
             )
         l1_key = self.keyer.l1_key(values)
         last_key, full_key = self._last
         if last_key != l1_key:  # equal in-process keys have one text (``ArgKeyer.l1_key``)
-            full_key = self.engine.space.entry(self.base + self.keyer.args_text(l1_key))
+            full_key = self.name_of(l1_key)
             self._last = (l1_key, full_key)
         return Target(
             self.table, l1_key, full_key, self.where, self._tags_for(call), self.serializer
@@ -146,6 +149,17 @@ class Spec(Generic[P]):
     def args_of(self, result: Any) -> tuple[Any, ...]:
         """An ``args=`` result as the cached function's positional arguments."""
         return result if isinstance(result, tuple) else (result,)
+
+
+def _namer(
+    entry: Callable[[str], str], base: str, args_text: Callable[[Hashable], str]
+) -> Callable[[Hashable], str]:
+    """How a function's table names its entries: ``entry(base + args_text(l1_key))``."""
+
+    def name_of(l1_key: Hashable) -> str:
+        return entry(base + args_text(l1_key))
+
+    return name_of
 
 
 def _shell(fn: Callable[..., Any], plan: Callable[..., Plan[Any]]) -> Callable[..., Any]:

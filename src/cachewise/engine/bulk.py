@@ -351,13 +351,14 @@ class Bulk(Reads):
             self._decode(raws[at], key=names[at])  # counts and logs it
         self.counts[Count.L2_HITS] += len(found) - before
         if kept:
-            entries = [
-                self._adopt(self.explicit_target(key), codec.envelope(body)) for key, body in kept
-            ]
+            adopted = []
+            for key, body in kept:
+                target = self.explicit_target(key)
+                adopted.append((target.full_key, self._adopt(target, codec.envelope(body))))
             with self.lock:
                 if self.epoch == epoch:
-                    for entry in entries:
-                        if entry.full_key not in self.flights:
+                    for name, entry in adopted:
+                        if name not in self.flights:
                             self.l1.put(self.explicit, entry)
 
 

@@ -163,7 +163,7 @@ class Coherence(Entries):
                 self.epoch += 1  # a fast-path read of this key may have got the older value
                 old = self.l1.held(event.key)
                 if old is not None:
-                    target = Target(old.table, old.l1_key, old.full_key, old.full_key)
+                    target = Target(old.table, old.l1_key, event.key, event.key)
                     if env is not None:
                         self.l1.put(old.table, self._adopt(target, env))
                     else:

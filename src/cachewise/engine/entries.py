@@ -79,6 +79,7 @@ class Entries(EngineState):
             full_key=target.full_key,
             l1_key=target.l1_key,
             tags=tags,
+            table=target.table,
         )
 
     def _envelope(
@@ -130,7 +131,7 @@ class Entries(EngineState):
             raise AssertionError(f"{len(entry.tags)} tags but {len(versions)} versions")
         env = self._envelope(entry, target, versions)
         packed = codec.pack(env, target.described())
-        key = entry.full_key
+        key = target.full_key
         if len(packed) > self.max_value_bytes:
             # Too large to share: kept in this process only, and no older copy stays shared.
             self.counts[Count.OVERSIZE_VALUES] += 1
@@ -223,6 +224,7 @@ class Entries(EngineState):
             # Stale, it is served a while longer (within stale_ttl) before this process asks
             # Redis itself: the loader's refresh, started late, is about to replace it.
             refresh_at=min(stale_until, fresh_until + ADOPTED_GRACE_LOADS * load_time + 0.01),
+            table=target.table,
         )
 
     def _decode(self, raw: Any, count: bool = True, key: str = "") -> codec.Envelope | None:

@@ -90,7 +90,8 @@ class EngineState:
         self.lease_ttl = lease_ttl
         self.lease_wait_timeout = lease_wait_timeout
         self.l1 = L1(l1_maxsize)
-        self.explicit: Table = {}  # the L1 table of keys used with get/set/get_or_load
+        #: The L1 table of keys used with get/set/get_or_load (and ``key=`` functions').
+        self.explicit = Table(self.explicit_name)
         self._targets: dict[str, Target] = {}  # ``explicit_target``'s, by key
         self.lock = threading.Lock()
         self.flights: dict[str, Flight] = {}
@@ -136,14 +137,17 @@ class EngineState:
         said so for this call's ``target``."""
         return (target is not None and target.through) or _switch.passing(self)
 
+    def explicit_name(self, key: Any) -> str:
+        """The full key of an explicit key."""
+        return self.space.entry(explicit_key(key))
+
     def explicit_target(self, key: str) -> Target:
         """The entry of an explicit key. Remembered for the last ``_TARGETS_KEPT`` keys (such a
         target is never changed once made): a shared-tier hit then builds no name and no
         object, a tenth of the Python around its ``GET``."""
         target = self._targets.get(key)
         if target is None or target.serializer is not self.serializer:
-            name = self.space.entry(explicit_key(key))
-            target = Target(self.explicit, key, name, key, None, self.serializer)
+            target = Target(self.explicit, key, self.explicit_name(key), key, None, self.serializer)
             if len(self._targets) >= _TARGETS_KEPT:
                 self._targets.clear()
             self._targets[key] = target
