@@ -213,7 +213,7 @@ def test_an_entry_stands_for_its_full_key_without_keeping_its_text(kind: type[An
     table = Table(lambda key: f"ns:{{{key}}}")
     e = kind("v", 1.0, 2.0, 1.0, 0.1, full_key="ns:{a}", l1_key="a", table=table)
     assert hash(e) == hash("ns:{a}") and e == "ns:{a}"
-    assert "ns:{a}" == e  # noqa: SIM300 (the reflected comparison, as a dict lookup makes it)
+    assert "ns:{a}" == e  # noqa: SIM300 (str declines, the entry answers)
     assert e != "ns:{b}" and e != 1 and e != _SameHash("ns:{a}x")
     newer = kind("w", 1.0, 2.0, 1.0, 0.1, full_key="ns:{a}", l1_key="a", table=table)
     elsewhere = kind("v", 1.0, 2.0, 1.0, 0.1, full_key="ns:{a}", l1_key="x",
