@@ -83,7 +83,8 @@ def write_section(path: Path, marks: tuple[str, str], title: str, section: str) 
     text = path.read_text()
     if mark in text:
         head, rest = text.split(mark, 1)
-        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        text = head + section.rstrip("\n") + ("\n\n" + tail if tail else "\n")
     else:
         text = text.rstrip("\n") + f"\n\n{title}\n\n" + section
     path.write_text(text)
