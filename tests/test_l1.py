@@ -104,7 +104,7 @@ def check(l1: L1) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_entry_hit_since_the_hand_passed_gets_a_second_chance(kind: type[Any]) -> None:
-    l1, table = L1(3), Table()
+    l1, table = L1(3), Table(str)
     a, b, c = (make(kind, k) for k in "abc")
     for e in (a, b, c):
         l1.put(table, e)
@@ -121,7 +121,7 @@ def test_an_entry_hit_since_the_hand_passed_gets_a_second_chance(kind: type[Any]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_when_every_entry_was_hit_the_hand_turns_once_and_evicts(kind: type[Any]) -> None:
-    l1, table = L1(2), Table()
+    l1, table = L1(2), Table(str)
     a, b = make(kind, "a"), make(kind, "b")
     l1.put(table, a)
     l1.put(table, b)
@@ -137,7 +137,7 @@ def test_a_dropped_entry_frees_its_slot_and_its_value(kind: type[Any]) -> None:
     class Value:
         pass
 
-    l1, table = L1(10), Table()
+    l1, table = L1(10), Table(str)
     value = Value()
     gone = weakref.ref(value)
     l1.put(table, make(kind, "a", value))
@@ -155,7 +155,7 @@ def test_a_dropped_entry_frees_its_slot_and_its_value(kind: type[Any]) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_replacing_and_clearing_keep_the_ring_consistent(kind: type[Any]) -> None:
-    l1, table = L1(2), Table()
+    l1, table = L1(2), Table(str)
     old = make(kind, "a")
     l1.put(table, old)
     l1.put(table, make(kind, "a", "new"))
@@ -181,7 +181,7 @@ def test_any_sequence_of_puts_hits_and_drops_keeps_l1_bounded_and_consistent(
     steps: list[tuple[str, int]], maxsize: int, pure: bool
 ) -> None:
     kind = PureEntry if pure else KINDS[0]
-    l1, table = L1(maxsize), Table()
+    l1, table = L1(maxsize), Table(str)
     last_put = None
     for op, n in steps:
         key = f"k{n}"
@@ -225,7 +225,7 @@ def test_an_entry_stands_for_its_full_key_without_keeping_its_text(kind: type[An
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_name_sharing_an_entrys_hash_does_not_find_it(kind: type[Any]) -> None:
-    l1, table = L1(4), Table()
+    l1, table = L1(4), Table(str)
     l1.put(table, make(kind, "a"))
     collision = _SameHash("b")
     assert hash(collision) == hash("a")
@@ -237,8 +237,57 @@ def test_a_name_sharing_an_entrys_hash_does_not_find_it(kind: type[Any]) -> None
 @pytest.mark.parametrize("kind", KINDS)
 def test_two_tables_naming_one_key_hold_one_entry_of_it(kind: type[Any]) -> None:
     """Two functions of one name in one cache write one Redis key: L1 holds its last entry."""
-    l1, first, second = L1(4), Table(), Table()
+    l1, first, second = L1(4), Table(str), Table(str)
     l1.put(first, make(kind, "a"))
     l1.put(second, make(kind, "a", "new"))
     assert "a" not in first and second["a"].value == "new" and len(l1) == 1
     check(l1)
+
+
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(),
+                st.text(max_size=300),
+                st.floats(allow_nan=False),
+                st.tuples(st.integers(), st.text(max_size=3)),
+                st.none(),
+            ),
+            st.one_of(st.none(), st.text(max_size=3)),
+        ),
+        max_size=8,
+    ),
+    explicit=st.lists(st.text(min_size=1, max_size=40), max_size=4),
+)
+@settings(max_examples=60, deadline=None)
+def test_every_held_entry_is_found_by_the_key_its_function_names(
+    calls: list[tuple[Any, Any]], explicit: list[str]
+) -> None:
+    """A table names an entry's key as the function's ``key`` does (one argument, several,
+    by keyword, shortened when long), and an event finds the entry by that name."""
+    from cachewise import Cache
+
+    cache = Cache(namespace="n", l1_maxsize=100)
+
+    @cache.cached(ttl=60)
+    def one(x: Any) -> None:
+        return None
+
+    @cache.cached(ttl=60)
+    def two(x: Any, y: Any = None) -> None:
+        return None
+
+    named = []
+    for x, y in calls:
+        one(x)
+        two(x, y=y)
+        named += [one.key(x), two.key(x, y=y), two.key(x, y)]
+    for key in explicit:
+        cache.set(key, 1, ttl=60)
+        named.append(cache._target(key).full_key)
+    l1 = cache._engine.l1
+    for name in named:
+        entry = l1.held(name)
+        assert entry is not None and entry.full_key == name and entry == name
+    assert {e.full_key for e in l1.entries()} == set(named)

@@ -23,18 +23,13 @@ from ._compiled import speedups
 from .core import Entry
 
 
-def _same(key: Hashable) -> str:
-    """The name of a table whose in-process keys are their own full keys."""
-    return str(key)
-
-
 class Table(dict[Hashable, Entry]):
     """One function's entries by in-process key (or the explicit keys'), the dict the hit path
     reads; it also names an entry's full key (``name_of``), which the entry does not keep."""
 
     __slots__ = ("name_of",)
 
-    def __init__(self, name_of: Callable[[Hashable], str] = _same) -> None:
+    def __init__(self, name_of: Callable[[Hashable], str]) -> None:
         super().__init__()
         #: The full (Redis) key of an in-process key of this table.
         self.name_of = name_of
