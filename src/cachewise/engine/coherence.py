@@ -206,14 +206,17 @@ class Coherence(Entries):
     def _drop_local(self, keys: list[str], tags: tuple[str, ...]) -> list[str]:
         with self.lock:
             self.epoch += 1
-            if tags:
-                keys.extend(k for k in self.l1.tagged(tags) if k not in keys)
-                # And the running loads whose entry will carry one of them (not held yet).
+            if tags:  # ``keys`` grows by the tagged ones (the caller drops them in Redis too)
+                seen = set(keys)
                 wanted = set(tags)
+                tagged = [k for k in self.l1.tagged(tags) if k not in seen]
+                seen.update(tagged)
+                keys.extend(tagged)
+                # And the running loads whose entry will carry one of them (not held yet).
                 keys.extend(
                     k
                     for k, f in self.flights.items()
-                    if not wanted.isdisjoint(f.tags) and k not in keys
+                    if not wanted.isdisjoint(f.tags) and k not in seen
                 )
             dropped = []
             for key in keys:
