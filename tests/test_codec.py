@@ -226,8 +226,16 @@ headers = st.builds(
     st.sampled_from([b"\x90\x90", b"\x91\xa1t\x91\xa1v", b"\x90", b"\x90\x91\xa1v"]),
     st.sampled_from([b"", b"\x00"]),
 )
+#: Values on both sides of the size up to which the compiled loop decodes a copy of a value's
+#: bytes (beyond it, a view of them), whole or cut short.
+large = st.builds(
+    lambda size, fresh: pack(Envelope("a" * size, fresh, fresh + 5, 1, ()), "k"),
+    st.integers(4_080, 4_110),
+    st.integers(0, 2**40),
+).flatmap(lambda raw: st.sampled_from([raw, raw[:-1], raw + b"\x00"]))
 replies = st.lists(
     st.none()
+    | large
     | envelopes
     | st.binary(max_size=40)
     | envelopes.flatmap(lambda raw: st.integers(0, len(raw)).map(lambda cut: raw[:cut]))
