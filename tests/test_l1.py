@@ -22,6 +22,7 @@ class PureEntry(core._Fields):
     """The entry as the package builds it without the C extension."""
 
     __slots__ = ()
+    full_key = core.Entry.full_key
 
 
 KINDS = [PureEntry] if speedups is None else [Entry, PureEntry]
@@ -221,6 +222,15 @@ def test_an_entry_stands_for_its_full_key_without_keeping_its_text(kind: type[An
     other = kind("v", 1.0, 2.0, 1.0, 0.1, full_key="ns:{b}", l1_key="b", table=table)
     assert e == newer == elsewhere and e != other
     assert "ns:{a}" not in gc.get_referents(e)  # its table names it when asked
+    with pytest.raises(ValueError, match="no hash"):
+        _ = e == _NoHash("ns:{a}")  # the name's own error, not a wrong answer
+
+
+class _NoHash(str):
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        raise ValueError("no hash")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -291,3 +301,17 @@ def test_every_held_entry_is_found_by_the_key_its_function_names(
         entry = l1.held(name)
         assert entry is not None and entry.full_key == name and entry == name
     assert {e.full_key for e in l1.entries()} == set(named)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tagged_entries_come_by_name_and_drop_by_entry(kind: type[Any]) -> None:
+    l1, table = L1(8), Table(str)
+    for key, tags in [("a", ("t",)), ("b", ("t", "u")), ("c", ("u",)), ("d", ())]:
+        entry = kind("v", math.inf, math.inf, math.inf, 0.0, full_key=key, l1_key=key, tags=tags)
+        l1.put(table, entry)
+    tagged = l1.tagged(["t"])
+    assert tagged == {"a": table["a"], "b": table["b"]}
+    assert all(tagged[name] is table[name] for name in tagged)
+    assert l1.drop(tagged["b"]) is tagged["b"] and "b" not in table
+    assert l1.tagged(["t", "u"]) == {"a": table["a"], "c": table["c"]}
+    check(l1)

@@ -160,9 +160,10 @@ class L1:
         for tag in entry.tags:
             self._tags.setdefault(tag, set()).add(entry)
 
-    def drop(self, full_key: str) -> Entry | None:
-        """Stop holding the entry under ``full_key``; return it if there was one."""
-        held = self._bounded.get(full_key)
+    def drop(self, key: str | Entry) -> Entry | None:
+        """Stop holding the entry under ``key`` (a full key, or an entry: then its key,
+        without naming it); return it if there was one."""
+        held = self._bounded.get(key)
         if held is None:
             return None
         del self._bounded[held]  # by the entry: one lookup, without naming it again
@@ -173,9 +174,10 @@ class L1:
         """The entry held under ``full_key`` (its ``table`` is where it is held)."""
         return self._bounded.get(full_key)
 
-    def tagged(self, tags: Iterable[str]) -> set[str]:
-        """Full keys of the held entries carrying any of ``tags``."""
-        return {entry.full_key for tag in tags for entry in self._tags.get(tag, ())}
+    def tagged(self, tags: Iterable[str]) -> dict[str, Entry]:
+        """The held entries carrying any of ``tags``, by full key (``drop`` them by entry:
+        each is named once)."""
+        return {entry.full_key: entry for tag in tags for entry in self._tags.get(tag, ())}
 
     def clear(self) -> None:
         """Drop everything (a fork, or a coherence channel that cannot say what it missed)."""

@@ -127,8 +127,14 @@ fields_richcompare(EntryFields *self, PyObject *other, int op)
             return PyObject_RichCompare(self->l1_key, them->l1_key, op);
         }
     }
-    else if (self->key_hash != PyObject_Hash(other)) {
-        return PyBool_FromLong(op == Py_NE);
+    else {
+        Py_hash_t hash = PyObject_Hash(other); /* a str subclass may define its own */
+        if (hash == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (hash != self->key_hash) {
+            return PyBool_FromLong(op == Py_NE);
+        }
     }
     PyObject *mine = full_key_of(self);
     if (mine == NULL) {

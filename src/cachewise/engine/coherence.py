@@ -15,7 +15,7 @@ from .._drivers import (
     run_sync,
     start_renewals,
 )
-from ..core import L1Effect
+from ..core import Entry, L1Effect
 from ..events import Event, Fill, Invalidated, Reset, encode
 from ..redis import (
     REDIS_ERRORS,
@@ -206,10 +206,12 @@ class Coherence(Entries):
     def _drop_local(self, keys: list[str], tags: tuple[str, ...]) -> list[str]:
         with self.lock:
             self.epoch += 1
+            held: dict[str, Entry] = {}
             if tags:  # ``keys`` grows by the tagged ones (the caller drops them in Redis too)
                 seen = set(keys)
                 wanted = set(tags)
-                tagged = [k for k in self.l1.tagged(tags) if k not in seen]
+                held = self.l1.tagged(tags)
+                tagged = [k for k in held if k not in seen]
                 seen.update(tagged)
                 keys.extend(tagged)
                 # And the running loads whose entry will carry one of them (not held yet).
@@ -223,7 +225,7 @@ class Coherence(Entries):
                 flight = self.flights.pop(key, None)
                 if flight is not None:
                     flight.invalidated = True
-                if self.l1.drop(key) is not None:
+                if self.l1.drop(held.get(key) or key) is not None:
                     dropped.append(key)
         return dropped
 
