@@ -146,7 +146,9 @@ def sentinel_spec(url: str, timeouts: dict[str, Any]) -> SentinelSpec:
 def sentinel_of(client: Any) -> SentinelSpec | None:
     """The ``SentinelSpec`` of a Sentinel-managed client (of either flavour), else None."""
     pool = client.connection_pool
-    if "Sentinel" not in type(pool).__name__:
+    if not isinstance(
+        pool, (redis.sentinel.SentinelConnectionPool, redis.asyncio.sentinel.SentinelConnectionPool)
+    ):
         return None
     manager = pool.sentinel_manager
     sentinels = [
