@@ -67,6 +67,30 @@ def test_async_shared_hit(make_cache: MakeCache) -> None:
     assert reader.stats()["l2_hits"] == 2
 
 
+def test_each_loop_is_served_its_own_client(make_cache: MakeCache) -> None:
+    """The client a loop was served last is remembered, never handed to another loop."""
+    reader = make_cache(l1_maxsize=0)
+    reader.set("k", 1, ttl=60)
+    backend = reader._engine.backend
+    assert backend is not None
+
+    async def read() -> tuple[Any, Any]:
+        client = backend.async_client()
+        assert backend.async_client() is client  # the remembered one
+        return await reader.aget_or_load("k", _never, ttl=60), client
+
+    first_loop, second_loop = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        value, first = first_loop.run_until_complete(read())
+        assert value == 1
+        value, second = second_loop.run_until_complete(read())  # the first loop still alive
+        assert value == 1 and second is not first
+        assert first_loop.run_until_complete(read())[1] is first
+    finally:
+        first_loop.close()
+        second_loop.close()
+
+
 def _racing(cache: Cache, race: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``race`` happen after ``cache``'s next fast-path GET got its reply."""
     backend = cache._engine.backend

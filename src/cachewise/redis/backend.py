@@ -140,6 +140,9 @@ class RedisBackend:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
+        #: The loop ``async_client`` served last and its client, both weakly: a shared-tier hit
+        #: asks on every call, and ``WeakKeyDictionary.get`` is a Python call of its own.
+        self._last_async: tuple[weakref.ref[Any], weakref.ref[Any]] | None = None
         self._sync_scripts: dict[str, Script] = {}
         self._async_scripts: weakref.WeakKeyDictionary[Any, dict[str, AsyncScript]] = (
             weakref.WeakKeyDictionary()
@@ -212,7 +215,12 @@ class RedisBackend:
 
     def async_client(self) -> Any:
         loop = asyncio.get_running_loop()
-        client: Any = self._async.get(loop)
+        last = self._last_async
+        if last is not None and last[0]() is loop:
+            client: Any = last[1]()
+            if client is not None:
+                return client
+        client = self._async.get(loop)
         if client is None:
             self._detect()  # blocks the loop for one round trip, once per cache
             kind: Any = redis.asyncio.cluster.RedisCluster if self.cluster else redis.asyncio.Redis
@@ -232,6 +240,7 @@ class RedisBackend:
             self._async[loop] = client
             if self.cluster and self._topology is None:
                 self._topology = client
+        self._last_async = (weakref.ref(loop), weakref.ref(client))
         return client
 
     def sync_script(self, name: str) -> Script:
@@ -325,6 +334,7 @@ class RedisBackend:
         self.listener = None
         self.origin = secrets.token_hex(8)
         self._async = weakref.WeakKeyDictionary()
+        self._last_async = None
         self._async_scripts = weakref.WeakKeyDictionary()
         if self._owns_sync:
             self._sync = None  # redis-py would also reset the pool on the new pid
