@@ -94,7 +94,7 @@ class Spec(Generic[P]):
         self.base = f"{fn.__module__}:{fn.__qualname__}:"
         #: The full key of one of this function's in-process keys. Not a method: its tables'
         #: entries keep it, and must not keep the function alive.
-        self.name_of = _namer(engine.space.entry, self.base, self.keyer.args_text)
+        self.name_of = engine.space.entry_of(self.base, self.keyer.args_text)
         self.table = engine.explicit if key is not None else Table(self.name_of)
         #: The generated wrapper (``_codegen``), whose globals ``_switch`` and ``_hits`` change.
         self.wrapper: Callable[..., Any] | None = None
@@ -137,9 +137,8 @@ class Spec(Generic[P]):
         if last_key != l1_key:  # equal in-process keys have one text (``ArgKeyer.l1_key``)
             full_key = self.name_of(l1_key)
             self._last = (l1_key, full_key)
-        return Target(
-            self.table, l1_key, full_key, self.where, self._tags_for(call), self.serializer
-        )
+        tags = None if self.tags is None else self._tags_for(call)  # a call less per miss
+        return Target(self.table, l1_key, full_key, self.where, tags, self.serializer)
 
     def target_of_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
         """The entry that ``fn(*args, **kwargs)`` reads and fills."""
@@ -149,17 +148,6 @@ class Spec(Generic[P]):
     def args_of(self, result: Any) -> tuple[Any, ...]:
         """An ``args=`` result as the cached function's positional arguments."""
         return result if isinstance(result, tuple) else (result,)
-
-
-def _namer(
-    entry: Callable[[str], str], base: str, args_text: Callable[[Hashable], str]
-) -> Callable[[Hashable], str]:
-    """How a function's table names its entries: ``entry(base + args_text(l1_key))``."""
-
-    def name_of(l1_key: Hashable) -> str:
-        return entry(base + args_text(l1_key))
-
-    return name_of
 
 
 def _shell(fn: Callable[..., Any], plan: Callable[..., Plan[Any]]) -> Callable[..., Any]:

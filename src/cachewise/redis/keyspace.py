@@ -26,6 +26,8 @@ listener's own. A name holding ``{`` or ``}`` is tagged with its digest instead,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 
 def braced(name: str) -> str:
@@ -61,6 +63,16 @@ class KeySpace:
     def entry(self, name: str) -> str:
         """The key of the value called ``name`` in this namespace."""
         return self.prefix + braced(name)
+
+    def entry_of(self, base: str, text_of: Callable[[Any], str]) -> Callable[[Any], str]:
+        """``x -> entry(base + text_of(x))`` as one function: a cached function's keys, named
+        on each of its misses, a call fewer than composing the two."""
+        prefix = self.prefix
+
+        def entry(x: Any) -> str:
+            return prefix + braced(base + text_of(x))
+
+        return entry
 
     def name_of(self, full_key: str) -> str:
         """The name within the namespace of a value's key (``entry``'s inverse)."""
