@@ -13,6 +13,11 @@
 #define CW_INTERNAL
 #endif
 
+/* One field of a type's list of objects (``*_OBJECTS(DO)``), for its collector walks: visited
+ * in tp_traverse, cleared in tp_clear (``self`` and, to visit, ``visit`` and ``arg`` in scope). */
+#define CW_VISIT(field) Py_VISIT(self->field);
+#define CW_CLEAR(field) Py_CLEAR(self->field);
+
 typedef struct {
     PyObject_HEAD
     PyObject *value;

@@ -59,21 +59,19 @@ fields_init(EntryFields *self, PyObject *args, PyObject *kwargs)
 
 /* The objects an entry holds, listed once for the collector's two walks over them. */
 #define FIELD_OBJECTS(DO) DO(value) DO(l1_key) DO(tags) DO(table)
-#define FIELD_VISIT(field) Py_VISIT(self->field);
-#define FIELD_CLEAR(field) Py_CLEAR(self->field);
 
 static int
 fields_traverse(EntryFields *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    FIELD_OBJECTS(FIELD_VISIT)
+    FIELD_OBJECTS(CW_VISIT)
     return 0;
 }
 
 static int
 fields_clear(EntryFields *self)
 {
-    FIELD_OBJECTS(FIELD_CLEAR)
+    FIELD_OBJECTS(CW_CLEAR)
     return 0;
 }
 

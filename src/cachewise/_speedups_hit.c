@@ -186,21 +186,19 @@ hit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 
 /* The objects a wrapper holds, listed once for the collector's two walks over them. */
 #define HIT_OBJECTS(DO) DO(fallback) DO(slow) DO(globals) DO(now) DO(miss) DO(dict)
-#define HIT_VISIT(field) Py_VISIT(self->field);
-#define HIT_CLEAR(field) Py_CLEAR(self->field);
 
 static int
 hit_traverse(HitWrapper *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    HIT_OBJECTS(HIT_VISIT)
+    HIT_OBJECTS(CW_VISIT)
     return 0;
 }
 
 static int
 hit_clear(HitWrapper *self)
 {
-    HIT_OBJECTS(HIT_CLEAR)
+    HIT_OBJECTS(CW_CLEAR)
     return 0;
 }
 

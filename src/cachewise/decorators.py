@@ -137,8 +137,9 @@ class Spec(Generic[P]):
         if last_key != l1_key:  # equal in-process keys have one text (``ArgKeyer.l1_key``)
             full_key = self.name_of(l1_key)
             self._last = (l1_key, full_key)
-        tags = None if self.tags is None else self._tags_for(call)  # a call less per miss
-        return Target(self.table, l1_key, full_key, self.where, tags, self.serializer)
+        return Target(
+            self.table, l1_key, full_key, self.where, self._tags_for(call), self.serializer
+        )
 
     def target_of_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
         """The entry that ``fn(*args, **kwargs)`` reads and fills."""

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import _switch, codec, core
+from .. import codec, core
 from .._drivers import (
     Invoke,
     Plan,
@@ -177,8 +177,7 @@ class Fills(Writes):
             or (held is not None and clock() < held.stale_until)  # ``read`` decides for it
             or key in self.flights
             or key in self.pinned
-            or target.through
-            or _switch.passing(self)  # ``uncached``, inlined: a call less per miss
+            or self.uncached(target)
         ):
             return _UNREAD
         flight, leader = self._claim(key)
