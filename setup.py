@@ -1,4 +1,4 @@
-"""The compiled L1 hit (``cachewise._speedups``), built when a C compiler is at hand.
+"""The compiled hot paths (``cachewise._speedups``), built when a C compiler is at hand.
 
 ``optional=True``: without a compiler, or where the build fails, the package installs without
 it and every cached function runs on its generated Python wrapper (``_codegen.py``).
@@ -7,7 +7,13 @@ Everything else about the package is declared in ``pyproject.toml``.
 
 from setuptools import Extension, setup
 
-_PARTS = ["_speedups.c", "_speedups_hit.c", "_speedups_entry.c", "_speedups_bulk.c"]
+_PARTS = [
+    "_speedups.c",
+    "_speedups_hit.c",
+    "_speedups_entry.c",
+    "_speedups_bulk.c",
+    "_speedups_lone.c",
+]
 
 setup(
     ext_modules=[

@@ -5,6 +5,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <time.h>
 
 /* Shared by the parts, not exported from the module's library. */
 #if defined(__GNUC__)
@@ -44,5 +45,23 @@ CW_INTERNAL int cw_add_entry_fields(PyObject *module);
 
 CW_INTERNAL PyObject *cw_bind_entry(PyObject *module, PyObject *cls);
 CW_INTERNAL PyObject *cw_fresh_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+CW_INTERNAL PyObject *cw_fresh_value(PyObject *raw, double now, unsigned long long format,
+                                     PyObject *unpackb, PyObject **argv, PyObject *kwnames);
+CW_INTERNAL PyObject *cw_bind_lone(PyObject *module, PyObject *parts);
+CW_INTERNAL PyObject *cw_lone_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* CLOCK_MONOTONIC in seconds, as time.monotonic converts it (integer nanoseconds, then a
+ * double): 0, or -1 with an exception set. */
+static inline int
+cw_monotonic(double *now)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    *now = (double)((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
+    return 0;
+}
 
 #endif

@@ -1,7 +1,6 @@
 /* The compiled L1 hit of a sync cached function: ``HitWrapper`` (the function callers call)
  * and ``HitProbe`` (one call a generated wrapper makes for its hit). See _speedups.c. */
 #include "_speedups.h"
-#include <time.h>
 
 typedef struct {
     PyObject_HEAD
@@ -24,14 +23,7 @@ static int
 read_clock(HitWrapper *self, double *now)
 {
     if (self->now == NULL) {
-        struct timespec ts;
-        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        /* As time.monotonic converts it: integer nanoseconds, then seconds as a double. */
-        *now = (double)((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
-        return 0;
+        return cw_monotonic(now);
     }
     PyObject *value = PyObject_CallNoArgs(self->now);
     if (value == NULL) {

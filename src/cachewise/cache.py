@@ -155,7 +155,9 @@ class Cache(Decorating, Lifecycle):
     def _read_args(
         self, key: str, loader: Callable[[], Any], ttl: Any, stale_ttl: Any
     ) -> tuple[Target, Callable[[], Any], Policy]:
-        target = self._target(key)
+        if type(key) is not str or not key:  # ``_target``, inlined: a frame less a read
+            _validate.cache_key(key)
+        target = self._engine.explicit_target(key)
         if not callable(loader):  # the message is built only when it is needed
             _validate.callable_(loader, f"loader for key {key!r}")
         return target, loader, self._policy(ttl, stale_ttl, key)

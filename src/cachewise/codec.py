@@ -70,6 +70,14 @@ _list = list
 #: ``fresh_values``' loop compiled, where the C extension is built, and how it calls msgpack.
 _compiled_values = None if speedups is None else speedups.fresh_values
 _UNPACK_NAMES, _UNPACK_VALUES = ("ext_hook", "strict_map_key"), (_decode, False)
+#: How a compiled decoder decodes an envelope as ``body`` does (``_speedups``): msgpack's
+#: ``unpackb``, its keyword arguments, the envelope's format.
+UNPACKING = {
+    "unpackb": _unpackb_raw,
+    "kwnames": _UNPACK_NAMES,
+    "kwvalues": _UNPACK_VALUES,
+    "format": FORMAT,
+}
 
 
 def unpack(raw: bytes | None) -> Envelope | None:

@@ -9,8 +9,9 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import codec, core
+from .. import _switch, codec, core
 from .._clock import monotonic
+from .._compiled import speedups
 from .._drivers import (
     BLOCKS_LOOP,
     TIMED_OUT,
@@ -23,7 +24,7 @@ from .._drivers import (
 )
 from .._flight import Flight
 from ..core import Decision, Entry
-from ..redis import REDIS_ERRORS, Breaker, Fetch, RedisCall
+from ..redis import REDIS_ERRORS, Breaker, Fetch, RedisBackend, RedisCall
 from .lease import Leases
 from .values import (
     _NO_REDIS,
@@ -222,14 +223,34 @@ class Reads(Leases):
 
     def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
         """``read`` carried out in this thread, after the fast path's GET where it applies
-        (without Redis, ``load_alone`` where it applies)."""
+        (without Redis, ``load_alone`` where it applies). Where the C extension is built,
+        ``probe``, the GET and ``probed``'s hit are one compiled call (``_speedups_lone.c``)
+        in their common case; it hands every other case back here."""
         if self.backend is None:
             value = self.load_alone(target, loader, policy)
             return run_sync(self.read(target, loader, policy)) if value is _UNREAD else value
+        if _lone_read is not None:
+            value = _lone_read(self, target, loader, policy)
+            if value is _FULL:
+                return run_sync(self.read(target, loader, policy))
+            if value is not _UNHANDLED:
+                return value
         probe = self.probe(target)
         if probe is None:
             return run_sync(self.read(target, loader, policy))
-        served, got = self.probed(target, loader, policy, probe, probe[0].outcome_sync())
+        return self._finish_sync(target, loader, policy, probe, probe[0].outcome_sync())
+
+    def _finish_sync(
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        probe: tuple[Fetch, int, float],
+        outcome: tuple[Any, BaseException | None],
+    ) -> Any:
+        """The rest of a sync read after the fast path's GET (``outcome``, as ``probed``
+        takes it): its value."""
+        served, got = self.probed(target, loader, policy, probe, outcome)
         return got if served else run_sync(got)
 
     def read_async(
@@ -342,3 +363,29 @@ class Reads(Leases):
                 if self.epoch == ticket and target.full_key not in self.flights:
                     self.l1.put(target.table, entry)
         return True, value
+
+
+# The compiled fast path (``_speedups_lone.c``) reads these fields and calls these functions
+# as ``probe``, ``Fetch.run_sync`` and ``probed`` do; its answers when the plan must serve
+# (``_FULL``) or Python's ``probe`` decide (``_UNHANDLED``).
+_FULL, _UNHANDLED = object(), object()
+_lone_read: Callable[[Reads, Target, Callable[[], Any], Policy], Any] | None = None
+if speedups is not None:
+    speedups.bind_lone(
+        {
+            "backend_type": RedisBackend,
+            "flight_type": Flight,
+            "fetch_type": Fetch,
+            "closed": Breaker.CLOSED,
+            "disabled": _switch._disabled,
+            "bypassing": _switch._bypassing,
+            "running_loop": asyncio._get_running_loop,
+            "monotonic": monotonic,
+            "redis_errors": REDIS_ERRORS,
+            "finish": Reads._finish_sync,
+            "full": _FULL,
+            "unhandled": _UNHANDLED,
+            **codec.UNPACKING,
+        }
+    )
+    _lone_read = speedups.lone_read
