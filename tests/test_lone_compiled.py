@@ -4,6 +4,8 @@ itself, and every read, whatever Redis holds, ends the same as with the Python p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from cachewise import Cache
+from cachewise import Cache, codec
 from cachewise.engine import read
 from cachewise.engine.read import Reads
 from cachewise.testing import FakeClock
@@ -21,15 +23,18 @@ from .test_fast_path import _never, _warm
 
 MakeCache = Callable[..., Cache]
 
-compiled = pytest.mark.skipif(read._lone_read is None, reason="built without the C extension")
+compiled = pytest.mark.skipif(
+    Reads.read_sync is read.PYTHON_READS["read_sync"], reason="built without the C extension"
+)
 
 #: What a read adds to a cache's counters that must not depend on the path.
 COUNTED = ("hits", "misses", "l2_hits", "loads", "decode_errors", "redis_errors", "stale_served")
 
 
 @compiled
+@pytest.mark.parametrize("how", ["sync", "async"])
 def test_a_shared_hit_is_served_by_the_compiled_path_alone(
-    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     writer, reader = make_cache(), make_cache(l1_maxsize=0)
     writer.set("k", {"rows": [1, 2]}, ttl=60)
@@ -38,9 +43,14 @@ def test_a_shared_hit_is_served_by_the_compiled_path_alone(
     def python_path(*args: Any) -> Any:
         raise AssertionError("served by Python, not by the compiled path")
 
-    for name in ("probe", "probed", "_finish_sync", "read"):
+    monkeypatch.setattr(codec, "body", python_path)  # how Python's ``probed`` decodes
+    for name in ("_finish_sync", "read"):
         monkeypatch.setattr(Reads, name, python_path)
-    assert reader.get_or_load("k", _never, ttl=60) == {"rows": [1, 2]}
+    if how == "sync":
+        value = reader.get_or_load("k", _never, ttl=60)
+    else:
+        value = asyncio.run(reader.aget_or_load("k", _never, ttl=60))
+    assert value == {"rows": [1, 2]}
     stats = reader.stats()
     assert (stats["misses"], stats["l2_hits"], stats["miss_latency"]["count"]) == (1, 1, 1)
     assert not reader._engine.probing and not reader._engine.flights
@@ -92,17 +102,30 @@ SCENARIOS: dict[str, tuple[Callable[[Cache, Cache, str], None], dict[str, Any]]]
 }
 
 
-def _read_twice(make_cache: MakeCache, scenario: str, key: str) -> tuple[list[Any], dict[str, Any]]:
+def _read_twice(
+    make_cache: MakeCache, scenario: str, key: str, how: str
+) -> tuple[list[Any], dict[str, Any]]:
     prepare, options = SCENARIOS[scenario]
     writer, reader = make_cache(), make_cache(**options)
     _warm(reader)
     prepare(writer, reader, key)
     before = reader.stats()
-    if scenario == "bypassed":
-        with reader.bypass():
-            values = [reader.get_or_load(key, lambda: "loaded", ttl=60, stale_ttl=60)]
-    else:
-        values = [reader.get_or_load(key, lambda: "loaded", ttl=60, stale_ttl=60) for _ in "ab"]
+    times = 1 if scenario == "bypassed" else 2
+
+    async def reads() -> list[Any]:
+        return [
+            await reader.aget_or_load(key, lambda: "loaded", ttl=60, stale_ttl=60)
+            for _ in range(times)
+        ]
+
+    with reader.bypass() if scenario == "bypassed" else contextlib.nullcontext():
+        if how == "sync":
+            values = [
+                reader.get_or_load(key, lambda: "loaded", ttl=60, stale_ttl=60)
+                for _ in range(times)
+            ]
+        else:
+            values = asyncio.run(reads())
     if scenario == "stale":  # its refresh runs beside the reads
         wait_until(lambda: reader.stats()["refreshes"] >= 1)
     after = reader.stats()
@@ -113,13 +136,15 @@ def _read_twice(make_cache: MakeCache, scenario: str, key: str) -> tuple[list[An
 
 
 @compiled
+@pytest.mark.parametrize("how", ["sync", "async"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_the_compiled_and_the_python_path_end_the_same(
-    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, scenario: str
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, scenario: str, how: str
 ) -> None:
-    with_c = _read_twice(make_cache, scenario, "c")
-    monkeypatch.setattr(read, "_lone_read", None)
-    in_python = _read_twice(make_cache, scenario, "py")
+    with_c = _read_twice(make_cache, scenario, "c", how)
+    for name, method in read.PYTHON_READS.items():
+        monkeypatch.setattr(Reads, name, method)
+    in_python = _read_twice(make_cache, scenario, "py", how)
     assert with_c == in_python
     if scenario in ("fresh", "fresh, a fake clock"):
         assert with_c[0] == [{"v": [1, "two", None]}] * 2

@@ -16,11 +16,12 @@
  * a count per function instead of every entry's (_hits.py).
  *
  * ``fresh_values`` is the loop of codec.fresh_values (a bulk read's checks per value);
- * ``lone_read`` the lone-caller fast path of a sync shared-tier read (one GET, its reply).
+ * ``read_sync`` (from ``bind_lone``) the lone-caller fast path of a sync shared-tier read
+ * (one GET, its reply).
  *
  * The parts, one file each: _speedups_hit.c (``HitWrapper``, ``HitProbe``), _speedups_entry.c
  * (``EntryFields``, ``bind_entry``), _speedups_bulk.c (``fresh_values``), _speedups_lone.c
- * (``lone_read``, ``bind_lone``); _speedups.h what they
+ * (``bind_lone``, the compiled ``read_sync``); _speedups.h what they
  * share; this file the module.
  *
  * ``EntryFields`` holds an entry's deadlines and counters as C numbers: in a class with
@@ -34,9 +35,8 @@ static PyMethodDef module_methods[] = {
     {"bind_entry", cw_bind_entry, METH_O, "Set the entry class the hit serves."},
     {"fresh_values", (PyCFunction)(void (*)(void))cw_fresh_values, METH_FASTCALL,
      "codec.fresh_values' loop: the keys whose bytes are not an envelope, or None."},
-    {"bind_lone", cw_bind_lone, METH_O, "Set what lone_read reads and calls (engine/read.py)."},
-    {"lone_read", (PyCFunction)(void (*)(void))cw_lone_read, METH_FASTCALL,
-     "The lone-caller fast path of a sync shared-tier read: the value, full or unhandled."},
+    {"bind_lone", cw_bind_lone, METH_O,
+     "Set what the compiled read_sync reads and calls (engine/read.py); returns it."},
     {NULL, NULL, 0, NULL},
 };
 

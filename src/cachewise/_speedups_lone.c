@@ -1,4 +1,4 @@
-/* ``lone_read``: the lone-caller fast path of a sync shared-tier read, compiled. See
+/* ``read_sync``: the lone-caller fast path of a sync shared-tier read, compiled. See
  * _speedups.c for why C at all.
  *
  * In Python that path is three steps of engine/read.py: ``probe`` (may this read skip the
@@ -9,16 +9,23 @@
  * and unpack. Here the common case is one call: a plain client (not a cluster's), L1 off,
  * no observers, an untagged envelope decoded by its header. It reads the same fields the
  * Python reads and takes the same lock. Every other case is Python's: before the GET it
- * answers ``full`` (the plan serves it) or ``unhandled`` (Python's ``probe`` decides); after
- * the GET it hands the reply to ``finish`` (``Reads._finish_sync``: ``probed``, then the plan
- * if that did not serve), exactly as Python's GET would have. */
+ * hands Python's ``read_sync`` the answer ``full`` (the plan serves it) or ``unhandled``
+ * (Python's ``probe`` decides); after the GET it hands the reply to ``finish``
+ * (``Reads._finish_sync``: ``probed``, then the plan if that did not serve), exactly as
+ * Python's GET would have. It is the engine's ``read_sync`` itself (a method descriptor),
+ * so that a shared-tier hit runs no Python frame of the engine at all.
+ *
+ * The async driver awaits its GET itself; the two halves around it, ``probe`` and
+ * ``probed``, are compiled the same way (the same code as the sync read's), each handing to
+ * its Python twin what it does not serve. */
 #include "_speedups.h"
 
 /* What bind_lone was given (engine/read.py, once at import), by the names it gives them. */
 #define PARTS(DO)                                                                            \
     DO(backend_type) DO(flight_type) DO(fetch_type) DO(closed) DO(disabled) DO(bypassing)   \
     DO(running_loop) DO(monotonic) DO(redis_errors) DO(finish) DO(full) DO(unhandled)      \
-    DO(unpackb) DO(kwnames) DO(kwvalues) DO(format)
+    DO(unpackb) DO(kwnames) DO(kwvalues) DO(format) DO(reads_type) DO(fallback)            \
+    DO(python_probe) DO(python_probed)
 #define PART_FIELD(name) PyObject *name;
 static struct {
     PARTS(PART_FIELD)
@@ -40,7 +47,10 @@ NAMES(NAME_FIELD)
 /* The server clock's offset is measured again after this long (RedisBackend.clock_due). */
 #define CLOCK_CHECK_EVERY 60.0
 
-/* bind_lone(parts): ``parts`` a dict of every name in PARTS. */
+static PyMethodDef read_sync_def, probe_def, probed_def;
+
+/* bind_lone(parts): ``parts`` a dict of every name in PARTS; returns the compiled
+ * ``read_sync``, ``probe`` and ``probed``, methods of ``reads_type``. */
 PyObject *
 cw_bind_lone(PyObject *module, PyObject *parts)
 {
@@ -64,6 +74,7 @@ cw_bind_lone(PyObject *module, PyObject *parts)
     }
     PARTS(TAKE)
     if (!PyType_Check(lone.backend_type) || !PyType_Check(lone.flight_type) ||
+        !PyType_Check(lone.reads_type) ||
         !PyList_CheckExact(lone.disabled) || PyList_GET_SIZE(lone.disabled) != 1 ||
         !PyContextVar_CheckExact(lone.bypassing) || !PyTuple_CheckExact(lone.kwnames) ||
         !PyTuple_CheckExact(lone.kwvalues) || PyTuple_GET_SIZE(lone.kwnames) > 4 ||
@@ -75,7 +86,17 @@ cw_bind_lone(PyObject *module, PyObject *parts)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    Py_RETURN_NONE;
+    PyTypeObject *reads = (PyTypeObject *)lone.reads_type;
+    PyObject *methods[] = {PyDescr_NewMethod(reads, &read_sync_def),
+                           PyDescr_NewMethod(reads, &probe_def),
+                           PyDescr_NewMethod(reads, &probed_def)};
+    PyObject *all = methods[0] && methods[1] && methods[2]
+                        ? PyTuple_Pack(3, methods[0], methods[1], methods[2])
+                        : NULL;
+    for (int i = 0; i < 3; i++) {
+        Py_XDECREF(methods[i]);
+    }
+    return all;
 }
 
 /* ``getattr(obj, name)`` for a field the object keeps in its ``__dict__`` (every field read
@@ -410,14 +431,38 @@ served(PyObject *engine, Probe *p, PyObject *raw)
     return value;
 }
 
+/* What Python's ``probe`` returns: ``(Fetch(backend, key), ticket, started)``, or NULL. */
+static PyObject *
+probe_tuple(Probe *p, PyObject *fetch)
+{
+    PyObject *made = fetch == NULL
+                         ? PyObject_CallFunctionObjArgs(lone.fetch_type, p->backend, p->key, NULL)
+                         : Py_NewRef(fetch);
+    PyObject *started = made == NULL ? NULL : PyFloat_FromDouble(p->started);
+    PyObject *probe = started == NULL ? NULL : PyTuple_Pack(3, made, p->ticket, started);
+    Py_XDECREF(made);
+    Py_XDECREF(started);
+    return probe;
+}
+
+/* The key's mark taken off after an error of our own (which stays set): ``_unprobe(key,
+ * abandoned=True)``, as when Python's GET is interrupted. */
+static void
+abandon(PyObject *engine, PyObject *key)
+{
+    PyObject *type, *error, *trace;
+    PyErr_Fetch(&type, &error, &trace);
+    PyObject *done = PyObject_CallMethodObjArgs(engine, s__unprobe, key, Py_True, NULL);
+    Py_XDECREF(done);
+    PyErr_Restore(type, error, trace);
+}
+
 /* ``finish(engine, target, loader, policy, (Fetch(backend, key), ticket, started), outcome)``:
  * what Python does after its own GET. Steals nothing. */
 static PyObject *
 hand_over(PyObject *const *args, Probe *p, PyObject *fetch, PyObject *outcome)
 {
-    PyObject *started = PyFloat_FromDouble(p->started);
-    PyObject *probe = started == NULL ? NULL : PyTuple_Pack(3, fetch, p->ticket, started);
-    Py_XDECREF(started);
+    PyObject *probe = probe_tuple(p, fetch);
     if (probe == NULL) {
         return NULL;
     }
@@ -427,18 +472,11 @@ hand_over(PyObject *const *args, Probe *p, PyObject *fetch, PyObject *outcome)
     return result;
 }
 
-/* lone_read(engine, target, loader, policy): the value, ``full`` or ``unhandled``. */
-PyObject *
-cw_lone_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* The read of ``args`` (engine, target, loader, policy): the value, ``full`` or
+ * ``unhandled``. */
+static PyObject *
+lone_read(PyObject *const *args)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "lone_read takes 4 arguments");
-        return NULL;
-    }
-    if (lone.finish == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cachewise._speedups: bind_lone() was not called");
-        return NULL;
-    }
     Probe p = {NULL, NULL, NULL, NULL, NULL, 0.0, 0.0, 0};
     PyObject *answer;
     int go = probe(args[0], args[1], &p, &answer);
@@ -496,15 +534,109 @@ cw_lone_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         result = hand_over(args, &p, fetch, outcome);
     }
     else if (result == NULL && !p.unprobed) {
-        /* An error of our own after the GET: the key is not left marked as probed. */
-        PyObject *type, *error, *trace;
-        PyErr_Fetch(&type, &error, &trace);
-        PyObject *done = PyObject_CallMethodObjArgs(args[0], s__unprobe, p.key, Py_True, NULL);
-        Py_XDECREF(done);
-        PyErr_Restore(type, error, trace);
+        abandon(args[0], p.key); /* an error of our own after the GET */
     }
     Py_XDECREF(fetch);
     Py_XDECREF(outcome);
     probe_clear(&p);
     return result;
 }
+
+/* ``Reads.read_sync(self, target, loader, policy)``, compiled: the read above, then Python's
+ * ``read_sync`` (``fallback``) with its answer when it did not serve. A method
+ * descriptor of the engine's class, so that a read costs no Python frame before this one. */
+static PyObject *
+read_sync(PyObject *engine, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "read_sync takes 3 arguments: target, loader, policy");
+        return NULL;
+    }
+    PyObject *all[] = {engine, args[0], args[1], args[2], NULL};
+    PyObject *got = lone_read(all);
+    if (got != lone.full && got != lone.unhandled) {
+        return got;
+    }
+    all[4] = got;
+    PyObject *result = PyObject_Vectorcall(lone.fallback, all, 5, NULL);
+    Py_DECREF(got);
+    return result;
+}
+
+/* ``Reads.probe(self, target)``, compiled, for the async driver (which awaits the GET
+ * itself): what Python's returns, ``(Fetch, ticket, started)`` or None; the cases the checks
+ * here leave to Python (``unhandled``) are Python's ``probe``'s. */
+static PyObject *
+probe_method(PyObject *engine, PyObject *target)
+{
+    Probe p = {NULL, NULL, NULL, NULL, NULL, 0.0, 0.0, 0};
+    PyObject *answer, *result = NULL;
+    int go = probe(engine, target, &p, &answer);
+    if (go > 0 && (result = probe_tuple(&p, NULL)) == NULL) {
+        abandon(engine, p.key);
+    }
+    else if (go == 0) {
+        result = answer == lone.full
+                     ? Py_NewRef(Py_None)
+                     : PyObject_CallFunctionObjArgs(lone.python_probe, engine, target, NULL);
+    }
+    probe_clear(&p);
+    return result;
+}
+
+/* ``Reads.probed(self, target, loader, policy, probe, outcome)``, compiled: ``(True, value)``
+ * for a fresh untagged entry read alone with L1 off (the async driver's GET, or a sync one
+ * handed over); every other outcome is Python's ``probed``'s. */
+static PyObject *
+probed_method(PyObject *engine, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "probed takes 5 arguments");
+        return NULL;
+    }
+    PyObject *probe = args[3], *outcome = args[4];
+    PyObject *fetched = PyTuple_CheckExact(outcome) && PyTuple_GET_SIZE(outcome) == 2 &&
+                                PyTuple_GET_ITEM(outcome, 1) == Py_None
+                            ? PyTuple_GET_ITEM(outcome, 0)
+                            : NULL;
+    if (fetched != NULL && PyTuple_CheckExact(fetched) && PyTuple_GET_SIZE(fetched) == 2 &&
+        PyTuple_GET_ITEM(fetched, 1) == Py_None &&
+        PyBytes_CheckExact(PyTuple_GET_ITEM(fetched, 0)) && PyTuple_CheckExact(probe) &&
+        PyTuple_GET_SIZE(probe) == 3 && PyFloat_CheckExact(PyTuple_GET_ITEM(probe, 2))) {
+        Probe p = {NULL, NULL, NULL, NULL, NULL, 0.0, 0.0, 0};
+        p.started = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(probe, 2));
+        p.backend = field(engine, s_backend);
+        p.key = p.backend == NULL ? NULL : PyObject_GetAttr(args[0], s_full_key);
+        PyObject *value = NULL;
+        if (p.key != NULL && Py_TYPE(p.backend) == (PyTypeObject *)lone.backend_type &&
+            PyUnicode_CheckExact(p.key)) {
+            value = served(engine, &p, PyTuple_GET_ITEM(fetched, 0));
+        }
+        PyObject *result = value == NULL ? NULL : PyTuple_Pack(2, Py_True, value);
+        Py_XDECREF(value);
+        if (result == NULL && PyErr_Occurred() && p.key != NULL && !p.unprobed) {
+            abandon(engine, p.key);
+        }
+        probe_clear(&p);
+        if (result != NULL || PyErr_Occurred()) {
+            return result;
+        }
+    }
+    PyObject *all[] = {engine, args[0], args[1], args[2], args[3], args[4]};
+    return PyObject_Vectorcall(lone.python_probed, all, 6, NULL);
+}
+
+static PyMethodDef read_sync_def = {
+    "read_sync", (PyCFunction)(void (*)(void))read_sync, METH_FASTCALL,
+    "``read`` carried out in this thread: the lone-caller fast path compiled "
+    "(_speedups_lone.c), then Python's read_sync with its answer.",
+};
+static PyMethodDef probe_def = {
+    "probe", (PyCFunction)probe_method, METH_O,
+    "The fast path's GET of ``target`` to carry out, or None (compiled; _speedups_lone.c).",
+};
+static PyMethodDef probed_def = {
+    "probed", (PyCFunction)(void (*)(void))probed_method, METH_FASTCALL,
+    "After the fast path's GET: (True, value), or Python's probed (compiled; "
+    "_speedups_lone.c).",
+};

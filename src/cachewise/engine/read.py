@@ -221,21 +221,22 @@ class Reads(Leases):
     # (a plan for it, generator and driver loop, would cost 3% of a shared-tier hit); what to
     # make of it is ``probed``, shared.
 
-    def read_sync(self, target: Target, loader: Callable[[], Any], policy: Policy) -> Any:
+    def read_sync(
+        self,
+        target: Target,
+        loader: Callable[[], Any],
+        policy: Policy,
+        answer: object = None,
+    ) -> Any:
         """``read`` carried out in this thread, after the fast path's GET where it applies
-        (without Redis, ``load_alone`` where it applies). Where the C extension is built,
-        ``probe``, the GET and ``probed``'s hit are one compiled call (``_speedups_lone.c``)
-        in their common case; it hands every other case back here."""
+        (without Redis, ``load_alone`` where it applies). Where the C extension is built, this
+        method is compiled (``_speedups_lone.c``: ``probe``, the GET and ``probed``'s hit in
+        their common case) and calls this one with its ``answer`` when it did not serve:
+        ``_FULL``, the plan serves; ``_UNHANDLED``, ``probe`` decides."""
         if self.backend is None:
             value = self.load_alone(target, loader, policy)
             return run_sync(self.read(target, loader, policy)) if value is _UNREAD else value
-        if _lone_read is not None:
-            value = _lone_read(self, target, loader, policy)
-            if value is _FULL:
-                return run_sync(self.read(target, loader, policy))
-            if value is not _UNHANDLED:
-                return value
-        probe = self.probe(target)
+        probe = None if answer is _FULL else self.probe(target)
         if probe is None:
             return run_sync(self.read(target, loader, policy))
         return self._finish_sync(target, loader, policy, probe, probe[0].outcome_sync())
@@ -369,10 +370,17 @@ class Reads(Leases):
 # as ``probe``, ``Fetch.run_sync`` and ``probed`` do; its answers when the plan must serve
 # (``_FULL``) or Python's ``probe`` decide (``_UNHANDLED``).
 _FULL, _UNHANDLED = object(), object()
-_lone_read: Callable[[Reads, Target, Callable[[], Any], Policy], Any] | None = None
+#: ``read_sync``, ``probe`` and ``probed`` in Python, whether or not compiled ones replaced
+#: them (the tests compare the two).
+PYTHON_READS = {name: getattr(Reads, name) for name in ("read_sync", "probe", "probed")}
 if speedups is not None:
-    speedups.bind_lone(
+    Reads.read_sync, Reads.probe, Reads.probed = speedups.bind_lone(  # type: ignore[method-assign]
         {
+            "reads_type": Reads,
+            "fallback": Reads.read_sync,
+            "python_probe": Reads.probe,
+            "python_probed": Reads.probed,
+            "finish": Reads._finish_sync,
             "backend_type": RedisBackend,
             "flight_type": Flight,
             "fetch_type": Fetch,
@@ -382,10 +390,8 @@ if speedups is not None:
             "running_loop": asyncio._get_running_loop,
             "monotonic": monotonic,
             "redis_errors": REDIS_ERRORS,
-            "finish": Reads._finish_sync,
             "full": _FULL,
             "unhandled": _UNHANDLED,
             **codec.UNPACKING,
         }
     )
-    _lone_read = speedups.lone_read
