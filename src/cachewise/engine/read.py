@@ -241,17 +241,10 @@ class Reads(Leases):
             return run_sync(self.read(target, loader, policy))
         return self._finish_sync(target, loader, policy, probe, probe[0].outcome_sync())
 
-    def _finish_sync(
-        self,
-        target: Target,
-        loader: Callable[[], Any],
-        policy: Policy,
-        probe: tuple[Fetch, int, float],
-        outcome: tuple[Any, BaseException | None],
-    ) -> Any:
-        """The rest of a sync read after the fast path's GET (``outcome``, as ``probed``
-        takes it): its value."""
-        served, got = self.probed(target, loader, policy, probe, outcome)
+    def _finish_sync(self, target: Target, *probed: Any) -> Any:
+        """The rest of a sync read after the fast path's GET: its value. ``probed``: the
+        other arguments of ``probed`` (the loader, the policy, the probe and the outcome)."""
+        served, got = self.probed(target, *probed)
         return got if served else run_sync(got)
 
     def read_async(
