@@ -140,7 +140,10 @@ class Cache(Decorating, Lifecycle):
         try:
             return self._policies[(type(ttl), ttl, type(stale_ttl), stale_ttl)]
         except (KeyError, TypeError):
-            pass
+            return self._new_policy(ttl, stale_ttl, key)
+
+    def _new_policy(self, ttl: Any, stale_ttl: Any, key: str) -> Policy:
+        """A TTL pair not remembered yet: checked (naming ``key`` in the error), remembered."""
         where = f"key {key!r}"
         policy = Policy(
             _validate.ttl_seconds(ttl, where),
@@ -168,7 +171,7 @@ class Cache(Decorating, Lifecycle):
         try:
             policy = self._policies[(type(ttl), ttl, type(stale_ttl), stale_ttl)]
         except (KeyError, TypeError):
-            policy = self._policy(ttl, stale_ttl, key)
+            policy = self._new_policy(ttl, stale_ttl, key)
         return target, loader, policy
 
     def _keys(self, keys: Iterable[str]) -> list[str]:

@@ -243,8 +243,10 @@ class Reads(Leases):
 
     def _finish_sync(self, target: Target, *probed: Any) -> Any:
         """The rest of a sync read after the fast path's GET: its value. ``probed``: the
-        other arguments of ``probed`` (the loader, the policy, the probe and the outcome)."""
-        served, got = self.probed(target, *probed)
+        other arguments of ``probed`` (the loader, the policy, the probe and the outcome).
+        Python's ``probed`` itself: where the compiled one exists, the compiled ``read_sync``
+        has already tried what it would (it hands over only what it could not serve)."""
+        served, got = PYTHON_READS["probed"](self, target, *probed)
         return got if served else run_sync(got)
 
     def read_async(
