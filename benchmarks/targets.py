@@ -143,6 +143,10 @@ def report(data: dict[str, Any]) -> str:
                    lambda: writes["call"]["ratios"]["write_behind / XADD"], 1.3),
         _ratio_row("(floor) a script that only runs that `XADD` / raw `XADD`",
                    lambda: writes["call"]["ratios"]["script XADD / XADD"], 1.3),
+        _ratio_row("(floor) the call's own enqueue script (queue, pending record and cache "
+                   "write, one atomic `EVALSHA`), its arguments taken from a call and sent "
+                   "alone through redis-py / raw `XADD`",
+                   lambda: writes["call"]["ratios"]["enqueue script / XADD"], 1.3),
         _fleet_row(),
     ]  # fmt: skip
     lines = [

@@ -61,6 +61,25 @@ def _caches(url: str, ns: str, **options: Any) -> tuple[Cache, Any, Any]:
     return cache, through, behind
 
 
+def _enqueue_command(cache: Cache, call: Any) -> tuple[Any, ...]:
+    """The arguments of the EVALSHA that ``call()`` sends on ``cache``'s sync client."""
+    client = cache._engine.backend.sync_client()
+    sent: list[tuple[Any, ...]] = []
+    original = client.evalsha
+
+    def recording(*args: Any) -> Any:
+        sent.append(args)
+        return original(*args)
+
+    client.evalsha = recording
+    try:
+        call()
+    finally:
+        del client.evalsha  # the class's method again
+    (args,) = sent
+    return args
+
+
 def call_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     """The caller's path of one write-behind call, as a multiple of one PING round trip.
 
@@ -89,10 +108,15 @@ def call_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     # And the same XADD from a script: what running any script costs on top of the command.
     only_xadd = raw.register_script("return redis.call('XADD', KEYS[1], '*', unpack(ARGV))")
     flat = [part for pair in fields.items() for part in pair]
+    # The floor of a call that keeps the durability contract: the very EVALSHA one call sends
+    # (the queue, the pending record and the cache write in one atomic script), its arguments
+    # taken from a call and sent again through redis-py, with none of cachewise's Python.
+    enqueue = _enqueue_command(cache, lambda: behind(1, 1))
     variants = {
         "PING": raw.ping,
         "XADD of the same entry": lambda: raw.xadd("bench-call-xadd", fields),
         "a script that only XADDs it": lambda: only_xadd(keys=["bench-call-xadd"], args=flat),
+        "the call's enqueue script alone": lambda: raw.evalsha(*enqueue),
         "write_behind call": lambda: behind(next(counter) % 1000, 1),
         "write_through call": lambda: through(next(counter) % 1000, 1),
     }
@@ -110,6 +134,12 @@ def call_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
             "XADD / PING": ratio(per_round, "XADD of the same entry", "PING"),
             "script XADD / XADD": ratio(
                 per_round, "a script that only XADDs it", "XADD of the same entry"
+            ),
+            "enqueue script / XADD": ratio(
+                per_round, "the call's enqueue script alone", "XADD of the same entry"
+            ),
+            "write_behind / enqueue script": ratio(
+                per_round, "write_behind call", "the call's enqueue script alone"
             ),
             "write_through / PING": ratio(per_round, "write_through call", "PING"),
         },
