@@ -13,6 +13,8 @@ from typing import Any
 
 import msgpack
 
+from .valuetypes import pooled_packb
+
 __all__ = ["Event", "Fill", "Invalidated", "Released", "Reset", "decode", "encode"]
 
 
@@ -67,7 +69,10 @@ def encode(event: Event) -> bytes:
         body = ["i", event.origin, list(event.keys), list(event.tags)]
     else:
         body = ["r", event.origin]
-    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+    return _packb(body)
+
+
+_packb = pooled_packb(lambda: msgpack.Packer(use_bin_type=True))
 
 
 def decode(data: bytes) -> Event | None:

@@ -94,8 +94,32 @@ def register_annotation(fn: Callable[..., Any]) -> None:
         seen.extend(typing.get_args(hint))
 
 
-def packb(value: Any) -> bytes:
-    return msgpack.packb(value, default=_encode, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
+def pooled_packb(make: Callable[[], msgpack.Packer]) -> Callable[[Any], bytes]:
+    """A ``msgpack.packb`` that keeps the packers ``make`` makes, rather than making one (its
+    options parsed, its buffer allocated) on every call: 670 ns for an envelope that a kept
+    packer packs in 180, and a write packs two or three things.
+
+    A packer's buffer serves one ``pack`` at a time, so each call takes one off the free list
+    and puts it back (``pop`` and ``append`` are atomic under the GIL): another thread, or a
+    nested call (``_encode`` packs the parts of an extension type from inside a ``pack``),
+    takes another or makes one. The list holds as many as ever ran at once.
+    """
+    free: list[msgpack.Packer] = []
+
+    def packb(value: Any) -> bytes:
+        try:
+            packer = free.pop()
+        except IndexError:
+            packer = make()
+        try:
+            return packer.pack(value)  # type: ignore[no-any-return]  # buffer emptied, raising or not
+        finally:
+            free.append(packer)
+
+    return packb
+
+
+packb = pooled_packb(lambda: msgpack.Packer(default=_encode, use_bin_type=True, strict_types=True))
 
 
 def unpackb(raw: bytes) -> Any:
