@@ -293,3 +293,36 @@ def test_bulk_loads_and_write_through_over_many_slots(
         save_row(row, f"v{row}")
     assert [get_row(row) for row in range(10)] == [f"v{row}" for row in range(10)]
     assert a.stats()["redis_errors"] == 0 and b.stats()["redis_errors"] == 0
+
+
+def test_django_incr_on_a_cluster(cluster: LocalCluster, namespace: str) -> None:
+    """The Django backend's atomic ``incr`` on counters of every master, and the L1 of another
+    cache learning of it (its event goes out on the shared channel)."""
+    from cachewise.contrib import django as contrib
+
+    made = [
+        contrib.CachewiseCache(cluster.url, {"OPTIONS": {"namespace": namespace, **extra}})
+        for extra in ({}, {"l1_maxsize": 100})
+    ]
+    writer, reader = made
+    try:
+        for i in range(20):
+            writer.set(f"n{i}", i)
+            assert reader.get(f"n{i}") == i  # held in the reader's L1 from now on
+        threads = [
+            threading.Thread(target=lambda: [writer.incr(f"n{i}") for i in range(20)])
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [writer.get(f"n{i}") for i in range(20)] == [i + 4 for i in range(20)]
+        wait_until(lambda: all(reader.get(f"n{i}") == i + 4 for i in range(20)))
+        assert writer._cache.stats()["redis_errors"] == 0
+    finally:
+        for backend in made:
+            backend._cache.close()
+        with contrib._LOCK:
+            for key in [k for k, v in contrib._SHARED.items() if v in (b._cache for b in made)]:
+                del contrib._SHARED[key]

@@ -104,3 +104,68 @@ def test_the_async_forms_and_what_differs(redis_server: Any, where: str, namespa
         assert FOREVER * 0.9 - 60 < ttl <= FOREVER  # less the TTL jitter (up to a tenth)
     backend.close()
     assert backend.get("forever") == 1  # Django closes caches after each request: still usable
+
+
+def _backend(location: str, namespace: str, **options: Any) -> Any:
+    from cachewise.contrib.django import CachewiseCache
+
+    return CachewiseCache(location, {"OPTIONS": {"namespace": namespace, **options}, "TIMEOUT": 60})
+
+
+@pytest.mark.parametrize("where", ["redis", "in-process"])
+def test_incr_of_an_integer_is_atomic(redis_server: Any, where: str, namespace: str) -> None:
+    """Threads adding to one counter lose no increment (a read and a write again did), and
+    with Redis the counter keeps its timeout (as ``INCRBY`` does with Django's Redis backend)."""
+    import threading
+
+    backend = _backend(redis_server.url if where == "redis" else "", namespace)
+    backend.set("n", 0)
+
+    def add() -> None:
+        for _ in range(150):
+            backend.incr("n")
+
+    threads = [threading.Thread(target=add) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.get("n") == 900
+    assert backend.decr("n", 1000) == -100 and backend.incr("n", -1) == -101
+    assert asyncio.run(backend.aincr("n", 11)) == -90 and asyncio.run(backend.adecr("n")) == -91
+    with pytest.raises(ValueError, match="not found"):
+        backend.incr("missing")
+    if where == "redis":
+        full = backend._cache._target(backend.make_key("n")).full_key
+        redis_server.client().pexpire(full, 5_000)
+        backend.incr("n")
+        assert 0 < redis_server.client().pttl(full) <= 5_000  # not the default timeout again
+
+
+def test_incr_reaches_every_processes_l1(redis_server: Any, namespace: str) -> None:
+    """A counter held in another cache's L1 is dropped there once it is added to in Redis."""
+    from .test_concurrency import wait_until
+
+    writer = _backend(redis_server.url, namespace)
+    reader = _backend(redis_server.url, namespace, l1_maxsize=100)  # a Cache of its own
+    assert reader._cache is not writer._cache
+    writer.set("n", 1)
+    assert reader.get("n") == 1  # now in the reader's L1
+    assert writer.incr("n", 4) == 5
+    wait_until(lambda: reader.get("n") == 5)
+
+
+def test_what_a_script_cannot_add_to_is_read_and_written(redis_server: Any, namespace: str) -> None:
+    """A float, an integer past what Lua holds exactly, and an integer pickled by an earlier
+    release are added to as Django's base backend does (and the last is an integer after)."""
+    import pickle
+
+    backend = _backend(redis_server.url, namespace)
+    backend.set("f", 1.5)
+    assert backend.incr("f") == 2.5
+    backend.set("big", 2**53 - 1)
+    assert backend.incr("big", 2) == 2**53 + 1 and backend.get("big") == 2**53 + 1
+    made = backend.make_key("old")
+    backend._cache.set(made, pickle.dumps(41), ttl=60)  # how an earlier release stored it
+    assert backend.incr("old") == 42
+    assert backend._cache.get(made) == 42  # stored as an integer now: the next one is atomic

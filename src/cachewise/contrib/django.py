@@ -27,8 +27,13 @@ them. Behaviour a Django user may not expect, and why:
   written. Caches of one process with the same ``LOCATION`` and ``OPTIONS`` (aliases with
   another ``KEY_PREFIX`` or ``VERSION``) share one cachewise ``Cache``.
 - ``add`` and ``get_or_set`` are single-flight (one process loads, the others get its value).
-  ``incr``, ``decr`` and ``touch`` read and write again, as Django's base backend does: not
-  atomic across processes, and ``incr`` gives the entry the default timeout.
+- ``incr`` and ``decr`` of an integer are atomic, as with Django's own Redis backend (which
+  uses ``INCRBY``): integers are stored as such rather than pickled, and with Redis one script
+  adds to the value in place, keeping its timeout, and drops every process' L1 copy. What is
+  not an integer a Redis script can add to exactly (a float, a value pickled by an earlier
+  release, beyond ±2**53) is read and written again, as Django's base backend does, which is
+  not atomic across processes and gives the default timeout. In-process, one lock makes them
+  atomic. ``touch`` reads and writes again.
 - ``close()`` (Django calls it after every request) keeps the connection pool; the cache is
   closed when the process exits.
 """
@@ -42,6 +47,7 @@ from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
+from .._drivers import Plan, run_async, run_sync
 from ..cache import Cache
 
 __all__ = ["FOREVER", "CachewiseCache"]
@@ -51,6 +57,8 @@ FOREVER = 10 * 365 * 24 * 3600
 _MISSING = object()
 _SHARED: dict[tuple[str, str], Cache] = {}
 _LOCK = threading.Lock()
+#: ``incr`` of an in-process cache: its read and write under one lock (the process is the cache).
+_INCR_LOCK = threading.Lock()
 
 
 def _shared(location: str, options: dict[str, Any]) -> Cache:
@@ -100,12 +108,31 @@ class CachewiseCache(BaseCache):  # type: ignore[misc]  # Django ships no type h
         return self._cache.get(key, _MISSING) is not _MISSING
 
     @staticmethod
-    def _dumps(value: Any) -> bytes:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    def _dumps(value: Any) -> Any:
+        """An ``int`` as itself (so that ``incr`` can add to it in Redis, as Django's own Redis
+        backend stores it), anything else pickled."""
+        return value if type(value) is int else pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
 
     @staticmethod
     def _loads(raw: Any, default: Any = None) -> Any:
-        return default if raw is _MISSING else pickle.loads(raw)
+        if raw is _MISSING:
+            return default
+        return raw if type(raw) is int else pickle.loads(raw)
+
+    def _increment(self, key: Any, delta: Any, version: int | None) -> Plan[Any] | None:
+        """The plan that adds ``delta`` in Redis (``Engine.increment``); None when the value is
+        read and written instead (a delta that is not an integer)."""
+        if type(delta) is not int:
+            return None
+        return self._cache._engine.increment(self._cache._target(self._key(key, version)), delta)
+
+    @staticmethod
+    def _added(key: Any, new: int | bool | None) -> int | None:
+        """What ``incr``'s script answered: the new integer, a ``ValueError`` for a missing key
+        (Django's), or None when the value is to be read and written instead."""
+        if new is None:
+            raise ValueError(f"Key '{key}' not found.")
+        return None if new is False else new
 
     # -- the cache API ---------------------------------------------------------------------------
 
@@ -129,7 +156,7 @@ class CachewiseCache(BaseCache):  # type: ignore[misc]  # Django ships no type h
             return True  # as Django's backends: "added", and expired at once
         added: list[bool] = []
 
-        def load() -> bytes:
+        def load() -> Any:
             added.append(True)
             return raw
 
@@ -157,6 +184,21 @@ class CachewiseCache(BaseCache):  # type: ignore[misc]  # Django ships no type h
         else:
             self._cache.set(made, raw, ttl=ttl)
         return True
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
+        if self._backend is None:
+            with _INCR_LOCK:
+                return super().incr(key, delta, version)
+        plan = self._increment(key, delta, version)
+        new = None if plan is None else self._added(key, run_sync(plan))
+        return super().incr(key, delta, version) if new is None else new
+
+    async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
+        if self._backend is None:
+            return self.incr(key, delta, version)  # no I/O: nothing to wait for
+        plan = self._increment(key, delta, version)
+        new = None if plan is None else self._added(key, await run_async(plan))
+        return await super().aincr(key, delta, version) if new is None else new
 
     def delete(self, key: Any, version: int | None = None) -> bool:
         made = self._key(key, version)

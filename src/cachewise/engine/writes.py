@@ -7,11 +7,14 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import codec
 from .._drivers import (
     Plan,
 )
+from ..events import Invalidated, encode
 from ..redis import (
     REDIS_ERRORS,
+    RunScript,
 )
 from .coherence import Coherence
 from .values import (
@@ -96,6 +99,29 @@ class Writes(Coherence):
         elif backend is not None and enqueue is None:
             self.remember([target.full_key])
         return reply
+
+    def increment(self, target: Target, delta: int) -> Plan[Any]:
+        """Add ``delta`` to the integer Redis holds for ``target`` in one script (atomic across
+        processes; its deadlines and TTL stay), then drop every L1's copy. The new integer;
+        None when nothing is held, or Redis failed (counted and logged, as every Redis error);
+        False when what is held is not an integer the script adds to (the caller then reads
+        and writes it)."""
+        backend = self.backend
+        assert backend is not None
+        key = target.full_key
+        event = encode(Invalidated(backend.origin, (key,)))
+        try:
+            yield from self._ensure_backend()
+            reply = yield RunScript(
+                backend, "incr", [key], [delta, backend.sender, event, codec.FORMAT]
+            )
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return None
+        if reply is None or isinstance(reply, bytes):
+            return None if reply is None else False
+        self._drop_local([key], ())  # this process' copy, and a load of the old value under way
+        return int(reply)
 
     def pin(self, target: Target, value: Any, policy: Policy) -> None:
         self.pinned[target.full_key] = (target, value, policy)

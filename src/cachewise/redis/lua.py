@@ -187,6 +187,33 @@ end
 
 STORE = _STORE_FN + "return store(0, 5)"
 
+# KEYS: the value. ARGV: the integer to add, the sender's event channel, the event (an
+# invalidation of the key), the envelope format the value must be in.
+# Adds to an integer held in an envelope, in place: its deadlines and its expiry stay. Returns
+# the new integer; nil when there is no value; 'n' when the value is not a plain integer of the
+# current format or the sum would leave the integers a Lua number holds exactly (within 2^53):
+# the caller then reads and writes it instead. Lua's msgpack packs integers in the fewest bytes,
+# as the packers of every reader's decoder may (the decoders take every width).
+INCR = (
+    _PUBLISH_FN
+    + """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local ok, body = pcall(cmsgpack.unpack, raw)
+if not ok or type(body) ~= 'table' or #body ~= 7 or body[1] ~= tonumber(ARGV[4]) then
+  return 'n'
+end
+local value = body[7]
+if type(value) ~= 'number' or value ~= math.floor(value) then return 'n' end
+local new = value + tonumber(ARGV[1])
+if new >= 2^53 or new <= -2^53 then return 'n' end
+body[7] = new
+redis.call('SET', KEYS[1], cmsgpack.pack(body), 'KEEPTTL')
+publish(ARGV[2], ARGV[3])
+return new
+"""
+)
+
 # KEYS: values to drop, their leases, then the version keys of tags to drop. ARGV: the sender's
 # event channel, message.
 # Drops each value and its lease, and each tag's version: every entry that recorded a version of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .lua import (
     ACQUIRE,
+    INCR,
     INVALIDATE,
     REGISTER,
     RELEASE,
@@ -46,4 +47,5 @@ SCRIPTS = {
     "group": GROUP,
     "replay": REPLAY,
     "register": REGISTER,
+    "incr": INCR,
 }
