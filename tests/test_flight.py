@@ -85,3 +85,16 @@ def test_a_flight_settles_once_whoever_settles_it() -> None:
     _join(threads)
     assert results == ["first"] * 10
     assert flight.wait(None) is True and flight.result() == "first"
+
+
+def test_a_gate_not_passed_on_does_not_keep_the_others_waiting() -> None:
+    """A waiter interrupted between taking the gate and passing it on (a KeyboardInterrupt)
+    leaves it held: the others see the flight settled all the same, within a look."""
+    flight = Flight()
+    results, threads = _waiters(flight, 5)
+    time.sleep(0.05)
+    with flight._lock:  # settled as ``_finish`` does, but the gate kept, as by that waiter
+        flight._value, flight._done = "v", True
+    _join(threads)
+    assert results == ["v"] * 5
+    assert Wait(flight, 0.01).run_sync() == "v"

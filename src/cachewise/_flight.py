@@ -6,6 +6,11 @@ import asyncio
 import threading
 from typing import Any
 
+from ._clock import monotonic
+
+#: How often a waiting thread looks whether its flight settled without the gate reaching it.
+_LOOK_AGAIN = 0.1
+
 
 class Flight:
     """One running load of one key, shared by every thread and task that wants its result.
@@ -91,10 +96,16 @@ class Flight:
             if gate is None:
                 gate = self._gate = threading.Lock()
                 gate.acquire()  # released by ``_finish``, from whichever thread settles
-        if not gate.acquire(timeout=-1 if timeout is None else timeout):
-            return False
-        gate.release()  # the next waiting thread's turn
-        return True
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            wait = _LOOK_AGAIN if deadline is None else min(_LOOK_AGAIN, deadline - monotonic())
+            if wait > 0 and gate.acquire(timeout=wait):
+                gate.release()  # the next waiting thread's turn
+                return True
+            if self._done:  # settled, and the gate not passed on to this thread (its holder
+                return True  # was interrupted, by a KeyboardInterrupt, between the two)
+            if deadline is not None and monotonic() >= deadline:
+                return False
 
     def waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         """A future of ``loop`` for one waiting task, its own: cancelling it (a cancelled or
