@@ -165,6 +165,8 @@ def test_what_a_script_cannot_add_to_is_read_and_written(redis_server: Any, name
     assert backend.incr("f") == 2.5
     backend.set("big", 2**53 - 1)
     assert backend.incr("big", 2) == 2**53 + 1 and backend.get("big") == 2**53 + 1
+    backend.set("small", -10)
+    assert backend.incr("small", 2**53 + 1) == 2**53 - 9  # a delta a double rounds
     made = backend.make_key("old")
     backend._cache.set(made, pickle.dumps(41), ttl=60)  # how an earlier release stored it
     assert backend.incr("old") == 42

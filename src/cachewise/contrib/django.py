@@ -121,8 +121,9 @@ class CachewiseCache(BaseCache):  # type: ignore[misc]  # Django ships no type h
 
     def _increment(self, key: Any, delta: Any, version: int | None) -> Plan[Any] | None:
         """The plan that adds ``delta`` in Redis (``Engine.increment``); None when the value is
-        read and written instead (a delta that is not an integer)."""
-        if type(delta) is not int:
+        read and written instead: a delta that is not an integer, or one a Lua number does not
+        hold exactly (the script adds in doubles)."""
+        if type(delta) is not int or not -(2**53) < delta < 2**53:
             return None
         return self._cache._engine.increment(self._cache._target(self._key(key, version)), delta)
 

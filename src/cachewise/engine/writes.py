@@ -118,8 +118,10 @@ class Writes(Coherence):
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return None
-        if reply is None or isinstance(reply, bytes):
-            return None if reply is None else False
+        if reply is None:
+            return None
+        if isinstance(reply, bytes):  # not an integer the script adds to
+            return False
         self._drop_local([key], ())  # this process' copy, and a load of the old value under way
         return int(reply)
 
