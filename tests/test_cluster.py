@@ -296,8 +296,8 @@ def test_bulk_loads_and_write_through_over_many_slots(
 
 
 def test_django_incr_on_a_cluster(cluster: LocalCluster, namespace: str) -> None:
-    """The Django backend's atomic ``incr`` on counters of every master, and the L1 of another
-    cache learning of it (its event goes out on the shared channel)."""
+    """The Django backend's atomic ``incr`` (and ``touch``) on counters of every master, and the
+    L1 of another cache learning of it (its event goes out on the shared channel)."""
     from cachewise.contrib import django as contrib
 
     made = [
@@ -319,6 +319,8 @@ def test_django_incr_on_a_cluster(cluster: LocalCluster, namespace: str) -> None
             thread.join()
         assert [writer.get(f"n{i}") for i in range(20)] == [i + 4 for i in range(20)]
         wait_until(lambda: all(reader.get(f"n{i}") == i + 4 for i in range(20)))
+        assert all(writer.touch(f"n{i}", 300) for i in range(20))
+        assert [writer.get(f"n{i}") for i in range(20)] == [i + 4 for i in range(20)]
         assert writer._cache.stats()["redis_errors"] == 0
     finally:
         for backend in made:

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,45 @@ def test_what_a_script_cannot_add_to_is_read_and_written(redis_server: Any, name
     backend._cache.set(made, pickle.dumps(41), ttl=60)  # how an earlier release stored it
     assert backend.incr("old") == 42
     assert backend._cache.get(made) == 42  # stored as an integer now: the next one is atomic
+
+
+def test_touch_sets_the_lifetime_where_the_value_is(redis_server: Any, namespace: str) -> None:
+    """``touch`` with Redis rewrites the value's deadlines and expiry in place: the value
+    (pickled, tagged by no one) reads back the same, an increment racing with it is not undone,
+    and another cache's L1 copy is dropped, so it does not expire there at the old time."""
+    import threading
+
+    from .test_concurrency import wait_until
+
+    backend = _backend(redis_server.url, namespace)
+    reader = _backend(redis_server.url, namespace, l1_maxsize=100)
+    backend.set("obj", {"x": b"\xff bytes", "y": [1.5, None]}, timeout=2)
+    assert reader.get("obj") == {"x": b"\xff bytes", "y": [1.5, None]}
+    full = backend._cache._target(backend.make_key("obj")).full_key
+    assert backend.touch("obj", 300) is True
+    assert 290_000 < redis_server.client().pttl(full) <= 300_000
+    assert backend.get("obj") == {"x": b"\xff bytes", "y": [1.5, None]}
+    time.sleep(2.1)  # past the old deadline: fresh by the new one, here and in the reader
+    assert backend.get("obj") == {"x": b"\xff bytes", "y": [1.5, None]}
+    wait_until(lambda: reader.get("obj") == {"x": b"\xff bytes", "y": [1.5, None]})
+    assert backend.touch("missing") is False
+    assert asyncio.run(backend.atouch("obj", 100)) is True
+    assert 90_000 < redis_server.client().pttl(full) <= 100_000
+    assert backend.touch("obj", 0) is True and backend.get("obj") is None  # as Django: expired
+
+    backend.set("n", 0)
+    stop = threading.Event()
+
+    def touching() -> None:
+        while not stop.is_set():
+            backend.touch("n", 60)
+
+    toucher = threading.Thread(target=touching)
+    toucher.start()
+    try:
+        for _ in range(300):
+            backend.incr("n")
+    finally:
+        stop.set()
+        toucher.join()
+    assert backend.get("n") == 300

@@ -33,7 +33,8 @@ them. Behaviour a Django user may not expect, and why:
   not an integer a Redis script can add to exactly (a float, a value pickled by an earlier
   release, beyond ±2**53) is read and written again, as Django's base backend does, which is
   not atomic across processes and gives the default timeout. In-process, one lock makes them
-  atomic. ``touch`` reads and writes again.
+  atomic. ``touch`` with Redis is one script too (the value's deadlines and expiry set anew
+  where it is), so it never undoes a write that races with it.
 - ``close()`` (Django calls it after every request) keeps the connection pool; the cache is
   closed when the process exits.
 """
@@ -57,8 +58,9 @@ FOREVER = 10 * 365 * 24 * 3600
 _MISSING = object()
 _SHARED: dict[tuple[str, str], Cache] = {}
 _LOCK = threading.Lock()
-#: ``incr`` of an in-process cache: its read and write under one lock (the process is the cache).
-_INCR_LOCK = threading.Lock()
+#: ``incr`` and ``touch`` that read and write again: under one lock, which makes them atomic
+#: in-process (the process is the whole cache), and in this process only otherwise.
+_RMW_LOCK = threading.Lock()
 
 
 def _shared(location: str, options: dict[str, Any]) -> Cache:
@@ -177,6 +179,25 @@ class CachewiseCache(BaseCache):  # type: ignore[misc]  # Django ships no type h
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         made, ttl = self._key(key, version), self._ttl(timeout)
+        if self._backend is not None and ttl > 0:
+            done = run_sync(self._cache._engine.retime(self._cache._target(made), ttl))
+            if done is not None:
+                return bool(done)
+        with _RMW_LOCK:  # in-process, or not an envelope the script rewrites
+            return self._touch_again(made, ttl)
+
+    async def atouch(
+        self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        made, ttl = self._key(key, version), self._ttl(timeout)
+        if self._backend is not None and ttl > 0:
+            done = await run_async(self._cache._engine.retime(self._cache._target(made), ttl))
+            if done is not None:
+                return bool(done)
+        return bool(await super().atouch(key, timeout, version))  # ``touch`` in a thread
+
+    def _touch_again(self, made: str, ttl: float) -> bool:
+        """``touch`` by reading and writing the value again (Django's base backend's way)."""
         raw = self._cache.get(made, _MISSING)
         if raw is _MISSING:
             return False
@@ -188,7 +209,7 @@ class CachewiseCache(BaseCache):  # type: ignore[misc]  # Django ships no type h
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         if self._backend is None:
-            with _INCR_LOCK:
+            with _RMW_LOCK:
                 return super().incr(key, delta, version)
         plan = self._increment(key, delta, version)
         new = None if plan is None else self._added(key, run_sync(plan))

@@ -106,6 +106,26 @@ class Writes(Coherence):
         None when nothing is held, or Redis failed (counted and logged, as every Redis error);
         False when what is held is not an integer the script adds to (the caller then reads
         and writes it)."""
+        reply = yield from self._in_place(target, "incr", delta)
+        if reply is None:
+            return None
+        if isinstance(reply, bytes):  # not an integer the script adds to
+            return False
+        return int(reply)
+
+    def retime(self, target: Target, ttl: float) -> Plan[Any]:
+        """Give the value Redis holds for ``target`` a lifetime of ``ttl`` seconds from now,
+        with no stale window (Django's ``touch``), without reading it out (a write racing with
+        it is not undone), then drop every L1's copy. True; False when nothing is held or
+        Redis failed; None when what is held is not an envelope the script rewrites (the
+        caller then reads and writes it)."""
+        reply = yield from self._in_place(target, "touch", max(1, int(ttl * 1000)))
+        return None if isinstance(reply, bytes) else reply is not None
+
+    def _in_place(self, target: Target, script: str, arg: int) -> Plan[Any]:
+        """Run ``script`` (``INCR``, ``TOUCH``), which changes the value of ``target`` where it
+        is and tells the other processes; drop this process' copy if it did. Its reply; None
+        when Redis failed."""
         backend = self.backend
         assert backend is not None
         key = target.full_key
@@ -113,17 +133,14 @@ class Writes(Coherence):
         try:
             yield from self._ensure_backend()
             reply = yield RunScript(
-                backend, "incr", [key], [delta, backend.sender, event, codec.FORMAT]
+                backend, script, [key], [arg, backend.sender, event, codec.FORMAT]
             )
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return None
-        if reply is None:
-            return None
-        if isinstance(reply, bytes):  # not an integer the script adds to
-            return False
-        self._drop_local([key], ())  # this process' copy, and a load of the old value under way
-        return int(reply)
+        if reply is not None and not isinstance(reply, bytes):
+            self._drop_local([key], ())  # this process' copy, and a load of the old value
+        return reply
 
     def pin(self, target: Target, value: Any, policy: Policy) -> None:
         self.pinned[target.full_key] = (target, value, policy)

@@ -214,6 +214,37 @@ return new
 """
 )
 
+# KEYS: the value. ARGV: its new lifetime in ms, the sender's event channel, the event (an
+# invalidation of the key), the envelope format the value must be in.
+# Gives a value a new lifetime from now, in place: both deadlines of its envelope and its
+# expiry. The envelope's header is read field by field and written again; the value's own
+# bytes, which follow it, are kept as they are (Lua's msgpack would write bytes back as text).
+# Returns 1; nil when there is no value; 'n' when it is not an envelope of the current format.
+TOUCH = (
+    _PUBLISH_FN
+    + """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local ok, off, head = pcall(function()
+  local at, head = 1, {}
+  for i = 1, 6 do
+    local field
+    at, field = cmsgpack.unpack_one(raw, at)
+    if at < 0 then error('short') end
+    head[i] = field
+  end
+  return at, head
+end)
+if not ok or string.byte(raw, 1) ~= 0x97 or head[1] ~= tonumber(ARGV[4]) then return 'n' end
+local now = redis.call('TIME')
+local ends = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+local header = string.char(0x97) .. cmsgpack.pack(head[1], ends, ends, head[4], head[5], head[6])
+redis.call('SET', KEYS[1], header .. string.sub(raw, off + 1), 'PXAT', ends)
+publish(ARGV[2], ARGV[3])
+return 1
+"""
+)
+
 # KEYS: values to drop, their leases, then the version keys of tags to drop. ARGV: the sender's
 # event channel, message.
 # Drops each value and its lease, and each tag's version: every entry that recorded a version of

@@ -11,6 +11,7 @@ from .lua import (
     RENEW,
     STORE,
     TAG_VERSIONS,
+    TOUCH,
 )
 from .lua_writebehind import (
     ENQUEUE,
@@ -48,4 +49,5 @@ SCRIPTS = {
     "replay": REPLAY,
     "register": REGISTER,
     "incr": INCR,
+    "touch": TOUCH,
 }
