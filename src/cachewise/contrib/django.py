@@ -208,12 +208,12 @@ class CachewiseCache(BaseCache):  # type: ignore[misc]  # Django ships no type h
         return True
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
-        if self._backend is None:
-            with _RMW_LOCK:
-                return super().incr(key, delta, version)
-        plan = self._increment(key, delta, version)
+        plan = None if self._backend is None else self._increment(key, delta, version)
         new = None if plan is None else self._added(key, run_sync(plan))
-        return super().incr(key, delta, version) if new is None else new
+        if new is not None:
+            return new
+        with _RMW_LOCK:  # in-process, or not an integer the script adds to
+            return super().incr(key, delta, version)
 
     async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         if self._backend is None:
