@@ -187,28 +187,50 @@ end
 
 STORE = _STORE_FN + "return store(0, 5)"
 
+# The header of an envelope (``codec``: an array of seven, the value last) of format ``format``
+# in ``raw``: the offset where its value starts (counted from 0, as ``cmsgpack.unpack_one``
+# counts) and its six fields read one by one; nil when ``raw`` is not such an envelope.
+_ENVELOPE_HEADER_FN = """
+local function envelope_header(raw, format)
+  if string.byte(raw, 1) ~= 0x97 then return nil end
+  local ok, off, head = pcall(function()
+    local at, head = 1, {}
+    for i = 1, 6 do
+      local field
+      at, field = cmsgpack.unpack_one(raw, at)
+      if at < 0 then error('short') end
+      head[i] = field
+    end
+    return at, head
+  end)
+  if not ok or head[1] ~= tonumber(format) then return nil end
+  return off, head
+end
+"""
+
 # KEYS: the value. ARGV: the integer to add, the sender's event channel, the event (an
 # invalidation of the key), the envelope format the value must be in.
-# Adds to an integer held in an envelope, in place: its deadlines and its expiry stay. Returns
-# the new integer; nil when there is no value; 'n' when the value is not a plain integer of the
-# current format or the sum would leave the integers a Lua number holds exactly (within 2^53):
-# the caller then reads and writes it instead. Lua's msgpack packs integers in the fewest bytes,
-# as the packers of every reader's decoder may (the decoders take every width).
+# Adds to an integer held in an envelope, in place: its header bytes (deadlines) and its expiry
+# stay. Returns the new integer; nil when there is no value; 'n' when the value is not a plain
+# integer of the current format or the sum would leave the integers a Lua number holds exactly
+# (within 2^53): the caller then reads and writes it instead. Lua's msgpack packs the integer
+# in the fewest bytes, as the packers of every reader's decoder may (the decoders take every
+# width).
 INCR = (
     _PUBLISH_FN
+    + _ENVELOPE_HEADER_FN
     + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
-local ok, body = pcall(cmsgpack.unpack, raw)
-if not ok or type(body) ~= 'table' or #body ~= 7 or body[1] ~= tonumber(ARGV[4]) then
+local off = envelope_header(raw, ARGV[4])
+if not off then return 'n' end
+local ok, after, value = pcall(cmsgpack.unpack_one, raw, off)
+if not ok or after ~= -1 or type(value) ~= 'number' or value ~= math.floor(value) then
   return 'n'
 end
-local value = body[7]
-if type(value) ~= 'number' or value ~= math.floor(value) then return 'n' end
 local new = value + tonumber(ARGV[1])
 if new >= 2^53 or new <= -2^53 then return 'n' end
-body[7] = new
-redis.call('SET', KEYS[1], cmsgpack.pack(body), 'KEEPTTL')
+redis.call('SET', KEYS[1], string.sub(raw, 1, off) .. cmsgpack.pack(new), 'KEEPTTL')
 publish(ARGV[2], ARGV[3])
 return new
 """
@@ -217,25 +239,17 @@ return new
 # KEYS: the value. ARGV: its new lifetime in ms, the sender's event channel, the event (an
 # invalidation of the key), the envelope format the value must be in.
 # Gives a value a new lifetime from now, in place: both deadlines of its envelope and its
-# expiry. The envelope's header is read field by field and written again; the value's own
-# bytes, which follow it, are kept as they are (Lua's msgpack would write bytes back as text).
+# expiry. The header is written again; the value's own bytes, which follow it, are kept as
+# they are (Lua's msgpack would write bytes back as text).
 # Returns 1; nil when there is no value; 'n' when it is not an envelope of the current format.
 TOUCH = (
     _PUBLISH_FN
+    + _ENVELOPE_HEADER_FN
     + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
-local ok, off, head = pcall(function()
-  local at, head = 1, {}
-  for i = 1, 6 do
-    local field
-    at, field = cmsgpack.unpack_one(raw, at)
-    if at < 0 then error('short') end
-    head[i] = field
-  end
-  return at, head
-end)
-if not ok or string.byte(raw, 1) ~= 0x97 or head[1] ~= tonumber(ARGV[4]) then return 'n' end
+local off, head = envelope_header(raw, ARGV[4])
+if not off then return 'n' end
 local now = redis.call('TIME')
 local ends = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
 local header = string.char(0x97) .. cmsgpack.pack(head[1], ends, ends, head[4], head[5], head[6])
