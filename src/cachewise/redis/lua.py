@@ -187,12 +187,15 @@ end
 
 STORE = _STORE_FN + "return store(0, 5)"
 
-# The header of an envelope (``codec``: an array of seven, the value last) of format ``format``
-# in ``raw``: the offset where its value starts (counted from 0, as ``cmsgpack.unpack_one``
-# counts) and its six fields read one by one; nil when ``raw`` is not such an envelope.
-_ENVELOPE_HEADER_FN = """
-local function envelope_header(raw, format)
-  if string.byte(raw, 1) ~= 0x97 then return nil end
+# The envelope (``codec``: an array of seven, the value last) of format ``format`` held at
+# ``key``: its bytes, the offset where its value starts (counted from 0, as
+# ``cmsgpack.unpack_one`` counts) and its six header fields read one by one. Else nil and what
+# the script answers: nil when nothing is held, 'n' when what is held is not such an envelope.
+_ENVELOPE_FN = """
+local function envelope_at(key, format)
+  local raw = redis.call('GET', key)
+  if not raw then return nil, false end
+  if string.byte(raw, 1) ~= 0x97 then return nil, 'n' end
   local ok, off, head = pcall(function()
     local at, head = 1, {}
     for i = 1, 6 do
@@ -203,8 +206,8 @@ local function envelope_header(raw, format)
     end
     return at, head
   end)
-  if not ok or head[1] ~= tonumber(format) then return nil end
-  return off, head
+  if not ok or head[1] ~= tonumber(format) then return nil, 'n' end
+  return raw, off, head
 end
 """
 
@@ -218,12 +221,10 @@ end
 # width).
 INCR = (
     _PUBLISH_FN
-    + _ENVELOPE_HEADER_FN
+    + _ENVELOPE_FN
     + """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return false end
-local off = envelope_header(raw, ARGV[4])
-if not off then return 'n' end
+local raw, off = envelope_at(KEYS[1], ARGV[4])
+if not raw then return off end
 local ok, after, value = pcall(cmsgpack.unpack_one, raw, off)
 if not ok or after ~= -1 or type(value) ~= 'number' or value ~= math.floor(value) then
   return 'n'
@@ -244,12 +245,10 @@ return new
 # Returns 1; nil when there is no value; 'n' when it is not an envelope of the current format.
 TOUCH = (
     _PUBLISH_FN
-    + _ENVELOPE_HEADER_FN
+    + _ENVELOPE_FN
     + """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return false end
-local off, head = envelope_header(raw, ARGV[4])
-if not off then return 'n' end
+local raw, off, head = envelope_at(KEYS[1], ARGV[4])
+if not raw then return off end
 local now = redis.call('TIME')
 local ends = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
 local header = string.char(0x97) .. cmsgpack.pack(head[1], ends, ends, head[4], head[5], head[6])
