@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import _eager
 from ._clock import monotonic
 from ._flight import Flight
 from .errors import ConfigTypeError, describe
@@ -91,10 +92,15 @@ class Spawn(Op):
             run_sync(self.plan)
 
     async def run_async(self) -> None:
-        task = asyncio.get_running_loop().create_task(run_async(self.plan))
+        loop = asyncio.get_running_loop()
+        if self.background:
+            self.keep(loop.create_task(run_async(self.plan)))
+            return
+        # Its first step taken now (``_eager``): a load the caller waits for starts before the
+        # steps already due, a herd's other callers among them.
+        task = _eager.start(loop, run_async(self.plan))
         self.keep(task)
-        if not self.background:
-            await asyncio.shield(task)
+        await asyncio.shield(task)
 
 
 def call_sync(fn: Callable[[], Any]) -> Any:
