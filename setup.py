@@ -13,6 +13,7 @@ _PARTS = [
     "_speedups_entry.c",
     "_speedups_bulk.c",
     "_speedups_lone.c",
+    "_speedups_front.c",
 ]
 
 setup(

@@ -21,7 +21,8 @@
  *
  * The parts, one file each: _speedups_hit.c (``HitWrapper``, ``HitProbe``), _speedups_entry.c
  * (``EntryFields``, ``bind_entry``), _speedups_bulk.c (``fresh_values``), _speedups_lone.c
- * (``bind_lone``, the compiled ``read_sync``); _speedups.h what they
+ * (``bind_lone``, the compiled ``read_sync``), _speedups_front.c (``bind_front``, the compiled
+ * ``Cache.get_or_load``); _speedups.h what they
  * share; this file the module.
  *
  * ``EntryFields`` holds an entry's deadlines and counters as C numbers: in a class with
@@ -37,6 +38,8 @@ static PyMethodDef module_methods[] = {
      "codec.fresh_values' loop: the keys whose bytes are not an envelope, or None."},
     {"bind_lone", cw_bind_lone, METH_O,
      "Set what the compiled read_sync reads and calls (engine/read.py); returns it."},
+    {"bind_front", (PyCFunction)(void (*)(void))cw_bind_front, METH_FASTCALL,
+     "The compiled Cache.get_or_load, Python's given as its fallback (cache.py)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -57,7 +60,7 @@ PyInit__speedups(void)
     }
     /* VERSION is what _compiled.py checks: a build of older C beside newer Python is not used. */
     if (cw_add_hit_types(module) < 0 || cw_add_entry_fields(module) < 0 ||
-        PyModule_AddIntConstant(module, "VERSION", 7) < 0) {
+        PyModule_AddIntConstant(module, "VERSION", 8) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -48,6 +48,7 @@ CW_INTERNAL PyObject *cw_fresh_values(PyObject *module, PyObject *const *args, P
 CW_INTERNAL PyObject *cw_fresh_value(PyObject *raw, double now, unsigned long long format,
                                      PyObject *unpackb, PyObject **argv, PyObject *kwnames);
 CW_INTERNAL PyObject *cw_bind_lone(PyObject *module, PyObject *parts);
+CW_INTERNAL PyObject *cw_bind_front(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* CLOCK_MONOTONIC in seconds, as time.monotonic converts it (integer nanoseconds, then a
  * double): 0, or -1 with an exception set. */
