@@ -1,9 +1,10 @@
-"""The compiled ``Cache.get_or_load`` and L1 hit of ``read_sync`` (``_speedups_front.c``,
-``_speedups_lone.c``): every call ends as with Python's alone (value, counters, errors), and an
-L1 hit is served without Python's plan."""
+"""The compiled ``Cache.get_or_load`` and L1 hit (``_speedups_front.c``, ``_speedups_lone.c``):
+every call ends as with Python's alone (value, counters, errors); an L1 hit of ``get_or_load``
+or ``aget_or_load`` is served without a plan (``served_now``), compiled or not."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ def _python(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(Reads, name, method)
 
 
-def _story(redis_url: str | None, namespace: str) -> tuple[list[Any], dict[str, Any]]:
+def _story(redis_url: str | None, namespace: str, how: str) -> tuple[list[Any], dict[str, Any]]:
     """A key through a miss, hits, its early-refresh window, staleness and expiry, bypass and
     the switch: what each call returned and what the cache counted."""
     clock = FakeClock()
@@ -41,7 +42,11 @@ def _story(redis_url: str | None, namespace: str) -> tuple[list[Any], dict[str, 
     seen: list[Any] = []
 
     def call(**ttls: Any) -> None:
-        seen.append(cache.get_or_load("k", lambda: next(loads), **{"ttl": 10, **ttls}))
+        loader, kw = (lambda: next(loads)), {"ttl": 10, **ttls}
+        if how == "sync":
+            seen.append(cache.get_or_load("k", loader, **kw))
+        else:
+            seen.append(asyncio.run(cache.aget_or_load("k", loader, **kw)))
         wait_until(lambda: not cache._engine.flights)  # a refresh it started has ended
 
     call(stale_ttl=5)
@@ -63,18 +68,19 @@ def _story(redis_url: str | None, namespace: str) -> tuple[list[Any], dict[str, 
 
 
 @compiled
+@pytest.mark.parametrize("how", ["sync", "async"])
 @pytest.mark.parametrize("where", ["in-process", "two-tier"])
 def test_the_compiled_front_and_hit_end_every_call_as_python_does(
-    monkeypatch: pytest.MonkeyPatch, redis_server: Any, namespace: str, where: str
+    monkeypatch: pytest.MonkeyPatch, redis_server: Any, namespace: str, where: str, how: str
 ) -> None:
     url = redis_server.url if where == "two-tier" else None
-    with_c = _story(url, f"{namespace}-c")
+    with_c = _story(url, f"{namespace}-c", how)
     _python(monkeypatch)
-    assert _story(url, f"{namespace}-py") == with_c
+    assert _story(url, f"{namespace}-py", how) == with_c
 
 
-@compiled
-def test_an_l1_hit_is_served_without_pythons_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_an_l1_hit_is_served_without_a_plan(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     cache = Cache()
     cache.get_or_load("k", lambda: "v", ttl=60)
 
@@ -82,7 +88,15 @@ def test_an_l1_hit_is_served_without_pythons_plan(monkeypatch: pytest.MonkeyPatc
         raise AssertionError("served by Python's plan")
 
     monkeypatch.setattr(Reads, "read", plan)
-    assert [cache.get_or_load("k", plan, ttl=60) for _ in range(3)] == ["v"] * 3
+    if how == "sync":
+        got = [cache.get_or_load("k", plan, ttl=60) for _ in range(3)]
+    else:
+
+        async def three() -> list[Any]:
+            return [await cache.aget_or_load("k", plan, ttl=60) for _ in range(3)]
+
+        got = asyncio.run(three())
+    assert got == ["v"] * 3
     assert cache.stats()["l1_hits"] == 3
 
 

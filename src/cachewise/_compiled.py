@@ -10,7 +10,7 @@ import warnings
 __all__ = ["VERSION", "speedups"]
 
 #: The version of ``_speedups.c`` this Python code works with (its ``VERSION``).
-VERSION = 8
+VERSION = 9
 
 try:
     from . import _speedups as speedups

@@ -60,7 +60,7 @@ PyInit__speedups(void)
     }
     /* VERSION is what _compiled.py checks: a build of older C beside newer Python is not used. */
     if (cw_add_hit_types(module) < 0 || cw_add_entry_fields(module) < 0 ||
-        PyModule_AddIntConstant(module, "VERSION", 8) < 0) {
+        PyModule_AddIntConstant(module, "VERSION", 9) < 0) {
         Py_DECREF(module);
         return NULL;
     }

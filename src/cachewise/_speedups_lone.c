@@ -25,7 +25,7 @@
     DO(backend_type) DO(flight_type) DO(fetch_type) DO(closed) DO(disabled) DO(bypassing)   \
     DO(running_loop) DO(monotonic) DO(redis_errors) DO(finish) DO(full) DO(unhandled)      \
     DO(unpackb) DO(kwnames) DO(kwvalues) DO(format) DO(reads_type) DO(fallback)            \
-    DO(python_probe) DO(python_probed)
+    DO(python_probe) DO(python_probed) DO(unread)
 #define PART_FIELD(name) PyObject *name;
 static struct {
     PARTS(PART_FIELD)
@@ -47,10 +47,10 @@ NAMES(NAME_FIELD)
 /* The server clock's offset is measured again after this long (RedisBackend.clock_due). */
 #define CLOCK_CHECK_EVERY 60.0
 
-static PyMethodDef read_sync_def, probe_def, probed_def;
+static PyMethodDef read_sync_def, probe_def, probed_def, served_now_def;
 
 /* bind_lone(parts): ``parts`` a dict of every name in PARTS; returns the compiled
- * ``read_sync``, ``probe`` and ``probed``, methods of ``reads_type``. */
+ * ``read_sync``, ``probe``, ``probed`` and ``served_now``, methods of ``reads_type``. */
 PyObject *
 cw_bind_lone(PyObject *module, PyObject *parts)
 {
@@ -87,13 +87,13 @@ cw_bind_lone(PyObject *module, PyObject *parts)
         return NULL;
     }
     PyTypeObject *reads = (PyTypeObject *)lone.reads_type;
-    PyObject *methods[] = {PyDescr_NewMethod(reads, &read_sync_def),
-                           PyDescr_NewMethod(reads, &probe_def),
-                           PyDescr_NewMethod(reads, &probed_def)};
-    PyObject *all = methods[0] && methods[1] && methods[2]
-                        ? PyTuple_Pack(3, methods[0], methods[1], methods[2])
+    PyObject *methods[] = {
+        PyDescr_NewMethod(reads, &read_sync_def), PyDescr_NewMethod(reads, &probe_def),
+        PyDescr_NewMethod(reads, &probed_def), PyDescr_NewMethod(reads, &served_now_def)};
+    PyObject *all = methods[0] && methods[1] && methods[2] && methods[3]
+                        ? PyTuple_Pack(4, methods[0], methods[1], methods[2], methods[3])
                         : NULL;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         Py_XDECREF(methods[i]);
     }
     return all;
@@ -693,6 +693,19 @@ static PyMethodDef read_sync_def = {
     "read_sync", (PyCFunction)(void (*)(void))read_sync, METH_FASTCALL,
     "``read`` carried out in this thread: the lone-caller fast path compiled "
     "(_speedups_lone.c), then Python's read_sync with its answer.",
+};
+/* ``Reads.served_now(self, target)``, compiled: ``l1_served``'s value, or ``unread``. */
+static PyObject *
+served_now(PyObject *engine, PyObject *target)
+{
+    PyObject *value = l1_served(engine, target);
+    return value != NULL || PyErr_Occurred() ? value : Py_NewRef(lone.unread);
+}
+
+static PyMethodDef served_now_def = {
+    "served_now", (PyCFunction)served_now, METH_O,
+    "The L1 value a read of ``target`` returns at once, or ``_UNREAD`` (compiled; "
+    "_speedups_lone.c).",
 };
 static PyMethodDef probe_def = {
     "probe", (PyCFunction)probe_method, METH_O,

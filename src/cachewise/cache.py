@@ -14,6 +14,7 @@ from ._decorating import Decorating
 from ._drivers import Plan, run_async, run_sync
 from ._lifecycle import _OPEN, Lifecycle
 from .engine import Engine, InvalidationEvent, Policy, Target
+from .engine.values import _UNREAD
 from .errors import ConfigTypeError, ConfigValueError
 from .options import Connection, Freshness, Leases, WriteBehind, group_options
 from .redis import RedisBackend
@@ -213,13 +214,23 @@ class Cache(Decorating, Lifecycle):
         self, key: str, loader: Callable[[], T], *, ttl: Any, stale_ttl: Any = None
     ) -> T:
         """Return the value of ``key``, loading it with ``loader()`` (once per key) on a miss."""
-        return self._engine.read_sync(*self._read_args(key, loader, ttl, stale_ttl))  # type: ignore[no-any-return]
+        target, loader, policy = self._read_args(key, loader, ttl, stale_ttl)
+        engine = self._engine
+        value = engine.served_now(target)  # an L1 hit: no plan to carry out
+        if value is _UNREAD:
+            return engine.read_sync(target, loader, policy)  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]
 
     async def aget_or_load(
         self, key: str, loader: Callable[[], Any], *, ttl: Any, stale_ttl: Any = None
     ) -> Any:
         """``get_or_load`` for asyncio: ``loader()`` may return an awaitable."""
-        return await self._engine.read_async(*self._read_args(key, loader, ttl, stale_ttl))
+        target, loader, policy = self._read_args(key, loader, ttl, stale_ttl)
+        engine = self._engine
+        value = engine.served_now(target)  # an L1 hit: no plan to carry out
+        if value is _UNREAD:
+            return await engine.read_async(target, loader, policy)
+        return value
 
     def get_or_load_many(
         self,

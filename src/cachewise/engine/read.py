@@ -119,6 +119,16 @@ class Reads(Leases):
             self._missed(target, started, flight, "leader" if leader else "waiter")
             return value
 
+    def served_now(self, target: Target) -> Any:
+        """The L1 value a read of ``target`` returns at once (``core.serves_at_once``), counted
+        as the read counts it, or ``_UNREAD`` when ``read`` must run: an async L1 hit then
+        needs no plan nor coroutine of its own."""
+        entry = target.table.get(target.l1_key)
+        if entry is None or self.uncached(target) or not core.serves_at_once(entry, self.clock()):
+            return _UNREAD
+        self.l1.hit(target.table, entry)
+        return entry.value
+
     def _being_refreshed(self, key: str) -> Entry | None:
         """The entry a running refresh of ``key`` replaces, unless an invalidation or a write
         happened since: with L1 off it is the only copy a caller can be served while the
@@ -367,9 +377,11 @@ class Reads(Leases):
 _FULL, _UNHANDLED = object(), object()
 #: ``read_sync``, ``probe`` and ``probed`` in Python, whether or not compiled ones replaced
 #: them (the tests compare the two).
-PYTHON_READS = {name: getattr(Reads, name) for name in ("read_sync", "probe", "probed")}
+PYTHON_READS = {
+    name: getattr(Reads, name) for name in ("read_sync", "probe", "probed", "served_now")
+}
 if speedups is not None:
-    Reads.read_sync, Reads.probe, Reads.probed = speedups.bind_lone(  # type: ignore[method-assign]
+    Reads.read_sync, Reads.probe, Reads.probed, Reads.served_now = speedups.bind_lone(  # type: ignore[method-assign]
         {
             "reads_type": Reads,
             "fallback": Reads.read_sync,
@@ -387,6 +399,7 @@ if speedups is not None:
             "redis_errors": REDIS_ERRORS,
             "full": _FULL,
             "unhandled": _UNHANDLED,
+            "unread": _UNREAD,
             **codec.UNPACKING,
         }
     )
