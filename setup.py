@@ -13,6 +13,7 @@ _PARTS = [
     "_speedups_entry.c",
     "_speedups_bulk.c",
     "_speedups_lone.c",
+    "_speedups_probe.c",
     "_speedups_front.c",
 ]
 
@@ -21,7 +22,7 @@ setup(
         Extension(
             "cachewise._speedups",
             [f"src/cachewise/{part}" for part in _PARTS],
-            depends=["src/cachewise/_speedups.h"],
+            depends=["src/cachewise/_speedups.h", "src/cachewise/_speedups_lone.h"],
             optional=True,
         ),
     ]

@@ -21,7 +21,7 @@
  *
  * The parts, one file each: _speedups_hit.c (``HitWrapper``, ``HitProbe``), _speedups_entry.c
  * (``EntryFields``, ``bind_entry``), _speedups_bulk.c (``fresh_values``), _speedups_lone.c
- * (``bind_lone``, the compiled ``read_sync``), _speedups_front.c (``bind_front``, the compiled
+ * and _speedups_probe.c (``bind_lone``, the compiled ``read_sync``), _speedups_front.c (``bind_front``, the compiled
  * ``Cache.get_or_load``); _speedups.h what they
  * share; this file the module.
  *
