@@ -5,6 +5,7 @@ or ``aget_or_load`` is served without a plan (``served_now``), compiled or not."
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,8 @@ def _story(redis_url: str | None, namespace: str, how: str) -> tuple[list[Any], 
     the switch: what each call returned and what the cache counted."""
     clock = FakeClock()
     cache = Cache(redis_url, clock=clock, namespace=namespace) if redis_url else Cache(clock=clock)
+    kept = random.getstate()
+    random.seed(7)  # the early-refresh draws (XFetch), the same in both stories
     loads = iter(range(100))
     seen: list[Any] = []
 
@@ -64,6 +67,7 @@ def _story(redis_url: str | None, namespace: str, how: str) -> tuple[list[Any], 
     call()
     counts = cache.stats()
     cache.close()
+    random.setstate(kept)
     return seen, {name: counts.get(name) for name in COUNTED}
 
 
@@ -146,3 +150,38 @@ def test_keywords_and_positions_are_taken_as_pythons_are() -> None:
     assert cache.get_or_load("k", loader=lambda: 2, ttl=5) == 1
     assert cache.get_or_load("k", lambda: 3, stale_ttl=1, ttl=5) == 1
     assert cache.get_or_load("j", lambda: 4, ttl=5, stale_ttl=None) == 4
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_plain_get_that_l1_serves_needs_no_plan(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    clock = FakeClock()
+    cache = Cache(clock=clock)
+    cache.set("k", "v", ttl=10)
+    engine = cache._engine
+    read_many = type(engine).get_many
+    planned: list[list[str]] = []
+
+    def get_many(self: Any, keys: list[str]) -> Any:
+        planned.append(keys)
+        return read_many(self, keys)
+
+    monkeypatch.setattr(type(engine), "get_many", get_many)
+
+    def get() -> Any:
+        if how == "sync":
+            return cache.get("k", "default")
+        return asyncio.run(cache.aget("k", "default"))
+
+    assert [get(), get()] == ["v", "v"]
+    assert planned == [] and cache.stats()["l1_hits"] == 2
+    with cache.bypass():
+        assert get() == "default"
+    with cachewise.disable():
+        assert get() == "default"
+    clock.advance(10)  # expired: a plain get serves no stale value
+    assert get() == "default"
+    assert planned == [["k"]] * 3 and cache.stats()["l1_hits"] == 2
+    with pytest.raises(ConfigValueError):
+        cache.get("")

@@ -194,6 +194,12 @@ class L1:
         if counted is not None:
             counted[id(table)] = counted.get(id(table), 0) + 1
 
+    def count_hits(self, table: Table, hits: int) -> None:
+        """``hits`` hits the slow path served from ``table``, each entry's already counted."""
+        counted = self.counted
+        if counted is not None:
+            counted[id(table)] = counted.get(id(table), 0) + hits
+
     def hits_of(self, table: Table) -> int:
         """The L1 hits of one table's entries, held now or retired. Without the engine's lock
         (a scrape never blocks readers): the sum over a plain dict runs in C, which no other

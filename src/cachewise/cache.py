@@ -258,11 +258,19 @@ class Cache(Decorating, Lifecycle):
 
     def get(self, key: str, default: Any = None) -> Any:
         """The fresh value of ``key``, or ``default``."""
-        return self._engine.get_many_sync([_validate.cache_key(key)]).get(key, default)
+        engine = self._engine
+        value = engine.held(_validate.cache_key(key))  # an L1 hit: no plan to carry out
+        if value is _UNREAD:
+            return engine.get_many_sync([key]).get(key, default)
+        return value
 
     async def aget(self, key: str, default: Any = None) -> Any:
-        found = await self._engine.get_many_async([_validate.cache_key(key)])
-        return found.get(key, default)
+        engine = self._engine
+        value = engine.held(_validate.cache_key(key))
+        if value is _UNREAD:
+            found = await engine.get_many_async([key])
+            return found.get(key, default)
+        return value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` of the keys that hold a fresh value."""

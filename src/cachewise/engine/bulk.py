@@ -28,6 +28,7 @@ from ..redis import REDIS_ERRORS, Fetch, RunPipeline, ScriptCall
 from .read import Reads
 from .values import (
     _RETRY,
+    _UNREAD,
     Count,
     Policy,
     Target,
@@ -290,6 +291,16 @@ class Bulk(Reads):
         """``get_many`` carried out on the running loop."""
         return await run_async(self.get_many(keys))
 
+    def held(self, key: str) -> Any:
+        """The fresh value L1 holds for the explicit ``key``, counted as a hit, or ``_UNREAD``
+        (then ``get_many`` reads it): a plain ``get`` that L1 serves needs no plan."""
+        table = self.explicit
+        entry = table.get(key)
+        if entry is None or not is_fresh(entry, self.clock()) or self.uncached():
+            return _UNREAD
+        self.l1.hit(table, entry)
+        return entry.value
+
     def _local_many(self, keys: list[str]) -> tuple[dict[str, Any], list[str]]:
         """The fresh values L1 holds, and the keys it does not."""
         found: dict[str, Any] = {}
@@ -301,10 +312,12 @@ class Bulk(Reads):
         for key in keys:
             entry = table.get(key)
             if is_fresh(entry, now):
-                self.l1.hit(table, entry)
+                entry.hits += 1  # ``L1.hit``; the table's count once for all (``count_hits``)
                 found[key] = entry.value
             else:
                 rest.append(key)
+        if found:
+            self.l1.count_hits(table, len(found))
         return found, rest
 
     def _names(self, keys: list[str]) -> list[str]:
