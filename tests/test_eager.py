@@ -137,3 +137,29 @@ async def test_outside_a_task_it_is_a_plain_task() -> None:
     loop.call_soon(lambda: made.append(_eager.start(loop, body())))
     await asyncio.sleep(0)
     assert await made[0] == 7
+
+
+@needs_eager
+async def test_a_load_that_leads_another_load_in_its_first_step_keeps_each_in_its_task() -> None:
+    cache = Cache(namespace="eager-nested")
+    tasks: list[tuple[str, Any]] = []
+
+    @cache.cached(ttl=60)
+    async def inner(x: int) -> int:
+        tasks.append(("inner", asyncio.current_task()))
+        await asyncio.sleep(0.01)
+        return x + 1
+
+    @cache.cached(ttl=60)
+    async def outer(x: int) -> int:
+        tasks.append(("outer", asyncio.current_task()))
+        value = await inner(x)  # leads inner's load from the outer load's first step
+        tasks.append(("outer", asyncio.current_task()))
+        return value * 10
+
+    assert await asyncio.gather(outer(1), outer(1), inner(1)) == [20, 20, 2]
+    caller = asyncio.current_task()
+    (_, first), (_, nested), (_, resumed) = tasks
+    assert [name for name, _ in tasks] == ["outer", "inner", "outer"]
+    assert first is resumed and len({id(caller), id(first), id(nested)}) == 3
+    cache.close()
