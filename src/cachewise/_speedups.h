@@ -48,6 +48,9 @@ CW_INTERNAL PyObject *cw_fresh_values(PyObject *module, PyObject *const *args, P
 CW_INTERNAL PyObject *cw_fresh_value(PyObject *raw, double now, unsigned long long format,
                                      PyObject *unpackb, PyObject **argv, PyObject *kwnames);
 CW_INTERNAL PyObject *cw_bind_lone(PyObject *module, PyObject *parts);
+/* The value of an L1 entry a read serves at once (``Reads.served_now``), or NULL (with an
+ * exception set on an error): _speedups_lone.c. */
+CW_INTERNAL PyObject *cw_l1_served(PyObject *engine, PyObject *target);
 CW_INTERNAL PyObject *cw_bind_front(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* CLOCK_MONOTONIC in seconds, as time.monotonic converts it (integer nanoseconds, then a

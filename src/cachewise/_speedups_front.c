@@ -8,7 +8,8 @@
  * through ``get_or_load``, 1.05x calling ``read_sync`` with the same arguments). Here the
  * common case is one call: ``key`` and ``loader`` by position, ``ttl`` (and ``stale_ttl``) by
  * name, a non-empty ``str`` key whose target and TTL pair are remembered, a callable loader;
- * then the engine's ``read_sync`` with what ``_read_args`` would have returned. Every other
+ * then the L1 hit (``served_now``) or the engine's ``read_sync`` with what ``_read_args``
+ * would have returned. Every other
  * call is Python's ``get_or_load`` (``fallback``), which makes and remembers what is missing
  * and raises the errors that name what was wrong. */
 #include "_speedups.h"
@@ -138,8 +139,12 @@ get_or_load(PyObject *cache, PyObject *const *args, size_t nargsf, PyObject *kwn
     int found = read_args(cache, args, nargs, kwnames, &engine, three);
     PyObject *result = NULL;
     if (found > 0) {
-        PyObject *call[] = {engine, three[0], three[1], three[2]};
-        result = PyObject_VectorcallMethod(s_read_sync, call, 4, NULL);
+        /* ``served_now`` first, as Python's ``get_or_load``: an L1 hit needs no read. */
+        result = cw_l1_served(engine, three[0]);
+        if (result == NULL && !PyErr_Occurred()) {
+            PyObject *call[] = {engine, three[0], three[1], three[2]};
+            result = PyObject_VectorcallMethod(s_read_sync, call, 4, NULL);
+        }
     }
     else if (found == 0) {
         PyObject *bound = PyMethod_New(fallback, cache);

@@ -212,8 +212,8 @@ count_hit(PyObject *engine, PyObject *table, EntryFields *fields)
  * ``early_at``), counted as ``L1.hit`` counts it; NULL when ``read`` must decide (with an
  * exception set on an error). Not for a call that goes straight through (``uncached``). An
  * explicit key's L1 hit through ``get_or_load`` cost 2.3 us in Python's plan, measured. */
-static PyObject *
-l1_served(PyObject *engine, PyObject *target)
+CW_INTERNAL PyObject *
+cw_l1_served(PyObject *engine, PyObject *target)
 {
     PyObject *table = PyObject_GetAttr(target, s_table);
     PyObject *l1_key = table == NULL ? NULL : PyObject_GetAttr(target, s_l1_key);
@@ -249,12 +249,8 @@ read_sync(PyObject *engine, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_sync takes 3 arguments: target, loader, policy");
         return NULL;
     }
-    PyObject *got = l1_served(engine, args[0]);
-    if (got != NULL || PyErr_Occurred()) {
-        return got;
-    }
     PyObject *all[] = {engine, args[0], args[1], args[2], NULL};
-    got = lone_read(all);
+    PyObject *got = lone_read(all);
     if (got != lone.full && got != lone.unhandled) {
         return got;
     }
@@ -332,11 +328,11 @@ static PyMethodDef read_sync_def = {
     "``read`` carried out in this thread: the lone-caller fast path compiled "
     "(_speedups_lone.c), then Python's read_sync with its answer.",
 };
-/* ``Reads.served_now(self, target)``, compiled: ``l1_served``'s value, or ``unread``. */
+/* ``Reads.served_now(self, target)``, compiled: ``cw_l1_served``'s value, or ``unread``. */
 static PyObject *
 served_now(PyObject *engine, PyObject *target)
 {
-    PyObject *value = l1_served(engine, target);
+    PyObject *value = cw_l1_served(engine, target);
     return value != NULL || PyErr_Occurred() ? value : Py_NewRef(lone.unread);
 }
 
