@@ -20,7 +20,7 @@ from .._drivers import (
     run_sync,
 )
 from .._flight import Flight
-from ..core import Filled, Won, is_fresh, lease_reply, shared_fresh
+from ..core import Decision, Filled, Won, is_fresh, lease_reply, shared_fresh
 from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 from ..keys import MAX_ARGS_CHARS
 from ..keys import explicit as explicit_key
@@ -54,6 +54,8 @@ class Bulk(Reads):
         if self.uncached():  # straight through
             return (yield from self._load_through(list(targets), load_many))
         found = yield from self.get_many(list(targets))
+        if self.backend is None:
+            yield from self._stale_many(targets, found, load_many, policy)
         waiting: dict[str, Flight] = {}
         leading: dict[str, Flight] = {}
         for key, target in targets.items():
@@ -81,6 +83,29 @@ class Bulk(Reads):
                 )
             found[key] = value
         return {key: found[key] for key in targets}
+
+    def _stale_many(
+        self,
+        targets: Mapping[str, Target],
+        found: dict[str, Any],
+        load_many: Callable[[list[str]], Any],
+        policy: Policy,
+    ) -> Plan[None]:
+        """Without Redis: the entries L1 holds past their TTL but within ``stale_ttl`` go into
+        ``found`` while each is refreshed in the background, as ``read`` does for one key (with
+        Redis, ``_acquire_many`` hands such keys to the one-key path)."""
+        now = self.clock()
+        for key, target in targets.items():
+            entry = None if key in found else target.table.get(target.l1_key)
+            if entry is None:
+                continue
+            decision = self._decide(target, entry, now)
+            if decision is Decision.SERVE_STALE or decision is Decision.REFRESH:
+                self.counts[Count.STALE_SERVED] += 1  # not fresh: ``get_many`` took those
+                found[key] = entry.value
+            if decision is Decision.REFRESH:
+                one = functools.partial(_one_of, load_many, key)
+                yield from self._refresh(target, one, policy, entry)
 
     def _load_through(
         self, keys: list[str], load_many: Callable[[list[str]], Any]

@@ -69,13 +69,7 @@ class Reads(Leases):
             # which: a miss does not ask it (nor draws XFetch's random number).
             if entry is not None:
                 now = self.clock()
-                decision = core.decide(
-                    entry,
-                    now,
-                    loading=target.full_key in self.flights,
-                    beta=self.beta,
-                    draw=1.0 - random.random(),
-                )
+                decision = self._decide(target, entry, now)
                 if decision is Decision.SERVE:
                     self.l1.hit(target.table, entry)
                     return entry.value
@@ -118,6 +112,16 @@ class Reads(Leases):
                     value = yield Wait(alone, None)
             self._missed(target, started, flight, "leader" if leader else "waiter")
             return value
+
+    def _decide(self, target: Target, entry: Entry, now: float) -> Decision:
+        """``core.decide`` for ``target``'s ``entry``: whether a load of it runs, XFetch's draw."""
+        return core.decide(
+            entry,
+            now,
+            loading=target.full_key in self.flights,
+            beta=self.beta,
+            draw=1.0 - random.random(),
+        )
 
     def served_now(self, target: Target) -> Any:
         """The L1 value a read of ``target`` returns at once (``core.serves_at_once``), counted
