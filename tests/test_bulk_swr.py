@@ -78,12 +78,17 @@ async def test_an_async_bulk_read_serves_stale_values_while_each_is_refreshed() 
     cache.close()
 
 
-def test_past_stale_ttl_a_bulk_read_waits_for_its_load() -> None:
+def _loaded_then(seconds: float) -> tuple[Cache, Store]:
+    """A cache that loaded ``a`` (ttl 10 s, stale_ttl 30 s) ``seconds`` ago."""
     clock = FakeClock()
-    cache = Cache(clock=clock)
-    store = Store()
+    cache, store = Cache(clock=clock), Store()
     cache.get_or_load_many(["a"], store.load_many, ttl=10, stale_ttl=30)
-    clock.advance(41)
+    clock.advance(seconds)
+    return cache, store
+
+
+def test_past_stale_ttl_a_bulk_read_waits_for_its_load() -> None:
+    cache, store = _loaded_then(41)
     store.version = 2
     assert cache.get_or_load_many(["a"], store.load_many, ttl=10, stale_ttl=30) == {"a": "a2"}
     assert cache.stats()["stale_served"] == 0
@@ -91,11 +96,7 @@ def test_past_stale_ttl_a_bulk_read_waits_for_its_load() -> None:
 
 
 def test_a_failing_refresh_keeps_the_stale_value_served() -> None:
-    clock = FakeClock()
-    cache = Cache(clock=clock)
-    store = Store()
-    cache.get_or_load_many(["a"], store.load_many, ttl=10, stale_ttl=30)
-    clock.advance(15)
+    cache, store = _loaded_then(15)
     store.failing = True
     for _ in range(2):
         assert cache.get_or_load_many(["a"], store.load_many, ttl=10, stale_ttl=30) == {"a": "a1"}

@@ -214,23 +214,24 @@ class Cache(Decorating, Lifecycle):
         self, key: str, loader: Callable[[], T], *, ttl: Any, stale_ttl: Any = None
     ) -> T:
         """Return the value of ``key``, loading it with ``loader()`` (once per key) on a miss."""
-        target, loader, policy = self._read_args(key, loader, ttl, stale_ttl)
-        engine = self._engine
-        value = engine.served_now(target)  # an L1 hit: no plan to carry out
-        if value is _UNREAD:
-            return engine.read_sync(target, loader, policy)  # type: ignore[no-any-return]
-        return value  # type: ignore[no-any-return]
+        value, read = self._held_or_read(key, loader, ttl, stale_ttl)
+        return value if read is None else self._engine.read_sync(*read)  # type: ignore[no-any-return]
 
     async def aget_or_load(
         self, key: str, loader: Callable[[], Any], *, ttl: Any, stale_ttl: Any = None
     ) -> Any:
         """``get_or_load`` for asyncio: ``loader()`` may return an awaitable."""
-        target, loader, policy = self._read_args(key, loader, ttl, stale_ttl)
-        engine = self._engine
-        value = engine.served_now(target)  # an L1 hit: no plan to carry out
-        if value is _UNREAD:
-            return await engine.read_async(target, loader, policy)
-        return value
+        value, read = self._held_or_read(key, loader, ttl, stale_ttl)
+        return value if read is None else await self._engine.read_async(*read)
+
+    def _held_or_read(
+        self, key: str, loader: Callable[[], Any], ttl: Any, stale_ttl: Any
+    ) -> tuple[Any, tuple[Target, Callable[[], Any], Policy] | None]:
+        """(L1's value, None) for an L1 hit, which needs no plan (``served_now``); else
+        (None, the arguments of the read)."""
+        read = self._read_args(key, loader, ttl, stale_ttl)
+        value = self._engine.served_now(read[0])
+        return (None, read) if value is _UNREAD else (value, None)
 
     def get_or_load_many(
         self,
