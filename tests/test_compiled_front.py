@@ -14,8 +14,8 @@ import pytest
 import cachewise
 from cachewise import Cache
 from cachewise import cache as cache_module
-from cachewise.engine import read
-from cachewise.engine.read import Reads
+from cachewise.engine import lone
+from cachewise.engine.lone import LoneReads
 from cachewise.errors import ConfigTypeError, ConfigValueError
 from cachewise.testing import FakeClock
 
@@ -30,8 +30,8 @@ COUNTED = ("hits", "l1_hits", "misses", "loads", "stale_served", "refreshes", "e
 
 def _python(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Cache, "get_or_load", cache_module.PYTHON_GET_OR_LOAD)
-    for name, method in read.PYTHON_READS.items():
-        monkeypatch.setattr(Reads, name, method)
+    for name, method in lone.PYTHON_READS.items():
+        monkeypatch.setattr(LoneReads, name, method)
 
 
 def _story(redis_url: str | None, namespace: str, how: str) -> tuple[list[Any], dict[str, Any]]:
@@ -91,7 +91,7 @@ def test_an_l1_hit_is_served_without_a_plan(monkeypatch: pytest.MonkeyPatch, how
     def plan(*args: Any) -> Any:
         raise AssertionError("served by Python's plan")
 
-    monkeypatch.setattr(Reads, "read", plan)
+    monkeypatch.setattr(LoneReads, "read", plan)
     if how == "sync":
         got = [cache.get_or_load("k", plan, ttl=60) for _ in range(3)]
     else:

@@ -15,8 +15,8 @@ import redis
 
 from cachewise import Cache, codec
 from cachewise.codec import Envelope
-from cachewise.engine import read
-from cachewise.engine.read import Reads
+from cachewise.engine import lone
+from cachewise.engine.lone import LoneReads
 from cachewise.testing import FakeClock
 
 from .test_concurrency import wait_until
@@ -25,7 +25,7 @@ from .test_fast_path import _never, _warm
 MakeCache = Callable[..., Cache]
 
 compiled = pytest.mark.skipif(
-    Reads.read_sync is read.PYTHON_READS["read_sync"], reason="built without the C extension"
+    LoneReads.read_sync is lone.PYTHON_READS["read_sync"], reason="built without the C extension"
 )
 
 #: What a read adds to a cache's counters that must not depend on the path.
@@ -46,7 +46,7 @@ def test_a_shared_hit_is_served_by_the_compiled_path_alone(
 
     monkeypatch.setattr(codec, "body", python_path)  # how Python's ``probed`` decodes
     for name in ("_finish_sync", "read"):
-        monkeypatch.setattr(Reads, name, python_path)
+        monkeypatch.setattr(LoneReads, name, python_path)
     if how == "sync":
         value = reader.get_or_load("k", _never, ttl=60)
     else:
@@ -150,8 +150,8 @@ def test_the_compiled_and_the_python_path_end_the_same(
     make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, scenario: str, how: str
 ) -> None:
     with_c = _read_twice(make_cache, scenario, "c", how)
-    for name, method in read.PYTHON_READS.items():
-        monkeypatch.setattr(Reads, name, method)
+    for name, method in lone.PYTHON_READS.items():
+        monkeypatch.setattr(LoneReads, name, method)
     in_python = _read_twice(make_cache, scenario, "py", how)
     assert with_c == in_python
     if scenario in ("fresh", "fresh, a fake clock"):

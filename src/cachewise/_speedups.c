@@ -37,7 +37,7 @@ static PyMethodDef module_methods[] = {
     {"fresh_values", (PyCFunction)(void (*)(void))cw_fresh_values, METH_FASTCALL,
      "codec.fresh_values' loop: the keys whose bytes are not an envelope, or None."},
     {"bind_lone", cw_bind_lone, METH_O,
-     "Set what the compiled read_sync reads and calls (engine/read.py); returns it."},
+     "Set what the compiled read_sync reads and calls (engine/lone.py); returns it."},
     {"bind_front", (PyCFunction)(void (*)(void))cw_bind_front, METH_FASTCALL,
      "The compiled Cache.get_or_load, Python's given as its fallback (cache.py)."},
     {NULL, NULL, 0, NULL},

@@ -1,7 +1,7 @@
 /* ``read_sync``: the lone-caller fast path of a sync shared-tier read, compiled. See
  * _speedups.c for why C at all.
  *
- * In Python that path is three steps of engine/read.py: ``probe`` (may this read skip the
+ * In Python that path is three steps of engine/lone.py: ``probe`` (may this read skip the
  * plan: nothing in L1, no flight, Redis set up and its breaker closed), ``Fetch.run_sync``
  * (the GET) and ``probed`` (what the reply is: a fresh entry serves). Between two socket
  * waits, their Python costs about three times what it costs in a loop (the code and data it
@@ -11,7 +11,7 @@
  * Python reads and takes the same lock. Every other case is Python's: before the GET it
  * hands Python's ``read_sync`` the answer ``full`` (the plan serves it) or ``unhandled``
  * (Python's ``probe`` decides); after the GET it hands the reply to ``finish``
- * (``Reads._finish_sync``: ``probed``, then the plan if that did not serve), exactly as
+ * (``LoneReads._finish_sync``: ``probed``, then the plan if that did not serve), exactly as
  * Python's GET would have. It is the engine's ``read_sync`` itself (a method descriptor),
  * so that a shared-tier hit runs no Python frame of the engine at all.
  *
@@ -239,7 +239,7 @@ cw_l1_served(PyObject *engine, PyObject *target)
     return result;
 }
 
-/* ``Reads.read_sync(self, target, loader, policy)``, compiled: the read above, then Python's
+/* ``LoneReads.read_sync(self, target, loader, policy)``, compiled: the read above, then Python's
  * ``read_sync`` (``fallback``) with its answer when it did not serve. A method
  * descriptor of the engine's class, so that a read costs no Python frame before this one. */
 static PyObject *
@@ -260,7 +260,7 @@ read_sync(PyObject *engine, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* ``Reads.probe(self, target)``, compiled, for the async driver (which awaits the GET
+/* ``LoneReads.probe(self, target)``, compiled, for the async driver (which awaits the GET
  * itself): what Python's returns, ``(Fetch, ticket, started)`` or None; the cases the checks
  * here leave to Python (``unhandled``) are Python's ``probe``'s. */
 static PyObject *
@@ -281,7 +281,7 @@ probe_method(PyObject *engine, PyObject *target)
     return result;
 }
 
-/* ``Reads.probed(self, target, loader, policy, probe, outcome)``, compiled: ``(True, value)``
+/* ``LoneReads.probed(self, target, loader, policy, probe, outcome)``, compiled: ``(True, value)``
  * for a fresh untagged entry read alone with L1 off (the async driver's GET, or a sync one
  * handed over); every other outcome is Python's ``probed``'s. */
 static PyObject *

@@ -6,7 +6,7 @@
 
 #include "_speedups.h"
 
-/* What bind_lone was given (engine/read.py, once at import), by the names it gives them. */
+/* What bind_lone was given (engine/lone.py, once at import), by the names it gives them. */
 #define PARTS(DO)                                                                            \
     DO(backend_type) DO(flight_type) DO(fetch_type) DO(closed) DO(disabled) DO(bypassing)   \
     DO(running_loop) DO(monotonic) DO(redis_errors) DO(finish) DO(full) DO(unhandled)      \

@@ -65,7 +65,7 @@ redis_ready(PyObject *engine, Probe *p)
     return 1;
 }
 
-/* ``Reads.probe`` and ``Reads._lone``: 1 (``*p`` filled, the key marked as probed), or
+/* ``LoneReads.probe`` and ``LoneReads._lone``: 1 (``*p`` filled, the key marked as probed), or
  * ``lone.full`` / ``lone.unhandled`` in ``*answer`` (0), or -1 with an exception set. */
 CW_INTERNAL int
 probe(PyObject *engine, PyObject *target, Probe *p, PyObject **answer)

@@ -46,5 +46,6 @@ class Engine(Bulk, Stats):
     """The in-process state of one ``Cache`` and the plans that read and change it, in layers,
     one job each, every layer free to use those below it: ``state`` (fields, helpers),
     ``coherence`` (Redis set-up, events, the backlog), ``writes``, ``fill`` (L2, loads,
-    refreshes), ``lease`` (ACQUIRE, the load under it, give-backs), ``read`` (L1, flights, the
-    fast path), ``bulk``; and ``stats`` beside them."""
+    refreshes), ``lease`` (ACQUIRE, the load under it, give-backs), ``read`` (L1, flights,
+    stale-while-revalidate), ``lone`` (one GET first, the drivers of a read), ``getmany``
+    (explicit keys), ``bulk`` (``get_or_load_many``); and ``stats`` beside them."""
