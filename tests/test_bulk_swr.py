@@ -1,12 +1,18 @@
-"""Stale-while-revalidate in a bulk read without Redis: ``get_or_load_many`` serves the values L1
-holds past their TTL but within ``stale_ttl`` at once and refreshes each in the background, as
-a read of one key does (with Redis the bulk read hands such keys to the one-key path)."""
+"""Stale-while-revalidate in a bulk read: ``get_or_load_many`` serves the values held past their
+TTL but within ``stale_ttl`` at once, as a read of one key does, and refreshes them in the
+background in one ``load_many`` call (keys loaded together mostly expire together: a call per
+key would multiply the store's queries at every expiry). In-process, and on Redis with L1 on
+and off, across processes."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from cachewise import Cache
 from cachewise.testing import FakeClock
@@ -33,7 +39,7 @@ class Store:
         return {key: f"{key}{self.version}" for key in keys}
 
 
-def test_a_bulk_read_serves_stale_values_while_each_is_refreshed() -> None:
+def test_a_bulk_read_serves_stale_values_while_they_are_refreshed_together() -> None:
     clock = FakeClock()
     cache = Cache(clock=clock)
     store = Store()
@@ -51,12 +57,12 @@ def test_a_bulk_read_serves_stale_values_while_each_is_refreshed() -> None:
     store.gate.set()
     wait_until(lambda: not cache._engine.flights)
     assert bulk(["a", "b"]) == {"a": "a2", "b": "b2"}
-    assert sorted(map(tuple, store.calls)) == [("a",), ("a", "b"), ("b",), ("c",)]
+    assert sorted(store.calls) == [["a", "b"], ["a", "b"], ["c"]]  # one refresh call for both
     assert cache.stats()["refreshes"] == 2
     cache.close()
 
 
-async def test_an_async_bulk_read_serves_stale_values_while_each_is_refreshed() -> None:
+async def test_an_async_bulk_read_serves_stale_values_while_they_are_refreshed_together() -> None:
     clock = FakeClock()
     cache = Cache(clock=clock)
     store = Store()
@@ -73,6 +79,7 @@ async def test_an_async_bulk_read_serves_stale_values_while_each_is_refreshed() 
             break
         await asyncio.sleep(0.01)
     assert await bulk(["a", "b"]) == {"a": "a2", "b": "b2"}
+    assert store.calls == [["a", "b"], ["a", "b"]]
     stats = cache.stats()
     assert (stats["stale_served"], stats["refreshes"]) == (2, 2)
     cache.close()
@@ -104,3 +111,141 @@ def test_a_failing_refresh_keeps_the_stale_value_served() -> None:
     stats = cache.stats()
     assert stats["refresh_errors"] == 2 and stats["stale_served"] == 2
     cache.close()
+
+
+# -- on Redis: the shared entries' freshness is the server's clock, so these wait it out ---------
+
+TTL = 0.3  # seconds; the stale window (30 s) is far longer than any test
+
+
+def _loaded(make: Callable[..., Cache], store: Store, keys: list[str], **options: Any) -> Cache:
+    """A cache on the test server whose ``keys`` were loaded and have just gone stale."""
+    cache = make(**options)
+    assert cache.get_or_load_many(keys, store.load_many, ttl=TTL, stale_ttl=30)
+    time.sleep(TTL + 0.1)
+    return cache
+
+
+@pytest.mark.parametrize("l1_maxsize", [1000, 0], ids=["two-tier", "L1 off"])
+def test_on_redis_stale_values_are_served_and_refreshed_in_one_call(
+    make_cache: Callable[..., Cache], l1_maxsize: int
+) -> None:
+    store = Store()
+    cache = _loaded(make_cache, store, ["a", "b", "c"], l1_maxsize=l1_maxsize)
+    store.version, store.held = 2, {"a"}  # the refresh waits: the callers must not
+    got = cache.get_or_load_many(["a", "b", "c"], store.load_many, ttl=TTL, stale_ttl=30)
+    assert got == {"a": "a1", "b": "b1", "c": "c1"}
+    wait_until(lambda: len(store.calls) == 2)
+    store.gate.set()
+    wait_until(lambda: not cache._engine.flights)
+    assert sorted(store.calls[1]) == ["a", "b", "c"] and len(store.calls) == 2
+    assert cache.get_many(["a", "b", "c"]) == {"a": "a2", "b": "b2", "c": "c2"}
+    stats = cache.stats()
+    assert (stats["stale_served"], stats["refreshes"], stats["loads"]) == (3, 3, 6)
+
+
+async def test_on_redis_an_async_bulk_read_refreshes_in_one_call(
+    make_cache: Callable[..., Cache],
+) -> None:
+    store = Store()
+    cache = _loaded(make_cache, store, ["a", "b"], l1_maxsize=0)
+    store.version = 2
+    got = await cache.aget_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30)
+    assert got == {"a": "a1", "b": "b1"}
+    for _ in range(200):  # the refresh task runs on this loop
+        if not cache._engine.flights:
+            break
+        await asyncio.sleep(0.01)
+    assert store.calls == [["a", "b"], ["a", "b"]]
+    assert await cache.aget_many(["a", "b"]) == {"a": "a2", "b": "b2"}
+
+
+def test_across_processes_one_refresh_loads_and_the_others_wait_for_its_fill(
+    make_cache: Callable[..., Cache],
+) -> None:
+    store = Store()
+    first = _loaded(make_cache, store, ["a", "b"], l1_maxsize=0)
+    second = make_cache(l1_maxsize=0)  # another process
+    store.version, store.held = 2, {"a", "b"}
+    assert first.get_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30) == {
+        "a": "a1",
+        "b": "b1",
+    }
+    wait_until(lambda: len(store.calls) == 2)  # the first one's refresh holds the leases
+    assert second.get_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30) == {
+        "a": "a1",
+        "b": "b1",
+    }
+    # The second one's refreshes find the leases taken, and wait for that fill.
+    wait_until(lambda: second.stats()["lease_waits"] == 2)
+    store.gate.set()
+    wait_until(lambda: not first._engine.flights and not second._engine.flights)
+    assert len(store.calls) == 2  # the second process loaded nothing: it took the fill
+    assert second.get_many(["a", "b"]) == {"a": "a2", "b": "b2"}
+
+
+def test_a_refresh_that_finds_a_newer_value_keeps_it_and_loads_nothing(
+    make_cache: Callable[..., Cache],
+) -> None:
+    store = Store()
+    cache = _loaded(make_cache, store, ["a", "b"], l1_maxsize=0)
+    other = make_cache(l1_maxsize=0)
+    engine = cache._engine
+    refresh_many = engine._refresh_many
+
+    def written_first(targets: Any, stale: Any, *rest: Any) -> Any:
+        if stale:  # a write lands between the stale read and the refresh's leases
+            other.set("a", "written", ttl=60)
+        return refresh_many(targets, stale, *rest)
+
+    engine._refresh_many = written_first  # type: ignore[method-assign]
+    store.version = 2
+    assert cache.get_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30) == {
+        "a": "a1",
+        "b": "b1",
+    }
+    wait_until(lambda: not engine.flights)
+    assert store.calls == [["a", "b"], ["b"]]  # "a" was newer already: not loaded again
+    assert cache.get_many(["a", "b"]) == {"a": "written", "b": "b2"}
+    leases = other._engine.backend.sync_client().keys(f"{engine.space.prefix}lease:*")  # type: ignore[union-attr]
+    assert not leases  # the lease taken for "a" was given back, not left to run out
+
+
+def test_a_failing_bulk_refresh_on_redis_is_logged_and_counted(
+    make_cache: Callable[..., Cache], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store()
+    cache = _loaded(make_cache, store, ["a", "b"], l1_maxsize=0)
+    store.failing = True
+    assert cache.get_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30) == {
+        "a": "a1",
+        "b": "b1",
+    }
+    wait_until(lambda: not cache._engine.flights)
+    assert cache.stats()["refresh_errors"] == 2
+    assert "background refresh of ['a', 'b'] failed" in caplog.text
+
+
+@pytest.mark.parametrize("l1_maxsize", [1000, 0], ids=["two-tier", "L1 off"])
+def test_an_invalidation_during_a_bulk_refresh_wins(
+    make_cache: Callable[..., Cache], l1_maxsize: int
+) -> None:
+    store = Store()
+    cache = _loaded(make_cache, store, ["a", "b"], l1_maxsize=l1_maxsize)
+    other = make_cache(l1_maxsize=l1_maxsize)  # another process, which invalidates
+    store.version, store.held = 2, {"a", "b"}
+    assert cache.get_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30) == {
+        "a": "a1",
+        "b": "b1",
+    }
+    wait_until(lambda: len(store.calls) == 2)  # the refresh is loading version 2
+    store.version = 3  # the store changes, and says so
+    other.invalidate("a")
+    store.gate.set()
+    wait_until(lambda: not cache._engine.flights)
+    # "a"'s refresh began before the invalidation: what it loaded is stored nowhere.
+    assert cache.stats()["fills_refused"] == 1
+    store.held = set()
+    got = cache.get_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30)
+    assert got == {"a": "a3", "b": "b3"}  # "b" as its refresh loaded it, kept
+    assert store.calls[2:] == [["a"]]

@@ -3,6 +3,7 @@ lease pipeline, one ``load_many`` call, one fill pipeline; per-key single-flight
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import secrets
@@ -17,7 +18,7 @@ from .._drivers import (
     Wait,
 )
 from .._flight import Flight
-from ..core import Decision, Filled, Won, lease_reply, shared_fresh
+from ..core import Decision, Entry, Filled, Shared, Won, lease_reply
 from ..errors import ConfigTypeError, LoaderResultError, RedisUnavailable
 from ..redis import REDIS_ERRORS, RunPipeline, ScriptCall
 from .getmany import GetMany
@@ -48,8 +49,7 @@ class Bulk(GetMany):
         if self.uncached():  # straight through
             return (yield from self._load_through(list(targets), load_many))
         found = yield from self.get_many(list(targets))
-        if self.backend is None:
-            yield from self._stale_many(targets, found, load_many, policy)
+        yield from self._stale_many(targets, found, load_many, policy)
         waiting: dict[str, Flight] = {}
         leading: dict[str, Flight] = {}
         for key, target in targets.items():
@@ -85,10 +85,10 @@ class Bulk(GetMany):
         load_many: Callable[[list[str]], Any],
         policy: Policy,
     ) -> Plan[None]:
-        """Without Redis: the entries L1 holds past their TTL but within ``stale_ttl`` go into
-        ``found`` while each is refreshed in the background, as ``read`` does for one key (with
-        Redis, ``_acquire_many`` hands such keys to the one-key path)."""
+        """The entries L1 holds past their TTL but within ``stale_ttl`` go into ``found``, as
+        ``read`` serves one key's; those due for a refresh are refreshed together."""
         now = self.clock()
+        due: dict[str, Entry] = {}
         for key, target in targets.items():
             entry = None if key in found else target.table.get(target.l1_key)
             if entry is None:
@@ -98,8 +98,32 @@ class Bulk(GetMany):
                 self.counts[Count.STALE_SERVED] += 1  # not fresh: ``get_many`` took those
                 found[key] = entry.value
             if decision is Decision.REFRESH:
-                one = functools.partial(_one_of, load_many, key)
-                yield from self._refresh(target, one, policy, entry)
+                due[key] = entry
+        yield from self._refresh_many(targets, due, load_many, policy)
+
+    def _refresh_many(
+        self,
+        targets: Mapping[str, Target],
+        stale: Mapping[str, Entry],
+        load_many: Callable[[list[str]], Any],
+        policy: Policy,
+    ) -> Plan[None]:
+        """Refresh the ``stale`` entries in the background, all in one ``load_many`` call (the
+        keys loaded together mostly expire together: one query per key at every expiry would
+        undo what a bulk loader is for). Keys being loaded already are left to that load."""
+        flights: dict[str, Flight] = {}
+        for key, entry in stale.items():
+            flight, leader = self._claim(targets[key].full_key)
+            if leader:
+                flight.stale = entry
+                flights[key] = flight
+        if flights:
+            self.counts[Count.REFRESHES] += len(flights)
+            yield Spawn(
+                self._resolve_many(targets, flights, load_many, policy),
+                self.keep,
+                background=True,
+            )
 
     def _load_through(
         self, keys: list[str], load_many: Callable[[list[str]], Any]
@@ -152,9 +176,12 @@ class Bulk(GetMany):
                 )
             try:
                 result, took = yield from self._invoke(
-                    lambda: load_many(keys), renew, self.lease_ttl / 3,
-                    where="get_or_load_many", key=targets[keys[0]].full_key,
-                )  # fmt: skip
+                    lambda: load_many(keys),
+                    renew,
+                    self.lease_ttl / 3,
+                    where="get_or_load_many",
+                    key=targets[keys[0]].full_key,
+                )
                 for key in keys:
                     mine[key].loaded = True
                 result = _mapping(result)
@@ -196,7 +223,7 @@ class Bulk(GetMany):
                     backend.keys.pending(t.full_key),
                     *self._tag_keys(flights[k]),
                 ],
-                [tokens[k], lease_ms, "load", tokens[k]],
+                [tokens[k], lease_ms, "load" if flights[k].stale is None else "refresh", tokens[k]],
             )
             for k, t in ((k, targets[k]) for k in flights)
         ]
@@ -216,23 +243,39 @@ class Bulk(GetMany):
             return dict(flights), {}, {}
         mine: dict[str, Flight] = {}
         pending: dict[str, Any] = {}
+        stale: dict[str, Entry] = {}  # served stale now, refreshed together below
+        ahead: list[tuple[str, str]] = []  # leases of refreshes someone else did first
         for (key, flight), reply in zip(flights.items(), replies, strict=True):
             target = targets[key]
             got = lease_reply(reply)
             env = self._decode(got.raw) if isinstance(got, Filled) else None
-            if env is not None and shared_fresh(env.fresh_until_ms, backend.server_now_ms()):
-                self.counts[Count.L2_HITS] += 1
-                self._settle(flight, target, self._adopt(target, env), env.value)
+            if env is not None:
+                env = yield from self._current(env)
+            use = None if env is None else self._shared_use(env, None)
+            if env is not None and use is Shared.FRESH:
+                self._take(flight, target, env)
+            elif env is not None and use is Shared.STALE:
+                self.counts[Count.STALE_SERVED] += 1
+                stale[key] = self._adopt(target, env)
+                self._settle(flight, target, stale[key], env.value)
             elif isinstance(got, Won):
-                mine[key] = flight
                 flight.versions = yield from self._versions_won(flight, got.versions)
+                if flight.stale is not None and got.current:  # someone may have refreshed first
+                    now = yield from self._current(self._decode(got.current, count=False), False)
+                    if now is not None and self._take_fresh(flight, target, now, flight.stale):
+                        ahead.append((backend.keys.lease(target.full_key), tokens[key]))
+                        continue
+                mine[key] = flight
                 written = self._decode(got.pending) if got.pending else None
                 if written is not None:
                     self.counts[Count.PENDING_WRITES_READ] += 1
                     pending[key] = written.value
-            else:
+            else:  # someone else loads it: wait for that fill, one by one
                 one = functools.partial(_one_of, load_many, key)
-                yield Spawn(self._resolve(flight, target, one, policy), self.keep, background=True)
+                plan = self._resolve(flight, target, one, policy, flight.stale)
+                yield Spawn(plan, self.keep, background=True)
+        yield from self._give_back_all(ahead)
+        yield from self._refresh_many(targets, stale, load_many, policy)
         return mine, tokens, pending
 
     def _fill_many(
@@ -253,7 +296,13 @@ class Bulk(GetMany):
         stored = {key: 1 for key in flights}
         if backend is not None and tokens:
             calls = [
-                self._store_call(entry, tokens[key], targets[key], flights[key].versions)
+                self._store_call(
+                    entry,
+                    tokens[key],
+                    targets[key],
+                    flights[key].versions,
+                    refresh=flights[key].stale is not None,
+                )
                 for key, entry in entries.items()
             ]
             try:
@@ -273,8 +322,14 @@ class Bulk(GetMany):
     def _fail_flights(
         self, targets: Mapping[str, Target], flights: dict[str, Flight], exc: BaseException
     ) -> None:
+        """End ``flights`` with ``exc``; a refresh's failure is logged (its callers were served
+        the stale value: nobody else sees it) and counted as one."""
+        refreshes = [key for key, flight in flights.items() if flight.stale is not None]
+        if refreshes and not isinstance(exc, asyncio.CancelledError):
+            log.warning("cachewise: background refresh of %s failed: %r", refreshes, exc)
         for key, flight in flights.items():
-            self._fail(flight, targets[key], exc)
+            counter = Count.LOAD_ERRORS if flight.stale is None else Count.REFRESH_ERRORS
+            self._fail(flight, targets[key], exc, counter)
 
 
 def _mapping(result: Any) -> Mapping[str, Any]:
