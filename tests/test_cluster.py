@@ -295,6 +295,29 @@ def test_bulk_loads_and_write_through_over_many_slots(
     assert a.stats()["redis_errors"] == 0 and b.stats()["redis_errors"] == 0
 
 
+def test_a_bulk_read_refreshes_stale_keys_of_many_slots_in_one_call(
+    cluster: LocalCluster, namespace: str, caches: list[Cache]
+) -> None:
+    """Keys over every master, gone stale together: served stale at once, refreshed by one
+    ``load_many`` call, their leases and fills grouped per node."""
+    cache = on(cluster, namespace, caches, 1, l1_maxsize=0)
+    asked: list[list[str]] = []
+
+    def load_many(keys: list[str]) -> dict[str, str]:
+        asked.append(sorted(keys))
+        return {key: f"v{len(asked)} {key}" for key in keys}
+
+    keys = [f"s{i}" for i in range(30)]
+    assert cache.get_or_load_many(keys, load_many, ttl=0.3, stale_ttl=30)
+    time.sleep(0.5)  # all stale now
+    stale = cache.get_or_load_many(keys, load_many, ttl=0.3, stale_ttl=30)
+    assert stale == {k: f"v1 {k}" for k in keys}
+    wait_until(lambda: not cache._engine.flights)
+    assert asked == [sorted(keys), sorted(keys)]  # one refresh call, not one per key
+    stats = cache.stats()
+    assert (stats["loads"], stats["fills_refused"], stats["redis_errors"]) == (60, 0, 0)
+
+
 def test_django_incr_on_a_cluster(cluster: LocalCluster, namespace: str) -> None:
     """The Django backend's atomic ``incr`` (and ``touch``) on counters of every master, and the
     L1 of another cache learning of it (its event goes out on the shared channel)."""
