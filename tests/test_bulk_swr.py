@@ -249,3 +249,50 @@ def test_an_invalidation_during_a_bulk_refresh_wins(
     got = cache.get_or_load_many(["a", "b"], store.load_many, ttl=TTL, stale_ttl=30)
     assert got == {"a": "a3", "b": "b3"}  # "b" as its refresh loaded it, kept
     assert store.calls[2:] == [["a"]]
+
+
+def test_bulk_reads_of_overlapping_keys_across_processes_load_each_key_once_per_expiry(
+    make_cache: Callable[..., Cache],
+) -> None:
+    """Threads of four caches (L1 on and off) read overlapping sets of keys through several
+    expiries: every call gets every key, and each key is loaded once per expiry in all."""
+    loads: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def load_many(keys: list[str]) -> dict[str, Any]:
+        time.sleep(0.02)
+        with lock:
+            for key in keys:
+                loads[key] = loads.get(key, 0) + 1
+        return {key: key for key in keys}
+
+    caches = [make_cache(l1_maxsize=size) for size in (1000, 0, 1000, 0)]
+    keys = [f"k{i}" for i in range(12)]
+    errors: list[BaseException] = []
+    began = time.monotonic()
+    stop = began + 2.0
+
+    def reader(cache: Cache, seed: int) -> None:
+        turned = keys[seed:] + keys[:seed]
+        picks = [turned[i : i + 6] for i in range(0, len(keys), 3)]  # overlapping sets
+        try:
+            while time.monotonic() < stop:
+                for wanted in picks:
+                    got = cache.get_or_load_many(wanted, load_many, ttl=TTL, stale_ttl=30)
+                    assert got == {key: key for key in wanted}
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(caches[i % 4], i)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    assert not errors
+    assert set(loads) == set(keys)
+    # The first load, then at most one refresh per TTL that passed (and one in flight).
+    assert max(loads.values()) <= elapsed / TTL + 2
+    wait_until(lambda: not any(cache._engine.flights for cache in caches))
+    for cache in caches:
+        assert cache.stats()["load_errors"] == 0 and cache.stats()["refresh_errors"] == 0
