@@ -255,9 +255,7 @@ class Bulk(GetMany):
             if env is not None and use is Shared.FRESH:
                 self._take(flight, target, env)
             elif env is not None and use is Shared.STALE:
-                self.counts[Count.STALE_SERVED] += 1
-                stale[key] = self._adopt(target, env)
-                self._settle(flight, target, stale[key], env.value)
+                stale[key] = self._take_stale(flight, target, env)
             elif isinstance(got, Won):
                 flight.versions = yield from self._versions_won(flight, got.versions)
                 if flight.stale is not None and got.current:  # someone may have refreshed first

@@ -250,9 +250,7 @@ class Fills(Writes):
             return True
         if use is Shared.STALE:
             # Serve it now, refresh under the lease in the background.
-            self.counts[Count.STALE_SERVED] += 1
-            entry = self._adopt(target, env)
-            self._settle(flight, target, entry, env.value)
+            entry = self._take_stale(flight, target, env)
             yield from self._refresh(target, loader, policy, entry)
             return True
         return False
@@ -265,6 +263,14 @@ class Fills(Writes):
             return False
         self._take(flight, target, env)
         return True
+
+    def _take_stale(self, flight: Flight, target: Target, env: codec.Envelope) -> Entry:
+        """Settle the flight with a stale shared entry (counted as served stale); the entry,
+        which the caller refreshes."""
+        self.counts[Count.STALE_SERVED] += 1
+        entry = self._adopt(target, env)
+        self._settle(flight, target, entry, env.value)
+        return entry
 
     def _shared_use(self, env: codec.Envelope, refreshing: Entry | None) -> Shared:
         backend = self.backend
