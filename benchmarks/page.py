@@ -249,6 +249,14 @@ def writes_report(data: dict[str, Any]) -> str:
         "| --- | --- | --- | --- |",
         f"| write-behind call / one `PING` round trip | {_fmt(behind)} | ≤ 2 | "
         f"{_verdict(behind['median'] <= 2)} |",
+        *(
+            [
+                "| (floor) the call's enqueue script alone (its arguments taken from a call, "
+                f"sent through redis-py) / `PING` | {_fmt(script)} | ≤ 2 | floor |"
+            ]
+            if (script := call["ratios"].get("enqueue script / PING"))
+            else []
+        ),
         f"| Redis round trips per write-behind call (commands sent, counted) | "
         f"{call['round_trips_per_write_behind_call']:.2f} | ≤ 2 | "
         f"{_verdict(call['round_trips_per_write_behind_call'] <= 2)} |",

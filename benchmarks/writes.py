@@ -138,6 +138,7 @@ def call_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
             "enqueue script / XADD": ratio(
                 per_round, "the call's enqueue script alone", "XADD of the same entry"
             ),
+            "enqueue script / PING": ratio(per_round, "the call's enqueue script alone", "PING"),
             "write_behind / enqueue script": ratio(
                 per_round, "write_behind call", "the call's enqueue script alone"
             ),

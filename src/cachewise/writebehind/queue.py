@@ -8,7 +8,6 @@ import asyncio
 import functools
 import logging
 import threading
-from typing import TYPE_CHECKING
 
 from .._drivers import Invoke, Plan, Sleep
 from .core import QueueCore
@@ -20,9 +19,6 @@ from .types import (
     WriteCall,
 )
 from .wait import QueueWait
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("cachewise")
 
