@@ -126,3 +126,30 @@ def test_an_async_miss_keeps_its_plan() -> None:
     assert asyncio.run(g(1)) == 1
     assert calls == []
     cache.close(timeout=5)
+
+
+def test_a_miss_that_load_alone_leaves_to_the_plan_asks_it_once() -> None:
+    """When ``load_alone`` does not apply (an observer is attached), the read goes to the plan
+    without asking it again (the compiled ``read_sync`` hands its answer over)."""
+    cache = Cache(namespace="direct-once")
+    engine = cache._engine
+    engine.observers = (Watching(),)
+    answers: list[Any] = []
+    plain = engine.load_alone
+
+    def load_alone(*args: Any) -> Any:
+        answers.append(plain(*args))
+        return answers[-1]
+
+    engine.load_alone = load_alone  # type: ignore[method-assign]
+
+    @cache.cached(ttl=10)
+    def f(k: int) -> int:
+        return k * 10
+
+    assert f(1) == 10
+    assert answers == [_UNREAD]
+    assert cache.stats()["loads"] == 1
+    assert f(1) == 10  # an L1 hit: no read at all
+    assert answers == [_UNREAD]
+    cache.close(timeout=5)

@@ -239,9 +239,10 @@ cw_l1_served(PyObject *engine, PyObject *target)
     return result;
 }
 
-/* ``LoneReads.read_sync(self, target, loader, policy)``, compiled: the read above, then Python's
- * ``read_sync`` (``fallback``) with its answer when it did not serve. A method
- * descriptor of the engine's class, so that a read costs no Python frame before this one. */
+/* ``LoneReads.read_sync(self, target, loader, policy)``, compiled: the read above (without
+ * Redis, ``load_alone``), then Python's ``read_sync`` (``fallback``) with its answer when it did
+ * not serve. A method descriptor of the engine's class, so that a read costs no Python frame
+ * before this one. */
 static PyObject *
 read_sync(PyObject *engine, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -250,9 +251,24 @@ read_sync(PyObject *engine, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *all[] = {engine, args[0], args[1], args[2], NULL};
-    PyObject *got = lone_read(all);
-    if (got != lone.full && got != lone.unhandled) {
-        return got;
+    PyObject *backend = field(engine, s_backend);
+    if (backend == NULL) {
+        return NULL;
+    }
+    int alone = backend == Py_None;
+    Py_DECREF(backend);
+    PyObject *got;
+    if (alone) { /* an in-process miss: ``load_alone`` without Python's ``read_sync`` frame */
+        got = PyObject_VectorcallMethod(s_load_alone, all, 4, NULL);
+        if (got != lone.unread) {
+            return got;
+        }
+    }
+    else {
+        got = lone_read(all);
+        if (got != lone.full && got != lone.unhandled) {
+            return got;
+        }
     }
     all[4] = got;
     PyObject *result = PyObject_Vectorcall(lone.fallback, all, 5, NULL);

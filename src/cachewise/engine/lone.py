@@ -90,10 +90,11 @@ class LoneReads(Reads):
         """``read`` carried out in this thread, after the fast path's GET where it applies
         (without Redis, ``load_alone`` where it applies). Where the C extension is built, this
         method is compiled (``_speedups_lone.c``: ``probe``, the GET and ``probed``'s hit in
-        their common case) and calls this one with its ``answer`` when it did not serve:
-        ``_FULL``, the plan serves; ``_UNHANDLED``, ``probe`` decides."""
+        their common case, or ``load_alone``) and calls this one with its ``answer`` when it
+        did not serve: ``_FULL``, the plan serves; ``_UNHANDLED``, ``probe`` decides;
+        ``_UNREAD``, ``load_alone`` did not apply."""
         if self.backend is None:
-            value = self.load_alone(target, loader, policy)
+            value = answer if answer is _UNREAD else self.load_alone(target, loader, policy)
             return run_sync(self.read(target, loader, policy)) if value is _UNREAD else value
         probe = None if answer is _FULL else self.probe(target)
         if probe is None:

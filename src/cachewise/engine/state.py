@@ -198,8 +198,7 @@ class EngineState:
                 self.l1.put(target.table, entry)
             if self.flights.get(target.full_key) is flight:
                 del self.flights[target.full_key]
-        if not flight.done():
-            flight.set_result(value)
+        flight.set_result(value)  # a no-op if it was settled already
 
     def _fail(
         self, flight: Flight, target: Target, exc: BaseException, counter: Count = Count.LOAD_ERRORS
