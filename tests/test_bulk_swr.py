@@ -113,6 +113,28 @@ def test_a_failing_refresh_keeps_the_stale_value_served() -> None:
     cache.close()
 
 
+def test_with_redis_unreachable_values_loaded_meanwhile_are_served_stale_in_bulk() -> None:
+    """Fail-open: what L1 holds (loaded since the outage began) is served stale by a bulk read
+    as by a read of one key, and refreshed in one call, with no Redis error reaching the caller."""
+    clock = FakeClock()
+    cache = Cache("redis://127.0.0.1:1/0", namespace="bulk-down", clock=clock)
+    store = Store()
+
+    def bulk(keys: list[str]) -> dict[str, Any]:
+        return cache.get_or_load_many(keys, store.load_many, ttl=10, stale_ttl=30)
+
+    assert bulk(["a", "b"]) == {"a": "a1", "b": "b1"}
+    clock.advance(15)
+    store.version = 2
+    assert bulk(["a", "b"]) == {"a": "a1", "b": "b1"}  # stale, served at once
+    wait_until(lambda: not cache._engine.flights)
+    assert bulk(["a", "b"]) == {"a": "a2", "b": "b2"}
+    assert [sorted(call) for call in store.calls] == [["a", "b"], ["a", "b"]]  # one refresh call
+    stats = cache.stats()
+    assert stats["stale_served"] == 2 and stats["redis_errors"] + stats["short_circuits"] > 0
+    cache.close(timeout=5)
+
+
 # -- on Redis: the shared entries' freshness is the server's clock, so these wait it out ---------
 
 TTL = 0.3  # seconds; the stale window (30 s) is far longer than any test
