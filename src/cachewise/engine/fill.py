@@ -167,7 +167,8 @@ class Fills(Writes):
 
         The plan's generators and driver steps were a third of such a miss, and in one thread
         with no Redis every one of them ends at once: claim, load, keep, settle, as ``read``,
-        ``_resolve`` and ``_load_here`` do them, in that order, with the same helpers.
+        ``_resolve`` and ``_load_here`` do them, in that order, with the same helpers (but
+        ``_landed``, asked only if L1 changed meanwhile, and ``_keep_here``, inlined).
         """
         key = target.full_key
         clock = self.clock
@@ -184,7 +185,6 @@ class Fills(Writes):
         if not leader:
             return _UNREAD  # ``read`` joins it
         started = clock()
-        # ``_landed``, when something other than what was looked at above is held now.
         if target.table.get(target.l1_key) is not held:
             landed = self._landed(flight, target, started)
             if landed is not None:
@@ -200,7 +200,6 @@ class Fills(Writes):
             took = ended - loading
             self.load_latency.add(took)
             flight.loaded = True
-            # ``_keep_here``, inlined: a frame less on every in-process miss.
             keep = policy.unless is None or policy.keeps(value, target.where)
             entry = self._entry(target, policy, value, took, flight.tags, ended) if keep else None
             self.counts[_LOADS] += 1
