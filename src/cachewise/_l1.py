@@ -101,9 +101,7 @@ class _ClockCache(cachetools.Cache[Any, Entry]):
                 entry.seen = hits
                 continue
             self._hand = hand
-            ring[entry.slot] = None  # ``_unring``, inlined: this runs on every eviction
-            self._free.append(entry.slot)
-            entry.slot = -1
+            self._unring(entry)
             _Cache.__delitem__(self, entry)
             self._on_evict(entry)
             return entry, entry

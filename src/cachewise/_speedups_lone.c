@@ -251,23 +251,20 @@ read_sync(PyObject *engine, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *all[] = {engine, args[0], args[1], args[2], NULL};
-    PyObject *backend = field(engine, s_backend);
-    if (backend == NULL) {
-        return NULL;
+    PyObject *got = lone_read(all);
+    if (got != lone.full && got != lone.unhandled) {
+        return got;
     }
-    int alone = backend == Py_None;
-    Py_DECREF(backend);
-    PyObject *got;
-    if (alone) { /* an in-process miss: ``load_alone`` without Python's ``read_sync`` frame */
-        got = PyObject_VectorcallMethod(s_load_alone, all, 4, NULL);
-        if (got != lone.unread) {
-            return got;
-        }
-    }
-    else {
-        got = lone_read(all);
-        if (got != lone.full && got != lone.unhandled) {
-            return got;
+    if (got == lone.unhandled) { /* without Redis: ``load_alone``, with no Python frame first */
+        PyObject *backend = field(engine, s_backend);
+        int alone = backend == Py_None;
+        Py_XDECREF(backend);
+        if (backend == NULL || alone) {
+            Py_DECREF(got);
+            got = backend == NULL ? NULL : PyObject_VectorcallMethod(s_load_alone, all, 4, NULL);
+            if (got != lone.unread) {
+                return got;
+            }
         }
     }
     all[4] = got;

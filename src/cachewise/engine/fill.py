@@ -167,8 +167,8 @@ class Fills(Writes):
 
         The plan's generators and driver steps were a third of such a miss, and in one thread
         with no Redis every one of them ends at once: claim, load, keep, settle, as ``read``,
-        ``_resolve`` and ``_load_here`` do them, in that order, with the same helpers (but
-        ``_landed``, asked only if L1 changed meanwhile, and ``_keep_here``, inlined).
+        ``_resolve`` and ``_load_here`` do them, in that order, with the same helpers
+        (``_landed`` asked only if L1 changed meanwhile).
         """
         key = target.full_key
         clock = self.clock
@@ -200,10 +200,7 @@ class Fills(Writes):
             took = ended - loading
             self.load_latency.add(took)
             flight.loaded = True
-            keep = policy.unless is None or policy.keeps(value, target.where)
-            entry = self._entry(target, policy, value, took, flight.tags, ended) if keep else None
-            self.counts[_LOADS] += 1
-            self._settle(flight, target, entry, value)
+            self._keep_here(flight, target, policy, value, took, ended)
         except BaseException as exc:  # every caller that joined gets it; nothing is cached
             self._fail(flight, target, exc)
             raise
