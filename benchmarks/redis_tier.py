@@ -16,7 +16,7 @@ import redis
 import redis.asyncio
 
 from _method import ainterleaved, arate, interleaved, medians, rate, ratio
-from cachewise import Cache, valuetypes
+from cachewise import Cache, codec
 from cachewise._clock import monotonic
 from cachewise.redis.keyspace import KeySpace
 
@@ -45,12 +45,13 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     # from this host's monotonic clock), with none of cachewise's Python.
     entry_key = KeySpace("bench-l2").entry("k")
     offset_ms = raw.time()[0] * 1000 - monotonic() * 1000  # whole seconds: enough to compare
-    unpack_options = {"ext_hook": valuetypes.decode, "strict_map_key": False}
+    names, values = codec.UNPACKING["kwnames"], codec.UNPACKING["kwvalues"]
+    unpack_options = dict(zip(names, values, strict=True))  # as cachewise decodes an entry
 
     def ttl_floor() -> Any:
         body = msgpack.unpackb(raw.get(entry_key), **unpack_options)
-        assert body[0] == 3 and monotonic() * 1000 + offset_ms < body[1]
-        return body[6]
+        assert body[0] == codec.FORMAT and monotonic() * 1000 + offset_ms < body[codec.FRESH]
+        return body[codec.VALUE]
 
     assert ttl_floor() == VALUE
     l1_hit(1)
