@@ -357,3 +357,30 @@ def test_rich_values_survive_the_shared_tier(make_cache: MakeCache) -> None:
     }
     a.set("k", value, ttl=60)
     assert b.get("k") == value and type(b.get("k")["point"]) is tuple
+
+
+def test_an_async_sequence_starts_no_step_after_one_that_raised() -> None:
+    """A cluster's server-time sequence on an async client: a step is started only once the
+    one before answered, so a step that raises leaves no coroutine never awaited."""
+    from cachewise.redis.ops import _Sequence
+
+    started: list[str] = []
+
+    def step(name: str, fails: bool = False) -> Any:
+        async def run() -> str:
+            if fails:
+                raise ConnectionError(name)
+            return name
+
+        started.append(name)
+        return run()
+
+    def sequence(*steps: Any) -> Any:
+        return _Sequence(list(steps)).execute(raise_on_error=False)
+
+    assert asyncio.run(sequence(lambda: step("a"), lambda: step("b"))) == ["a", "b"]
+    started.clear()
+    with pytest.raises(ConnectionError):
+        asyncio.run(sequence(lambda: step("a", fails=True), lambda: step("b")))
+    assert started == ["a"]
+    assert sequence(lambda: "x", lambda: "y") == ["x", "y"]  # a sync client's replies

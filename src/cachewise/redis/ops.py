@@ -172,14 +172,20 @@ class _Sequence:
         self.steps = steps
 
     def execute(self, raise_on_error: bool = True) -> Any:
-        replies = [step() for step in self.steps]  # an error is raised whatever was asked
-        if replies and inspect.isawaitable(replies[0]):
-            return self._awaited(replies)
-        return replies
+        first, *rest = self.steps  # an error is raised whatever was asked
+        reply = first()
+        if inspect.isawaitable(reply):
+            return self._awaited(reply, rest)
+        return [reply, *(step() for step in rest)]
 
     @staticmethod
-    async def _awaited(replies: list[Any]) -> list[Any]:
-        return [await reply for reply in replies]
+    async def _awaited(first: Any, rest: list[Any]) -> list[Any]:
+        """Each step started only once the one before answered: a step started early would be
+        left never awaited when one before it raises or is cancelled."""
+        replies = [await first]
+        for step in rest:
+            replies.append(await step())
+        return replies
 
 
 class ServerTime(RedisOp):
