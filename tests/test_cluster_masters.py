@@ -17,7 +17,7 @@ from cachewise import Cache
 from cachewise.redis.keyspace import KeySpace
 from cachewise.testing import LocalCluster
 
-from . import _workers, cluster_helpers
+from . import _workers, cluster_helpers, test_lone_compiled
 from .cluster_helpers import admin, on
 
 pytestmark = [
@@ -233,3 +233,49 @@ def test_the_operations_command_sees_every_master(
     assert run("invalidate", "k1", "k2", "absent") == {"dropped": 2}
     assert run("clear", "--yes") == {"dropped": 28}
     assert run("stats")["keys"].get("value", 0) == 0
+
+
+def _master_down(writer: Cache, reader: Cache, key: str) -> None:
+    """The breaker of the master serving ``key``'s slot opened (the Cache's stays closed)."""
+    backend = reader._engine.backend
+    assert backend is not None
+    breaker = backend.breaker_for(reader._target(key).full_key)
+    for _ in range(breaker.threshold):
+        breaker.failed()
+    assert breaker.state == breaker.OPEN and backend.breaker.state == breaker.CLOSED
+
+
+#: The compiled read's scenarios, and one of a cluster's own.
+CLUSTER_SCENARIOS = {**test_lone_compiled.SCENARIOS, "its master down": (_master_down, {})}
+
+
+@test_lone_compiled.compiled
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_shared_hit_on_a_cluster_is_served_by_the_compiled_path_alone(
+    cluster: LocalCluster,
+    namespace: str,
+    caches: list[Cache],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """The compiled fast path counts the GET on the key's own master's breaker."""
+    test_lone_compiled.test_a_shared_hit_is_served_by_the_compiled_path_alone(
+        lambda **kw: on(cluster, namespace, caches, **kw), monkeypatch, how
+    )
+
+
+@test_lone_compiled.compiled
+@pytest.mark.parametrize("how", ["sync", "async"])
+@pytest.mark.parametrize("scenario", list(CLUSTER_SCENARIOS))
+def test_on_a_cluster_the_compiled_and_the_python_path_end_the_same(
+    cluster: LocalCluster,
+    namespace: str,
+    caches: list[Cache],
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: str,
+    how: str,
+) -> None:
+    monkeypatch.setattr(test_lone_compiled, "SCENARIOS", CLUSTER_SCENARIOS)
+    test_lone_compiled.test_the_compiled_and_the_python_path_end_the_same(
+        lambda **kw: on(cluster, namespace, caches, **kw), monkeypatch, scenario, how
+    )

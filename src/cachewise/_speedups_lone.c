@@ -6,7 +6,7 @@
  * (the GET) and ``probed`` (what the reply is: a fresh entry serves). Between two socket
  * waits, their Python costs about three times what it costs in a loop (the code and data it
  * touches are cold after the process slept), which put the shared-tier hit at 1.10x a raw GET
- * and unpack. Here the common case is one call: a plain client (not a cluster's), L1 off,
+ * and unpack. Here the common case is one call: a sync client (a cluster's too), L1 off,
  * no observers, an untagged envelope decoded by its header. It reads the same fields the
  * Python reads and takes the same lock. Every other case is Python's: before the GET it
  * hands Python's ``read_sync`` the answer ``full`` (the plan serves it) or ``unhandled``

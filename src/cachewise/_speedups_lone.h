@@ -28,7 +28,7 @@ extern CW_INTERNAL LoneParts lone;
     DO(_topology) DO(breaker) DO(listener) DO(heard) DO(offset_ms) DO(clock_checked)        \
     DO(state) DO(failures) DO(table) DO(l1_key) DO(full_key) DO(through) DO(get)            \
     DO(append) DO(acquire) DO(release) DO(passed) DO(_failed) DO(_unprobe) DO(counted)      \
-    DO(load_alone)
+    DO(load_alone) DO(breaker_for)
 #define NAME_DECLARED(name) extern CW_INTERNAL PyObject *s_##name;
 NAMES(NAME_DECLARED)
 

@@ -65,6 +65,25 @@ redis_ready(PyObject *engine, Probe *p)
     return 1;
 }
 
+/* On a cluster, ``p->breaker`` becomes that of the master serving the key's slot, which
+ * ``Fetch`` counts the GET on: 1 when it is closed, 0, or -1 with an exception set. */
+static int
+master_ready(Probe *p)
+{
+    PyObject *node = PyObject_CallMethodOneArg(p->backend, s_breaker_for, p->key);
+    if (node == NULL) {
+        return -1;
+    }
+    Py_SETREF(p->breaker, node);
+    PyObject *state = field(node, s_state);
+    if (state == NULL) {
+        return -1;
+    }
+    int closed = state == lone.closed;
+    Py_DECREF(state);
+    return closed;
+}
+
 /* ``LoneReads.probe`` and ``LoneReads._lone``: 1 (``*p`` filled, the key marked as probed), or
  * ``lone.full`` / ``lone.unhandled`` in ``*answer`` (0), or -1 with an exception set. */
 CW_INTERNAL int
@@ -78,15 +97,16 @@ probe(PyObject *engine, PyObject *target, Probe *p, PyObject **answer)
     if (Py_TYPE(p->backend) != (PyTypeObject *)lone.backend_type) {
         return 0;
     }
-    /* A plain client set up (a cluster's breakers are per master: Python's). */
+    /* A sync client set up: a plain one, or a cluster's (whose GET counts on the breaker of
+     * the master serving the key's slot, ``breaker_for``, once the Cache's is closed). */
     p->client = field(p->backend, s__sync);
     PyObject *topology = p->client == NULL ? NULL : field(p->backend, s__topology);
     if (topology == NULL) {
         return -1;
     }
-    int plain = p->client != Py_None && topology == Py_None;
+    int cluster = topology != Py_None;
     Py_DECREF(topology);
-    if (!plain) {
+    if (p->client == Py_None) {
         return 0;
     }
     PyObject *table = PyObject_GetAttr(target, s_table);
@@ -120,6 +140,10 @@ probe(PyObject *engine, PyObject *target, Probe *p, PyObject **answer)
     p->breaker = field(p->backend, s_breaker);
     if (p->breaker == NULL || (held = redis_ready(engine, p)) <= 0) {
         return p->breaker == NULL ? -1 : held;
+    }
+    if (cluster && (held = master_ready(p)) <= 0) {
+        *answer = lone.unhandled; /* its master's breaker not closed: Python's ``Fetch`` */
+        return held;
     }
     p->ticket = field(engine, s_epoch);
     if (p->ticket == NULL || engine_clock(engine, &p->started, p->checked) < 0) {
