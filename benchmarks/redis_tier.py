@@ -25,6 +25,27 @@ from cachewise.redis.keyspace import KeySpace
 VALUE = {"id": 42, "name": "ada", "roles": ["admin", "dev"], "score": 3.5}
 
 
+def ttl_floor_of(raw: Any, namespace: str, key: str) -> Callable[[], Any]:
+    """The floor of a hit that honours a TTL shared by every host, reading ``key`` of
+    ``namespace`` through the client ``raw``: the entry's own GET, its envelope unpacked, and
+    its fresh-until compared with the server's clock (as estimated from this host's monotonic
+    clock), with none of cachewise's Python."""
+    entry_key = KeySpace(namespace).entry(key)
+    seconds = raw.time()
+    if isinstance(seconds, dict):  # a cluster client asked every node
+        seconds = next(iter(seconds.values()))
+    offset_ms = seconds[0] * 1000 - monotonic() * 1000  # whole seconds: enough to compare
+    names, values = codec.UNPACKING["kwnames"], codec.UNPACKING["kwvalues"]
+    unpack_options = dict(zip(names, values, strict=True))  # as cachewise decodes an entry
+
+    def ttl_floor() -> Any:
+        body = msgpack.unpackb(raw.get(entry_key), **unpack_options)
+        assert body[0] == codec.FORMAT and monotonic() * 1000 + offset_ms < body[codec.FRESH]
+        return body[codec.VALUE]
+
+    return ttl_floor
+
+
 def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     raw = redis.Redis.from_url(url)
     raw.set("bench-raw", msgpack.packb(VALUE))
@@ -40,19 +61,7 @@ def hit_cost(url: str, rounds: int, number: int) -> dict[str, Any]:
     def l1_hit(x: int) -> Any:
         return VALUE
 
-    # The floor of a hit that honours a TTL shared by every host: the entry's own GET, its
-    # envelope unpacked, and its fresh-until compared with the server's clock (as estimated
-    # from this host's monotonic clock), with none of cachewise's Python.
-    entry_key = KeySpace("bench-l2").entry("k")
-    offset_ms = raw.time()[0] * 1000 - monotonic() * 1000  # whole seconds: enough to compare
-    names, values = codec.UNPACKING["kwnames"], codec.UNPACKING["kwvalues"]
-    unpack_options = dict(zip(names, values, strict=True))  # as cachewise decodes an entry
-
-    def ttl_floor() -> Any:
-        body = msgpack.unpackb(raw.get(entry_key), **unpack_options)
-        assert body[0] == codec.FORMAT and monotonic() * 1000 + offset_ms < body[codec.FRESH]
-        return body[codec.VALUE]
-
+    ttl_floor = ttl_floor_of(raw, "bench-l2", "k")
     assert ttl_floor() == VALUE
     l1_hit(1)
     variants = {
