@@ -259,7 +259,7 @@ def test_a_shared_hit_on_a_cluster_is_served_by_the_compiled_path_alone(
     how: str,
 ) -> None:
     """The compiled fast path counts the GET on the key's own master's breaker."""
-    test_lone_compiled.test_a_shared_hit_is_served_by_the_compiled_path_alone(
+    test_lone_compiled.served_by_the_compiled_path_alone(
         lambda **kw: on(cluster, namespace, caches, **kw), monkeypatch, how
     )
 
@@ -275,7 +275,7 @@ def test_on_a_cluster_the_compiled_and_the_python_path_end_the_same(
     scenario: str,
     how: str,
 ) -> None:
-    monkeypatch.setattr(test_lone_compiled, "SCENARIOS", CLUSTER_SCENARIOS)
-    test_lone_compiled.test_the_compiled_and_the_python_path_end_the_same(
-        lambda **kw: on(cluster, namespace, caches, **kw), monkeypatch, scenario, how
-    )
+    test_lone_compiled.paths_end_the_same(
+        lambda **kw: on(cluster, namespace, caches, **kw),
+        monkeypatch, CLUSTER_SCENARIOS, scenario, how,
+    )  # fmt: skip

@@ -37,6 +37,13 @@ COUNTED = ("hits", "misses", "l2_hits", "loads", "decode_errors", "redis_errors"
 def test_a_shared_hit_is_served_by_the_compiled_path_alone(
     make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    served_by_the_compiled_path_alone(make_cache, monkeypatch, how)
+
+
+def served_by_the_compiled_path_alone(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A shared-tier hit of caches ``make_cache`` makes, with Python's read path refused."""
     writer, reader = make_cache(), make_cache(l1_maxsize=0)
     writer.set("k", {"rows": [1, 2]}, ttl=60)
     _warm(reader)
@@ -96,7 +103,10 @@ def _bypassed(writer: Cache, reader: Cache, key: str) -> None:
     writer.set(key, "shared", ttl=60)
 
 
-SCENARIOS: dict[str, tuple[Callable[[Cache, Cache, str], None], dict[str, Any]]] = {
+#: What a scenario does to Redis before the reads, and the reading cache's options.
+Scenario = tuple[Callable[[Cache, Cache, str], None], dict[str, Any]]
+
+SCENARIOS: dict[str, Scenario] = {
     "fresh": (_fresh, {"l1_maxsize": 0}),
     "fresh, L1 on": (_fresh, {}),
     "fresh, a fake clock": (_fresh, {"l1_maxsize": 0, "clock": FakeClock()}),
@@ -110,9 +120,9 @@ SCENARIOS: dict[str, tuple[Callable[[Cache, Cache, str], None], dict[str, Any]]]
 
 
 def _read_twice(
-    make_cache: MakeCache, scenario: str, key: str, how: str
+    make_cache: MakeCache, prepared: Scenario, scenario: str, key: str, how: str
 ) -> tuple[list[Any], dict[str, Any]]:
-    prepare, options = SCENARIOS[scenario]
+    prepare, options = prepared
     writer, reader = make_cache(), make_cache(**options)
     _warm(reader)
     prepare(writer, reader, key)
@@ -149,10 +159,21 @@ def _read_twice(
 def test_the_compiled_and_the_python_path_end_the_same(
     make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch, scenario: str, how: str
 ) -> None:
-    with_c = _read_twice(make_cache, scenario, "c", how)
+    paths_end_the_same(make_cache, monkeypatch, SCENARIOS, scenario, how)
+
+
+def paths_end_the_same(
+    make_cache: MakeCache,
+    monkeypatch: pytest.MonkeyPatch,
+    scenarios: dict[str, Scenario],
+    scenario: str,
+    how: str,
+) -> None:
+    """The reads of ``scenario`` end the same with the compiled path and with Python's."""
+    with_c = _read_twice(make_cache, scenarios[scenario], scenario, "c", how)
     for name, method in lone.PYTHON_READS.items():
         monkeypatch.setattr(LoneReads, name, method)
-    in_python = _read_twice(make_cache, scenario, "py", how)
+    in_python = _read_twice(make_cache, scenarios[scenario], scenario, "py", how)
     assert with_c == in_python
     if scenario in ("fresh", "fresh, a fake clock"):
         assert with_c[0] == [{"v": [1, "two", None]}] * 2
